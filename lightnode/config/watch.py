@@ -1,0 +1,463 @@
+"""Noticing changes under DATA_DIR/config and DATA_DIR/services (SPEC §1, §5).
+
+Owns `ConfigWatcher`: a snapshot of the files that matter, a diff of that
+snapshot against the disk (`scan`), and the loop that runs a scan on every file
+event and at least every `poll_interval_s` (`run`). It reports what changed as
+frozen `Change` values and never touches a pool: applying a change is the
+daemon's job.
+
+What the snapshot holds, and why:
+- tuning files `config/services/S/E.json`: a hash of the bytes, read through
+  symlinks. Content (not mtime) is compared, which catches in-place writes,
+  atomic renames and the Kubernetes ConfigMap layout, where `E.json` links to
+  `..data/E.json` and the kubelet swaps the `..data` link to a new timestamped
+  directory. Names starting with "." and non-.json names are ignored, so the
+  kubelet's directories and our own temp files never show up.
+- `config/keys.json`, `config/server.json`: a hash of the bytes.
+- each `services/S/`: a cheap signature (state.json's stat, the generation
+  names), never a walk of user code.
+
+File events come from watchfiles, watching only the few directories above
+(not recursively), so a large generation tree costs no inotify watches. The
+watch is restarted when that set of directories changes. The periodic scan is
+the safety net for what events miss: filesystems without inotify, directories
+created between a scan and a restart of the watch.
+
+Imports: standard library, watchfiles, `lightnode.errors`, `lightnode.config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchfiles import awatch
+
+from lightnode.config.load import (
+    config_dir,
+    decode_endpoint_config,
+    keys_path,
+    server_settings_path,
+    tuning_root,
+)
+from lightnode.config.model import EndpointConfig, is_valid_id
+from lightnode.errors import ConfigError
+
+logger = logging.getLogger("lightnode.config")
+
+
+@dataclass(frozen=True, slots=True)
+class TuningChanged:
+    """A tuning file appeared or now holds different values (or SIGHUP re-read it)."""
+
+    service_id: str
+    endpoint_id: str
+    config: EndpointConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TuningRemoved:
+    """A tuning file was deleted: defaults apply."""
+
+    service_id: str
+    endpoint_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TuningInvalid:
+    """A tuning file was refused: the endpoint keeps its last good values."""
+
+    service_id: str
+    endpoint_id: str
+    error: ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceFilesChanged:
+    """Something in DATA_DIR/services/S changed (state.json, a generation), or S came or went."""
+
+    service_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeysChanged:
+    """DATA_DIR/config/keys.json changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettingsChanged:
+    """DATA_DIR/config/server.json changed; it applies at the next start."""
+
+
+Change = (
+    TuningChanged
+    | TuningRemoved
+    | TuningInvalid
+    | ServiceFilesChanged
+    | KeysChanged
+    | ServerSettingsChanged
+)
+
+# Upper bound, in ms, on the quiet period that ends a batch of file events (the
+# step is min(debounce_ms, this)). A writer that truncates a file and then writes
+# it makes several events; waiting for them to settle avoids reading a
+# half-written file, while a short wait keeps the delay from write to report
+# around 40-60 ms with the default debounce, well inside SPEC §5's one second.
+MAX_STEP_MS = 50
+
+_TuningKey = tuple[str, str]
+# A directory watched for events, with its inode so a re-created one is noticed.
+_WatchTarget = tuple[str, int]
+
+
+@dataclass
+class _TuningState:
+    digest: bytes  # hash of the file's bytes, or of the read error
+    config: EndpointConfig | None  # None: the last report was TuningInvalid
+
+
+@dataclass
+class _Snapshot:
+    tuning: dict[_TuningKey, _TuningState] = field(default_factory=dict)
+    services: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    keys: bytes | None = None
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _read_digest(path: Path) -> bytes | None:
+    """Hash of the file's bytes (through symlinks), None if it does not exist."""
+    try:
+        return _digest(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _digest(f"\0unreadable: {exc}".encode())
+
+
+class ConfigWatcher:
+    """Snapshot diffs of the data directory, reported as `Change` lists.
+
+    Args:
+        data_dir: the node's DATA_DIR.
+        on_changes: called by `run()` with each non-empty list of changes. It runs
+            on the event loop and must not raise (an exception ends `run()`).
+        debounce_ms: longest time file events are grouped before a scan.
+        poll_interval_s: a scan happens at least this often, events or not.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        on_changes: Callable[[list[Change]], None],
+        *,
+        debounce_ms: int = 30,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self._data_dir = data_dir
+        self._on_changes = on_changes
+        self._debounce_ms = max(1, debounce_ms)
+        self._step_ms = max(1, min(debounce_ms, MAX_STEP_MS))
+        self._poll_interval_s = poll_interval_s
+        self._snapshot: _Snapshot | None = None
+        self._server_digest: bytes | None = None
+        self._watch_targets: frozenset[_WatchTarget] = frozenset()
+        self._warned: set[str] = set()
+
+    @property
+    def services_dir(self) -> Path:
+        return self._data_dir / "services"
+
+    # -- scanning -----------------------------------------------------------
+
+    def scan(self) -> list[Change]:
+        """Compare the tree with the last snapshot, keep the new one, return the changes.
+
+        The first call reports every tuning file (TuningChanged or TuningInvalid),
+        every service directory and keys.json if present, so the caller may use
+        it as its initial load. server.json is only ever compared with what the
+        first call saw. An invalid file is reported once per distinct content,
+        and a rewrite that parses to the same values is not reported.
+        """
+        return self._scan(force=self._snapshot is None)
+
+    def rescan_all(self) -> list[Change]:
+        """SIGHUP: re-read everything and report every file as the first scan does.
+
+        Files and services gone since the last scan are still reported as removed.
+        """
+        return self._scan(force=True)
+
+    def _scan(self, *, force: bool) -> list[Change]:
+        first = self._snapshot is None
+        old = self._snapshot or _Snapshot()
+        targets: set[_WatchTarget] = set()
+        changes: list[Change] = []
+        _add_target(config_dir(self._data_dir), targets)  # server.json, keys.json, services/
+
+        server = _read_digest(server_settings_path(self._data_dir))
+        if not first and server != self._server_digest:
+            changes.append(ServerSettingsChanged())
+        self._server_digest = server
+
+        keys = _read_digest(keys_path(self._data_dir))
+        if keys != old.keys or (force and keys is not None):
+            changes.append(KeysChanged())
+
+        services = self._scan_services(targets)
+        for service_id in sorted(services.keys() | old.services.keys()):
+            if force or services.get(service_id) != old.services.get(service_id):
+                changes.append(ServiceFilesChanged(service_id))
+
+        tuning, tuning_changes = self._scan_tuning(old.tuning, force, targets)
+        changes.extend(tuning_changes)
+
+        self._snapshot = _Snapshot(tuning=tuning, services=services, keys=keys)
+        self._watch_targets = frozenset(targets)
+        return changes
+
+    def _scan_tuning(
+        self, old: dict[_TuningKey, _TuningState], force: bool, targets: set[_WatchTarget]
+    ) -> tuple[dict[_TuningKey, _TuningState], list[Change]]:
+        new: dict[_TuningKey, _TuningState] = {}
+        changes: list[tuple[_TuningKey, Change]] = []
+        root = tuning_root(self._data_dir)
+        service_dirs = self._list_ids(root, "service", targets)
+        if service_dirs is None:  # unreadable right now: keep what we knew
+            return dict(old), []
+        for service_id, service_dir in service_dirs:
+            files = self._list_tuning_files(service_dir, targets)
+            if files is None:
+                new.update((k, v) for k, v in old.items() if k[0] == service_id)
+                continue
+            for endpoint_id, path in files:
+                key = (service_id, endpoint_id)
+                state, change = self._check_tuning_file(key, path, old.get(key), force)
+                if state is not None:
+                    new[key] = state
+                if change is not None:
+                    changes.append((key, change))
+        changes.extend((key, TuningRemoved(*key)) for key in old.keys() - new.keys())
+        changes.sort(key=lambda item: item[0])
+        return new, [change for _, change in changes]
+
+    def _check_tuning_file(
+        self, key: _TuningKey, path: Path, previous: _TuningState | None, force: bool
+    ) -> tuple[_TuningState | None, Change | None]:
+        """(new state, change to report); state None if the file vanished meanwhile."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # deleted since listed, or a dangling link
+            return None, None
+        except OSError as exc:
+            problem = f"cannot read the file ({exc.strerror or exc})"
+            return self._refused(key, _digest(problem.encode()), ConfigError(str(path), [problem]))
+        digest = _digest(data)
+        if previous is not None and previous.digest == digest and not force:
+            return previous, None
+        try:
+            config = decode_endpoint_config(data, source=str(path))
+        except ConfigError as exc:
+            return self._refused(key, digest, exc)
+        if previous is not None and previous.config == config and not force:
+            return _TuningState(digest, config), None  # same values, other bytes
+        return _TuningState(digest, config), TuningChanged(*key, config)
+
+    def _refused(
+        self, key: _TuningKey, digest: bytes, error: ConfigError
+    ) -> tuple[_TuningState, Change]:
+        logger.warning("tuning refused, last good values stay in force: %s", error)
+        return _TuningState(digest, None), TuningInvalid(*key, error)
+
+    def _scan_services(self, targets: set[_WatchTarget]) -> dict[str, tuple[object, ...]]:
+        listed = self._list_ids(self.services_dir, "service", targets)
+        if listed is None:
+            return dict(self._snapshot.services) if self._snapshot else {}
+        return {
+            service_id: _service_signature(service_dir, targets)
+            for service_id, service_dir in listed
+        }
+
+    # -- directory listing --------------------------------------------------
+
+    def _list_dir(
+        self, directory: Path, targets: set[_WatchTarget]
+    ) -> list[os.DirEntry[str]] | None:
+        """Entries not starting with "."; [] if absent, None if unreadable."""
+        try:
+            inode = directory.stat().st_ino
+            with os.scandir(directory) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            self._warn_once(f"cannot list {directory}: {exc}")
+            return None
+        targets.add((str(directory), inode))
+        return sorted(entries, key=lambda e: e.name)
+
+    def _list_ids(
+        self, directory: Path, what: str, targets: set[_WatchTarget]
+    ) -> list[tuple[str, Path]] | None:
+        """Subdirectories whose names are valid ids."""
+        entries = self._list_dir(directory, targets)
+        if entries is None:
+            return None
+        return [
+            (entry.name, Path(entry.path))
+            for entry in entries
+            if _is_dir(entry) and self._id_ok(entry.name, what, entry.path)
+        ]
+
+    def _list_tuning_files(
+        self, service_dir: Path, targets: set[_WatchTarget]
+    ) -> list[tuple[str, Path]] | None:
+        entries = self._list_dir(service_dir, targets)
+        if entries is None:
+            return None
+        files = []
+        for entry in entries:
+            endpoint_id = entry.name[: -len(".json")]
+            if entry.name.endswith(".json") and self._id_ok(endpoint_id, "endpoint", entry.path):
+                files.append((endpoint_id, Path(entry.path)))
+        return files
+
+    def _id_ok(self, value: str, what: str, path: str) -> bool:
+        if is_valid_id(value):
+            return True
+        self._warn_once(f"ignoring {path}: {value!r} is not a valid {what} id (SPEC §2)")
+        return False
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning("%s", message)
+
+    # -- the loop -----------------------------------------------------------
+
+    def _scan_and_report(self) -> None:
+        changes = self.scan()
+        if changes:
+            self._on_changes(changes)
+
+    async def run(self) -> None:
+        """Scan on file events and every `poll_interval_s` until cancelled.
+
+        Creates DATA_DIR/config and DATA_DIR/services if missing. If file events
+        are unavailable (watch limit, unsupported filesystem) the periodic scan
+        alone carries on, and the event watch is retried at each interval.
+        An exception raised by `on_changes` ends `run()`.
+        """
+        config_dir(self._data_dir).mkdir(parents=True, exist_ok=True)
+        self.services_dir.mkdir(parents=True, exist_ok=True)
+        self._scan_and_report()
+        while True:
+            try:
+                await self._watch_events(self._watch_targets)
+            except _EventsUnavailable as exc:
+                # A watched directory vanished before the watch started, or the
+                # OS refused a watch: poll once, then try again.
+                self._warn_once(f"file events unavailable, polling instead: {exc}")
+                await asyncio.sleep(self._poll_interval_s)
+                self._scan_and_report()
+
+    async def _watch_events(self, targets: frozenset[_WatchTarget]) -> None:
+        """Scan after each batch of events in `targets`; return when that set changes."""
+        try:
+            batches = awatch(
+                *sorted(path for path, _ in targets),
+                watch_filter=None,
+                debounce=self._debounce_ms,
+                step=self._step_ms,
+                rust_timeout=max(1, round(self._poll_interval_s * 1000)),
+                yield_on_timeout=True,  # an empty batch: time for the periodic scan
+                recursive=False,
+            )
+        except (OSError, RuntimeError) as exc:
+            raise _EventsUnavailable(str(exc)) from exc
+        async with contextlib.aclosing(batches):
+            # The generator sets up the OS watch before its first real await, so
+            # once this task has started, a scan catches whatever changed between
+            # the previous scan and the moment the watch began.
+            first = asyncio.ensure_future(_next_batch(batches))
+            try:
+                await asyncio.sleep(0)
+                self._scan_and_report()
+            except BaseException:
+                await _discard(first)
+                raise
+            more = await first
+            while more:
+                self._scan_and_report()
+                if self._watch_targets != targets:
+                    return
+                more = await _next_batch(batches)
+
+
+class _EventsUnavailable(Exception):
+    """watchfiles could not watch (a path vanished, the OS refused a watch)."""
+
+
+async def _next_batch(batches: AsyncIterator[object]) -> bool:
+    """Wait for the next batch; False if the watch ended."""
+    try:
+        await batches.__anext__()
+    except StopAsyncIteration:
+        return False
+    except (OSError, RuntimeError) as exc:
+        raise _EventsUnavailable(str(exc)) from exc
+    return True
+
+
+async def _discard(task: asyncio.Future[bool]) -> None:
+    """Cancel `task` and wait for it, dropping its result or error."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as lost
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks
+    except OSError:
+        return False
+
+
+def _add_target(directory: Path, targets: set[_WatchTarget]) -> None:
+    with contextlib.suppress(OSError):
+        targets.add((str(directory), directory.stat().st_ino))
+
+
+def _service_signature(service_dir: Path, targets: set[_WatchTarget]) -> tuple[object, ...]:
+    """Changes when state.json is written or a generation comes or goes; cheap."""
+    try:
+        dir_inode = service_dir.stat().st_ino
+    except OSError:
+        return ("gone",)
+    targets.add((str(service_dir), dir_inode))
+    generations_dir = service_dir / "generations"
+    try:
+        generations_inode = generations_dir.stat().st_ino
+        with os.scandir(generations_dir) as it:
+            generations = sorted((e.name, e.inode()) for e in it if not e.name.startswith("."))
+        targets.add((str(generations_dir), generations_inode))
+    except OSError:
+        generations = []
+    return (dir_inode, _stat_signature(service_dir / "state.json"), tuple(generations))
+
+
+def _stat_signature(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
