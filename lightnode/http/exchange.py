@@ -1,0 +1,150 @@
+"""One HTTP request/response cycle, and the narrow seam between protocol and app.
+
+The protocol (`http.protocol`) parses bytes into an `Exchange` and hands it to
+an `App`. The app answers, now or later, with `respond()`; the protocol writes
+answers in request order (pipelining) and calls `on_cancel` when the client
+goes away before its answer. The protocol never sees pools; the app never sees
+sockets. Imports: standard library and `lightnode.errors` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import ujson
+
+from lightnode.errors import LightnodeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+
+class Responder(Protocol):
+    """What an Exchange needs from its connection (the protocol implements it)."""
+
+    def exchange_done(self, exchange: Exchange) -> None: ...
+
+
+class Exchange:
+    """A parsed request waiting for its answer.
+
+    Attributes set by the protocol:
+        method: b"GET", b"POST", ...
+        path: the URL path, percent-encoding untouched, without the query.
+        query: the raw query string (without "?"), or b"".
+        headers: (lower-cased name, value) pairs in arrival order.
+        body: the whole request body (chunked bodies already joined).
+        client: the peer's IP address as text ("" if unknown).
+        request_id: the client's X-Request-Id when it sent a sane one, else generated.
+        keep_alive: whether the connection may stay open after this answer.
+        started: loop time (monotonic seconds) when the request was complete.
+    Attributes set by the app:
+        on_cancel: called once if the client goes away before the answer.
+    """
+
+    __slots__ = (
+        "method",
+        "path",
+        "query",
+        "headers",
+        "body",
+        "client",
+        "request_id",
+        "keep_alive",
+        "started",
+        "on_cancel",
+        "cancelled",
+        "done",
+        "status",
+        "response_body",
+        "response_headers",
+        "content_type",
+        "close_after",
+        "_responder",
+    )
+
+    def __init__(
+        self,
+        responder: Responder,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        client: str,
+        request_id: str,
+        keep_alive: bool,
+        started: float,
+    ) -> None:
+        self._responder = responder
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.client = client
+        self.request_id = request_id
+        self.keep_alive = keep_alive
+        self.started = started
+        self.on_cancel: Callable[[], None] | None = None
+        self.cancelled = False
+        self.done = False
+        self.status = 0
+        self.response_body = b""
+        self.response_headers: Sequence[tuple[str, str]] = ()
+        self.content_type = "application/json"
+        self.close_after = False
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = (),
+        *,
+        content_type: str = "application/json",
+        close: bool = False,
+    ) -> None:
+        """Answer this request. A second call, or a call after cancel, is ignored."""
+        if self.done or self.cancelled:
+            return
+        self.done = True
+        self.status = status
+        self.response_body = body
+        self.response_headers = headers
+        self.content_type = content_type
+        self.close_after = close
+        self._responder.exchange_done(self)
+
+    def respond_json(self, status: int, payload: object, headers: Sequence[tuple[str, str]] = ()) -> None:
+        self.respond(status, ujson.dumps(payload, ensure_ascii=False).encode(), headers)
+
+    def respond_error(self, error: LightnodeError, *, close: bool = False) -> None:
+        self.respond(
+            error.status,
+            ujson.dumps(error.payload(), ensure_ascii=False).encode(),
+            error.headers,
+            close=close,
+        )
+
+    def cancel(self) -> None:
+        """Called by the protocol when the client is gone before the answer."""
+        if self.done or self.cancelled:
+            return
+        self.cancelled = True
+        callback, self.on_cancel = self.on_cancel, None
+        if callback is not None:
+            callback()
+
+
+class App(Protocol):
+    """What the protocol hands each complete request to."""
+
+    def handle(self, exchange: Exchange) -> None: ...

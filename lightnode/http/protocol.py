@@ -1,0 +1,637 @@
+"""lightnode's HTTP/1.1 server connection on httptools (no web framework).
+
+One `HttpProtocol` per TCP connection: httptools callbacks fill a per-request
+buffer; each complete request becomes an `Exchange` handed to the `App`;
+answers are written strictly in request order (pipelining), several per
+`transport.write` when they are ready together. `ServerState` is shared by the
+connections of one listening server.
+
+Limits (SPEC §8) and refusals (SPEC §3.4), each answered after the requests
+before it, then the connection closes (after draining unread input briefly):
+- malformed HTTP, unsupported versions, a second Host, Transfer-Encoding in
+  HTTP/1.0, framing trailers, bad request targets: 400 BadRequest;
+- `max_header_bytes` counts the URL plus, per field, name + value + 4: 431;
+- a Content-Length over `max_body_bytes` is refused before its body is read,
+  a chunked body when it grows past it: 413 PayloadTooLarge;
+- a connection beyond `max_connections` gets 503 TooManyConnections at once.
+Upgrade and CONNECT are not supported: such a request goes to the app like
+any other, and the connection closes after its answer.
+
+Timeouts: a connection that has connected or begun a request but has not
+completed its headers within `header_timeout_ms` is closed without an answer
+(SPEC §3.4 "disconnected"; requests already pending on it are cancelled). An
+idle keep-alive connection is closed after `keepalive_timeout_ms`. Draining
+(SPEC §11) only closes connections once they are idle.
+
+Imports: standard library, httptools, `lightnode.config.model`,
+`lightnode.http.exchange` and `lightnode.http.responses` only. Never routing,
+pools or the scheduler: the app owns those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections import deque
+from typing import NoReturn, cast
+
+import httptools
+
+from lightnode.config.model import ServerLimits
+from lightnode.http.exchange import App, Exchange
+from lightnode.http.responses import CONTINUE_LINE, error_body, render_error, render_response
+
+logger = logging.getLogger(__name__)
+
+# Trailer fields that would change how a request is framed, routed or
+# authorized had they come in the header section (RFC 9110 §6.5.1). Trailers are
+# never shown to the app; a chunked body ending with one of these is refused as
+# a likely smuggling attempt. Others (Vary, Content-Type, checksums) are dropped.
+_FORBIDDEN_TRAILERS = frozenset(
+    b"authorization connection content-length expect host keep-alive proxy-authorization"
+    b" te trailer transfer-encoding upgrade".split()
+)
+
+# Request headers the protocol itself reads, looked up once per header line.
+_CONTENT_LENGTH, _HOST, _TRANSFER_ENCODING, _EXPECT, _REQUEST_ID = range(5)
+_SPECIAL_HEADERS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"host": _HOST,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"expect": _EXPECT,
+    b"x-request-id": _REQUEST_ID,
+}
+
+_ID_PREFIX = os.urandom(4).hex()
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique in this process: a random per-process prefix and a counter."""
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
+
+def client_request_id(value: bytes) -> str | None:
+    """The client's X-Request-Id if it is 1..128 printable ASCII chars without spaces."""
+    if 0 < len(value) <= 128 and value.isascii():
+        text = value.decode("ascii")
+        if text.isprintable() and " " not in text:
+            return text
+    return None
+
+
+class ServerState:
+    """Shared by all connections of one listening server."""
+
+    max_pipelined = 64  # pending requests per connection before reading pauses
+    linger_s = 2.0  # after refusing a request: how long unread input is drained before close
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self.limits = limits
+        self.connections: set[HttpProtocol] = set()
+        self.draining = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def close_idle_connections(self) -> None:
+        """For shutdown: close connections with no request pending or arriving."""
+        for connection in list(self.connections):
+            connection.close_if_idle()
+
+    def abort_all(self) -> None:
+        """End of the shutdown grace: drop every connection (pending requests are cancelled)."""
+        for connection in list(self.connections):
+            connection.abort()
+
+    async def wait_closed(self) -> None:
+        """Return once no connection is open."""
+        while self.connections:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def forget(self, connection: HttpProtocol) -> None:
+        self.connections.discard(connection)
+        if not self.connections and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+class _Rejected(Exception):
+    """Raised inside a parser callback to stop parsing; the answer is in `_rejection`."""
+
+
+class _ServerExchange(Exchange):
+    """An Exchange that remembers whether its answer must say `Connection: keep-alive`."""
+
+    __slots__ = ("http10_keep_alive",)
+    http10_keep_alive: bool
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: parse, hand requests to the app, answer in order."""
+
+    def __init__(self, app: App, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._state = state
+        self._loop = loop
+        limits = state.limits
+        self._max_body = limits.max_body_bytes
+        self._max_head = limits.max_header_bytes
+        self._header_timeout_s = limits.header_timeout_ms / 1000
+        self._keepalive_timeout_s = limits.keepalive_timeout_ms / 1000
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client = ""
+        self._pending: deque[_ServerExchange] = deque()  # request order, answered or not
+        self._ready: list[_ServerExchange] = []  # parsed in this data_received, not yet handed over
+        self._dispatching = False
+        # Connection state.
+        self._accepting = True  # False once no further request will be read
+        self._refused = False  # a request was refused: input may be left unread
+        self._read_eof = False
+        self._closed = False
+        self._reading_paused = False
+        self._write_paused = False
+        self._continue_wanted = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None  # loop time the connection became idle
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._rejection: tuple[int, str, str] | None = None
+        # The request being parsed.
+        self._seq = 0
+        self._in_request = False
+        self._in_head = False
+        self._head_bytes = 0
+        self._head_partial = 0
+        self._url: list[bytes] = []  # pieces, joined when the head is complete
+        self._path = b""
+        self._query = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._content_length = 0
+        self._host_count = 0
+        self._has_transfer_encoding = False
+        self._expect_continue = False
+        self._request_id: str | None = None
+        self._http10 = False
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        state = self._state
+        if len(state.connections) >= state.limits.max_connections:
+            self._closed = True
+            transport.write(
+                render_error(
+                    503,
+                    "TooManyConnections",
+                    "Too many open connections",
+                    request_id=new_request_id(),
+                    close=True,
+                )
+            )
+            transport.close()
+            return
+        state.connections.add(self)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_timers()
+        self._cancel_pending()
+        self._state.forget(self)
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it asked, then close."""
+        self._read_eof = True
+        self._stop_reading()
+        self._cancel_timers()
+        return bool(self._pending) and not self._closed
+
+    def data_received(self, data: bytes) -> None:
+        if not self._accepting or self._closed:
+            return  # discarding input after a refusal or a closing request
+        self._idle_since = None  # the keep-alive timer sees it and does not close
+        seq = self._seq
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._on_upgrade()
+        except httptools.HttpParserError as exc:
+            self._on_parse_error(exc)
+        if self._in_head:
+            # A head still incomplete: httptools buffers the header being read
+            # whole, so its raw bytes are counted here too (exactly when the head
+            # began before this read, or in it with no other request in it).
+            # Raw bytes include the request line and separators, hence the
+            # doubled bound: the exact limit is enforced when each header ends.
+            if seq == self._seq:
+                self._head_partial += len(data)
+            elif not self._ready and self._seq == seq + 1:
+                self._head_partial = len(data)
+            if self._head_partial > 2 * self._max_head:
+                self._refuse(431, "HeadersTooLarge", "Request headers are too large")
+        if self._ready:
+            self._dispatch()
+        if len(self._pending) >= self._state.max_pipelined:
+            self.pause_reading()
+        if self._in_head:
+            self._arm_header_timer()  # no timer at all for a head that arrives in one read
+        elif self._continue_wanted:
+            self._send_continue()
+        else:
+            self._check_idle()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    # -- flow control (idempotent) ----------------------------------------
+
+    def pause_reading(self) -> None:
+        if self._reading_paused or self._closed or self._transport is None:
+            return
+        self._reading_paused = True
+        self._transport.pause_reading()
+        self._cancel_header_timer()  # the client is not slow while we do not read
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused or self._closed or self._transport is None:
+            return
+        self._reading_paused = False
+        self._transport.resume_reading()
+        if self._in_head:
+            self._arm_header_timer()
+
+    def _update_reading(self) -> None:
+        if self._write_paused or len(self._pending) >= self._state.max_pipelined:
+            self.pause_reading()
+        else:
+            self.resume_reading()
+
+    # -- httptools callbacks ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if not self._accepting:
+            raise _Rejected()  # bytes after a closing request are not parsed
+        self._seq += 1
+        self._in_request = True
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_partial = 0
+        self._url = []
+        self._headers = []
+        self._body = []
+        self._body_bytes = 0
+        self._content_length = 0
+        self._host_count = 0
+        self._has_transfer_encoding = False
+        self._expect_continue = False
+        self._request_id = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            self._reject_in_parser(431, "HeadersTooLarge", "Request headers are too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp drops leading whitespace only (RFC 9110 §5.5)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            self._reject_in_parser(431, "HeadersTooLarge", "Request headers are too large")
+        name = name.lower()
+        if self._in_head:
+            self._headers.append((name, value))
+            kind = _SPECIAL_HEADERS.get(name)
+            if kind is not None:
+                self._special_header(kind, value)
+        elif name in _FORBIDDEN_TRAILERS:  # a trailer field: checked, then dropped
+            self._reject_in_parser(400, "BadRequest", "Forbidden trailer field")
+
+    def _special_header(self, kind: int, value: bytes) -> None:
+        if kind == _CONTENT_LENGTH:
+            try:
+                self._content_length = int(value)
+            except ValueError:
+                self._reject_in_parser(400, "BadRequest", "Invalid Content-Length")
+        elif kind == _HOST:
+            self._host_count += 1
+        elif kind == _TRANSFER_ENCODING:
+            self._has_transfer_encoding = True
+        elif kind == _EXPECT:
+            self._expect_continue = value.lower() == b"100-continue"
+        elif self._request_id is None:
+            self._request_id = client_request_id(value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._header_timer is not None:
+            self._cancel_header_timer()
+        version = self._parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                self._reject_in_parser(400, "BadRequest", f"Unsupported HTTP version {version}")
+            if self._has_transfer_encoding:  # RFC 9112 §6.1: faulty framing
+                self._reject_in_parser(
+                    400, "BadRequest", "Transfer-Encoding in an HTTP/1.0 request"
+                )
+        self._http10 = version == "1.0"
+        if self._host_count > 1:  # RFC 9112 §3.2
+            self._reject_in_parser(400, "BadRequest", "More than one Host header")
+        pieces = self._url
+        url = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if url[:1] == b"/":
+            if b"#" in url:
+                url = url.partition(b"#")[0]
+            self._path, _, self._query = url.partition(b"?")
+        else:
+            self._split_target(url)
+        if self._content_length > self._max_body:
+            self._reject_in_parser(
+                413, "PayloadTooLarge", f"Request body is larger than {self._max_body} bytes"
+            )
+        # Sent at the end of this read if the body is still to come, and after
+        # the answers to earlier requests (see _send_continue).
+        self._continue_wanted = self._expect_continue and not self._http10
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body:
+            self._reject_in_parser(
+                413, "PayloadTooLarge", f"Request body is larger than {self._max_body} bytes"
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_request = False
+        self._continue_wanted = False
+        parser = self._parser
+        body = self._body
+        keep_alive = parser.should_keep_alive()
+        exchange = _ServerExchange(
+            self,
+            parser.get_method(),
+            self._path,
+            self._query,
+            self._headers,
+            (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
+            self._client,
+            self._request_id or new_request_id(),
+            keep_alive,
+            self._loop.time(),
+        )
+        exchange.http10_keep_alive = self._http10 and keep_alive
+        self._pending.append(exchange)
+        self._ready.append(exchange)
+        if not keep_alive:
+            self._stop_reading()
+
+    # -- parsing helpers --------------------------------------------------
+
+    def _split_target(self, url: bytes) -> None:
+        """Request targets not in origin form (RFC 9112 §3.2): rare, checked strictly."""
+        method = self._parser.get_method()
+        if url == b"*":
+            if method != b"OPTIONS":
+                self._reject_in_parser(400, "BadRequest", "Invalid request target")
+            self._path, self._query = url, b""
+            return
+        if method == b"CONNECT":  # authority form; the upgrade path then closes
+            self._path, self._query = url, b""
+            return
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            parsed = None
+        if parsed is None or not parsed.schema or not parsed.host:
+            self._reject_in_parser(400, "BadRequest", "Invalid request target")
+        assert parsed is not None
+        self._path = parsed.path or b"/"
+        self._query = parsed.query or b""
+
+    def _reject_in_parser(self, status: int, error_type: str, message: str) -> NoReturn:
+        self._rejection = (status, error_type, message)
+        raise _Rejected()
+
+    def _on_parse_error(self, exc: httptools.HttpParserError) -> None:
+        rejection, self._rejection = self._rejection, None
+        if rejection is not None:
+            self._refuse(*rejection)
+        elif self._accepting:
+            self._refuse(400, "BadRequest", f"Malformed HTTP request: {exc}")
+        # else: bytes after a request that closes the connection; they are ignored
+
+    def _on_upgrade(self) -> None:
+        """Upgrade and CONNECT are not supported: the request is answered, then the connection closes."""
+        if self._ready and not self._in_request:
+            self._ready[-1].keep_alive = False
+            self._stop_reading()
+        else:
+            self._refuse(400, "BadRequest", "Protocol upgrade is not supported")
+
+    def _stop_reading(self) -> None:
+        self._accepting = False
+        self._in_request = False
+        self._in_head = False
+        self._continue_wanted = False
+        self._cancel_header_timer()
+
+    def _refuse(self, status: int, error_type: str, message: str) -> None:
+        """Answer `status` after the requests before it, then close; read nothing more."""
+        if not self._accepting or self._closed:
+            return
+        request_id = self._request_id if self._in_request and self._request_id else new_request_id()
+        self._stop_reading()
+        self._refused = True
+        exchange = _ServerExchange(
+            self, b"", b"", b"", [], b"", self._client, request_id, False, self._loop.time()
+        )
+        exchange.http10_keep_alive = False
+        self._pending.append(exchange)
+        exchange.respond(status, error_body(error_type, message), close=True)
+
+    # -- answers ----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        ready, self._ready = self._ready, []
+        app = self._app
+        self._dispatching = True
+        try:
+            for exchange in ready:
+                if exchange.cancelled:
+                    continue
+                try:
+                    app.handle(exchange)
+                except Exception:
+                    logger.exception("request %s: the app raised", exchange.request_id)
+                    exchange.respond(500, error_body("InternalError", "Internal error"))
+        finally:
+            self._dispatching = False
+        if self._pending and self._pending[0].done:
+            self._flush()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Called by `Exchange.respond`: write it now if every earlier answer is written."""
+        if self._dispatching or self._closed:
+            return
+        pending = self._pending
+        if pending and pending[0] is exchange:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        out = []
+        close = False
+        while pending and pending[0].done:
+            exchange = pending.popleft()
+            close = exchange.close_after or not exchange.keep_alive
+            out.append(self._render(exchange, close))
+            if close:
+                break
+        transport = self._transport
+        assert transport is not None
+        if out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if close:
+            self._close(linger=self._refused)
+            return
+        if self._continue_wanted:
+            self._send_continue()
+        if self._reading_paused:
+            self._update_reading()
+        self._check_idle()
+
+    def _send_continue(self) -> None:
+        """Expect: 100-continue, once every earlier answer is written."""
+        if not self._pending and self._in_request and self._transport is not None:
+            self._continue_wanted = False
+            self._transport.write(CONTINUE_LINE)
+
+    def _render(self, exchange: _ServerExchange, close: bool) -> bytes:
+        headers = exchange.response_headers
+        if exchange.http10_keep_alive and not close:
+            headers = (*headers, ("connection", "keep-alive"))
+        try:
+            data = render_response(
+                exchange.status,
+                exchange.response_body,
+                request_id=exchange.request_id,
+                content_type=exchange.content_type,
+                headers=headers,
+                close=close,
+            )
+        except ValueError:
+            logger.exception("request %s: the answer could not be rendered", exchange.request_id)
+            return render_error(
+                500, "InternalError", "Internal error", request_id=exchange.request_id, close=close
+            )
+        body = exchange.response_body
+        if exchange.method == b"HEAD" and body and data.endswith(body):
+            data = data[: len(data) - len(body)]
+        return data
+
+    # -- idle, timers, close ----------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self._pending or self._in_request or self._closed:
+            return
+        if self._read_eof or self._state.draining or not self._accepting:
+            self._close()
+            return
+        # One long-lived timer per connection instead of one per request: new
+        # data only clears `_idle_since`, and the timer re-arms itself for the
+        # rest of the delay when it fires early (call_later and cancel cost more
+        # than the rest of a request's bookkeeping).
+        self._idle_since = self._loop.time()
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self._loop.call_later(
+                self._keepalive_timeout_s, self._on_keepalive_timer
+            )
+
+    def close_if_idle(self) -> None:
+        if not self._pending and not self._in_request:
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _on_keepalive_timer(self) -> None:
+        self._keepalive_timer = None
+        if self._idle_since is None or self._pending or self._in_request:
+            return  # busy: armed again when it next becomes idle
+        left_s = self._idle_since + self._keepalive_timeout_s - self._loop.time()
+        if left_s > 0:
+            self._keepalive_timer = self._loop.call_later(left_s, self._on_keepalive_timer)
+        else:
+            self._close()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None and not self._reading_paused:
+            self._header_timer = self._loop.call_later(
+                self._header_timeout_s, self._on_header_timeout
+            )
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        self._close()  # SPEC §3.4: a client too slow with its headers is disconnected
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_header_timer()
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+
+    def _cancel_pending(self) -> None:
+        pending, self._pending = self._pending, deque()
+        self._ready = []
+        for exchange in pending:
+            try:
+                exchange.cancel()
+            except Exception:
+                logger.exception("request %s: on_cancel raised", exchange.request_id)
+
+    def _close(self, linger: bool = False) -> None:
+        """Close after what was written; later pending requests are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_reading()
+        self._cancel_timers()
+        self._cancel_pending()
+        transport = self._transport
+        assert transport is not None
+        if linger and not self._read_eof and transport.can_write_eof():
+            # Input may still be arriving (e.g. a body we refused): closing now
+            # could reset the connection before the client reads the answer.
+            # Reads go on, discarded, until the client's EOF or the linger delay.
+            transport.write_eof()
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
+            self._linger_timer = self._loop.call_later(self._state.linger_s, transport.close)
+            return
+        transport.close()

@@ -1,0 +1,119 @@
+"""HTTP/1.1 answer bytes: precomputed status lines and one-shot response rendering.
+
+Pure functions over bytes; no I/O, no state. Every answer carries Content-Type,
+Content-Length, `DSS-APINode-API-Version: 1` and `X-Request-Id` (SPEC §3.3),
+and error bodies have the SPEC §3.4 shape. Imports: standard library, ujson and
+`lightnode.errors` only (no protocol, no app).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http import HTTPStatus
+
+import ujson
+
+from lightnode.errors import ERROR_STATUS
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""  # RFC 9112 §4: the reason phrase may be empty
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode("ascii")
+
+
+# Every status lightnode answers by itself, plus the standard table for statuses
+# an app may pick (e.g. a user exception's `http_status_code`, SPEC §3.4).
+STATUS_LINES: dict[int, bytes] = {
+    status: _status_line(status)
+    for status in sorted({*ERROR_STATUS.values(), 200, 201, 204, 431, *map(int, HTTPStatus)})
+}
+
+CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_API_VERSION = b"dss-apinode-api-version: 1\r\n"
+_CONTENT_TYPE_LINES: dict[str, bytes] = {
+    "application/json": b"content-type: application/json\r\n" + _API_VERSION,
+}
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def _content_type_lines(content_type: str) -> bytes:
+    lines = _CONTENT_TYPE_LINES.get(content_type)
+    if lines is None:
+        _check_field(content_type)
+        lines = f"content-type: {content_type}\r\n".encode("latin-1") + _API_VERSION
+        if len(_CONTENT_TYPE_LINES) < 64:  # a handful of types in practice; never unbounded
+            _CONTENT_TYPE_LINES[content_type] = lines
+    return lines
+
+
+def _check_field(text: str) -> None:
+    if "\r" in text or "\n" in text:
+        raise ValueError(f"CR or LF in a response header: {text!r}")
+
+
+def render_response(
+    status: int,
+    body: bytes,
+    *,
+    request_id: str,
+    content_type: str = "application/json",
+    headers: Sequence[tuple[str, str]] = (),
+    close: bool = False,
+) -> bytes:
+    """The complete bytes of one answer (status line, headers, body).
+
+    Raises ValueError if a header name or value holds CR or LF (the caller
+    turns that into a 500; request ids are validated before they get here).
+    """
+    status_line = STATUS_LINES.get(status)
+    if status_line is None:
+        status_line = _status_line(status)
+    type_lines = _content_type_lines(content_type)
+    request_id_bytes = request_id.encode("ascii")
+    if status in _NO_BODY_STATUSES or status < 200:
+        body = b""  # RFC 9110 §8.6: no Content-Length and no content for these
+        parts = [status_line, type_lines, b"x-request-id: ", request_id_bytes, b"\r\n"]
+    else:
+        length = str(len(body)).encode()
+        parts = [status_line, type_lines, b"content-length: ", length, b"\r\nx-request-id: "]
+        parts += (request_id_bytes, b"\r\n")
+    if headers:
+        extra = []
+        for name, value in headers:
+            _check_field(name)
+            _check_field(value)
+            extra.append(f"{name}: {value}\r\n")
+        parts.append("".join(extra).encode("latin-1"))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+def error_body(error_type: str, message: str, detailed_message: str | None = None) -> bytes:
+    """The SPEC §3.4 error body."""
+    payload = {
+        "errorType": error_type,
+        "message": message,
+        "detailedMessage": message if detailed_message is None else detailed_message,
+    }
+    return ujson.dumps(payload, ensure_ascii=False).encode()
+
+
+def render_error(
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    request_id: str,
+    close: bool = False,
+    headers: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """An error answer with the SPEC §3.4 body (`detailedMessage` repeats `message`)."""
+    return render_response(
+        status, error_body(error_type, message), request_id=request_id, headers=headers, close=close
+    )

@@ -1,0 +1,99 @@
+"""URL paths -> routes. PURE: no I/O, no lightnode imports but config.model.
+
+Ids are validated here (SPEC §2), before anything looks them up, so that a
+path such as `/public/api/v1/../x/run` can never reach the filesystem.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from lightnode.config.model import is_valid_id
+
+RUN_PREFIX = b"/public/api/v1/"
+
+
+class RouteKind(enum.Enum):
+    RUN = "run"
+    PING = "ping"
+    IS_ALIVE = "isAlive"
+    READY = "ready"
+    METRICS = "metrics"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    service_id: str = ""
+    endpoint_id: str = ""
+    rest: str = ""  # for ADMIN: the path after /admin/api/
+
+
+_FIXED: dict[bytes, RouteKind] = {
+    b"/public/api/v1/ping": RouteKind.PING,
+    b"/isAlive": RouteKind.IS_ALIVE,
+    b"/healthz": RouteKind.IS_ALIVE,
+    b"/readyz": RouteKind.READY,
+    b"/metrics": RouteKind.METRICS,
+}
+
+
+class BadId(Exception):
+    """The path names an id that SPEC §2 refuses: answer 404 without lookup."""
+
+
+def parse_path(path: bytes) -> Route | None:
+    """Return the route for `path` (no query string), or None for unknown paths.
+
+    Raises:
+        BadId: a run path whose service or endpoint id is not a valid id.
+    """
+    fixed = _FIXED.get(path)
+    if fixed is not None:
+        return Route(fixed)
+    if path.startswith(RUN_PREFIX) and path.endswith(b"/run"):
+        return _parse_run(path)
+    if path.startswith(b"/admin/api/"):
+        return Route(RouteKind.ADMIN, rest=unquote(path[len(b"/admin/api/") :].decode("latin-1")))
+    return None
+
+
+def _parse_run(path: bytes) -> Route:
+    middle = path[len(RUN_PREFIX) : -len(b"/run")]
+    parts = middle.split(b"/")
+    if len(parts) != 2:
+        raise BadId("expected /public/api/v1/<service>/<endpoint>/run")
+    service, endpoint = (unquote(p.decode("latin-1")) for p in parts)
+    if not is_valid_id(service):
+        raise BadId(f"Service {service} does not exist")
+    if not is_valid_id(endpoint):
+        raise BadId(f"Endpoint does not exist: {endpoint}")
+    return Route(RouteKind.RUN, service, endpoint)
+
+
+def query_to_object(query: bytes) -> dict[str, object]:
+    """GET /run?a=1&b=x -> {"a": 1, "b": "x"} (SPEC §3.3): literals typed, the rest strings."""
+    from urllib.parse import parse_qsl
+
+    result: dict[str, object] = {}
+    for key, value in parse_qsl(query.decode("utf-8", "replace"), keep_blank_values=True):
+        result[key] = _typed(value)
+    return result
+
+
+def _typed(text: str) -> object:
+    literals: dict[str, object] = {"true": True, "false": False, "null": None}
+    if text in literals:
+        return literals[text]
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if number == number and abs(number) != float("inf") else text

@@ -1,0 +1,368 @@
+"""HttpProtocol with a fake transport and app: requests, keep-alive, pipelining,
+cancellation, app failures, flow control and draining (SPEC §3.3, §4 rule 9, §11)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from http_fakes import FakeApp, answer, connect
+
+from lightnode.config.model import ServerLimits
+from lightnode.http.protocol import ServerState, client_request_id, new_request_id
+
+GET = b"GET /public/api/v1/ping?a=1&b=x HTTP/1.1\r\nHost: node\r\nUser-Agent: t\r\n\r\n"
+
+
+def req(path: str = "/p", extra: bytes = b"", method: bytes = b"GET", body: bytes = b"") -> bytes:
+    length = b"Content-Length: %d\r\n" % len(body) if body else b""
+    return (
+        method
+        + b" "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: n\r\n"
+        + length
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+def test_simple_get_builds_the_exchange() -> None:
+    c = connect()
+    c.feed(GET)
+    (ex,) = c.app.exchanges
+    assert ex.method == b"GET"
+    assert ex.path == b"/public/api/v1/ping"
+    assert ex.query == b"a=1&b=x"
+    assert ex.headers == [(b"host", b"node"), (b"user-agent", b"t")]
+    assert ex.header(b"host") == b"node"
+    assert ex.body == b""
+    assert ex.client == "127.0.0.1"
+    assert ex.keep_alive is True
+    assert ex.started == c.loop.time()
+    (response,) = c.responses()
+    assert response.status == 200
+    assert response.header("x-request-id") == ex.request_id
+    assert response.header("connection") is None
+    assert not c.transport.closed
+
+
+def test_post_with_content_length_body() -> None:
+    c = connect()
+    c.feed(b'POST /run HTTP/1.1\r\nContent-Length: 7\r\n\r\n{"a":1}')
+    (ex,) = c.app.exchanges
+    assert (ex.method, ex.body) == (b"POST", b'{"a":1}')
+    assert c.responses()[0].json()["body"] == '{"a":1}'
+
+
+def test_chunked_body_is_joined() -> None:
+    c = connect()
+    c.feed(
+        b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'3\r\n{"a\r\n4\r\n":1}\r\n0\r\nX-Checksum: 1\r\n\r\n'
+    )
+    (ex,) = c.app.exchanges
+    assert ex.body == b'{"a":1}'
+    assert (b"x-checksum", b"1") not in ex.headers  # trailers are not headers
+
+
+def test_fragment_and_absolute_target() -> None:
+    c = connect()
+    c.feed(req("/a/b?q=1#frag") + req("http://example.com:80/x/y?z=2") + req("http://example.com"))
+    assert [(e.path, e.query) for e in c.app.exchanges] == [
+        (b"/a/b", b"q=1"),
+        (b"/x/y", b"z=2"),
+        (b"/", b""),
+    ]
+
+
+def test_keep_alive_serves_several_requests() -> None:
+    c = connect()
+    for i in range(3):
+        c.feed(req(f"/r{i}"))
+    assert [r.json()["path"] for r in c.responses()] == ["/r0", "/r1", "/r2"]
+    assert not c.transport.closed
+
+
+def test_client_request_id_is_echoed_only_when_sane() -> None:
+    c = connect()
+    c.feed(req(extra=b"X-Request-Id: abc-123_XYZ\r\n"))
+    c.feed(req(extra=b"X-Request-Id: has space\r\n"))
+    c.feed(req(extra=b"X-Request-Id: " + b"a" * 129 + b"\r\n"))
+    c.feed(req(extra=b"X-Request-Id: " + b"a" * 128 + b"\r\n"))
+    c.feed(req(extra=b"X-Request-Id: caf\xc3\xa9\r\n"))
+    ids = [r.header("x-request-id") for r in c.responses()]
+    assert ids[0] == "abc-123_XYZ"
+    assert ids[3] == "a" * 128
+    generated = [ids[1], ids[2], ids[4]]
+    assert len(set(generated)) == 3
+    assert all(i and " " not in i and len(i) <= 128 for i in generated)
+
+
+def test_request_id_helpers() -> None:
+    assert client_request_id(b"x") == "x"
+    assert client_request_id(b"") is None
+    assert client_request_id(b"a\tb") is None
+    assert client_request_id(b"a\x7fb") is None
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_pipelined_answers_are_written_in_request_order() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2") + req("/3"))
+    first, second, third = c.app.exchanges
+    answer(third)
+    assert c.transport.writes == []  # held until the ones before are answered
+    answer(first)
+    assert len(c.transport.writes) == 1
+    answer(second)
+    assert len(c.transport.writes) == 2  # /2 and the held /3 in one write
+    assert [r.json()["path"] for r in c.responses()] == ["/1", "/2", "/3"]
+
+
+def test_pipelined_synchronous_answers_use_one_write() -> None:
+    c = connect()
+    c.feed(req("/1") + req("/2") + req("/3") + req("/4"))
+    assert len(c.transport.writes) == 1
+    assert [r.json()["path"] for r in c.responses()] == ["/1", "/2", "/3", "/4"]
+
+
+def test_connection_close_request_closes_and_ignores_later_bytes() -> None:
+    c = connect()
+    c.feed(req("/1", b"Connection: close\r\n") + req("/2"))
+    assert [e.path for e in c.app.exchanges] == [b"/1"]
+    (response,) = c.responses()
+    assert response.header("connection") == "close"
+    assert c.transport.closed
+
+
+def test_answer_with_close_cancels_later_pending_requests() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2") + req("/3"))
+    cancelled: list[bytes] = []
+    for ex in c.app.exchanges:
+        ex.on_cancel = lambda ex=ex: cancelled.append(ex.path)
+    answer(c.app.exchanges[2])
+    answer(c.app.exchanges[0], close=True)
+    assert c.transport.closed
+    assert cancelled == [b"/2"]  # /3 was answered already, /1 is the closing one
+    assert [r.status for r in c.responses()] == [200]
+    answer(c.app.exchanges[1])  # too late: ignored
+    c.loop.run_soon()
+    assert len(c.responses()) == 1
+    assert c.protocol not in c.state.connections
+
+
+def test_http10_without_keep_alive_closes() -> None:
+    c = connect()
+    c.feed(b"GET /old HTTP/1.0\r\n\r\n")
+    (ex,) = c.app.exchanges
+    assert ex.keep_alive is False
+    assert c.responses()[0].header("connection") == "close"
+    assert c.transport.closed
+
+
+def test_http10_keep_alive_says_so() -> None:
+    c = connect()
+    c.feed(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    c.feed(b"GET /old2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    responses = c.responses()
+    assert [r.header("connection") for r in responses] == ["keep-alive", "keep-alive"]
+    assert not c.transport.closed
+
+
+def test_head_answer_has_no_body() -> None:
+    c = connect()
+    c.feed(req("/h", method=b"HEAD") + req("/g"))
+    data = c.transport.data
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert b"content-length: " in first and rest.startswith(b"HTTP/1.1 200")
+
+
+def test_client_gone_cancels_pending_exchanges() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2"))
+    fired: list[bytes] = []
+    for ex in c.app.exchanges:
+        ex.on_cancel = lambda ex=ex: fired.append(ex.path)
+    answer(c.app.exchanges[1])  # answered but not yet written (waits for /1)
+    c.lose()
+    assert all(ex.cancelled or ex.done for ex in c.app.exchanges)
+    assert c.app.exchanges[0].cancelled
+    assert fired == [b"/1"]
+    answer(c.app.exchanges[0])  # ignored after cancel
+    assert c.transport.writes == []
+    assert c.protocol not in c.state.connections
+
+
+def test_on_cancel_raising_does_not_stop_other_cancels() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2"))
+
+    def boom() -> None:
+        raise RuntimeError("bad callback")
+
+    c.app.exchanges[0].on_cancel = boom
+    c.lose()
+    assert c.app.exchanges[1].cancelled
+
+
+def test_app_raising_gives_500_and_keeps_the_connection() -> None:
+    c = connect(FakeApp(auto=False, raises=True))
+    c.feed(req("/1"))
+    (response,) = c.responses()
+    assert response.status == 500
+    assert response.json()["errorType"] == "InternalError"
+    assert not c.transport.closed
+    c.app.raises = False
+    c.app.auto = True
+    c.feed(req("/2"))
+    assert [r.status for r in c.responses()] == [500, 200]
+
+
+def test_app_raising_after_answering_keeps_its_answer() -> None:
+    c = connect(FakeApp(auto=True, raises=True))
+    c.feed(req("/1"))
+    assert [r.status for r in c.responses()] == [200]
+
+
+def test_bad_answer_header_becomes_500() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1"))
+    c.app.exchanges[0].respond(200, b"{}", [("x-bad", "a\r\nInjected: 1")])
+    (response,) = c.responses()
+    assert response.status == 500 and response.header("injected") is None
+
+
+def test_pipelining_limit_pauses_and_resumes_reading() -> None:
+    state = ServerState(ServerLimits())
+    state.max_pipelined = 3
+    c = connect(FakeApp(auto=False), state=state)
+    c.feed(req("/1") + req("/2"))
+    assert c.transport.reading
+    c.feed(req("/3"))
+    assert not c.transport.reading
+    answer(c.app.exchanges[0])
+    assert c.transport.reading
+    assert (c.transport.pause_calls, c.transport.resume_calls) == (1, 1)
+
+
+def test_write_flow_control_pauses_reading_idempotently() -> None:
+    c = connect()
+    c.protocol.pause_writing()
+    c.protocol.pause_reading()  # already paused: no second transport call
+    assert c.transport.pause_calls == 1 and not c.transport.reading
+    c.protocol.resume_writing()
+    c.protocol.resume_reading()
+    assert c.transport.resume_calls == 1 and c.transport.reading
+
+
+def test_write_pause_holds_reading_even_when_pipeline_drains() -> None:
+    state = ServerState(ServerLimits())
+    state.max_pipelined = 1
+    c = connect(FakeApp(auto=False), state=state)
+    c.feed(req("/1"))
+    c.protocol.pause_writing()
+    answer(c.app.exchanges[0])
+    assert not c.transport.reading
+    c.protocol.resume_writing()
+    assert c.transport.reading
+
+
+def test_half_close_answers_pending_then_closes() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1"))
+    assert c.protocol.eof_received() is True
+    assert not c.transport.closed
+    answer(c.app.exchanges[0])
+    assert c.transport.closed
+    assert [r.status for r in c.responses()] == [200]
+
+
+def test_half_close_when_idle_closes() -> None:
+    c = connect()
+    c.feed(req("/1"))
+    c.eof()
+    assert c.transport.closed
+
+
+def test_max_connections() -> None:
+    state = ServerState(ServerLimits(max_connections=2))
+    first = connect(state=state)
+    second = connect(state=state)
+    third = connect(state=state)
+    (refused,) = third.responses()
+    assert refused.status == 503
+    assert refused.json()["errorType"] == "TooManyConnections"
+    assert refused.header("connection") == "close"
+    assert third.transport.closed
+    third.loop.run_soon()
+    assert state.connections == {first.protocol, second.protocol}
+    first.feed(req("/still"))
+    assert first.responses()[0].status == 200
+    first.transport.close()
+    first.loop.run_soon()
+    assert connect(state=state).transport.writes == []  # room again
+
+
+def test_draining_closes_idle_connections_now_and_busy_ones_after_their_answer() -> None:
+    state = ServerState(ServerLimits())
+    idle = connect(state=state)
+    idle.feed(req("/1"))
+    busy = connect(FakeApp(auto=False), state=state)
+    busy.feed(req("/2"))
+    partial = connect(state=state)
+    partial.feed(b"GET /3 HTTP/1.1\r\nHo")
+    state.draining = True
+    state.close_idle_connections()
+    assert idle.transport.closed
+    assert not busy.transport.closed and not partial.transport.closed
+    answer(busy.app.exchanges[0])  # a keep-alive answer, but the node drains
+    assert busy.transport.closed
+    assert [r.status for r in busy.responses()] == [200]
+    partial.feed(b"st: n\r\n\r\n")
+    assert partial.transport.closed
+
+
+def test_wait_closed_and_abort_all() -> None:
+    async def scenario() -> None:
+        state = ServerState(ServerLimits())
+        c = connect(FakeApp(auto=False), state=state)
+        c.feed(req("/1"))
+        waiter = asyncio.ensure_future(state.wait_closed())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        state.abort_all()
+        assert c.transport.aborted
+        c.loop.run_soon()
+        await asyncio.wait_for(waiter, 1)
+        assert c.app.exchanges[0].cancelled
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("peer", [None, "/tmp/sock", ()])
+def test_unknown_peer_gives_empty_client(peer: object) -> None:
+    c = connect(peer=peer)
+    c.feed(req("/x"))
+    assert c.app.exchanges[-1].client == ""
+
+
+def test_header_values_lose_trailing_whitespace() -> None:
+    c = connect()
+    c.feed(req(extra=b"X-Request-Id: rid-7 \t \r\nX-Other:   v  \r\n"))
+    (ex,) = c.app.exchanges
+    assert ex.request_id == "rid-7"
+    assert ex.header(b"x-other") == b"v"
+
+
+def test_http10_keep_alive_request_answered_with_close() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(b"GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    answer(c.app.exchanges[0], close=True)
+    (response,) = c.responses()
+    assert response.headers.count(("connection", "close")) == 1
+    assert response.header("connection") == "close"
+    assert c.transport.closed

@@ -1,0 +1,125 @@
+"""Header and keep-alive timeouts (SPEC §3.4, §8) on a loop whose clock the test moves."""
+
+from __future__ import annotations
+
+from http_fakes import Connection, FakeApp, answer, connect
+
+from lightnode.config.model import ServerLimits
+from lightnode.http.protocol import ServerState
+
+LIMITS = ServerLimits(header_timeout_ms=2000, keepalive_timeout_ms=5000)
+REQUEST = b"GET /p HTTP/1.1\r\nHost: n\r\n\r\n"
+
+
+def conn(auto: bool = True) -> Connection:
+    return connect(FakeApp(auto=auto), limits=LIMITS)
+
+
+def test_idle_keep_alive_connection_closes_after_the_timeout() -> None:
+    c = conn()
+    c.feed(REQUEST)
+    c.loop.advance(4.999)
+    assert not c.transport.closed
+    c.loop.advance(0.002)
+    assert c.transport.closed
+    assert c.protocol not in c.state.connections
+
+
+def test_new_data_cancels_the_keep_alive_timer() -> None:
+    c = conn()
+    c.feed(REQUEST)
+    c.loop.advance(4)
+    c.feed(REQUEST)
+    c.loop.advance(4)
+    assert not c.transport.closed
+    assert len(c.loop.active_timers()) == 1  # the old timer is cancelled, one runs
+    c.loop.advance(1.01)
+    assert c.transport.closed
+
+
+def test_no_keep_alive_timeout_while_an_answer_is_pending() -> None:
+    c = conn(auto=False)
+    c.feed(REQUEST)
+    c.loop.advance(60)
+    assert not c.transport.closed
+    answer(c.app.exchanges[0])
+    c.loop.advance(5.01)
+    assert c.transport.closed
+
+
+def test_connection_that_sends_nothing_is_closed_after_the_header_timeout() -> None:
+    c = conn()
+    c.loop.advance(1.99)
+    assert not c.transport.closed
+    c.loop.advance(0.02)
+    assert c.transport.closed
+    assert c.transport.writes == []  # disconnected without an answer
+
+
+def test_slow_headers_are_disconnected_even_if_bytes_trickle() -> None:
+    c = conn()
+    c.feed(REQUEST)
+    c.loop.advance(1)
+    for byte in b"GET /slow HTTP/1.1\r\nHost:":
+        c.feed(bytes([byte]))
+        c.loop.advance(0.1)  # 25 bytes: 2.5 s in all
+    assert c.transport.closed
+    assert [r.status for r in c.responses()] == [200]  # the first request was answered
+
+
+def test_header_timeout_cancels_a_pending_request() -> None:
+    c = conn(auto=False)
+    c.feed(REQUEST + b"GET /2 HT")
+    c.loop.advance(2.01)
+    assert c.transport.closed
+    c.loop.run_soon()
+    assert c.app.exchanges[0].cancelled
+
+
+def test_headers_in_time_then_slow_body_is_not_a_header_timeout() -> None:
+    c = conn()
+    c.feed(b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+    c.loop.advance(3)
+    assert not c.transport.closed
+    c.feed(b"cd")
+    assert c.app.exchanges[0].body == b"abcd"
+
+
+def test_whole_requests_arm_no_header_timer() -> None:
+    c = conn(auto=False)
+    c.feed(REQUEST)
+    assert c.loop.active_timers() == []  # connect-time timer cancelled, none armed
+    answer(c.app.exchanges[0])
+    assert len(c.loop.active_timers()) == 1  # keep-alive only
+
+
+def test_header_timer_stops_while_we_do_not_read() -> None:
+    state = ServerState(LIMITS)
+    state.max_pipelined = 1
+    c = connect(FakeApp(auto=False), state=state)
+    c.feed(REQUEST + b"GET /2 HTTP/1.1\r\n")  # second head partial; reading paused
+    assert not c.transport.reading
+    c.loop.advance(10)
+    assert not c.transport.closed
+    answer(c.app.exchanges[0])  # reading resumes: the client gets a fresh header delay
+    assert c.transport.reading
+    c.loop.advance(1.9)
+    assert not c.transport.closed
+    c.loop.advance(0.2)
+    assert c.transport.closed
+
+
+def test_draining_idle_connection_closes_without_waiting() -> None:
+    c = conn()
+    c.state.draining = True
+    c.feed(REQUEST)
+    assert c.transport.closed
+
+
+def test_one_keep_alive_timer_serves_many_requests() -> None:
+    c = conn()
+    for _ in range(20):
+        c.feed(REQUEST)
+        c.loop.advance(0.5)
+    assert len(c.loop.timers) <= 2  # the connect-time header timer and one keep-alive timer
+    assert not c.transport.closed
