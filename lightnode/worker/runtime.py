@@ -1,0 +1,417 @@
+"""The pipeline: one worker process that runs one endpoint's function.
+
+STDLIB ONLY. This file is started by path (`python runtime.py FD_IN FD_OUT SPEC_JSON`)
+with the endpoint's own interpreter, which may lack lightnode, so it imports
+nothing from lightnode and must parse on Python 3.8 (no `match`, no `X | Y`
+annotations evaluated at run time). It uses ujson when the interpreter has it.
+
+The wire (defined here once; the daemon imports these names):
+
+    frame  = HEADER (length: u32, kind: u8, value: i64, big-endian) + body (length bytes)
+
+    parent -> worker   CALL        body: the request's JSON object (raw bytes)
+    worker -> parent   READY       body: {"pid", "function", "signature"}     (after init code ran)
+                       INIT_ERROR  body: {"message", "traceback"}             (then exit EXIT_INIT_FAILED)
+                       RESULT      body: the result as JSON (empty: None), value: µs in the function
+                       ERROR       body: {"errorType", "message", "detailedMessage", "status"}, value: µs
+
+Frames travel on two dedicated pipe fds, never on stdout/stderr, so `print()`
+in user code cannot corrupt the channel; stdout and stderr go to the node's log.
+The loop has the shape of CPython's `_process_worker`: read a frame, call, write
+one answer. It exits when its input pipe reaches EOF (the node is gone) and
+ignores SIGINT so the terminal's Ctrl-C reaches the node, which drains first.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import faulthandler
+import importlib.util
+import inspect
+import os
+import signal
+import struct
+import sys
+import time
+import traceback
+
+try:  # optional speed-up; the standard library is enough
+    import ujson as _json
+
+    def _dumps(obj):  # type: ignore[no-untyped-def]
+        return _json.dumps(obj, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
+
+    _loads = _json.loads
+except ImportError:  # pragma: no cover - exercised only in user environments without ujson
+    import json as _json  # type: ignore[no-redef]
+
+    def _dumps(obj):  # type: ignore[no-untyped-def]
+        return _json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    _loads = _json.loads
+
+HEADER = struct.Struct("!IBq")
+
+CALL = 1
+READY = 10
+INIT_ERROR = 11
+RESULT = 12
+ERROR = 13
+
+# Exit status of a worker whose initialization failed (gunicorn's WORKER_BOOT_ERROR idea):
+# the scheduler backs off instead of respawning in a storm.
+EXIT_INIT_FAILED = 3
+
+# Largest frame either side accepts; a request body is bounded far below by the node.
+MAX_FRAME_BYTES = 1 << 31
+
+
+# ---------------------------------------------------------------------------- framing
+
+
+def encode_frame(kind, body=b"", value=0):  # type: ignore[no-untyped-def]
+    """Return the bytes of one frame."""
+    return HEADER.pack(len(body), kind, value) + body
+
+
+def write_frame(fd, kind, body=b"", value=0):  # type: ignore[no-untyped-def]
+    data = memoryview(encode_frame(kind, body, value))
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def read_exact(fd, size):  # type: ignore[no-untyped-def]
+    """Read exactly `size` bytes from `fd`; None at EOF."""
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd):  # type: ignore[no-untyped-def]
+    """Return (kind, value, body) or None at EOF."""
+    head = read_exact(fd, HEADER.size)
+    if head is None:
+        return None
+    length, kind, value = HEADER.unpack(head)
+    if length > MAX_FRAME_BYTES:
+        raise ValueError("frame too large: %d bytes" % length)
+    body = read_exact(fd, length) if length else b""
+    if body is None:
+        return None
+    return kind, value, body
+
+
+class FrameDecoder:
+    """Incremental decoder for the parent's side: feed bytes, get frames."""
+
+    def __init__(self):  # type: ignore[no-untyped-def]
+        self._buffer = bytearray()
+
+    def feed(self, data):  # type: ignore[no-untyped-def]
+        """Append `data`; return the list of complete (kind, value, body) frames."""
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        offset = 0
+        size = HEADER.size
+        while len(buffer) - offset >= size:
+            length, kind, value = HEADER.unpack_from(buffer, offset)
+            end = offset + size + length
+            if end > len(buffer):
+                break
+            frames.append((kind, value, bytes(buffer[offset + size : end])))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
+
+
+# ---------------------------------------------------------------- results to JSON
+
+
+class NotSerializable(Exception):
+    def __init__(self, type_name, path):  # type: ignore[no-untyped-def]
+        Exception.__init__(self, type_name, path)
+        self.type_name = type_name
+        self.path = path
+
+
+def to_jsonable(obj, path="$"):  # type: ignore[no-untyped-def]
+    """Convert a result to plain JSON types (SPEC §3.2), or raise NotSerializable.
+
+    numpy/pandas values are recognised by duck typing (`tolist`, `to_dict`,
+    `isoformat`) so that neither needs to be importable here.
+    """
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            name = key if isinstance(key, str) else _key_text(key, path)
+            out[name] = to_jsonable(value, "%s.%s" % (path, name))
+        return out
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj if not isinstance(obj, (set, frozenset)) else _sorted_if_possible(obj)
+        return [to_jsonable(v, "%s[%d]" % (path, i)) for i, v in enumerate(items)]
+    if isinstance(obj, decimal.Decimal):
+        if not obj.is_finite():
+            return None
+        return int(obj) if obj == obj.to_integral_value() else float(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    return _foreign(obj, path)
+
+
+def _key_text(key, path):  # type: ignore[no-untyped-def]
+    if key is None or isinstance(key, (bool, int, float, decimal.Decimal)):
+        return _dumps(to_jsonable(key, path))
+    if isinstance(key, (datetime.date, datetime.time)):
+        return key.isoformat()
+    raise NotSerializable(_type_name(key), "%s (a key)" % path)
+
+
+def _sorted_if_possible(values):  # type: ignore[no-untyped-def]
+    try:
+        return sorted(values)
+    except TypeError:
+        return list(values)
+
+
+def _foreign(obj, path):  # type: ignore[no-untyped-def]
+    """numpy / pandas values, converted without importing either."""
+    module = type(obj).__module__ or ""
+    root = module.split(".", 1)[0]
+    if root in ("numpy", "pandas"):
+        if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # DataFrame
+            return to_jsonable(obj.to_dict(orient="records"), path)
+        if hasattr(obj, "isoformat") and not _is_missing(obj):  # Timestamp, datetime64 via pandas
+            return obj.isoformat()
+        if _is_missing(obj):
+            return None
+        if hasattr(obj, "tolist"):  # ndarray, numpy scalars, Series
+            return to_jsonable(obj.tolist(), path)
+        if hasattr(obj, "item"):
+            return to_jsonable(obj.item(), path)
+    raise NotSerializable(_type_name(obj), path)
+
+
+def _is_missing(obj):  # type: ignore[no-untyped-def]
+    return type(obj).__name__ in ("NaTType", "NAType")
+
+
+def _type_name(obj):  # type: ignore[no-untyped-def]
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else "%s.%s" % (module, cls.__qualname__)
+
+
+def encode_result(result):  # type: ignore[no-untyped-def]
+    """JSON bytes of a result; b"" for None. Raises NotSerializable."""
+    if result is None:
+        return b""
+    try:
+        return _dumps(result).encode("utf-8")
+    except (TypeError, ValueError, OverflowError):
+        return _dumps(to_jsonable(result)).encode("utf-8")
+
+
+# ------------------------------------------------------------------------ binding
+
+
+class Binder:
+    """Checks a request's attributes against the function's parameters (SPEC §3.2)."""
+
+    def __init__(self, function):  # type: ignore[no-untyped-def]
+        self.function = function
+        name = getattr(function, "__name__", "function")
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            signature = None
+        self.signature_text = "%s%s" % (name, signature if signature is not None else "(...)")
+        self.accepts_any = signature is None
+        names = set()
+        required = []
+        for param in signature.parameters.values() if signature is not None else ():
+            if param.kind is param.VAR_KEYWORD:
+                self.accepts_any = True
+            elif param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+                if param.default is param.empty:
+                    required.append(param.name)
+            elif param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
+                required.append(param.name)  # cannot be passed by name: always missing
+        self.names = frozenset(names)
+        self.required = tuple(required)
+
+    def problems(self, params):  # type: ignore[no-untyped-def]
+        """Return an InvalidParameters message, or None when the call binds."""
+        missing = [name for name in self.required if name not in params]
+        unexpected = [] if self.accepts_any else sorted(k for k in params if k not in self.names)
+        if not missing and not unexpected:
+            return None
+        parts = []
+        if missing:
+            parts.append("missing: " + ", ".join(repr(n) for n in missing))
+        if unexpected:
+            parts.append("unexpected: " + ", ".join(repr(n) for n in unexpected))
+        return "Invalid parameters for %s: %s" % (self.signature_text, "; ".join(parts))
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def load_function(spec):  # type: ignore[no-untyped-def]
+    """Run the endpoint's module (its initialization code) and return its function."""
+    root = spec["root"]
+    os.chdir(root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    code_path = os.path.join(root, spec["code"])
+    module_name = os.path.splitext(os.path.basename(code_path))[0] or "endpoint"
+    module_spec = importlib.util.spec_from_file_location(module_name, code_path)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError("cannot load %s" % code_path)
+    module = importlib.util.module_from_spec(module_spec)
+    module.folders = list(spec.get("folders") or [])  # type: ignore[attr-defined]
+    sys.modules[module_name] = module
+    module_spec.loader.exec_module(module)
+    return _pick_function(module, spec.get("function"), code_path)
+
+
+def _pick_function(module, name, code_path):  # type: ignore[no-untyped-def]
+    if name:
+        function = getattr(module, name, None)
+        if function is None or not callable(function):
+            raise AttributeError("%s defines no function named %r" % (code_path, name))
+        return function
+    candidates = [
+        value
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and inspect.isfunction(value)
+        and getattr(value, "__module__", None) == module.__name__
+    ]
+    if len(candidates) != 1:
+        found = ", ".join(sorted(f.__name__ for f in candidates)) or "none"
+        raise AttributeError(
+            '%s: "function" is not set and the module must define exactly one public '
+            "function (found: %s)" % (code_path, found)
+        )
+    return candidates[0]
+
+
+# ---------------------------------------------------------------------- the call
+
+
+def call_once(binder, body, dev):  # type: ignore[no-untyped-def]
+    """Run one request; return (kind, body, µs in the function)."""
+    try:
+        params = _loads(body) if body.strip() else {}
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        return ERROR, _error("BadRequest", "Could not parse a JsonObject from request body", 400), 0
+    problem = binder.problems(params)
+    if problem is not None:
+        return ERROR, _error("InvalidParameters", problem, 400), 0
+    started = time.perf_counter()
+    try:
+        result = binder.function(**params)
+    except Exception as exc:  # boundary: user code
+        elapsed = int((time.perf_counter() - started) * 1e6)
+        return ERROR, _function_error(exc, dev), elapsed
+    elapsed = int((time.perf_counter() - started) * 1e6)
+    try:
+        return RESULT, encode_result(result), elapsed
+    except NotSerializable as exc:
+        message = "Result is not JSON-serializable: %s at %s" % (exc.type_name, exc.path)
+        return ERROR, _error("ResultNotSerializable", message, 500), elapsed
+
+
+def _error(error_type, message, status, detailed=None):  # type: ignore[no-untyped-def]
+    payload = {
+        "errorType": error_type,
+        "message": message,
+        "detailedMessage": detailed if detailed is not None else message,
+        "status": status,
+    }
+    return _dumps(payload).encode("utf-8")
+
+
+def _function_error(exc, dev):  # type: ignore[no-untyped-def]
+    message = "Failed to run function : %s : %s" % (type(exc), exc)
+    detailed = message
+    if dev:
+        detailed = message + "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    status = getattr(exc, "http_status_code", None)
+    if not (isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599):
+        status = 500
+    return _error("FunctionError", message, status, detailed)
+
+
+# ------------------------------------------------------------------------ process
+
+
+def _die_with_parent(parent_pid):  # type: ignore[no-untyped-def]
+    """On Linux, ask the kernel to kill us when the node dies (pipe EOF is the other net)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:  # pragma: no cover - no libc, odd platform: EOF still ends us
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)  # the node died before we could register
+
+
+def serve(fd_in, fd_out, spec):  # type: ignore[no-untyped-def]
+    """Initialise, say READY (or INIT_ERROR), then answer CALL frames until EOF."""
+    try:
+        function = load_function(spec)
+        binder = Binder(function)
+    except BaseException as exc:  # boundary: user init code, SystemExit included
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        message = "%s: %s" % (type(exc).__name__, exc)
+        write_frame(fd_out, INIT_ERROR, _dumps({"message": message, "traceback": text}).encode())
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        return EXIT_INIT_FAILED
+    info = {"pid": os.getpid(), "function": function.__name__, "signature": binder.signature_text}
+    write_frame(fd_out, READY, _dumps(info).encode())
+    dev = bool(spec.get("dev"))
+    while True:
+        frame = read_frame(fd_in)
+        if frame is None:
+            return 0
+        kind, _value, body = frame
+        if kind != CALL:
+            sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
+            return 2
+        answer_kind, answer, elapsed = call_once(binder, body, dev)
+        write_frame(fd_out, answer_kind, answer, elapsed)
+
+
+def main(argv=None):  # type: ignore[no-untyped-def]
+    args = sys.argv[1:] if argv is None else argv
+    fd_in, fd_out, spec = int(args[0]), int(args[1]), _loads(args[2])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(spec.get("parent_pid"))
+    # SIGUSR1 dumps every thread's stack to stderr (the node's log) before an exec-timeout kill.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    return serve(fd_in, fd_out, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The worker runtime in-process: framing, binding, conversions, the serve loop over os.pipe."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from lightnode.worker import runtime
+from lightnode.worker.runtime import (
+    CALL,
+    ERROR,
+    INIT_ERROR,
+    READY,
+    RESULT,
+    Binder,
+    FrameDecoder,
+    NotSerializable,
+    encode_frame,
+    encode_result,
+    read_frame,
+    to_jsonable,
+    write_frame,
+)
+
+# ------------------------------------------------------------------- framing
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b'{"a":1}', bytes(range(256)) * 1000])
+def test_frame_round_trip_through_a_pipe(body: bytes) -> None:
+    r, w = os.pipe()
+    try:
+        writer = threading.Thread(target=write_frame, args=(w, RESULT, body, 1234))
+        writer.start()
+        assert read_frame(r) == (RESULT, 1234, body)
+        writer.join()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_read_frame_returns_none_at_eof() -> None:
+    r, w = os.pipe()
+    os.close(w)
+    assert read_frame(r) is None
+    os.close(r)
+
+
+def test_truncated_frame_is_eof() -> None:
+    r, w = os.pipe()
+    os.write(w, encode_frame(CALL, b"0123456789")[:-3])
+    os.close(w)
+    assert read_frame(r) is None
+    os.close(r)
+
+
+def test_decoder_handles_any_split() -> None:
+    stream = encode_frame(READY, b'{"pid":1}') + encode_frame(RESULT, b"[1,2]", 7) + encode_frame(ERROR)
+    for step in (1, 2, 5, 13, len(stream)):
+        decoder = FrameDecoder()
+        frames = []
+        for i in range(0, len(stream), step):
+            frames.extend(decoder.feed(stream[i : i + step]))
+        assert frames == [(READY, 0, b'{"pid":1}'), (RESULT, 7, b"[1,2]"), (ERROR, 0, b"")]
+
+
+# ------------------------------------------------------------------- binding
+
+
+def test_binder_reports_missing_and_unexpected_with_signature() -> None:
+    def my_api_function(age, days, price=1):  # type: ignore[no-untyped-def]
+        return None
+
+    binder = Binder(my_api_function)
+    assert binder.problems({"age": 1, "days": 2}) is None
+    message = binder.problems({"age": 1, "foo": 2, "bar": 3})
+    assert message is not None
+    assert "missing: 'days'" in message
+    assert "unexpected: 'bar', 'foo'" in message
+    assert "my_api_function(age, days, price=1)" in message
+
+
+def test_binder_var_keyword_accepts_extras() -> None:
+    def api_py_function(z=0, **data):  # type: ignore[no-untyped-def]
+        return data
+
+    assert Binder(api_py_function).problems({"a": 1, "z": 2}) is None
+
+
+def test_binder_keyword_only_required() -> None:
+    def f(*, a):  # type: ignore[no-untyped-def]
+        return a
+
+    assert "missing: 'a'" in (Binder(f).problems({}) or "")
+
+
+# --------------------------------------------------------------- conversions
+
+
+def test_conversions() -> None:
+    import numpy as np
+
+    value = {
+        "when": datetime.datetime(2026, 11, 27, 4, 15),
+        "day": datetime.date(2026, 11, 27),
+        "price": decimal.Decimal("12.50"),
+        "whole": decimal.Decimal("3"),
+        "tags": {"b", "a"},
+        "pair": (1, 2),
+        "np_int": np.int64(7),
+        "np_float": np.float32(0.5),
+        "array": np.arange(3),
+        "nan": float("nan"),
+        1: "int key",
+    }
+    out = json.loads(encode_result(value))
+    assert out == {
+        "when": "2026-11-27T04:15:00",
+        "day": "2026-11-27",
+        "price": 12.5,
+        "whole": 3,
+        "tags": ["a", "b"],
+        "pair": [1, 2],
+        "np_int": 7,
+        "np_float": 0.5,
+        "array": [0, 1, 2],
+        "nan": None,
+        "1": "int key",
+    }
+
+
+def test_pandas_like_values_convert_when_pandas_present() -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    assert json.loads(encode_result({"df": frame, "s": frame["a"]})) == {
+        "df": [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}],
+        "s": [1, 2],
+    }
+
+
+def test_not_serializable_names_type_and_path() -> None:
+    class Thing:
+        pass
+
+    with pytest.raises(NotSerializable) as info:
+        to_jsonable({"a": {"b": [1, 2, Thing()]}})
+    assert info.value.path == "$.a.b[2]"
+    assert "Thing" in info.value.type_name
+
+
+def test_none_result_is_empty_body() -> None:
+    assert encode_result(None) == b""
+
+
+# ------------------------------------------------------------- call_once
+
+
+def _binder(source: str, name: str = "f") -> Binder:
+    namespace: dict[str, object] = {}
+    exec(source, namespace)
+    return Binder(namespace[name])
+
+
+def test_call_once_result_and_timing() -> None:
+    kind, body, elapsed = runtime.call_once(_binder("def f(a, b): return {'sum': a + b}"), b'{"a":1,"b":2}', False)
+    assert (kind, json.loads(body)) == (RESULT, {"sum": 3})
+    assert elapsed >= 0
+
+
+@pytest.mark.parametrize("body", [b"[1]", b"not json", b'"x"', b"{"])
+def test_call_once_bad_json(body: bytes) -> None:
+    kind, answer, _ = runtime.call_once(_binder("def f(**k): return k"), body, False)
+    error = json.loads(answer)
+    assert kind == ERROR
+    assert error["errorType"] == "BadRequest"
+    assert error["message"] == "Could not parse a JsonObject from request body"
+
+
+def test_call_once_empty_body_is_empty_object() -> None:
+    kind, body, _ = runtime.call_once(_binder("def f(z=0): return z"), b"", False)
+    assert (kind, body) == (RESULT, b"0")
+
+
+def test_function_error_wording_and_http_status() -> None:
+    source = (
+        "class Custom(Exception):\n    http_status_code = 418\n"
+        "def f(x):\n    if x: raise Custom('teapot')\n    raise ValueError('bad x')\n"
+    )
+    binder = _binder(source)
+    kind, body, _ = runtime.call_once(binder, b'{"x": 0}', False)
+    error = json.loads(body)
+    assert kind == ERROR and error["status"] == 500 and error["errorType"] == "FunctionError"
+    assert error["message"] == "Failed to run function : <class 'ValueError'> : bad x"
+    assert "Traceback" not in error["detailedMessage"]
+    _, body, _ = runtime.call_once(binder, b'{"x": 1}', True)
+    error = json.loads(body)
+    assert error["status"] == 418
+    assert "Traceback" in error["detailedMessage"]
+
+
+def test_result_not_serializable_is_an_error_frame() -> None:
+    kind, body, _ = runtime.call_once(_binder("def f(): return {'x': object()}"), b"{}", False)
+    error = json.loads(body)
+    assert kind == ERROR and error["errorType"] == "ResultNotSerializable" and error["status"] == 500
+    assert "$.x" in error["message"] and "object" in error["message"]
+
+
+# ---------------------------------------------------------------- serve loop
+
+
+def _serve(tmp_path: Path, source: str, function: str | None) -> tuple[threading.Thread, int, int, list]:
+    (tmp_path / "ep.py").write_text(source)
+    call_r, call_w = os.pipe()
+    ans_r, ans_w = os.pipe()
+    result: list = []
+    spec = {"root": str(tmp_path), "code": "ep.py", "function": function, "folders": ["/data/model"]}
+    cwd = os.getcwd()
+
+    def target() -> None:
+        try:
+            result.append(runtime.serve(call_r, ans_w, spec))
+        finally:
+            os.chdir(cwd)
+            os.close(call_r)
+            os.close(ans_w)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, call_w, ans_r, result
+
+
+def test_serve_ready_call_and_eof(tmp_path: Path) -> None:
+    source = "import os\nSEEN = list(folders)\ndef handler(a):\n    return {'a': a, 'folders': SEEN, 'cwd': os.getcwd()}\n"
+    thread, call_w, ans_r, result = _serve(tmp_path, source, None)
+    kind, _, body = read_frame(ans_r)
+    assert kind == READY and json.loads(body)["function"] == "handler"
+    write_frame(call_w, CALL, b'{"a": 5}')
+    kind, _, body = read_frame(ans_r)
+    assert kind == RESULT
+    assert json.loads(body) == {"a": 5, "folders": ["/data/model"], "cwd": str(tmp_path)}
+    os.close(call_w)
+    thread.join(5)
+    os.close(ans_r)
+    assert result == [0]
+
+
+def test_serve_init_error(tmp_path: Path) -> None:
+    thread, call_w, ans_r, result = _serve(tmp_path, "raise RuntimeError('no model')\n", "f")
+    kind, _, body = read_frame(ans_r)
+    info = json.loads(body)
+    assert kind == INIT_ERROR
+    assert info["message"] == "RuntimeError: no model"
+    assert "Traceback" in info["traceback"]
+    thread.join(5)
+    os.close(call_w)
+    os.close(ans_r)
+    assert result == [runtime.EXIT_INIT_FAILED]
+
+
+def test_single_public_function_fallback_needs_exactly_one(tmp_path: Path) -> None:
+    source = "from os.path import join\ndef a(): pass\ndef b(): pass\n"
+    thread, call_w, ans_r, _ = _serve(tmp_path, source, None)
+    kind, _, body = read_frame(ans_r)
+    assert kind == INIT_ERROR and "found: a, b" in json.loads(body)["message"]
+    thread.join(5)
+    os.close(call_w)
+    os.close(ans_r)
