@@ -1,0 +1,60 @@
+"""Commands returned by the pool machine: imperatives for the scheduler to carry out.
+
+PURE: imports only the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnWorker:
+    """Start a new pipeline process; report WorkerReady or WorkerStartFailed later."""
+
+    worker_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send the request to the (now BUSY) pipeline."""
+
+    request_id: int
+    worker_id: int
+    wait_s: float  # how long the request waited for a pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    """Stop a pipeline that runs nothing: close its pipe, let it exit, then report WorkerExited."""
+
+    worker_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    """Kill a pipeline now (exec timeout): log its stack, SIGKILL, then report WorkerExited."""
+
+    worker_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer a request with an error; the request is finished for the machine.
+
+    `retry_after_s` is set for QueueFull and QueueTimeout (rule 11).
+    """
+
+    request_id: int
+    error_type: str
+    message: str
+    retry_after_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """After DrainRequested: nothing runs, nothing waits, every pipeline is GONE."""
+
+
+Command = SpawnWorker | Dispatch | StopWorker | KillWorker | Reject | Drained

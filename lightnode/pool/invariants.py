@@ -1,0 +1,95 @@
+"""The pool invariants, checked after every event in tests (STYLE §4).
+
+Owns: `check_pool_invariants`, the precise statement of what must hold
+whenever `PoolMachine.handle()` has returned:
+
+1. Records: every kept pipeline is not GONE; a pipeline holds a request
+   exactly when BUSY; "stop when free" never marks a STARTING or IDLE one.
+2. Requests: no request is both waiting and running; each running request
+   belongs to exactly one BUSY pipeline and each BUSY pipeline runs one.
+3. Dispatch: no IDLE pipeline while a request waits.
+4. Ceil: allocated minus the BUSY pipelines already told to stop when free
+   is <= ceil. (Starts happen only below ceil, so allocated exceeds ceil
+   only after a ceil decrease, by busy pipelines that stop when they finish.)
+5. Queue: waiting <= queue + STARTING, the bound of rule 4, except after a
+   hot reload lowered queue or ceil while requests waited (they stay
+   queued, SPEC §5); the exception ends when the queue empties.
+6. Floor: once loaded and while LOADING or HEALTHY, allocated >= floor
+   (replacements are started in the same handle() call that lost a
+   pipeline, since STOPPING is not allocated). Not checked while FAILED
+   (starts wait for the backoff) or DRAINING.
+7. FAILED: nothing waits and a retry time is set.
+8. After Drained: nothing waits and no pipeline is left.
+
+PURE: imports only the standard library, `lightnode.errors`,
+`lightnode.config.model` and `lightnode.pool`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lightnode.config.model import EndpointConfig
+from lightnode.errors import InternalError
+from lightnode.pool.fair_queue import FairQueue
+from lightnode.pool.pipelines import Pipelines
+from lightnode.pool.states import LoadState, WorkerState
+
+
+def check_pool_invariants(
+    *,
+    config: EndpointConfig,
+    workers: Pipelines,
+    queue: FairQueue,
+    running: Mapping[int, int],
+    load_state: LoadState,
+    loaded: bool,
+    queue_bound_relaxed: bool,
+    drained_sent: bool,
+) -> None:
+    """Raise InternalError naming the first broken invariant (numbered as above)."""
+    _check_records(workers)
+    _check_requests(workers, queue, running)
+    pool = config.pool
+    allocated = workers.allocated()
+    starting = workers.count(WorkerState.STARTING)
+    leaving = workers.leaving()
+    if queue and workers.any_in(WorkerState.IDLE):
+        _fail(3, "an IDLE pipeline coexists with waiting requests")
+    if allocated - leaving > pool.ceil:
+        _fail(4, f"allocated {allocated} - leaving {leaving} > ceil {pool.ceil}")
+    if not queue_bound_relaxed and len(queue) > pool.queue + starting:
+        _fail(5, f"{len(queue)} waiting > queue {pool.queue} + starting {starting}")
+    if loaded and load_state in (LoadState.LOADING, LoadState.HEALTHY) and allocated < pool.floor:
+        _fail(6, f"allocated {allocated} < floor {pool.floor} while {load_state.value}")
+    if load_state is LoadState.FAILED and queue:
+        _fail(7, "requests wait while the endpoint is FAILED")
+    if drained_sent and (queue or workers):
+        _fail(8, "Drained was sent but requests or pipelines remain")
+
+
+def _check_records(workers: Pipelines) -> None:
+    for worker in workers:
+        worker_id = worker.worker_id
+        if workers.get(worker_id) is not worker or worker.state is WorkerState.GONE:
+            _fail(1, f"bad record for worker {worker_id}: {worker.state.value}")
+        if (worker.state is WorkerState.BUSY) != (worker.request_id is not None):
+            _fail(1, f"worker {worker_id} is {worker.state.value} with request {worker.request_id}")
+        if worker.stop_when_free and worker.state in (WorkerState.STARTING, WorkerState.IDLE):
+            _fail(1, f"worker {worker_id} is {worker.state.value} but marked stop-when-free")
+
+
+def _check_requests(workers: Pipelines, queue: FairQueue, running: Mapping[int, int]) -> None:
+    busy = workers.count(WorkerState.BUSY)
+    if busy != len(running):
+        _fail(2, f"{busy} BUSY pipelines but {len(running)} running requests")
+    for request_id, worker_id in running.items():
+        worker = workers.get(worker_id)
+        if worker is None or worker.request_id != request_id:
+            _fail(2, f"request {request_id} is not on worker {worker_id}")
+        if request_id in queue:
+            _fail(2, f"request {request_id} is both waiting and running")
+
+
+def _fail(number: int, message: str) -> None:
+    raise InternalError(f"pool invariant {number} broken: {message}")

@@ -1,0 +1,573 @@
+"""PoolMachine: the pure state machine of one endpoint's pool (SPEC §4, §5).
+
+Owns: every pipeline's state, the waiting queue, the endpoint's load state,
+start-failure backoff, retirement and drain. It never awaits, spawns, sleeps
+or reads a clock: the scheduler feeds it events with `now` (monotonic
+seconds), carries out the returned commands, and arms one timer at
+`next_deadline()`.
+PURE: no asyncio, subprocess, os, socket, time or random imports; imports
+only the standard library, `lightnode.errors`, `lightnode.config.model` and
+`lightnode.pool`.
+
+One call to `handle(event, now)` runs, in this order:
+  1. queue deadlines (rule 6): requests whose deadline is <= now get QueueTimeout;
+  2. the event itself;
+  3. the rules, until the pool is consistent again: exec deadlines, ceil,
+     retirements (rule 10), dispatch (rules 2, 5), drain, grow (rules 1, 3),
+     start retry (backoff), shrink (rule 7), Drained.
+Timers are therefore honoured by any event, not only by Tick; Tick is the
+event that carries nothing else.
+
+Contract with the scheduler: after RequestCancelled for a request, no
+command names that request again (its result, crash or timeout is silent).
+A pipeline killed for an exec timeout is STOPPING (not allocated), so rules 1
+and 3 may start its replacement at once, before its WorkerExited arrives.
+Events for a STOPPING or GONE pipeline (a result or ready that raced a stop)
+are ignored; events that no scheduler could send raise InternalError.
+A start failure while DRAINING rejects the waiting requests with
+EndpointUnavailable (so the drain ends) but never retries.
+"""
+
+from __future__ import annotations
+
+from lightnode.config.model import EndpointConfig
+from lightnode.errors import QUEUE_FULL_MESSAGE, QUEUE_TIMEOUT_MESSAGE, InternalError
+from lightnode.pool import sizing
+from lightnode.pool.commands import (
+    Command,
+    Dispatch,
+    Drained,
+    KillWorker,
+    Reject,
+    SpawnWorker,
+    StopWorker,
+)
+from lightnode.pool.events import (
+    DrainRequested,
+    Event,
+    LimitsChanged,
+    Loaded,
+    RequestArrived,
+    RequestCancelled,
+    Tick,
+    WorkerExited,
+    WorkerFinished,
+    WorkerOverLimit,
+    WorkerReady,
+    WorkerStartFailed,
+)
+from lightnode.pool.fair_queue import FairQueue, QueuedRequest
+from lightnode.pool.invariants import check_pool_invariants
+from lightnode.pool.pipelines import SERVING, Pipelines
+from lightnode.pool.snapshot import PoolCounters, PoolSnapshot
+from lightnode.pool.states import LoadState, WorkerState
+from lightnode.pool.worker_record import WorkerRecord
+
+SHUTTING_DOWN_MESSAGE = "The endpoint is shutting down"
+UNKNOWN_LOAD_ERROR = "The endpoint's code failed to load"
+
+# Load states in which the pool starts pipelines for floor, queue and retirements.
+_SPAWNING = frozenset({LoadState.LOADING, LoadState.HEALTHY})
+_STALE = frozenset({WorkerState.STOPPING, WorkerState.GONE})
+# The state a worker event requires; an event for a STOPPING/GONE worker is
+# stale (the scheduler raced a stop) and ignored.
+_EXPECTED_STATE: dict[type, WorkerState] = {
+    WorkerReady: WorkerState.STARTING,
+    WorkerStartFailed: WorkerState.STARTING,
+    WorkerFinished: WorkerState.BUSY,
+}
+
+
+class PoolMachine:
+    """The pool of one endpoint. See the module docstring for the contract."""
+
+    def __init__(self, config: EndpointConfig) -> None:
+        self._config = config
+        self._workers = Pipelines()
+        self._queue = FairQueue()
+        self._running: dict[int, int] = {}  # request_id -> worker_id
+        self._load_state = LoadState.LOADING
+        self._loaded = False
+        self._last_load_error: str | None = None
+        self._failures = 0  # consecutive failed start attempts (backoff exponent)
+        self._retry_at_s: float | None = None
+        self._probe_id: int | None = None  # the single start attempt while FAILED
+        self._drained_sent = False
+        # True while the queue may exceed `queue + STARTING` because a hot
+        # reload lowered queue or ceil (queued requests stay queued, SPEC §5).
+        self._queue_bound_relaxed = False
+        self._mean_run_time_s: float | None = None
+        self._counters = PoolCounters()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def config(self) -> EndpointConfig:
+        return self._config
+
+    @property
+    def load_state(self) -> LoadState:
+        return self._load_state
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        """Apply one event at monotonic time `now` and return the commands to carry out.
+
+        Raises:
+            InternalError: the event contradicts the machine's state (an unknown
+                worker id, a duplicate request id, WorkerFinished for an IDLE
+                pipeline...). The machine is unchanged when this is raised.
+        """
+        self._check_event(event)
+        out: list[Command] = []
+        self._expire_queue(now, out)
+        self._apply(event, now, out)
+        self._reconcile(now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """Earliest time at which a Tick has work to do, None if no timer is pending."""
+        deadlines: list[float] = []
+        queue_deadline = self._queue.next_deadline()
+        if queue_deadline is not None:
+            deadlines.append(queue_deadline)
+        for worker in self._workers.in_state(WorkerState.BUSY):
+            if worker.exec_deadline_s is not None:
+                deadlines.append(worker.exec_deadline_s)
+        if self._load_state is not LoadState.DRAINING:
+            delay_s = self._config.pool.scale_down_delay / 1000
+            deadlines.extend(w.idle_since_s + delay_s for w in self._shrink_candidates())
+        if self._probe_wanted():
+            assert self._retry_at_s is not None
+            deadlines.append(self._retry_at_s)
+        return min(deadlines, default=None)
+
+    def check_invariants(self) -> None:
+        """Raise InternalError if a pool invariant is broken (see `invariants.py`)."""
+        check_pool_invariants(
+            config=self._config,
+            workers=self._workers,
+            queue=self._queue,
+            running=self._running,
+            load_state=self._load_state,
+            loaded=self._loaded,
+            queue_bound_relaxed=self._queue_bound_relaxed,
+            drained_sent=self._drained_sent,
+        )
+
+    def snapshot(self, now: float) -> PoolSnapshot:
+        counts = {s.value: 0 for s in WorkerState if s is not WorkerState.GONE}
+        for worker in self._workers:
+            counts[worker.state.value] += 1
+        oldest = self._queue.oldest()
+        c = self._counters
+        return PoolSnapshot(
+            pipelines=counts,
+            allocated=self._workers.allocated(),
+            queue_length=len(self._queue),
+            oldest_wait_s=max(0.0, now - oldest.arrived_s) if oldest is not None else 0.0,
+            load_state=self._load_state.value,
+            last_load_error=self._last_load_error,
+            mean_run_time_s=self._mean_run_time_s,
+            served_total=c.served_total,
+            starts_total=c.starts_total,
+            crashes_total=c.crashes_total,
+            retirements_total=c.retirements_total,
+            start_failures_total=c.start_failures_total,
+            rejections_total=dict(c.rejections_total),
+            config=self._config,
+        )
+
+    def worker_state(self, worker_id: int) -> WorkerState:
+        """State of a pipeline this machine started; GONE once it exited.
+
+        Raises:
+            KeyError: the machine never started `worker_id`.
+        """
+        return self._workers.state_of(worker_id)
+
+    # -- events ---------------------------------------------------------------
+
+    def _check_event(self, event: Event) -> None:
+        if isinstance(event, RequestArrived):
+            rid = event.request_id
+            if rid in self._queue or rid in self._running:
+                raise InternalError(f"request {rid} arrived twice")
+            return
+        worker_id = getattr(event, "worker_id", None)
+        if not isinstance(worker_id, int):
+            return
+        if not self._workers.ever_started(worker_id):
+            raise InternalError(f"{type(event).__name__} for unknown worker {worker_id}")
+        expected = _EXPECTED_STATE.get(type(event))
+        state = self.worker_state(worker_id)
+        if expected is not None and state is not expected and state not in _STALE:
+            raise InternalError(
+                f"{type(event).__name__} for worker {worker_id} in state {state.value}"
+            )
+
+    def _apply(self, event: Event, now: float, out: list[Command]) -> None:
+        match event:
+            case RequestArrived(request_id=rid):
+                self._on_request(rid, now, out)
+            case RequestCancelled(request_id=rid):
+                self._on_cancelled(rid)
+            case Loaded():
+                if self._load_state is not LoadState.DRAINING:
+                    self._loaded = True
+            case Tick():
+                pass  # timers run in _expire_queue and _reconcile
+            case LimitsChanged(config=config):
+                self._on_limits_changed(config)
+            case DrainRequested():
+                self._on_drain()
+            case _:
+                self._apply_worker_event(event, now, out)
+
+    def _apply_worker_event(self, event: Event, now: float, out: list[Command]) -> None:
+        worker = self._workers.get(getattr(event, "worker_id", None))
+        if worker is None or (worker.state in _STALE and not isinstance(event, WorkerExited)):
+            return  # stale: the pipeline was already stopped or is gone
+        match event:
+            case WorkerReady():
+                self._on_ready(worker, now)
+            case WorkerStartFailed(error=error):
+                worker.set_state(WorkerState.STOPPING)  # STARTING -> STOPPING: init failed
+                self._start_failure(worker, error, now, out)
+            case WorkerFinished():
+                self._on_finished(worker, now, out)
+            case WorkerExited(detail=detail):
+                self._on_exited(worker, detail, now, out)
+            case WorkerOverLimit():
+                if worker.state in SERVING:
+                    self._mark_retiring(worker)
+                # A STARTING pipeline over the limit is ignored: the scheduler
+                # reports it again once it serves, and a model that is larger
+                # than the limit must not make every start a retirement loop.
+            case _:
+                raise InternalError(f"unhandled event {event!r}")
+
+    def _on_request(self, request_id: int, now: float, out: list[Command]) -> None:
+        if self._load_state is LoadState.DRAINING:
+            self._reject(out, request_id, "ShuttingDown", SHUTTING_DOWN_MESSAGE)
+            return
+        self._loaded = True  # a request before Loaded means the endpoint is loaded
+        if self._load_state is LoadState.FAILED:
+            error = self._last_load_error or UNKNOWN_LOAD_ERROR
+            self._reject(out, request_id, "EndpointUnavailable", error)
+            return
+        if not self._workers.any_in(WorkerState.IDLE) and not sizing.admits(
+            self._config.pool,
+            allocated=self._workers.allocated(),
+            starting=self._workers.count(WorkerState.STARTING),
+            waiting=len(self._queue),
+        ):
+            retry = self._retry_after()
+            self._reject(out, request_id, "QueueFull", QUEUE_FULL_MESSAGE, retry)
+            return
+        deadline_s = now + self._config.pool.timeout / 1000
+        self._queue.push(QueuedRequest(request_id, now, deadline_s))
+
+    def _on_cancelled(self, request_id: int) -> None:
+        if self._queue.remove(request_id) is not None:
+            return  # rule 9: leaves the queue silently
+        worker = self._workers.get(self._running.get(request_id))
+        if worker is not None:
+            worker.request_cancelled = True
+
+    def _on_limits_changed(self, config: EndpointConfig) -> None:
+        old, new = self._config.pool, config.pool
+        if self._queue and (new.queue < old.queue or new.ceil < old.ceil):
+            self._queue_bound_relaxed = True
+        self._config = config
+
+    def _on_drain(self) -> None:
+        if self._load_state is LoadState.DRAINING:
+            return
+        self._load_state = LoadState.DRAINING
+        self._retry_at_s = None
+        self._probe_id = None
+
+    def _on_ready(self, worker: WorkerRecord, now: float) -> None:
+        worker.set_state(WorkerState.IDLE)  # STARTING -> IDLE: init code done
+        self._workers.mark_idle(worker, now)
+        if self._load_state in (LoadState.LOADING, LoadState.FAILED):
+            self._load_state = LoadState.HEALTHY
+            self._failures = 0
+            self._retry_at_s = None
+            self._probe_id = None
+
+    def _on_finished(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:
+        assert worker.request_id is not None
+        del self._running[worker.request_id]
+        self._counters.served_total += 1
+        worker.served += 1
+        self._mean_run_time_s = sizing.update_mean(self._mean_run_time_s, now - worker.dispatched_s)
+        worker.clear_request()
+        if worker.stop_when_free:
+            worker.set_state(WorkerState.STOPPING)  # BUSY -> STOPPING: told to stop after this call
+            out.append(StopWorker(worker.worker_id))
+            if worker.replace_on_stop and self._load_state in _SPAWNING and self._has_room():
+                self._spawn(out)  # rule 10 at ceil: the successor starts now
+            return
+        worker.set_state(WorkerState.IDLE)  # BUSY -> IDLE: result received
+        self._workers.mark_idle(worker, now)
+        max_requests = self._config.limits.max_requests
+        if max_requests > 0 and worker.served >= max_requests:
+            self._mark_retiring(worker)
+
+    def _on_exited(self, worker: WorkerRecord, detail: str, now: float, out: list[Command]) -> None:
+        if worker.state is WorkerState.STARTING:
+            self._start_failure(worker, detail, now, out)
+        elif worker.state is WorkerState.IDLE:
+            self._counters.crashes_total += 1
+        elif worker.state is WorkerState.BUSY:
+            self._counters.crashes_total += 1
+            assert worker.request_id is not None
+            del self._running[worker.request_id]
+            if not worker.request_cancelled:
+                message = f"The pipeline died while running the request ({detail})"
+                self._reject(out, worker.request_id, "WorkerCrashed", message)
+            worker.clear_request()
+        worker.set_state(WorkerState.GONE)  # any -> GONE: the process exited
+        self._workers.drop(worker)
+
+    def _start_failure(
+        self, worker: WorkerRecord, error: str, now: float, out: list[Command]
+    ) -> None:
+        """A pipeline could not load the code: FAILED, back off, fail every waiting request."""
+        self._counters.start_failures_total += 1
+        self._last_load_error = error
+        was_probe = worker.worker_id == self._probe_id
+        if was_probe:
+            self._probe_id = None
+        if self._load_state is LoadState.FAILED:
+            # Only a failed retry doubles the delay; pipelines that were already
+            # starting when the first one failed do not.
+            if was_probe:
+                self._failures += 1
+                self._retry_at_s = now + sizing.backoff_s(self._failures)
+        elif self._load_state is not LoadState.DRAINING:
+            self._load_state = LoadState.FAILED
+            self._failures = 1
+            self._retry_at_s = now + sizing.backoff_s(1)
+        for item in self._queue.clear():
+            self._reject(out, item.request_id, "EndpointUnavailable", error)
+
+    # -- rules ----------------------------------------------------------------
+
+    def _expire_queue(self, now: float, out: list[Command]) -> None:
+        """Rule 6: a request past its deadline leaves the queue with QueueTimeout."""
+        for item in self._queue.pop_expired(now):
+            retry = self._retry_after()
+            self._reject(out, item.request_id, "QueueTimeout", QUEUE_TIMEOUT_MESSAGE, retry)
+
+    def _reconcile(self, now: float, out: list[Command]) -> None:
+        self._expire_exec(now, out)
+        self._enforce_ceil(out)
+        self._advance_retirements(out)
+        self._dispatch_waiting(now, out)
+        if self._load_state is LoadState.DRAINING:
+            self._stop_for_drain(out)
+        self._grow(out)
+        self._maybe_probe(now, out)
+        if self._load_state is not LoadState.DRAINING:
+            self._shrink(now, out)  # last: every start above counts against cruise
+        if self._load_state is LoadState.DRAINING and not self._drained_sent:
+            if not self._queue and not self._workers:
+                self._drained_sent = True
+                out.append(Drained())
+        if not self._queue:
+            self._queue_bound_relaxed = False
+
+    def _expire_exec(self, now: float, out: list[Command]) -> None:
+        """limits.exec_timeout: kill a pipeline whose call ran too long; 504 its request."""
+        for worker in self._workers:
+            deadline_s = worker.exec_deadline_s
+            if worker.state is not WorkerState.BUSY or deadline_s is None or deadline_s > now:
+                continue
+            assert worker.request_id is not None
+            limit_ms = worker.exec_timeout_ms
+            out.append(KillWorker(worker.worker_id, f"execution timeout ({limit_ms} ms)"))
+            del self._running[worker.request_id]
+            if not worker.request_cancelled:
+                message = f"The function ran past the execution timeout of {limit_ms} ms"
+                self._reject(out, worker.request_id, "ExecutionTimeout", message)
+            worker.clear_request()
+            worker.set_state(WorkerState.STOPPING)  # BUSY -> STOPPING: killed
+
+    def _enforce_ceil(self, out: list[Command]) -> None:
+        """After a ceil decrease: stop idle excess, then starting, then busy when free."""
+        pool = self._config.pool
+        allocated = self._workers.allocated() - self._workers.leaving()
+        excess = sizing.ceil_excess(pool, allocated=allocated)
+        if excess == 0:
+            return
+        idle = self._workers.idle_lru()
+        starting = sorted(self._workers.in_state(WorkerState.STARTING), key=lambda w: -w.worker_id)
+        busy = [w for w in self._workers.in_state(WorkerState.BUSY) if not w.stop_when_free]
+        busy.sort(key=lambda w: (not w.retiring, -w.dispatched_s))
+        for worker in [*idle, *starting, *busy][:excess]:
+            if worker.state is WorkerState.BUSY:
+                worker.stop_when_free = True
+            else:
+                self._stop(worker, out)
+
+    def _advance_retirements(self, out: list[Command]) -> None:
+        """Rule 10: replace retiring pipelines without a cold gap where there is room."""
+        for worker in self._workers:
+            if not worker.retiring or worker.state not in SERVING or worker.stop_when_free:
+                continue
+            successor = self._workers.get(worker.successor_id)
+            if successor is not None and successor.state in SERVING:
+                worker.successor_id = None  # successor ready: the old one leaves
+                self._stop_when_free(worker, out)
+                continue
+            if successor is not None and successor.state is WorkerState.STARTING:
+                continue
+            worker.successor_id = None
+            if self._load_state not in _SPAWNING:
+                continue  # no starts while FAILED; DRAINING stops it when free
+            pool = self._config.pool
+            allocated = self._workers.allocated()
+            surplus = sizing.surplus(pool, allocated=self._workers.staying())
+            if worker.state is WorkerState.IDLE and not self._queue and surplus > 0:
+                self._stop(worker, out)  # surplus anyway (rule 7): no successor needed
+            elif allocated < pool.ceil:
+                worker.successor_id = self._spawn(out).worker_id
+            elif worker.state is WorkerState.IDLE:
+                self._stop(worker, out)  # at ceil: stop first, then start the successor
+                if self._has_room():  # not above ceil after a decrease
+                    self._spawn(out)
+            else:
+                worker.stop_when_free = True
+                worker.replace_on_stop = True
+
+    def _dispatch_waiting(self, now: float, out: list[Command]) -> None:
+        """Rules 2 and 5: the oldest waiting request goes to the most recently used IDLE pipeline."""
+        while self._queue:
+            idle = self._workers.idle_lru()
+            if not idle:
+                return
+            worker = idle[-1]
+            item = self._queue.pop_oldest()
+            worker.set_state(WorkerState.BUSY)  # IDLE -> BUSY: request dispatched
+            worker.request_id = item.request_id
+            worker.dispatched_s = now
+            exec_timeout_ms = self._config.limits.exec_timeout
+            worker.exec_timeout_ms = exec_timeout_ms
+            worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
+            self._running[item.request_id] = worker.worker_id
+            out.append(Dispatch(item.request_id, worker.worker_id, now - item.arrived_s))
+
+    def _stop_for_drain(self, out: list[Command]) -> None:
+        """DRAINING: stop every free pipeline and every start no waiting request needs."""
+        for worker in self._workers.idle_lru():
+            self._stop(worker, out)  # IDLE only exists when nothing waits
+        starting = sorted(self._workers.in_state(WorkerState.STARTING), key=lambda w: w.worker_id)
+        for worker in starting[len(self._queue) :]:
+            self._stop(worker, out)
+
+    def _grow(self, out: list[Command]) -> None:
+        """Rules 1 and 3 (rule 3 only while DRAINING; neither while FAILED)."""
+        if self._load_state is LoadState.FAILED:
+            return
+        count = sizing.spawns_wanted(
+            self._config.pool,
+            allocated=self._workers.allocated(),
+            starting=self._workers.count(WorkerState.STARTING),
+            waiting=len(self._queue),
+            keep_floor=self._loaded and self._load_state in _SPAWNING,
+        )
+        for _ in range(count):
+            self._spawn(out)
+
+    def _maybe_probe(self, now: float, out: list[Command]) -> None:
+        """FAILED: after the backoff delay, start one pipeline to retry the load.
+
+        With no room (only after a ceil decrease) an IDLE pipeline, useless
+        while every request is refused, makes room; if all are BUSY the probe
+        waits for one to finish.
+        """
+        if not self._probe_wanted() or self._retry_at_s is None or now < self._retry_at_s:
+            return
+        if not self._has_room():
+            self._stop(self._workers.idle_lru()[0], out)
+        self._probe_id = self._spawn(out).worker_id
+
+    def _probe_wanted(self) -> bool:
+        """A retry is pending and can start once due (there is room or an IDLE pipeline)."""
+        if self._load_state is not LoadState.FAILED or self._retry_at_s is None:
+            return False
+        probe = self._workers.get(self._probe_id)
+        if probe is not None and probe.state is WorkerState.STARTING:
+            return False  # one attempt at a time
+        if self._has_room():
+            return True
+        # Stopping one IDLE pipeline makes room unless busy excess of a ceil
+        # decrease still keeps the pool above ceil.
+        return self._workers.allocated() == self._config.pool.ceil and self._workers.any_in(
+            WorkerState.IDLE
+        )
+
+    def _shrink(self, now: float, out: list[Command]) -> None:
+        """Rule 7: stop surplus IDLE pipelines, least recently used first, after the delay."""
+        delay_s = self._config.pool.scale_down_delay / 1000
+        for worker in self._shrink_candidates():
+            # Same arithmetic as next_deadline(), so a Tick at that time acts.
+            if worker.idle_since_s + delay_s <= now:
+                self._stop(worker, out)
+
+    def _shrink_candidates(self) -> list[WorkerRecord]:
+        """The IDLE pipelines rule 7 will stop (once idle long enough), LRU first.
+
+        A retiring pipeline whose successor is starting counts with it as one
+        slot, and is left to rule 10; a BUSY pipeline told to stop when free
+        is already leaving and does not count.
+        """
+        count = sizing.surplus(self._config.pool, allocated=self._workers.staying())
+        if count == 0:
+            return []
+        return [w for w in self._workers.idle_lru() if not self._workers.paired(w)][:count]
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _spawn(self, out: list[Command]) -> WorkerRecord:
+        if not self._has_room():
+            raise InternalError("a pipeline start would exceed ceil")
+        worker = self._workers.new()
+        self._counters.starts_total += 1
+        out.append(SpawnWorker(worker.worker_id))
+        return worker
+
+    def _stop(self, worker: WorkerRecord, out: list[Command]) -> None:
+        worker.set_state(WorkerState.STOPPING)  # IDLE/STARTING -> STOPPING: not needed
+        out.append(StopWorker(worker.worker_id))
+
+    def _stop_when_free(self, worker: WorkerRecord, out: list[Command]) -> None:
+        if worker.state is WorkerState.IDLE:
+            self._stop(worker, out)
+        else:
+            worker.stop_when_free = True
+
+    def _mark_retiring(self, worker: WorkerRecord) -> None:
+        if not worker.retiring:
+            worker.retiring = True
+            self._counters.retirements_total += 1
+
+    def _reject(
+        self,
+        out: list[Command],
+        request_id: int,
+        error_type: str,
+        message: str,
+        retry_after_s: int | None = None,
+    ) -> None:
+        self._counters.count_rejection(error_type)
+        out.append(Reject(request_id, error_type, message, retry_after_s))
+
+    def _retry_after(self) -> int:
+        serving = self._workers.serving()
+        return sizing.retry_after_s(len(self._queue), self._mean_run_time_s, serving)
+
+    def _has_room(self) -> bool:
+        return self._workers.allocated() < self._config.pool.ceil

@@ -1,0 +1,49 @@
+"""Pipeline states and the legal edges between them (SPEC §4).
+
+PURE: imports only the standard library.
+
+    STARTING -ready-> IDLE -dispatch-> BUSY -finished-> IDLE -stop-> STOPPING -exit-> GONE
+    (any state but GONE) -exit/kill-> STOPPING or GONE
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    GONE = "gone"
+
+
+ALLOCATED = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY})
+
+WORKER_TRANSITIONS: Mapping[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.GONE}),
+    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.STOPPING, WorkerState.GONE}),
+    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.GONE}),
+    WorkerState.STOPPING: frozenset({WorkerState.GONE}),
+    WorkerState.GONE: frozenset(),
+}
+
+
+class LoadState(enum.Enum):
+    """The endpoint as a whole: can its code be loaded?"""
+
+    # LOADING -first ready-> HEALTHY ; any -start failed-> FAILED -ready-> HEALTHY ; any -drain-> DRAINING
+    LOADING = "loading"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+
+class IllegalTransition(Exception):
+    def __init__(self, old: WorkerState, new: WorkerState, worker_id: int) -> None:
+        super().__init__(f"worker {worker_id}: illegal transition {old.value} -> {new.value}")
+        self.old = old
+        self.new = new
+        self.worker_id = worker_id

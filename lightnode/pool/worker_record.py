@@ -1,0 +1,64 @@
+"""WorkerRecord: what the pool machine knows about one pipeline.
+
+Owns: a pipeline's state and the single guarded state setter that checks
+every edge against `states.WORKER_TRANSITIONS`, plus the per-pipeline
+bookkeeping the rules need (request in flight, idle order, retirement).
+PURE: imports only the standard library and `lightnode.pool.states`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightnode.pool.states import WORKER_TRANSITIONS, IllegalTransition, WorkerState
+
+
+def check_transition(old: WorkerState, new: WorkerState, worker_id: int) -> None:
+    """Raise IllegalTransition unless `old -> new` is a listed edge."""
+    if new not in WORKER_TRANSITIONS[old]:
+        raise IllegalTransition(old, new, worker_id)
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """Mutable record of one pipeline, owned by exactly one PoolMachine."""
+
+    worker_id: int
+    state: WorkerState = WorkerState.STARTING
+    served: int = 0  # requests finished by this pipeline
+    # Idle order: a larger idle_seq became IDLE later (rule 2 dispatches to the
+    # largest, rule 7 stops the smallest first).
+    idle_seq: int = 0
+    idle_since_s: float = 0.0
+    # The request in flight; set exactly while BUSY.
+    request_id: int | None = None
+    dispatched_s: float = 0.0
+    exec_deadline_s: float | None = None
+    exec_timeout_ms: int = 0  # the limit in force when the request was dispatched
+    request_cancelled: bool = False  # rule 9: the result will be dropped
+    # Rule 10 and ceil decreases.
+    retiring: bool = False  # marked for replacement (max_requests or RSS)
+    successor_id: int | None = None  # the pipeline starting to replace this one
+    stop_when_free: bool = False  # BUSY and takes no new work: stop after this request
+    replace_on_stop: bool = False  # retired at ceil: start the successor when it stops
+
+    def set_state(self, new: WorkerState) -> None:
+        """Move to `new`; the state is unchanged if the edge is illegal.
+
+        Raises:
+            IllegalTransition: `self.state -> new` is not in WORKER_TRANSITIONS.
+        """
+        check_transition(self.state, new, self.worker_id)
+        self.state = new
+
+    @property
+    def leaving(self) -> bool:
+        """BUSY but told to stop after its request: counted in allocated, gets no new work."""
+        return self.state is WorkerState.BUSY and self.stop_when_free
+
+    def clear_request(self) -> None:
+        self.request_id = None
+        self.dispatched_s = 0.0
+        self.exec_deadline_s = None
+        self.exec_timeout_ms = 0
+        self.request_cancelled = False

@@ -1,0 +1,85 @@
+"""FairQueue: FIFO order, removal, absolute deadlines."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightnode.pool.fair_queue import FairQueue, QueuedRequest
+
+
+def item(rid: int, arrived: float, deadline: float) -> QueuedRequest:
+    return QueuedRequest(rid, arrived, deadline)
+
+
+def test_fifo_order() -> None:
+    q = FairQueue()
+    for rid in (3, 1, 2):
+        q.push(item(rid, float(rid), 10.0))
+    assert [i.request_id for i in q] == [3, 1, 2]
+    assert q.oldest() == item(3, 3.0, 10.0)
+    assert [q.pop_oldest().request_id for _ in range(3)] == [3, 1, 2]
+    assert not q and len(q) == 0 and q.oldest() is None
+    with pytest.raises(IndexError):
+        q.pop_oldest()
+
+
+def test_duplicate_push_is_refused() -> None:
+    q = FairQueue()
+    q.push(item(1, 0.0, 1.0))
+    with pytest.raises(ValueError):
+        q.push(item(1, 0.5, 1.5))
+    assert len(q) == 1
+
+
+def test_remove_anywhere() -> None:
+    q = FairQueue()
+    for rid in range(5):
+        q.push(item(rid, 0.0, 10.0 + rid))
+    assert q.remove(2) == item(2, 0.0, 12.0)
+    assert q.remove(2) is None
+    assert 2 not in q and 3 in q
+    assert [i.request_id for i in q] == [0, 1, 3, 4]
+
+
+def test_expiry_with_deadlines_out_of_arrival_order() -> None:
+    q = FairQueue()
+    q.push(item(1, 0.0, 10.0))
+    q.push(item(2, 1.0, 3.0))  # a shorter timeout after a hot reload
+    q.push(item(3, 2.0, 5.0))
+    assert q.next_deadline() == 3.0
+    assert q.pop_expired(2.9) == []
+    assert q.pop_expired(3.0) == [item(2, 1.0, 3.0)]
+    assert q.next_deadline() == 5.0
+    assert q.pop_expired(20.0) == [item(1, 0.0, 10.0), item(3, 2.0, 5.0)]  # oldest first
+    assert q.next_deadline() is None
+
+
+def test_removed_requests_do_not_expire_or_set_deadlines() -> None:
+    q = FairQueue()
+    q.push(item(1, 0.0, 1.0))
+    q.push(item(2, 0.0, 2.0))
+    q.remove(1)
+    assert q.next_deadline() == 2.0
+    q.pop_oldest()
+    assert q.next_deadline() is None
+    q.push(item(1, 3.0, 9.0))  # an id may come back after it left
+    assert q.pop_expired(5.0) == []
+    assert q.next_deadline() == 9.0
+
+
+def test_heap_stays_bounded_under_churn() -> None:
+    q = FairQueue()
+    q.push(item(0, 0.0, 1000.0))
+    for rid in range(1, 500):
+        q.push(item(rid, 0.0, 1000.0 + rid))
+        q.remove(rid)
+    assert len(q) == 1
+    assert len(q._heap) <= 16  # compaction dropped the stale entries
+
+
+def test_clear_returns_everything_in_order() -> None:
+    q = FairQueue()
+    for rid in (5, 4):
+        q.push(item(rid, 0.0, 1.0))
+    assert [i.request_id for i in q.clear()] == [5, 4]
+    assert q.next_deadline() is None and len(q) == 0
