@@ -1,0 +1,196 @@
+"""`lightnode admin ...`: operate a data directory directly or a running node by URL.
+
+With `--data-dir`, commands change files and the running node applies them
+live; `status` reaches the running node through run/lightnode.addr. With
+`--url`, every command goes through the admin HTTP API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from lightnode.config.load import endpoint_config_path
+from lightnode.config.model import check_id
+
+TUNE_FLAGS = {
+    "floor": "pool",
+    "cruise": "pool",
+    "ceil": "pool",
+    "queue": "pool",
+    "timeout": "pool",
+    "scale_down_delay": "pool",
+    "exec_timeout": "limits",
+    "max_requests": "limits",
+    "max_rss_mb": "limits",
+}
+
+
+def add_admin_parser(sub: Any) -> None:
+    admin = sub.add_parser("admin", help="operate services, tuning and keys")
+    target = argparse.ArgumentParser(add_help=False)
+    where = target.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="act on this data directory")
+    where.add_argument("--url", help="act through a running node's admin API, e.g. http://127.0.0.1:12000")
+    target.add_argument(
+        "--key",
+        default=os.environ.get("LIGHTNODE_ADMIN_KEY"),
+        help="admin API key for the node's admin API (default: $LIGHTNODE_ADMIN_KEY, which keeps it out of `ps`)",
+    )
+    commands = admin.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
+
+    status = commands.add_parser("status", parents=[target], help="live state of every pool")
+    status.add_argument("service", nargs="?")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    commands.add_parser("services", parents=[target], help="list services")
+
+    tune = commands.add_parser("tune", parents=[target], help="validate and write an endpoint's tuning")
+    tune.add_argument("service")
+    tune.add_argument("endpoint")
+    for name in TUNE_FLAGS:
+        tune.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N")
+
+    from lightnode.admin.lifecycle_cli import add_lifecycle_commands
+
+    add_lifecycle_commands(commands, target)
+
+    from lightnode.services.codeenv import add_build_env_parser
+
+    add_build_env_parser(commands)
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    from lightnode.cli import CliError
+
+    if args.admin_command == "build-env":
+        from lightnode.services.codeenv import run_build_env
+
+        return run_build_env(args)
+    from lightnode.admin.lifecycle_cli import LIFECYCLE_HANDLERS
+
+    handlers = {"status": _status, "tune": _tune, **LIFECYCLE_HANDLERS}
+    handler = handlers.get(args.admin_command)
+    if handler is None:
+        raise CliError(f"unknown admin command {args.admin_command}", 2)
+    return handler(args)
+
+
+# ----------------------------------------------------------------- transport
+
+
+def node_url(args: argparse.Namespace) -> str:
+    from lightnode.cli import CliError
+
+    if args.url:
+        return str(args.url).rstrip("/")
+    addr = Path(args.data_dir) / "run" / "lightnode.addr"
+    try:
+        return addr.read_text().strip().rstrip("/")
+    except OSError:
+        raise CliError(f"no running node for {args.data_dir} (no {addr})") from None
+
+
+def request(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+    """Call the admin API; return the decoded JSON answer or raise CliError."""
+    from lightnode.cli import CliError
+
+    url = node_url(args) + "/admin/api/" + path
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if getattr(args, "key", None):
+        req.add_header("Authorization", f"Bearer {args.key}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            raw = answer.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail).get("message", detail)
+        except (ValueError, AttributeError):
+            pass
+        raise CliError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise CliError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
+    return json.loads(raw) if raw else None
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.service:
+        check_id(args.service, "service id")
+        payload = {"services": [request(args, "GET", f"services/{args.service}/stats")]}
+    else:
+        payload = request(args, "GET", "status")
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2)
+        print()
+        return 0
+    print(render_status(payload))
+    return 0
+
+
+def render_status(payload: dict[str, Any]) -> str:
+    lines = []
+    if "ready" in payload:
+        lines.append(f"node: ready={payload['ready']} draining={payload['draining']} "
+                     f"config errors={payload['configErrorsTotal']}")
+    for service in payload.get("services", []):
+        mapping = ", ".join(f"{m['generation']}={m['proba']:g}" for m in service.get("mapping", []))
+        lines.append(f"service {service['serviceId']}: enabled={service['enabled']} mapping=[{mapping}]")
+        if service.get("error"):
+            lines.append(f"  error: {service['error']}")
+        for name, error in (service.get("generationErrors") or {}).items():
+            lines.append(f"  generation {name}: {error}")
+        for ep in service.get("endpoints", []):
+            states = ep["pipelinesByState"]
+            pool = ep["config"]["pool"]
+            lines.append(
+                f"  {ep['endpointId']}@{ep['generation']}: {ep['loadState']}"
+                f" pipelines starting={states.get('starting', 0)} idle={states.get('idle', 0)}"
+                f" busy={states.get('busy', 0)} stopping={states.get('stopping', 0)}"
+                f" queue={ep['queueLength']} oldest_wait={ep['oldestWaitMs']}ms"
+            )
+            lines.append(
+                f"    config floor={pool['floor']} cruise={pool['cruise']} ceil={pool['ceil']}"
+                f" queue={pool['queue']} timeout={pool['timeout']}ms from {ep['configSource']}"
+            )
+            start = ep["lastStart"]
+            if start["durationMs"] is not None:
+                lines.append(f"    last start {start['secondsAgo']}s ago, took {start['durationMs']}ms")
+            if ep["lastLoadError"]:
+                lines.append(f"    last load error: {ep['lastLoadError']}")
+            if ep["lastConfigError"]:
+                lines.append(f"    last config error: {ep['lastConfigError']}")
+            counters = ep["counters"]
+            rejections = ", ".join(f"{k}={v}" for k, v in counters["rejections"].items()) or "none"
+            lines.append(
+                f"    served={counters['served']} starts={counters['starts']} crashes={counters['crashes']}"
+                f" retirements={counters['retirements']} rejections: {rejections}"
+            )
+    return "\n".join(lines)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from lightnode.admin.lifecycle_cli import call_target
+
+    service = check_id(args.service, "service id")
+    endpoint = check_id(args.endpoint, "endpoint id")
+    overrides: dict[str, dict[str, int]] = {}
+    for name, section in TUNE_FLAGS.items():
+        value = getattr(args, name)
+        if value is not None:
+            overrides.setdefault(section, {})[name] = value
+    answer = call_target(args, "tune", service, endpoint, overrides)
+    if not args.url:
+        print(f"wrote {endpoint_config_path(Path(args.data_dir), service, endpoint)}")
+    print(json.dumps(answer, indent=2))
+    return 0

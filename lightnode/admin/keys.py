@@ -1,0 +1,393 @@
+"""API keys (SPEC §9): the key store in DATA_DIR/config/keys.json and request authentication.
+
+A key is `lnk_` + 43 URL-safe characters from `secrets` (256 random bits). Only
+its SHA-256 digest is stored. A fast hash is the right choice for keys of this
+entropy: nothing can be brute-forced from a digest of 256 random bits, so a
+slow KDF (scrypt, pbkdf2) would only add milliseconds of CPU to every request
+of a private service. A presented key is hashed and compared with every stored
+digest by `hmac.compare_digest`, without stopping at the first match, so the
+time taken does not depend on which key (if any) matched.
+
+Keys travel as the HTTP Basic user name (what the official client sends) or
+as `Authorization: Bearer <key>`. Service keys open one service's /run;
+admin keys open /admin/api/. With no admin key defined, the admin API answers
+on loopback only. Failures are logged on `lightnode.audit` with a short digest
+prefix (a fingerprint), never the key.
+
+The file is hot-reloaded (`reload`, on the watcher's KeysChanged): a file that
+does not parse is refused whole and the last good keys stay in force.
+Mutations (create, delete) are read-modify-write under an flock on
+config/.keys.lock, so the CLI and a running node never lose each other's keys,
+and the file is replaced atomically with mode 0600.
+
+Imports: standard library, `lightnode.errors`, `lightnode.config`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightnode.config.load import write_file_atomically
+from lightnode.config.model import is_valid_id
+from lightnode.errors import ConfigError, LightnodeError
+
+audit = logging.getLogger("lightnode.audit")
+
+KEY_PREFIX = "lnk_"
+# 32 random bytes = 256 bits: far beyond any guessing, which is why a plain SHA-256 suffices.
+KEY_RANDOM_BYTES = 32
+UNAUTHORIZED_HEADERS = (("WWW-Authenticate", 'Basic realm="lightnode"'),)
+_ENTRY_KEYS = ("id", "hash", "admin", "serviceId", "label", "description", "createdBy", "createdOn", "expiry")
+
+
+def digest_of(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def fingerprint(key: str) -> str:
+    """A short, non-reversible tag for logs: the first 8 hex digits of the key's digest."""
+    return "sha256:" + digest_of(key).hex()[:8]
+
+
+def is_loopback(client: str) -> bool:
+    try:
+        return ipaddress.ip_address(client).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthorized() -> LightnodeError:
+    return LightnodeError("Unauthorized", "Unknown API key", headers=UNAUTHORIZED_HEADERS)
+
+
+def presented_key(authorization: bytes | None) -> str | None:
+    """The key in an Authorization header: Basic user name (or password if the user is empty), or Bearer."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(b" ")
+    scheme = scheme.lower()
+    value = value.strip()
+    if scheme == b"bearer":
+        return value.decode("latin-1") or None
+    if scheme != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user or password or None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """One stored key: its public id and metadata, and the digest of the secret."""
+
+    id: str
+    digest: bytes
+    admin: bool
+    service_id: str | None
+    label: str | None = None
+    description: str | None = None
+    created_by: str | None = None
+    created_on: str = ""
+    expiry: str | None = None  # ISO 8601 UTC, or None for no expiry
+
+    def expired(self, now_s: float | None = None) -> bool:
+        if self.expiry is None:
+            return False
+        return _parse_time(self.expiry) <= (time.time() if now_s is None else now_s)
+
+    def to_public_json(self) -> dict[str, Any]:
+        """What `keys list` and GET keys show: never the key, never its digest."""
+        return {
+            "id": self.id,
+            "admin": self.admin,
+            "serviceId": self.service_id,
+            "label": self.label,
+            "description": self.description,
+            "createdBy": self.created_by,
+            "createdOn": self.created_on,
+            "expiry": self.expiry,
+            "expired": self.expired(),
+        }
+
+    def to_file_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "hash": "sha256:" + self.digest.hex(),
+            "admin": self.admin,
+            "serviceId": self.service_id,
+            "label": self.label,
+            "description": self.description,
+            "createdBy": self.created_by,
+            "createdOn": self.created_on,
+            "expiry": self.expiry,
+        }
+
+
+def _parse_time(text: str) -> float:
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def normalize_expiry(value: object) -> str | None:
+    """None, epoch milliseconds (the DSS convention) or ISO 8601 -> ISO 8601 UTC.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expiry: must be epoch milliseconds or an ISO 8601 time (got {value!r})")
+    if isinstance(value, (int, float)):
+        moment = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromtimestamp(_parse_time(value), tz=timezone.utc)
+        except ValueError:
+            raise ValueError(f"expiry: not an ISO 8601 time: {value!r}") from None
+    else:
+        raise ValueError(f"expiry: must be epoch milliseconds or an ISO 8601 time (got {value!r})")
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_keys_file(raw: object, *, source: str) -> tuple[KeyEntry, ...]:
+    """Validate decoded keys.json: `{"keys": [entry, ...]}`.
+
+    Raises:
+        ConfigError: every problem with its JSON path.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("keys"), list):
+        raise ConfigError(source, ['$: must be an object {"keys": [...]}'])
+    problems: list[str] = [f"{k}: unknown key" for k in raw if k != "keys"]
+    entries: list[KeyEntry] = []
+    for index, item in enumerate(raw["keys"]):
+        entry = _parse_entry(item, f"keys[{index}]", problems)
+        if entry is not None:
+            entries.append(entry)
+    ids = [e.id for e in entries]
+    problems.extend(f"keys: duplicate id {i!r}" for i in sorted({i for i in ids if ids.count(i) > 1}))
+    if problems:
+        raise ConfigError(source, problems)
+    return tuple(entries)
+
+
+def _parse_entry(item: object, path: str, problems: list[str]) -> KeyEntry | None:
+    if not isinstance(item, dict):
+        problems.append(f"{path}: must be an object")
+        return None
+    count = len(problems)
+    problems.extend(f"{path}.{k}: unknown key" for k in item if k not in _ENTRY_KEYS)
+    key_id, digest_text = item.get("id"), item.get("hash")
+    if not is_valid_id(key_id):
+        problems.append(f"{path}.id: invalid key id {key_id!r}")
+    digest = b""
+    if not isinstance(digest_text, str) or not digest_text.startswith("sha256:"):
+        problems.append(f"{path}.hash: must be 'sha256:<64 hex digits>'")
+    else:
+        try:
+            digest = bytes.fromhex(digest_text[len("sha256:"):])
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            problems.append(f"{path}.hash: must be 'sha256:<64 hex digits>'")
+    admin, service_id = item.get("admin", False), item.get("serviceId")
+    if not isinstance(admin, bool):
+        problems.append(f"{path}.admin: must be true or false")
+    if service_id is not None and not is_valid_id(service_id):
+        problems.append(f"{path}.serviceId: invalid service id {service_id!r}")
+    if admin is False and service_id is None:
+        problems.append(f"{path}: a key is either admin or for one serviceId")
+    strings = {k: item.get(k) for k in ("label", "description", "createdBy", "createdOn")}
+    problems.extend(f"{path}.{k}: must be a string" for k, v in strings.items() if v is not None and not isinstance(v, str))
+    try:
+        expiry = normalize_expiry(item.get("expiry"))
+    except ValueError as exc:
+        problems.append(f"{path}.{exc}")
+        expiry = None
+    if len(problems) != count:
+        return None
+    return KeyEntry(
+        id=str(key_id), digest=digest, admin=bool(admin), service_id=service_id,
+        label=strings["label"], description=strings["description"],
+        created_by=strings["createdBy"], created_on=strings["createdOn"] or "", expiry=expiry,
+    )
+
+
+class KeyStore:
+    """The keys of one data directory, in memory, with the file as the truth."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: tuple[KeyEntry, ...] = ()
+
+    # ------------------------------------------------------------ reading
+
+    def _read_file(self) -> tuple[KeyEntry, ...]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(self.path), [f"cannot read file: {exc}"]) from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(str(self.path), [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
+        return parse_keys_file(raw, source=str(self.path))
+
+    def load(self) -> KeyStore:
+        """Read the file (a missing file means no keys). Raises ConfigError."""
+        self._entries = self._read_file()
+        return self
+
+    def reload(self) -> ConfigError | None:
+        """Hot reload: on a refused file the last good keys stay in force; returns the error."""
+        try:
+            self._entries = self._read_file()
+        except ConfigError as exc:
+            audit.error("keys refused, last good keys stay in force: %s", exc)
+            return exc
+        audit.info("keys reloaded from %s: %d keys", self.path, len(self._entries))
+        return None
+
+    def entries(self) -> tuple[KeyEntry, ...]:
+        return self._entries
+
+    def has_admin_keys(self) -> bool:
+        return any(e.admin and not e.expired() for e in self._entries)
+
+    # ------------------------------------------------------- authentication
+
+    def match(self, key: str | None) -> KeyEntry | None:
+        """The entry whose digest equals the key's, compared in constant time over all entries."""
+        if not key:
+            return None
+        digest = digest_of(key)
+        found: KeyEntry | None = None
+        for entry in self._entries:  # no early exit: the time does not tell which key matched
+            if hmac.compare_digest(entry.digest, digest) and found is None:
+                found = entry
+        if found is not None and found.expired():
+            return None
+        return found
+
+    def check_service_request(self, authorization: bytes | None, service_id: str, client: str) -> KeyEntry:
+        """The key of a request to a private service, or raise 401 Unauthorized (logged)."""
+        key = presented_key(authorization)
+        entry = self.match(key)
+        if entry is not None and entry.service_id == service_id:
+            return entry
+        reason = "no key" if key is None else f"key {fingerprint(key)} not valid for this service"
+        audit.warning("auth failure: service %s from %s: %s", service_id, client, reason)
+        raise unauthorized()
+
+    def check_admin_request(self, authorization: bytes | None, client: str) -> KeyEntry | None:
+        """Admin API access: an admin key, or loopback while no admin key exists.
+
+        Returns the admin key's entry, or None for loopback access without keys.
+
+        Raises:
+            LightnodeError: 401 Unauthorized, or 403 Forbidden off loopback without admin keys.
+        """
+        key = presented_key(authorization)
+        if not self.has_admin_keys():
+            if is_loopback(client):
+                return None
+            audit.warning("admin access refused from %s: no admin key exists, loopback only", client)
+            raise LightnodeError("Forbidden", "The admin API answers on loopback only until an admin key exists")
+        entry = self.match(key)
+        if entry is not None and entry.admin:
+            return entry
+        reason = "no key" if key is None else f"key {fingerprint(key)} is not an admin key"
+        audit.warning("admin auth failure from %s: %s", client, reason)
+        raise unauthorized()
+
+    # ------------------------------------------------------------ mutations
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list[KeyEntry]]:
+        """Read-modify-write under the lock; the yielded list is written back if it changed."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / ".keys.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            current = list(self._read_file())
+            before = list(current)
+            yield current
+            if current != before:
+                payload = {"keys": [e.to_file_json() for e in current]}
+                write_file_atomically(self.path, (json.dumps(payload, indent=2) + "\n").encode(), mode=0o600)
+            self._entries = tuple(current)
+
+    def create(
+        self,
+        *,
+        admin: bool,
+        service_id: str | None = None,
+        label: str | None = None,
+        description: str | None = None,
+        created_by: str | None = None,
+        expiry: object = None,
+    ) -> tuple[KeyEntry, str]:
+        """Make a new key; returns its entry and the key itself (shown once, never stored).
+
+        Raises:
+            ValueError: neither or both of admin/service_id, or a bad expiry.
+        """
+        if admin == (service_id is not None):
+            raise ValueError("a key is either an admin key or for one service")
+        key = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+        entry = KeyEntry(
+            id="k" + secrets.token_hex(6),
+            digest=digest_of(key),
+            admin=admin,
+            service_id=service_id,
+            label=label,
+            description=description,
+            created_by=created_by,
+            created_on=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            expiry=normalize_expiry(expiry),
+        )
+        with self._locked() as entries:
+            while any(e.id == entry.id for e in entries):
+                entry = replace(entry, id="k" + secrets.token_hex(6))
+            entries.append(entry)
+        return entry, key
+
+    def delete_by_id(self, key_id: str) -> KeyEntry:
+        """Raises KeyError when no key has this id."""
+        with self._locked() as entries:
+            for index, entry in enumerate(entries):
+                if entry.id == key_id:
+                    return entries.pop(index)
+        raise KeyError(key_id)
+
+    def delete_by_key(self, key: str) -> KeyEntry:
+        """Delete the key whose secret is `key`. Raises KeyError when none matches."""
+        digest = digest_of(key)
+        with self._locked() as entries:
+            for index, entry in enumerate(entries):
+                if hmac.compare_digest(entry.digest, digest):
+                    return entries.pop(index)
+        raise KeyError(fingerprint(key))

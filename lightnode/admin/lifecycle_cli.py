@@ -1,0 +1,248 @@
+"""`lightnode package`, `lightnode deploy`, and the lifecycle commands of `lightnode admin` (SPEC §6, §8, §9).
+
+admin create | services | generations | import | switch | enable | disable |
+set-mapping | delete | keys create/list/delete | metrics. Each command is
+written once against the operations of `admin.service_layer.ServiceLayer`:
+with `--data-dir` the layer changes the files (a running node applies them
+live through its watcher), with `--url` `admin.remote.RemoteAdmin` asks the
+node's admin API, which runs the same layer.
+
+`keys create` prints the new key alone on one line of stdout (everything else
+goes to stderr), so `KEY=$(lightnode admin keys create ...)` works.
+Imports: admin.*, services.package, services.store, config.model, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightnode.admin.keys import KEY_PREFIX
+from lightnode.admin.remote import RemoteAdmin, RemoteError
+from lightnode.admin.service_layer import ServiceLayer, parse_mapping_args
+from lightnode.config.model import check_id
+from lightnode.errors import LightnodeError
+from lightnode.services.package import build_package
+from lightnode.services.store import DataDir
+
+
+def add_lifecycle_commands(commands: Any, target: argparse.ArgumentParser) -> None:
+    """Register the lifecycle sub-commands of `lightnode admin`."""
+
+    def service_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, parents=[target], help=help_text)
+        parser.add_argument("service")
+        return parser
+
+    service_command("create", "create an empty, disabled service")
+    service_command("generations", "list a service's generations")
+    service_command("import", "import a package as a new generation").add_argument("archive", type=Path)
+    switch = service_command("switch", "send all traffic to one generation (zero-downtime)")
+    which = switch.add_mutually_exclusive_group(required=True)
+    which.add_argument("generation", nargs="?")
+    which.add_argument("--newest", action="store_true", help="the most recently imported generation")
+    service_command("enable", "enable a service")
+    service_command("disable", "disable a service (its requests get 503 ServiceNotActive)")
+    mapping = service_command("set-mapping", "split traffic between generations by probability")
+    mapping.add_argument("pairs", nargs="+", metavar="GEN=PROBA")
+    service_command("delete", "delete a service and its generations")
+    commands.add_parser("metrics", parents=[target], help="the node's counters as JSON")
+
+    keys = commands.add_parser("keys", help="API keys (SPEC §9)")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", required=True)
+    create = key_commands.add_parser("create", parents=[target], help="create a key; prints it once")
+    scope = create.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--service", help="a key for this service's /run")
+    scope.add_argument("--admin", action="store_true", help="a key for the admin API")
+    create.add_argument("--label")
+    create.add_argument("--description")
+    create.add_argument("--expiry", help="ISO 8601 time after which the key is refused")
+    key_commands.add_parser("list", parents=[target], help="list keys (never the keys themselves)")
+    delete = key_commands.add_parser("delete", parents=[target], help="delete a key by id (or by the key itself)")
+    delete.add_argument("id", metavar="ID")
+
+
+def add_package_commands(sub: Any) -> None:
+    """Register `lightnode package` and `lightnode deploy`."""
+    package = sub.add_parser("package", help="validate a service directory and write its package (zip)")
+    package.add_argument("src_dir", type=Path, metavar="SRC_DIR")
+    package.add_argument("-o", "--output", type=Path, metavar="FILE.zip")
+    package.add_argument("--generation", metavar="G", help="generation id (default v + UTC time)")
+    deploy = sub.add_parser("deploy", help="package + import + switch, in one step")
+    deploy.add_argument("src_dir", type=Path, metavar="SRC_DIR")
+    where = deploy.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="deploy into this data directory")
+    where.add_argument("--url", help="deploy through a node's admin API (the node must see this machine's files)")
+    deploy.add_argument("--key", help="admin API key (with --url)")
+    deploy.add_argument("--generation", metavar="G", help="generation id (default v + UTC time)")
+
+
+# ------------------------------------------------------------------ targets
+
+
+def _cli_error(message: str, code: int = 1) -> Exception:
+    from lightnode.cli import CliError
+
+    return CliError(message, code)
+
+
+def target_for(args: argparse.Namespace) -> Any:
+    """The ServiceLayer on `--data-dir`, or a RemoteAdmin on `--url`."""
+    if getattr(args, "url", None):
+        return RemoteAdmin(args.url, getattr(args, "key", None))
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise _cli_error(f"--data-dir {data_dir} is not a directory")
+    return ServiceLayer(DataDir(data_dir.resolve()))
+
+
+def call_target(args: argparse.Namespace, operation: str, *params: Any, **kwargs: Any) -> Any:
+    """Run one ServiceLayer/RemoteAdmin operation for the command line; errors become CliError."""
+    try:
+        return getattr(target_for(args), operation)(*params, **kwargs)
+    except RemoteError as exc:
+        raise _cli_error(str(exc)) from None
+    except LightnodeError as exc:
+        raise _cli_error(exc.message) from None
+
+
+# ----------------------------------------------------------------- commands
+
+
+def _services(args: argparse.Namespace) -> int:
+    for service in call_target(args, "services"):
+        entries = service.get("mapping", {}).get("entries", [])
+        mapping = " ".join(f"{e['generation']}={e['proba']:g}" for e in entries) or "-"
+        print(f"{service['id']}\tenabled={service['enabled']}\tmapping={mapping}"
+              f"\tgenerations={len(service.get('generations', []))}")
+    return 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    call_target(args, "create_service", check_id(args.service, "service id"))
+    print(f"created service {args.service} (disabled until a switch)")
+    return 0
+
+
+def _generations(args: argparse.Namespace) -> int:
+    for gen in call_target(args, "generations", check_id(args.service, "service id"))["generations"]:
+        flags = [f for f in ("mapped", "mounted") if gen.get(f)]
+        print(f"{gen['generationId']}\tcreated={gen.get('created', gen['createdOn'])}\t{' '.join(flags)}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    service = check_id(args.service, "service id")
+    result = call_target(args, "import_archive", service, args.archive.resolve())
+    note = " (new service, disabled until a switch)" if result.get("createdService") else ""
+    print(f"imported {service} generation {result['generation']}{note}")
+    return 0
+
+
+def _switch(args: argparse.Namespace) -> int:
+    service = check_id(args.service, "service id")
+    if args.newest:
+        result = call_target(args, "switch_to_newest", service)
+    else:
+        result = call_target(args, "switch_to", service, check_id(args.generation, "generation id"))
+    print(f"{service}: switched to {result['switchedToGeneration']}")
+    return 0
+
+
+def _enable(args: argparse.Namespace) -> int:
+    call_target(args, "enable", check_id(args.service, "service id"))
+    print(f"{args.service}: enabled")
+    return 0
+
+
+def _disable(args: argparse.Namespace) -> int:
+    call_target(args, "disable", check_id(args.service, "service id"))
+    print(f"{args.service}: disabled")
+    return 0
+
+
+def _set_mapping(args: argparse.Namespace) -> int:
+    service = check_id(args.service, "service id")
+    result = call_target(args, "set_mapping", service, parse_mapping_args(args.pairs))
+    entries = result["mapping"]["entries"]
+    print(f"{service}: mapping " + " ".join(f"{e['generation']}={e['proba']:g}" for e in entries) + " (enabled)")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    call_target(args, "delete_service", check_id(args.service, "service id"))
+    print(f"deleted service {args.service}")
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from lightnode.admin.cli import node_url
+
+    if not getattr(args, "url", None):
+        args.url = node_url(args)  # the running node of --data-dir
+    json.dump(call_target(args, "metrics"), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        service = check_id(args.service, "service id") if args.service else None
+        result = call_target(args, "create_key", service_id=service, label=args.label,
+                       description=args.description, expiry=args.expiry)
+        scope = "the admin API" if service is None else f"service {service}"
+        print(f"created key {result['id']} for {scope}; it is shown once, here:", file=sys.stderr)
+        print(result["key"], flush=True)
+        return 0
+    if args.keys_command == "list":
+        for key in call_target(args, "list_keys"):
+            scope = "admin" if key["admin"] else f"service:{key['serviceId']}"
+            state = "\texpired" if key.get("expired") else ""
+            print(f"{key['id']}\t{scope}\tlabel={key.get('label') or '-'}\tcreated={key['createdOn']}{state}")
+        return 0
+    if args.id.startswith(KEY_PREFIX):
+        result = call_target(args, "delete_key", args.id)
+    else:
+        result = call_target(args, "delete_key_by_id", args.id)
+    print(f"deleted key {result['deleted']}")
+    return 0
+
+
+LIFECYCLE_HANDLERS = {
+    "services": _services,
+    "create": _create,
+    "generations": _generations,
+    "import": _import,
+    "switch": _switch,
+    "enable": _enable,
+    "disable": _disable,
+    "set-mapping": _set_mapping,
+    "delete": _delete,
+    "metrics": _metrics,
+    "keys": _keys,
+}
+
+
+# ------------------------------------------------------- package and deploy
+
+
+def run_package(args: argparse.Namespace) -> int:
+    built = build_package(args.src_dir, output=args.output, generation=args.generation)
+    print(f"wrote {built.path} (service {built.service_id}, generation {built.generation}, "
+          f"{built.files} files)")
+    return 0
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """package + import + switch."""
+    with tempfile.TemporaryDirectory(prefix="lightnode-deploy-") as tmp:
+        built = build_package(args.src_dir, output=Path(tmp) / "package.zip", generation=args.generation)
+        call_target(args, "import_archive", built.service_id, built.path)
+        print(f"imported {built.service_id} generation {built.generation}", file=sys.stderr)
+        call_target(args, "switch_to", built.service_id, built.generation)
+    print(f"deployed {built.service_id} generation {built.generation}")
+    return 0

@@ -1,0 +1,147 @@
+"""The admin operations of `ServiceLayer`, carried out by a running node through /admin/api/.
+
+`RemoteAdmin` has the same method names and answers as
+`admin.service_layer.ServiceLayer`, so every `lightnode admin` command is
+written once and works with `--data-dir` (files) or `--url` (HTTP). Errors
+come back as `RemoteError` with the node's status and message.
+
+Imports: standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+# Mutations answer once the node has applied them, which for a switch means the
+# new generation's pools reached floor: that may take as long as a model load.
+MUTATION_TIMEOUT_S = 300.0
+READ_TIMEOUT_S = 30.0
+
+
+class RemoteError(Exception):
+    """The node refused the request (or could not be reached)."""
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+class RemoteAdmin:
+    def __init__(self, url: str, key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        params: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """One admin API call; the decoded JSON answer (None for an empty one)."""
+        url = f"{self.url}/admin/api/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        if self.key:
+            request.add_header("Authorization", f"Bearer {self.key}")
+        if timeout_s is None:
+            timeout_s = READ_TIMEOUT_S if method == "GET" else MUTATION_TIMEOUT_S
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+                raw = answer.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("message", detail)
+            except (ValueError, AttributeError):
+                pass
+            raise RemoteError(f"{method} {_public(path)}: HTTP {exc.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise RemoteError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+        return json.loads(raw) if raw else None
+
+    # --- the ServiceLayer methods ------------------------------------------
+
+    def services(self) -> Any:
+        return self.call("GET", "services")
+
+    def create_service(self, service_id: str) -> Any:
+        return self.call("POST", "services/", {"serviceId": service_id})
+
+    def delete_service(self, service_id: str) -> Any:
+        return self.call("DELETE", f"services/{_quote(service_id)}")
+
+    def generations(self, service_id: str) -> Any:
+        return self.call("GET", f"services/{_quote(service_id)}/generations")
+
+    def import_archive(self, service_id: str, archive: Path | str) -> Any:
+        path = str(Path(archive).resolve())
+        return self.call(
+            "POST",
+            f"services/{_quote(service_id)}/generations/actions/importFromArchive",
+            params={"filePath": path},
+        )
+
+    def switch_to(self, service_id: str, generation: str) -> Any:
+        return self.call("POST", f"services/{_quote(service_id)}/actions/switchTo/{_quote(generation)}")
+
+    def switch_to_newest(self, service_id: str) -> Any:
+        return self.call("POST", f"services/{_quote(service_id)}/actions/switchToNewest")
+
+    def set_mapping(self, service_id: str, mapping: object) -> Any:
+        return self.call("POST", f"services/{_quote(service_id)}/actions/setMapping", mapping)
+
+    def enable(self, service_id: str) -> Any:
+        return self.call("POST", f"services/{_quote(service_id)}/actions/enable")
+
+    def disable(self, service_id: str) -> Any:
+        return self.call("POST", f"services/{_quote(service_id)}/actions/disable")
+
+    def endpoint_settings(self, service_id: str, endpoint_id: str) -> Any:
+        return self.call("GET", f"services/{_quote(service_id)}/endpoints/{_quote(endpoint_id)}/settings")
+
+    def set_endpoint_settings(self, service_id: str, endpoint_id: str, raw: object) -> Any:
+        path = f"services/{_quote(service_id)}/endpoints/{_quote(endpoint_id)}/settings"
+        return self.call("POST", path, raw)
+
+    def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> Any:
+        """GET the node's tuning, overlay `overrides` section by section, POST it (validated there)."""
+        current = self.endpoint_settings(service_id, endpoint_id)
+        for section, values in overrides.items():
+            current.setdefault(section, {}).update(values)
+        return self.set_endpoint_settings(service_id, endpoint_id, current)
+
+    def list_keys(self) -> Any:
+        return self.call("GET", "keys")
+
+    def create_key(self, *, service_id: str | None = None, label: str | None = None, **extra: Any) -> Any:
+        body = {"label": label, **extra}
+        if service_id is not None:
+            body["serviceId"] = service_id
+        return self.call("POST", "keys", body)
+
+    def delete_key_by_id(self, key_id: str) -> Any:
+        return self.call("DELETE", f"keys/{_quote(key_id)}/key")
+
+    def delete_key(self, key: str) -> Any:
+        return self.call("DELETE", f"keys/{_quote(key)}")
+
+    def metrics(self) -> Any:
+        return self.call("GET", "metrics")
+
+
+def _public(path: str) -> str:
+    """The path for messages, with a key in `keys/<key>` masked."""
+    parts = path.split("/")
+    if len(parts) == 2 and parts[0] == "keys":
+        return "keys/<key>"
+    return path

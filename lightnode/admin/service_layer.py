@@ -1,0 +1,354 @@
+"""The one layer of admin operations, shared by the `lightnode admin` commands and /admin/api/.
+
+Each operation acts on the data directory's files (SPEC §2, §6, §9): importing
+a package, writing state.json (atomically, through `DataDir.write_state`),
+writing tuning files, keys. A running node applies file changes live through
+its watcher; the admin routes also ask the registry to apply them at once and
+answer when it has. Every operation returns the JSON-able answer of the admin
+API, so `admin --data-dir` and `admin --url` print the same thing.
+
+`RemoteAdmin` (admin.remote) offers the same methods over HTTP; the CLI
+handlers are written against either.
+
+Errors: LightnodeError (NotFound, BadRequest) for what the API answers as
+such; ConfigError (PackageRefused) and IdError propagate for the caller to
+render (the routes map them to 400 and 404).
+
+Imports: services/, config/, errors, admin.keys. Never http/ or scheduler/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightnode.admin.keys import KeyEntry, KeyStore
+from lightnode.config.load import (
+    endpoint_config_to_json,
+    load_endpoint_config,
+    load_server_settings,
+    merge_tuning,
+    parse_endpoint_config,
+    write_endpoint_config,
+)
+from lightnode.config.model import check_id
+from lightnode.errors import ConfigError, LightnodeError
+from lightnode.services.model import load_service_dir
+from lightnode.services.package import ImportedPackage, import_package, imported_at
+from lightnode.services.store import DataDir, MappingEntry, ServiceState, parse_mapping
+
+MountedView = Callable[[str], "set[str] | None"]
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class ServiceLayer:
+    """Admin operations on one data directory.
+
+    Args:
+        data_dir: the node's data directory.
+        max_package_bytes: `limits.max_package_bytes` for imports (default: server.json's).
+        keys: the key store to use (the running node passes its own, so that
+            its in-memory keys change at once); default: one on config/keys.json.
+        mounted: for a service id, the generations a running node has loaded
+            (None: not known, then mapped generations of an enabled service count).
+    """
+
+    def __init__(
+        self,
+        data_dir: DataDir,
+        *,
+        max_package_bytes: int | None = None,
+        keys: KeyStore | None = None,
+        mounted: MountedView | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        if max_package_bytes is None:
+            settings = load_server_settings(data_dir.server_config_path)
+            max_package_bytes = settings.limits.max_package_bytes
+        self.max_package_bytes = max_package_bytes
+        self.keys = keys if keys is not None else KeyStore(data_dir.keys_path)
+        self._mounted = mounted
+
+    # ----------------------------------------------------------- services
+
+    def _require_service(self, service_id: str) -> Path:
+        path = self.data_dir.service_dir(service_id)  # IdError first
+        if not path.is_dir():
+            raise LightnodeError("NotFound", f"Service {service_id} does not exist")
+        return path
+
+    def _state(self, service_id: str) -> ServiceState:
+        self._require_service(service_id)
+        return self.data_dir.read_state(service_id)
+
+    def _generation_ids(self, service_id: str) -> list[str]:
+        """Generation ids, oldest import first."""
+        infos = self.data_dir.generations(service_id)
+        infos.sort(key=lambda info: (imported_at(info.path), info.id))
+        return [info.id for info in infos]
+
+    def service_info(self, service_id: str) -> dict[str, Any]:
+        try:
+            state = self._state(service_id)
+            error = None
+        except ConfigError as exc:
+            state, error = ServiceState(enabled=False), str(exc)
+        info = {
+            "id": service_id,
+            "enabled": state.enabled,
+            "mapping": state.to_json()["mapping"],
+            "generations": self._generation_ids(service_id),
+        }
+        if error:
+            info["error"] = error
+        return info
+
+    def service(self, service_id: str) -> dict[str, Any]:
+        """GET services/<S> (NotFound when absent)."""
+        self._require_service(service_id)
+        return self.service_info(service_id)
+
+    def services(self) -> list[dict[str, Any]]:
+        """GET services: `[{"id", "enabled", "mapping", "generations"}]`."""
+        return [self.service_info(sid) for sid in self.data_dir.service_ids()]
+
+    def create_service(self, service_id: str) -> dict[str, Any]:
+        """POST services/: an empty, disabled service."""
+        path = self.data_dir.service_dir(service_id)
+        if os.path.lexists(path):
+            raise LightnodeError("BadRequest", f"Service {service_id} already exists")
+        staging = self._staging(f"create-{service_id}")
+        try:
+            (staging / "generations").mkdir()
+            (staging / "state.json").write_text(_state_text(ServiceState(enabled=False)))
+            os.rename(staging, path)
+        except OSError:
+            if os.path.lexists(path):
+                raise LightnodeError("BadRequest", f"Service {service_id} already exists") from None
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.service_info(service_id)
+
+    def delete_service(self, service_id: str) -> dict[str, Any]:
+        """DELETE services/<S>: the service disappears at once (one rename), then its files go.
+
+        Tuning files under config/ stay: they are the operator's configuration.
+        """
+        path = self._require_service(service_id)
+        graveyard = self.data_dir.services_dir / f".deleted-{service_id}-{secrets.token_hex(4)}"
+        os.rename(path, graveyard)
+        shutil.rmtree(graveyard, ignore_errors=True)
+        return {"deleted": service_id}
+
+    def _staging(self, what: str) -> Path:
+        self.data_dir.services_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir.services_dir / f".{what}-{secrets.token_hex(4)}"
+        path.mkdir()
+        return path
+
+    # -------------------------------------------------------- generations
+
+    def generations(self, service_id: str) -> dict[str, Any]:
+        """GET services/<S>/generations: `{"generations": [{"generationId", "createdOn", "mounted", "mapped"}]}`."""
+        state = self._state(service_id)
+        mapped = {e.generation for e in state.entries}
+        mounted = self._mounted(service_id) if self._mounted is not None else None
+        if mounted is None:
+            mounted = mapped if state.enabled else set()
+        infos = self.data_dir.generations(service_id)
+        infos.sort(key=lambda info: (imported_at(info.path), info.id))
+        return {
+            "generations": [
+                {
+                    "generationId": info.id,
+                    "createdOn": int(info.created.timestamp() * 1000),
+                    "created": _iso(info.created.timestamp()),
+                    "imported": _iso(imported_at(info.path)),
+                    "mounted": info.id in mounted,
+                    "mapped": info.id in mapped,
+                }
+                for info in infos
+            ]
+        }
+
+    def import_archive(self, service_id: str, archive: Path | str) -> dict[str, Any]:
+        """importFromArchive: unpack a package as a new generation (PackageRefused when refused)."""
+        check_id(service_id, "service id")
+        path = Path(archive)
+        if not path.is_absolute():
+            raise LightnodeError("BadRequest", f"filePath must be an absolute path (got {str(archive)!r})")
+        if not path.is_file():
+            raise LightnodeError("BadRequest", f"No such archive: {path}")
+        result: ImportedPackage = import_package(
+            self.data_dir, service_id, path, max_bytes=self.max_package_bytes
+        )
+        return {
+            "serviceId": result.service_id,
+            "generation": result.generation,
+            "createdService": result.created_service,
+            "unpackedBytes": result.unpacked_bytes,
+        }
+
+    def preload(self, service_id: str, generation: str) -> dict[str, Any]:
+        """generations/<G>/preload: check that G exists and its service.json loads.
+
+        Pools start when a generation is mapped (a switch warms them before it
+        routes to them), so there is nothing to load ahead of that.
+        """
+        self._require_service(service_id)
+        self._check_generation(service_id, generation)
+        return {"serviceId": service_id, "generation": generation}
+
+    def newest_generation(self, service_id: str) -> str:
+        ids = self._generation_ids(service_id)
+        if not ids:
+            raise LightnodeError("BadRequest", f"Service {service_id} has no generation")
+        return ids[-1]
+
+    def _check_generation(self, service_id: str, generation: str) -> None:
+        root = self.data_dir.generation_dir(service_id, generation)
+        if not root.is_dir():
+            raise LightnodeError("NotFound", f"Generation {generation} of service {service_id} does not exist")
+        load_service_dir(root)  # ConfigError: never switch to a generation that cannot load
+
+    # ---------------------------------------------------- state.json edits
+
+    def _write_state(self, service_id: str, state: ServiceState) -> dict[str, Any]:
+        self.data_dir.write_state(service_id, state)
+        return {"serviceId": service_id, **state.to_json()}
+
+    def switch_to(self, service_id: str, generation: str) -> dict[str, Any]:
+        """actions/switchTo/<G>: G takes all traffic and the service is enabled."""
+        self._state(service_id)
+        check_id(generation, "generation id")
+        self._check_generation(service_id, generation)
+        answer = self._write_state(service_id, ServiceState(True, (MappingEntry(generation, 1.0),)))
+        return {"switchedToGeneration": generation, **answer}
+
+    def switch_to_newest(self, service_id: str) -> dict[str, Any]:
+        """actions/switchToNewest -> `{"switchedToGeneration": G}`."""
+        self._state(service_id)
+        return self.switch_to(service_id, self.newest_generation(service_id))
+
+    def set_mapping(self, service_id: str, mapping: object) -> dict[str, Any]:
+        """actions/setMapping: `{"entries": [{"generation", "proba"}]}`; enables the service."""
+        self._state(service_id)
+        entries = parse_mapping(mapping, source="mapping")
+        if not entries:
+            raise LightnodeError("BadRequest", "mapping: entries must not be empty")
+        for entry in entries:
+            self._check_generation(service_id, entry.generation)
+        return self._write_state(service_id, ServiceState(True, entries))
+
+    def enable(self, service_id: str) -> dict[str, Any]:
+        state = self._state(service_id)
+        return self._write_state(service_id, ServiceState(True, state.entries))
+
+    def disable(self, service_id: str) -> dict[str, Any]:
+        state = self._state(service_id)
+        return self._write_state(service_id, ServiceState(False, state.entries))
+
+    # -------------------------------------------------------------- tuning
+
+    def endpoint_settings(self, service_id: str, endpoint_id: str) -> dict[str, Any]:
+        """GET .../endpoints/<E>/settings: the tuning file's values (defaults if none)."""
+        path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
+        return endpoint_config_to_json(load_endpoint_config(path))
+
+    def set_endpoint_settings(self, service_id: str, endpoint_id: str, raw: object) -> dict[str, Any]:
+        """POST .../endpoints/<E>/settings: validate the whole tuning object, write it atomically.
+
+        Raises:
+            ConfigError: every validation problem; nothing is written.
+        """
+        path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
+        config = parse_endpoint_config(raw, source=str(path))
+        write_endpoint_config(path, config)
+        return endpoint_config_to_json(config)
+
+    def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """`admin tune`: overlay `overrides` ({"pool": {"ceil": 4}}) on the current tuning, validate, write.
+
+        Raises:
+            ConfigError: every problem of the merged tuning; nothing is written.
+        """
+        path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
+        config = merge_tuning(load_endpoint_config(path), overrides)
+        write_endpoint_config(path, config)
+        return endpoint_config_to_json(config)
+
+    # ---------------------------------------------------------------- keys
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        self.keys.load()
+        return [entry.to_public_json() for entry in self.keys.entries()]
+
+    def create_key(
+        self,
+        *,
+        service_id: str | None = None,
+        label: str | None = None,
+        description: str | None = None,
+        created_by: str | None = None,
+        expiry: object = None,
+    ) -> dict[str, Any]:
+        """POST keys: an admin key, or a key for `service_id`; the answer holds the key, once."""
+        if service_id is not None:
+            check_id(service_id, "service id")
+        try:
+            entry, key = self.keys.create(
+                admin=service_id is None, service_id=service_id, label=label,
+                description=description, created_by=created_by, expiry=expiry,
+            )
+        except ValueError as exc:
+            raise LightnodeError("BadRequest", str(exc)) from None
+        return {**entry.to_public_json(), "key": key}
+
+    def delete_key_by_id(self, key_id: str) -> dict[str, Any]:
+        return self._deleted(self.keys.delete_by_id, key_id, f"No API key with id {key_id}")
+
+    def delete_key(self, key: str) -> dict[str, Any]:
+        return self._deleted(self.keys.delete_by_key, key, "No such API key")
+
+    def _deleted(self, delete: Callable[[str], KeyEntry], arg: str, missing: str) -> dict[str, Any]:
+        try:
+            entry = delete(arg)
+        except KeyError:
+            raise LightnodeError("NotFound", missing) from None
+        return {"deleted": entry.id}
+
+
+def _state_text(state: ServiceState) -> str:
+    return json.dumps(state.to_json(), indent=2) + "\n"
+
+
+def parse_mapping_args(pairs: list[str]) -> dict[str, Any]:
+    """`G1=0.5 G2=0.5` (CLI) -> the mapping object of the admin API.
+
+    Raises:
+        ConfigError: a pair is not GEN=PROBA with a number.
+    """
+    entries: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for pair in pairs:
+        generation, sep, proba = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError(pair)
+            entries.append({"generation": generation, "proba": float(proba)})
+        except ValueError:
+            problems.append(f"{pair!r}: expected GENERATION=PROBABILITY, e.g. v2=0.5")
+    if problems:
+        raise ConfigError("set-mapping", problems)
+    return {"entries": entries}

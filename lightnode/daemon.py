@@ -1,0 +1,323 @@
+"""Composition root: data dir + registry of pools + HTTP server + config watcher.
+
+Start-up: lay out the data dir (sample service if empty), take the lock on
+run/lightnode.pid (one node per data dir, SPEC §12), read server.json, load
+every enabled service's pools, listen, write run/lightnode.addr, watch config.
+
+Shutdown is a staged contract (SPEC §11), triggered by SIGTERM or SIGINT:
+  1. stop accepting: the listening socket closes (new connections are refused),
+     /readyz and /isAlive answer 503, new requests on open connections get
+     503 ShuttingDown with `Connection: close`, idle keep-alive connections close;
+  2. drain: running and queued requests finish, up to `shutdown.grace_ms`;
+  3. stop pipelines: each drained pool closes its workers' pipes (they exit on
+     EOF), escalating to SIGTERM then SIGKILL; after the grace period whatever
+     still runs is killed and its requests answered 500 WorkerCrashed;
+  4. close the remaining connections, remove run/lightnode.addr, exit 0.
+Signal handlers only set an event or enqueue work; everything else runs in the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import uvloop
+
+from lightnode.admin.keys import KeyStore
+from lightnode.admin.routes import AdminRoutes
+from lightnode.config.load import load_server_settings
+from lightnode.config.model import ServerSettings
+from lightnode.config.watch import (
+    ConfigWatcher,
+    KeysChanged,
+    ServiceFilesChanged,
+    TuningChanged,
+    TuningInvalid,
+    TuningRemoved,
+)
+from lightnode.config.model import EndpointConfig
+from lightnode.errors import ConfigError
+from lightnode.http.app import NodeApp
+from lightnode.http.protocol import HttpProtocol, ServerState
+from lightnode.observe import logsetup
+from lightnode.observe.metrics import MetricsCollector, RequestMetrics
+from lightnode.observe.querylog import QueryLog
+from lightnode.scheduler.registry import Registry
+from lightnode.services.store import DataDir
+
+log = logging.getLogger("lightnode")
+
+NOT_ALIVE_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    data_dir: Path
+    host: str | None = None
+    port: int | None = None
+    log_level: str | None = None
+    pidfile: Path | None = None
+    dev: bool = False
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is shown to the operator as is."""
+
+
+def settings_for(options: DaemonOptions) -> ServerSettings:
+    """server.json with command-line overrides applied."""
+    settings = load_server_settings(options.data_dir / "config" / "server.json")
+    listen = settings.listen
+    if options.host is not None:
+        listen = replace(listen, host=options.host)
+    if options.port is not None:
+        listen = replace(listen, port=options.port)
+    logging_settings = settings.logging
+    if options.log_level is not None:
+        logging_settings = replace(logging_settings, level=options.log_level)
+    return replace(settings, listen=listen, logging=logging_settings)
+
+
+def setup_logging(settings: ServerSettings, logs_dir: Path | None) -> None:
+    """Server log in `logging.format` (text or JSON lines), see observe.logsetup."""
+    logsetup.setup_logging(settings.logging, logs_dir)
+
+
+class PidLock:
+    """An exclusive lock on run/lightnode.pid held for the node's life (SPEC §12)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(
+                f"another lightnode (pid {holder}) is serving this data directory ({self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Node:
+    """One running node: owns the server, the registry and the watcher."""
+
+    def __init__(self, options: DaemonOptions, settings: ServerSettings) -> None:
+        self.options = options
+        self.settings = settings
+        self.data_dir = DataDir(options.data_dir)
+        self.loop = asyncio.get_running_loop()
+        self.app = NodeApp(options.data_dir, dev=options.dev)
+        self.http_state = ServerState(settings.limits)
+        self.registry: Registry | None = None
+        self.watcher: ConfigWatcher | None = None
+        self.config_errors_total = 0
+        self.keys = KeyStore(self.data_dir.keys_path)  # API keys (SPEC §9), loaded in start()
+        self.admin_routes: AdminRoutes | None = None
+        self.metrics: MetricsCollector | None = None
+        self.query_log: QueryLog | None = None
+        self._stop = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self.addr_file = self.data_dir.run_dir / "lightnode.addr"
+
+    async def start(self) -> None:
+        listen = self.settings.listen
+        self.keys.load()  # a keys.json that does not parse stops the start (ConfigError)
+        self._server = await self.loop.create_server(
+            lambda: HttpProtocol(self.app, self.http_state, self.loop),
+            listen.host,
+            listen.port,
+            backlog=2048,
+            reuse_address=True,
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        self.registry = Registry(self.loop, self.data_dir, self.app, port=port, dev=self.options.dev)
+        self.app.registry = self.registry
+        self.admin_routes = AdminRoutes(self, self.keys)
+        self.admin_routes.install(self.app)
+        self.app.api_key_check = self.keys.check_service_request
+        self._install_observers()
+        self.watcher = ConfigWatcher(self.data_dir.root, self._config_changed)
+        self._apply_tuning_changes(self.watcher.scan())
+        self.registry.load_all()
+        self.addr_file.write_text(f"http://{_url_host(listen.host)}:{port}\n")
+        log.info("lightnode serving %s on http://%s:%d", self.data_dir.root, listen.host, port)
+        self._watch_task = self.loop.create_task(self.watcher.run())
+        self._not_alive_task = self.loop.create_task(self._watch_not_alive())
+
+    async def _watch_not_alive(self) -> None:
+        """Drain by file (SPEC §10), polled: one stat per NOT_ALIVE_POLL_S.
+
+        While DATA_DIR/not-alive exists the node answers /run with 503 ShuttingDown
+        (the function did not run, so a load balancer may re-send it to another
+        node, SPEC §3.4) and /isAlive, /readyz with 503; requests already running or
+        queued finish. Open-source nginx has no active health checks: these 503s are
+        how it learns of the drain (config/nginx/lightnode.conf).
+        """
+        path = self.data_dir.root / "not-alive"
+        drained = False
+        while True:
+            exists = path.exists()
+            if exists != drained:
+                drained = exists
+                self.app.draining = drained
+                log.warning("%s: %s", path, "present, node drained" if drained else "gone, serving again")
+            await asyncio.sleep(NOT_ALIVE_POLL_S)
+
+    def _install_observers(self) -> None:
+        """Metrics at /metrics and the query log, both fed one record per /run request."""
+        registry = self.registry
+        assert registry is not None
+        request_metrics = RequestMetrics(self._knows_endpoint)
+        self.metrics = MetricsCollector(
+            request_metrics, registry.all_pools, lambda: self.config_errors_total
+        )
+        self.metrics.start(self.loop)
+        self.app.observers.append(request_metrics)
+        self.app.metrics_text = self.metrics.render
+        self.app.metrics_public = self.settings.metrics.public
+        logging_settings = self.settings.logging
+        if logging_settings.query_log:
+            self.query_log = QueryLog(
+                self.data_dir.logs_dir / "queries.log",
+                loop=self.loop,
+                max_bytes=logging_settings.query_log_max_bytes,
+                backups=logging_settings.query_log_backups,
+                log_params=logging_settings.log_params,
+            )
+            self.app.observers.append(self.query_log)
+
+    def _knows_endpoint(self, service_id: str, endpoint_id: str) -> bool:
+        """Whether a generation of the service defines the endpoint (metrics label guard)."""
+        runtime = self.registry.services.get(service_id) if self.registry is not None else None
+        return runtime is not None and any(
+            gen.definition is not None and gen.definition.endpoint(endpoint_id) is not None
+            for gen in runtime.generations.values()
+        )
+
+    def _config_changed(self, changes: list[object]) -> None:
+        assert self.registry is not None
+        self._apply_tuning_changes(changes)
+        for change in changes:
+            if isinstance(change, ServiceFilesChanged):
+                self.registry.service_changed(change.service_id)
+            elif isinstance(change, KeysChanged) and self.keys.reload() is not None:
+                self.config_errors_total += 1  # refused whole: the last good keys stay
+
+    def _apply_tuning_changes(self, changes: list[object]) -> None:
+        assert self.registry is not None
+        for change in changes:
+            if isinstance(change, TuningChanged):
+                self.registry.apply_tuning(change.service_id, change.endpoint_id, change.config)
+            elif isinstance(change, TuningRemoved):
+                self.registry.apply_tuning(change.service_id, change.endpoint_id, EndpointConfig())
+            elif isinstance(change, TuningInvalid):
+                self.config_errors_total += 1
+                self.registry.tuning_refused(change.service_id, change.endpoint_id, change.error)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read every configuration file."""
+        if self.watcher is not None:
+            log.info("SIGHUP: re-reading configuration")
+            self._config_changed(self.watcher.rescan_all())
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """The staged shutdown written down in this module's docstring."""
+        assert self.registry is not None and self._server is not None
+        grace_s = self.settings.shutdown.grace_ms / 1000
+        log.info("shutting down: draining for up to %.1f s", grace_s)
+        self._not_alive_task.cancel()  # from now on draining stays on
+        self.app.draining = True
+        self.http_state.draining = True
+        self._server.close()  # 1. stop accepting
+        self.http_state.close_idle_connections()
+        self._watch_task.cancel()
+        if self.admin_routes is not None:
+            self.admin_routes.close()
+        try:  # 2. + 3. drain and stop pipelines
+            await asyncio.wait_for(self.registry.drain_all(), timeout=grace_s)
+        except asyncio.TimeoutError:
+            log.warning("grace period over: killing the pipelines still running")
+            self.registry.kill_all()
+            try:
+                await asyncio.wait_for(self.registry.drain_all(), timeout=5)
+            except asyncio.TimeoutError:
+                log.error("pipelines did not exit after SIGKILL")
+        try:  # 4. connections close after their last answer; abort the rest
+            await asyncio.wait_for(self.http_state.wait_closed(), timeout=1)
+        except asyncio.TimeoutError:
+            self.http_state.abort_all()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+        except asyncio.TimeoutError:
+            pass
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.query_log is not None:
+            self.query_log.close()  # every answered request is in the query log
+        self.addr_file.unlink(missing_ok=True)
+        log.info("lightnode stopped")
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(options: DaemonOptions) -> int:
+    data_dir = DataDir(options.data_dir)
+    if data_dir.is_uninitialised():
+        data_dir.init_sample()
+    data_dir.ensure_layout()
+    settings = settings_for(options)
+    setup_logging(settings, data_dir.logs_dir)
+    lock = PidLock(options.pidfile or data_dir.run_dir / "lightnode.pid")
+    lock.acquire()
+    try:
+        node = Node(options, settings)
+        await node.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, node.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, node.reload)
+        await node.wait()
+        await node.shutdown()
+    finally:
+        lock.release()
+    return 0
+
+
+def run(options: DaemonOptions) -> int:
+    """Run the node in the foreground until SIGTERM/SIGINT; return the exit code."""
+    try:
+        return uvloop.run(serve(options))
+    except (StartupError, ConfigError, OSError) as exc:
+        print(f"lightnode: {exc}", file=sys.stderr)
+        return 1

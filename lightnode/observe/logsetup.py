@@ -1,0 +1,109 @@
+"""The server log: text or JSON lines (`logging.format`, SPEC §8), to stderr and logs/lightnode.log.
+
+A line that concerns a request carries its id: code that logs about a request
+passes `extra={"request_id": ...}` (see `request_extra`), and both formats
+show it, text as `[req <id>]` after the logger name, JSON as `"requestId"`.
+JSON lines are one object each: time (UTC, ISO 8601 with milliseconds),
+level, logger, message, requestId when one applies, exception when there is
+a traceback. Newlines inside a message stay inside its JSON string, so one
+record is always one line.
+
+Imports: standard library, ujson and `config.model` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import ujson
+
+from lightnode.config.model import LoggingSettings
+
+SERVER_LOG = "lightnode.log"
+# The server log rotates like the query log's defaults: 5 x 50 MB at most.
+SERVER_LOG_MAX_BYTES = 50 * 1024 * 1024
+SERVER_LOG_BACKUPS = 5
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
+
+
+def request_extra(request_id: str) -> dict[str, str]:
+    """The `extra=` argument that tags a log record with a request id."""
+    return {"request_id": request_id}
+
+
+def _utc_iso(created: float) -> str:
+    second = int(created)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{stamp}.{int((created - second) * 1000):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """`<time> <LEVEL> <logger> [req <id>]: <message>`."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        record.request_tag = f" [req {request_id}]" if request_id else ""
+        return super().format(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": _utc_iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["requestId"] = request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        try:
+            return str(ujson.dumps(entry, ensure_ascii=False, escape_forward_slashes=False))
+        except UnicodeEncodeError:  # a lone surrogate: \u-escape everything instead
+            return str(ujson.dumps(entry, escape_forward_slashes=False))
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    """The formatter for `logging.format` ("text" or "json")."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+def setup_logging(
+    settings: LoggingSettings, logs_dir: Path | None, *, stream: IO[str] | None = None
+) -> None:
+    """Route the root logger to `stream` (stderr) and logs_dir/lightnode.log.
+
+    Replaces any handler already installed, so calling it twice is harmless.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if logs_dir is not None:
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                logs_dir / SERVER_LOG, maxBytes=SERVER_LOG_MAX_BYTES, backupCount=SERVER_LOG_BACKUPS
+            )
+        )
+    formatter = make_formatter(settings.format)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(settings.level.upper())

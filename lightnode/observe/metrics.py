@@ -1,0 +1,361 @@
+"""Prometheus metrics of the node (SPEC §10): per-request series and pool series.
+
+Two sources feed `/metrics`:
+- `RequestMetrics` is a request observer (`NodeApp.observers`): for each /run
+  request it counts the status and records the latency and the queue wait in
+  fixed-bucket histograms. This is the hot path: a dict lookup, two list
+  increments and a `bisect` per histogram, no lock (the node is one event loop).
+- `MetricsCollector` reads every pool's `PoolSnapshot` at scrape time for the
+  gauges (queue length, pipelines by state) and the pool counters (starts,
+  crashes, retirements, rejections). Pools come and go with generation switches,
+  so the collector remembers every pool it has seen (a sweep each
+  `SWEEP_INTERVAL_S` and at each scrape) and, once a pool has drained and left
+  the registry, folds its final counters into per-(service, endpoint) carried
+  totals: counters never go backwards. Hot reload keeps the same pools (their
+  counters survive LimitsChanged), so it resets nothing.
+
+The text exposition is written by prometheus_client (`generate_latest` over a
+custom collector), which gets the format details right (escaping, `le`, `+Inf`,
+`_sum`/`_count`); its own metric objects are not used on the hot path because
+each `labels(...).observe()` takes a lock and costs several microseconds.
+
+Imports: standard library, prometheus_client; `pool.snapshot` and `http.app`
+for types only. Never the scheduler or the registry themselves: pools and
+endpoint lookups come in as callables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lightnode.http.app import RequestRecord
+    from lightnode.pool.snapshot import PoolSnapshot
+
+log = logging.getLogger("lightnode.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Upper bounds (seconds) of the histogram buckets. Fixed for the node's life: a
+# finer grid costs one more line per endpoint per scrape, not more per request.
+DURATION_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+WAIT_BUCKETS_S = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+# How often the collector looks for pools that appeared or drained between
+# scrapes. A pool lives at least its warm-up plus its drain, far longer than this,
+# so none escapes; the sweep itself is a walk over a few dozen objects.
+SWEEP_INTERVAL_S = 1.0
+# Requests whose (service, endpoint) the node does not know are counted under
+# these labels: ids from the URL never become label values unless they name a
+# real endpoint, so garbage URLs cannot grow the series without bound. The
+# leading underscore is not allowed in ids (SPEC §2): no real endpoint clashes.
+OTHER = "_other"
+PIPELINE_STATES = ("starting", "idle", "busy", "stopping")
+
+Key = tuple[str, str]
+
+
+class Histogram:
+    """Fixed buckets over integer microseconds; cumulative counts are built at scrape."""
+
+    __slots__ = ("bounds_s", "_bounds_us", "counts", "sum_us")
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self.bounds_s = bounds_s
+        self._bounds_us = [round(b * 1e6) for b in bounds_s]
+        self.counts = [0] * (len(bounds_s) + 1)  # last slot: +Inf
+        self.sum_us = 0
+
+    def observe(self, value_us: int) -> None:
+        self.counts[bisect_left(self._bounds_us, value_us)] += 1
+        self.sum_us += value_us
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """[(le, cumulative count)], ending with ("+Inf", count)."""
+        out = []
+        total = 0
+        for bound, count in zip(self.bounds_s, self.counts, strict=False):
+            total += count
+            out.append((repr(bound), total))
+        out.append(("+Inf", total + self.counts[-1]))
+        return out
+
+
+@dataclass(slots=True)
+class EndpointSeries:
+    """The per-request series of one (service, endpoint)."""
+
+    requests: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
+    duration: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS_S))
+    wait: Histogram = field(default_factory=lambda: Histogram(WAIT_BUCKETS_S))
+    # Requests the node refused itself before any pool saw them (errorType -> count).
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+class RequestMetrics:
+    """The request observer: counts and times each /run request.
+
+    Args:
+        known_endpoint: tells whether (service, endpoint) names an endpoint the
+            node serves; asked only for requests that reached no pool and whose
+            key has no series yet.
+    """
+
+    def __init__(self, known_endpoint: Callable[[str, str], bool]) -> None:
+        self._known_endpoint = known_endpoint
+        self._other = EndpointSeries()  # requests/status only, no histograms
+        self.series: dict[Key, EndpointSeries] = {(OTHER, OTHER): self._other}
+
+    def observe(self, record: RequestRecord) -> None:
+        series = self.series.get((record.service_id, record.endpoint_id))
+        if series is None:
+            series = self._series_for(record)
+            if series is None:
+                return
+        requests = series.requests
+        status = record.status
+        requests[status] = requests.get(status, 0) + 1
+        series.duration.observe(record.total_us)
+        if record.generation:  # reached a pool: it waited in its queue (or not)
+            series.wait.observe(record.wait_us)
+        elif record.error_type is not None:
+            rejections = series.rejections
+            rejections[record.error_type] = rejections.get(record.error_type, 0) + 1
+
+    def _series_for(self, record: RequestRecord) -> EndpointSeries | None:
+        """A new series for a real endpoint; None (counted under OTHER) for anything else."""
+        key = (record.service_id, record.endpoint_id)
+        if record.generation or self._known_endpoint(*key):
+            series = self.series[key] = EndpointSeries()
+            return series
+        requests = self._other.requests
+        requests[record.status] = requests.get(record.status, 0) + 1
+        return None
+
+
+class PoolLike(Protocol):
+    """What the collector reads from a scheduler pool."""
+
+    @property
+    def drained(self) -> bool: ...
+
+    def snapshot(self) -> PoolSnapshot: ...
+
+
+@dataclass(slots=True)
+class PoolTotals:
+    """Counters of one (service, endpoint), summed over pools."""
+
+    starts: int = 0
+    crashes: int = 0
+    retirements: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+
+    def add(self, snap: PoolSnapshot) -> None:
+        self.starts += snap.starts_total
+        self.crashes += snap.crashes_total
+        self.retirements += snap.retirements_total
+        for reason, count in snap.rejections_total.items():
+            self.rejections[reason] = self.rejections.get(reason, 0) + count
+
+    def copy(self) -> PoolTotals:
+        return PoolTotals(self.starts, self.crashes, self.retirements, dict(self.rejections))
+
+
+@dataclass(slots=True)
+class _Gauges:
+    queue_length: int = 0
+    pipelines: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PIPELINE_STATES, 0))
+
+    def add(self, snap: PoolSnapshot) -> None:
+        self.queue_length += snap.queue_length
+        for state, count in snap.pipelines.items():
+            self.pipelines[state] = self.pipelines.get(state, 0) + count
+
+
+def pool_key(pool: Any) -> Key:
+    spec = pool.spec
+    return (spec.service_id, spec.endpoint_id)
+
+
+class MetricsCollector:
+    """Builds the /metrics text from the request series and the pools.
+
+    Args:
+        requests: the request observer whose series are exposed.
+        pools: returns every pool the registry holds now (live and draining).
+        config_errors: returns the node-wide count of refused configuration files.
+        process: also expose prometheus_client's process_* series (RSS, CPU, fds).
+    """
+
+    def __init__(
+        self,
+        requests: RequestMetrics,
+        pools: Callable[[], Iterable[PoolLike]],
+        config_errors: Callable[[], int],
+        *,
+        process: bool = True,
+    ) -> None:
+        self.requests = requests
+        self._pools = pools
+        self._config_errors = config_errors
+        self._known: dict[PoolLike, Key] = {}  # every pool seen and not folded yet
+        self.carried: dict[Key, PoolTotals] = {}  # final counters of folded pools
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self)
+        if process:
+            ProcessCollector(registry=self._registry)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sweep the pools every SWEEP_INTERVAL_S until close()."""
+        self._loop = loop
+        self._arm()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None
+
+    def _arm(self) -> None:
+        if self._loop is not None:
+            self._timer = self._loop.call_later(SWEEP_INTERVAL_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        try:
+            self.sweep()
+        except Exception:  # boundary: metrics must never take the node down
+            log.exception("metrics sweep failed")
+        self._arm()
+
+    # --------------------------------------------------------------- reading
+
+    def sweep(self) -> list[PoolLike]:
+        """Note new pools, fold drained pools that left the registry; return the live ones."""
+        live = list(self._pools())
+        present = set(live)
+        for pool in live:
+            if pool not in self._known:
+                self._known[pool] = pool_key(pool)
+        for pool, key in list(self._known.items()):
+            if pool not in present and pool.drained:
+                self.carried.setdefault(key, PoolTotals()).add(pool.snapshot())
+                del self._known[pool]
+        return live
+
+    def pool_totals(self) -> tuple[dict[Key, PoolTotals], dict[Key, _Gauges]]:
+        """Counters (carried + every known pool) and gauges (pools in the registry) per key."""
+        live = set(self.sweep())
+        totals = {key: carried.copy() for key, carried in self.carried.items()}
+        gauges: dict[Key, _Gauges] = {}
+        for pool, key in self._known.items():
+            snap = pool.snapshot()
+            totals.setdefault(key, PoolTotals()).add(snap)
+            if pool in live:
+                gauges.setdefault(key, _Gauges()).add(snap)
+        return totals, gauges
+
+    def render(self) -> bytes:
+        """The /metrics body (Prometheus text format 0.0.4)."""
+        return generate_latest(self._registry)
+
+    # ------------------------------------------------- prometheus_client hook
+
+    def collect(self) -> Iterator[Metric]:
+        totals, gauges = self.pool_totals()
+        yield from self._request_families()
+        yield from _gauge_families(gauges)
+        yield from self._counter_families(totals)
+        yield CounterMetricFamily(
+            "lightnode_config_errors_total",
+            "Configuration files refused since the node started (the last good values stayed in force)",
+            value=self._config_errors(),
+        )
+
+    def _request_families(self) -> Iterator[Metric]:
+        labels = ["service", "endpoint"]
+        requests = CounterMetricFamily(
+            "lightnode_requests_total", "/run requests answered, by HTTP status", labels=[*labels, "status"]
+        )
+        duration = HistogramMetricFamily(
+            "lightnode_request_duration_seconds", "Time from a complete request to its answer", labels=labels
+        )
+        wait = HistogramMetricFamily(
+            "lightnode_queue_wait_seconds", "Time a request waited for a pipeline", labels=labels
+        )
+        for (service, endpoint), series in sorted(self.requests.series.items()):
+            for status, count in sorted(series.requests.items()):
+                requests.add_metric([service, endpoint, str(status)], count)
+            if service == OTHER:
+                continue
+            for family, histogram in ((duration, series.duration), (wait, series.wait)):
+                family.add_metric(
+                    [service, endpoint], histogram.buckets(), sum_value=histogram.sum_us / 1e6
+                )
+        yield from (requests, duration, wait)
+
+    def _counter_families(self, totals: dict[Key, PoolTotals]) -> Iterator[Metric]:
+        labels = ["service", "endpoint"]
+        families = {
+            name: CounterMetricFamily(f"lightnode_pipeline_{name}_total", doc, labels=labels)
+            for name, doc in (
+                ("starts", "Pipelines started"),
+                ("crashes", "Pipelines that died while idle or busy"),
+                ("retirements", "Pipelines retired for replacement (max_requests, max_rss_mb)"),
+            )
+        }
+        rejections = CounterMetricFamily(
+            "lightnode_rejections_total",
+            "Requests refused or failed by the node itself, by errorType",
+            labels=[*labels, "reason"],
+        )
+        keys = sorted(set(totals) | {k for k, s in self.requests.series.items() if s.rejections})
+        for key in keys:
+            pool = totals.get(key, PoolTotals())
+            families["starts"].add_metric(list(key), pool.starts)
+            families["crashes"].add_metric(list(key), pool.crashes)
+            families["retirements"].add_metric(list(key), pool.retirements)
+            reasons = dict(pool.rejections)
+            series = self.requests.series.get(key)
+            if series is not None:
+                for reason, count in series.rejections.items():
+                    reasons[reason] = reasons.get(reason, 0) + count
+            for reason, count in sorted(reasons.items()):
+                rejections.add_metric([*key, reason], count)
+        yield from families.values()
+        yield rejections
+
+
+def _gauge_families(gauges: dict[Key, _Gauges]) -> Iterator[Metric]:
+    labels = ["service", "endpoint"]
+    queue = GaugeMetricFamily("lightnode_queue_length", "Requests waiting for a pipeline", labels=labels)
+    pipelines = GaugeMetricFamily(
+        "lightnode_pipelines", "Pipelines by state", labels=[*labels, "state"]
+    )
+    for key, gauge in sorted(gauges.items()):
+        queue.add_metric(list(key), gauge.queue_length)
+        for state, count in gauge.pipelines.items():
+            pipelines.add_metric([*key, state], count)
+    yield queue
+    yield pipelines

@@ -1,0 +1,354 @@
+"""Which pools exist: services, their generations and endpoints, built from the data dir.
+
+The registry turns `services/<S>/state.json` and each mapped generation's
+service.json into running `EndpointPool`s, routes a request to a pool
+(choosing a generation by the mapping's probabilities), applies endpoint
+tuning, and performs zero-downtime switches: the new generation's pools reach
+floor first, then new requests go to them, then the old pools drain.
+
+Imports: scheduler.scheduler, services/, config/, errors. Never http/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightnode.config.load import load_endpoint_config
+from lightnode.config.model import EndpointConfig
+from lightnode.errors import ConfigError, LightnodeError
+from lightnode.scheduler.scheduler import CallSink, EndpointPool
+from lightnode.scheduler.worker_handle import WorkerSpec
+from lightnode.services.codeenv import CodeEnvError, interpreter_for
+from lightnode.services.model import EndpointDef, ServiceDef, load_service_dir
+from lightnode.services.store import DataDir, ServiceState
+
+log = logging.getLogger("lightnode.registry")
+
+# How long a switch waits for the new generation's pools to reach floor before it
+# routes to them anyway (a pool that failed to load counts as settled at once).
+SWITCH_WARMUP_TIMEOUT_S = 120.0
+
+
+@dataclass
+class GenerationRuntime:
+    generation: str
+    definition: ServiceDef | None
+    load_error: str | None = None
+    pools: dict[str, EndpointPool] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceRuntime:
+    service_id: str
+    state: ServiceState
+    public: bool = True
+    generations: dict[str, GenerationRuntime] = field(default_factory=dict)
+    # (generation, cumulative probability) for routing
+    routes: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    # True when state.json was refused and this runtime is the disabled stand-in;
+    # False for a runtime built from a good state.json (even if a later read failed).
+    state_refused: bool = False
+
+
+def resolve_python(code_env: object, root: Path, data_dir: DataDir) -> str:
+    """The interpreter for an endpoint's `code_env` (SPEC §7.2; see services.codeenv)."""
+    try:
+        return interpreter_for(code_env, root, data_dir.code_envs_dir)
+    except CodeEnvError as exc:
+        raise LightnodeError("EndpointUnavailable", str(exc)) from None
+
+
+class Registry:
+    """Every service the node serves, and their pools."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        data_dir: DataDir,
+        sink: CallSink,
+        *,
+        port: int = 0,
+        dev: bool = False,
+    ) -> None:
+        self.loop = loop
+        self.data_dir = data_dir
+        self.sink = sink
+        self.port = port
+        self.dev = dev
+        self.services: dict[str, ServiceRuntime] = {}
+        self.tuning: dict[tuple[str, str], EndpointConfig] = {}
+        self.tuning_errors: dict[tuple[str, str], str] = {}
+        self._retired: set[EndpointPool] = set()
+        self._reloads: dict[str, asyncio.Task[None]] = {}
+        # Runtimes whose pools are warming up for a switch: not routed to yet,
+        # but tuned like the others and stopped by a shutdown.
+        self._pending: dict[str, ServiceRuntime] = {}
+        self.draining = False
+
+    # ----------------------------------------------------------------- loading
+
+    def load_all(self) -> None:
+        for service_id in self.data_dir.service_ids():
+            self._install(service_id)
+
+    def _read(self, service_id: str) -> ServiceRuntime:
+        try:
+            state = self.data_dir.read_state(service_id)
+        except ConfigError as exc:
+            runtime = ServiceRuntime(service_id, ServiceState(enabled=False, entries=()))
+            runtime.error = str(exc)
+            runtime.state_refused = True
+            log.error("service %s: %s", service_id, exc)
+            return runtime
+        runtime = ServiceRuntime(service_id, state)
+        # An entry with probability 0 never gets a request: it gets no pools either.
+        served = [entry for entry in state.entries if entry.proba > 0]
+        for entry in served:
+            runtime.generations[entry.generation] = self._load_generation(service_id, entry.generation)
+        defs = [g.definition for g in runtime.generations.values() if g.definition]
+        runtime.public = all(d.public for d in defs) if defs else True
+        total = 0.0
+        for entry in served:
+            total += entry.proba
+            runtime.routes.append((entry.generation, total))
+        return runtime
+
+    def _load_generation(self, service_id: str, generation: str) -> GenerationRuntime:
+        root = self.data_dir.generation_dir(service_id, generation)
+        try:
+            definition = load_service_dir(root)
+        except (ConfigError, OSError) as exc:
+            log.error("service %s generation %s: %s", service_id, generation, exc)
+            return GenerationRuntime(generation, None, load_error=str(exc))
+        return GenerationRuntime(generation, definition)
+
+    def _install(self, service_id: str) -> ServiceRuntime:
+        runtime = self._read(service_id)
+        if runtime.state.enabled:
+            for gen in runtime.generations.values():
+                self._start_pools(service_id, gen)
+        self.services[service_id] = runtime
+        return runtime
+
+    def _start_pools(self, service_id: str, gen: GenerationRuntime) -> None:
+        if gen.definition is None or gen.pools:
+            return
+        for endpoint in gen.definition.endpoints:
+            try:
+                spec = self._worker_spec(service_id, gen, endpoint)
+            except LightnodeError as exc:
+                log.error("%s/%s: %s", service_id, endpoint.id, exc.message)
+                gen.load_error = exc.message
+                continue
+            config = self.endpoint_config(service_id, endpoint.id)
+            pool = EndpointPool(self.loop, spec, config, self.sink)
+            gen.pools[endpoint.id] = pool
+            pool.start()
+
+    def _worker_spec(self, service_id: str, gen: GenerationRuntime, endpoint: EndpointDef) -> WorkerSpec:
+        assert gen.definition is not None
+        root = gen.definition.root
+        return WorkerSpec(
+            service_id=service_id,
+            endpoint_id=endpoint.id,
+            generation=gen.generation,
+            root=root,
+            code=endpoint.code,
+            function=endpoint.function,
+            folders=tuple(endpoint.folders),
+            env=dict(endpoint.env),
+            python=resolve_python(endpoint.code_env, root, self.data_dir),
+            port=self.port,
+            dev=self.dev,
+        )
+
+    # ----------------------------------------------------------------- tuning
+
+    def endpoint_config(self, service_id: str, endpoint_id: str) -> EndpointConfig:
+        key = (service_id, endpoint_id)
+        if key not in self.tuning:
+            path = self.data_dir.config_dir / "services" / service_id / f"{endpoint_id}.json"
+            try:
+                self.tuning[key] = load_endpoint_config(path)
+            except ConfigError as exc:
+                self.tuning_errors[key] = str(exc)
+                log.error("tuning refused, defaults in force: %s", exc)
+                self.tuning[key] = EndpointConfig()
+        return self.tuning[key]
+
+    def apply_tuning(self, service_id: str, endpoint_id: str, config: EndpointConfig) -> None:
+        self.tuning[(service_id, endpoint_id)] = config
+        self.tuning_errors.pop((service_id, endpoint_id), None)
+        for pool in self.pools_of(service_id, endpoint_id):
+            pool.apply_config(config)
+        log.info("%s/%s: tuning applied from %s: %s", service_id, endpoint_id, config.source, config.pool)
+
+    def tuning_refused(self, service_id: str, endpoint_id: str, error: ConfigError) -> None:
+        self.tuning_errors[(service_id, endpoint_id)] = str(error)
+        log.error("tuning refused, last good values stay in force: %s", error)
+
+    def pools_of(self, service_id: str, endpoint_id: str) -> list[EndpointPool]:
+        pools: list[EndpointPool] = []
+        for runtime in (self.services.get(service_id), self._pending.get(service_id)):
+            if runtime is None:
+                continue
+            for gen in runtime.generations.values():
+                pool = gen.pools.get(endpoint_id)
+                if pool is not None and pool not in pools:
+                    pools.append(pool)
+        return pools
+
+    # ---------------------------------------------------------------- routing
+
+    def resolve(self, service_id: str, endpoint_id: str) -> EndpointPool:
+        """The pool that serves the next request, or raise the SPEC §3.4 error."""
+        runtime = self.services.get(service_id)
+        if runtime is None:
+            raise LightnodeError("NotFound", f"Service {service_id} does not exist")
+        if not runtime.state.enabled or not runtime.routes:
+            if runtime.error:
+                raise LightnodeError("ServiceNotActive", f"Service {service_id} is not active: {runtime.error}")
+            raise LightnodeError("ServiceNotActive", f"Service {service_id} is not active")
+        generation = runtime.routes[0][0]
+        if len(runtime.routes) > 1:
+            draw = random.random()
+            generation = next((g for g, cum in runtime.routes if draw < cum), runtime.routes[-1][0])
+        gen = runtime.generations[generation]
+        pool = gen.pools.get(endpoint_id)
+        if pool is None:
+            if gen.definition is not None and gen.definition.endpoint(endpoint_id) is None:
+                raise LightnodeError("NotFound", f"Endpoint does not exist: {endpoint_id}")
+            reason = gen.load_error or "not loaded"
+            raise LightnodeError("EndpointUnavailable", f"Endpoint {endpoint_id} cannot be loaded: {reason}")
+        return pool
+
+    def is_public(self, service_id: str) -> bool:
+        runtime = self.services.get(service_id)
+        return runtime is None or runtime.public
+
+    # --------------------------------------------------------- live changes
+
+    def service_changed(self, service_id: str) -> asyncio.Future[None] | None:
+        """state.json or the generations of a service changed on disk: apply it live.
+
+        Returns a future done once new requests follow the new state (after
+        the warm-up of a switch, before the old pools finish draining), or
+        None while the node drains. Changes of one service apply in order.
+        """
+        if self.draining:
+            return None
+        previous = self._reloads.get(service_id)
+        applied: asyncio.Future[None] = self.loop.create_future()
+        task = self.loop.create_task(self._reload(service_id, previous, applied))
+        self._reloads[service_id] = task
+        return applied
+
+    async def _reload(
+        self, service_id: str, previous: asyncio.Task[None] | None, applied: asyncio.Future[None]
+    ) -> None:
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await self._apply_service(service_id, applied)
+        except Exception:  # boundary: a failed reload must not end the chain of reloads
+            log.exception("service %s: applying the change failed; the previous state stays", service_id)
+        finally:
+            if not applied.done():
+                applied.set_result(None)
+
+    async def _apply_service(self, service_id: str, applied: asyncio.Future[None]) -> None:
+        """The zero-downtime switch (SPEC §6): warm the new pools to floor, flip, drain the old."""
+        if self.draining:
+            return
+        old = self.services.get(service_id)
+        exists = (self.data_dir.services_dir / service_id).is_dir()
+        if not exists:
+            self.services.pop(service_id, None)
+            applied.set_result(None)
+            if old is not None:
+                await self._drain_runtime(old, keep=set())
+            log.info("service %s removed", service_id)
+            return
+        new = self._read(service_id)
+        if new.state_refused and old is not None and not old.state_refused:
+            # An unreadable state.json (e.g. an editor's non-atomic write) never
+            # takes a service down: the last good state stays in force.
+            old.error = new.error
+            log.error("service %s: state.json refused, the last good state stays in force", service_id)
+            return
+        if old is not None and new.state == old.state and new.error == old.error:
+            return
+        if old is not None and old.state.enabled:  # reuse pools of generations that stay mapped
+            for name in list(new.generations):
+                kept = old.generations.get(name)
+                if kept is not None and kept.pools:
+                    new.generations[name] = kept
+        if new.state.enabled:
+            self._pending[service_id] = new
+            try:
+                for gen in new.generations.values():
+                    self._start_pools(service_id, gen)
+                await self._warm(new)
+            finally:
+                self._pending.pop(service_id, None)
+            if self.draining:
+                return  # shutdown began meanwhile: drain_all() stops these pools too
+        self.services[service_id] = new  # new requests now go to the new mapping
+        applied.set_result(None)
+        log.info("service %s: now serving %s (enabled=%s)", service_id, new.state.entries, new.state.enabled)
+        if old is not None:
+            keep = {id(g) for g in new.generations.values()} if new.state.enabled else set()
+            await self._drain_runtime(old, keep=keep)
+
+    async def _warm(self, runtime: ServiceRuntime) -> None:
+        deadline = self.loop.time() + SWITCH_WARMUP_TIMEOUT_S
+        while self.loop.time() < deadline and not self.draining:
+            if all(_settled(p) for g in runtime.generations.values() for p in g.pools.values()):
+                return
+            await asyncio.sleep(0.02)
+        if not self.draining:
+            log.warning("service %s: new generation not warm after %.0f s; switching anyway",
+                        runtime.service_id, SWITCH_WARMUP_TIMEOUT_S)
+
+    async def _drain_runtime(self, runtime: ServiceRuntime, keep: set[int]) -> None:
+        pools = [p for g in runtime.generations.values() if id(g) not in keep for p in g.pools.values()]
+        for pool in pools:
+            self._retired.add(pool)
+        await asyncio.gather(*(p.drain() for p in pools))
+        for pool in pools:
+            self._retired.discard(pool)
+
+    # --------------------------------------------------------------- health
+
+    def all_pools(self) -> list[EndpointPool]:
+        runtimes = [*self.services.values(), *self._pending.values()]
+        pools = list({id(p): p for s in runtimes for g in s.generations.values() for p in g.pools.values()}.values())
+        return pools + [p for p in self._retired if p not in pools]
+
+    def _routed_pools(self) -> list[EndpointPool]:
+        return [p for s in self.services.values() for g in s.generations.values() for p in g.pools.values()]
+
+    def ready(self) -> bool:
+        """Every enabled endpoint reached floor or failed to load (SPEC §10)."""
+        return all(_settled(p) for p in self._routed_pools() if p not in self._retired)
+
+    async def drain_all(self) -> None:
+        self.draining = True
+        await asyncio.gather(*(p.drain() for p in self.all_pools()))
+
+    def kill_all(self) -> None:
+        for pool in self.all_pools():
+            pool.kill_all()
+
+
+def _settled(pool: EndpointPool) -> bool:
+    snap = pool.snapshot()
+    if snap.load_state == "failed":
+        return True
+    serving = snap.pipelines.get("idle", 0) + snap.pipelines.get("busy", 0)
+    return serving >= snap.config.pool.floor

@@ -1,0 +1,326 @@
+"""The I/O shell around one endpoint's pool machine.
+
+    HTTP exchange ─submit()─▶ EndpointPool ──RequestArrived──▶ PoolMachine (pure, pool/)
+                                   ▲   ◀──── commands ──────────┘
+                                   │   SpawnWorker / Dispatch / StopWorker / KillWorker / Reject
+                                   │                      │
+                 worker_ready /    │                      ▼
+                 worker_answered / └──────────── WorkerHandle ══ pipes ══ worker/runtime.py
+                 worker_exited                            (one process per pipeline)
+
+All pool state lives in the machine; this module carries out its commands,
+feeds it events (with the loop's monotonic clock), and arms one timer at
+`machine.next_deadline()`. Successful answers are spliced from the worker's
+result bytes without re-parsing them.
+
+Imports: pool/, scheduler.worker_handle, config.model, errors. Never http/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import ujson
+
+from lightnode.config.model import EndpointConfig
+from lightnode.errors import LightnodeError
+from lightnode.pool import commands as cmd
+from lightnode.pool import events as ev
+from lightnode.pool.machine import PoolMachine, PoolSnapshot
+from lightnode.scheduler.worker_handle import WorkerHandle, WorkerListener, WorkerSpec
+from lightnode.worker import runtime
+
+log = logging.getLogger("lightnode.scheduler")
+
+# How often pipelines' RSS is checked against limits.max_rss_mb.
+RSS_CHECK_INTERVAL_S = 1.0
+
+
+class Call:
+    """One accepted /run request, from submit() to its single answer."""
+
+    __slots__ = ("request_id", "body", "arrived", "worker_id", "wait_us", "dispatched", "exchange")
+
+    def __init__(self, request_id: int, body: bytes, arrived: float, exchange: Any) -> None:
+        self.request_id = request_id
+        self.body = body
+        self.arrived = arrived
+        self.exchange = exchange
+        self.worker_id = 0
+        self.wait_us = 0
+        self.dispatched = 0.0
+
+
+class CallSink(Protocol):
+    """Receives each call's outcome (the app answers the client, counts, logs)."""
+
+    def call_succeeded(
+        self, pool: EndpointPool, call: Call, body: bytes, exec_us: int, function_us: int
+    ) -> None: ...
+
+    def call_failed(
+        self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
+    ) -> None: ...
+
+
+WorkerFactory = Callable[[asyncio.AbstractEventLoop, int, WorkerSpec, WorkerListener], Any]
+
+
+class EndpointPool(WorkerListener):
+    """The pipelines of one endpoint of one service generation."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: WorkerSpec,
+        config: EndpointConfig,
+        sink: CallSink,
+        *,
+        worker_factory: WorkerFactory = WorkerHandle,
+    ) -> None:
+        self.loop = loop
+        self.spec = spec
+        self.sink = sink
+        self.machine = PoolMachine(config)
+        self._factory = worker_factory
+        self.workers: dict[int, Any] = {}
+        self.calls: dict[int, Call] = {}
+        self._running: dict[int, Call] = {}  # worker id -> its call
+        self._next_request_id = 1
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._feeding = False
+        self._backlog: list[ev.Event] = []
+        self._drained = loop.create_future()
+        self._rss_timer: asyncio.TimerHandle | None = None
+        self.last_start_s: float | None = None  # duration of the last successful start
+        self.last_start_at: float | None = None
+        self.last_load_error: str | None = None
+        self.last_load_traceback: str | None = None
+        # apiContext is the same for every answer of this pool: render it once.
+        self._api_context = ujson.dumps(
+            {
+                "serviceId": spec.service_id,
+                "endpointId": spec.endpoint_id,
+                "serviceGeneration": spec.generation,
+            }
+        ).encode()
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> None:
+        self._feed(ev.Loaded())
+        self._arm_rss_check()
+
+    def submit(self, body: bytes, exchange: Any) -> Call:
+        """Accept a request; exactly one of the sink's methods will be called for it."""
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        call = Call(request_id, body, monotonic(), exchange)
+        self.calls[request_id] = call
+        self._feed(ev.RequestArrived(request_id))
+        return call
+
+    def cancel(self, call: Call) -> None:
+        """The client went away (SPEC §4 rule 9)."""
+        if call.request_id in self.calls:
+            self._feed(ev.RequestCancelled(call.request_id))
+            if not call.worker_id:  # queued: it leaves now; running: result dropped later
+                self.calls.pop(call.request_id, None)
+
+    def apply_config(self, config: EndpointConfig) -> None:
+        self._feed(ev.LimitsChanged(config))
+        self._arm_rss_check()
+
+    async def drain(self) -> None:
+        """Finish running and queued requests, refuse new ones, stop every pipeline."""
+        self._feed(ev.DrainRequested())
+        await asyncio.shield(self._drained)
+
+    def kill_all(self) -> None:
+        """Last resort at shutdown: SIGKILL whatever still runs."""
+        for worker in list(self.workers.values()):
+            worker.kill(dump_stack=False)
+
+    def snapshot(self) -> PoolSnapshot:
+        return self.machine.snapshot(monotonic())
+
+    def pipelines(self) -> list[dict[str, object]]:
+        return [
+            {"workerId": wid, "pid": w.pid, "state": self.machine.worker_state(wid).value}
+            for wid, w in sorted(self.workers.items())
+        ]
+
+    @property
+    def drained(self) -> bool:
+        return self._drained.done()
+
+    # ------------------------------------------------------- machine plumbing
+
+    def _feed(self, event: ev.Event) -> None:
+        if self._feeding:  # a command's side effect produced an event: run it after
+            self._backlog.append(event)
+            return
+        self._feeding = True
+        try:
+            while True:
+                commands = self.machine.handle(event, monotonic())
+                for command in commands:
+                    self._run(command)
+                if not self._backlog:
+                    break
+                event = self._backlog.pop(0)
+        finally:
+            self._feeding = False
+        self._arm_timer()
+
+    def _run(self, command: cmd.Command) -> None:
+        try:
+            if isinstance(command, cmd.Dispatch):
+                self._dispatch(command)
+            elif isinstance(command, cmd.Reject):
+                self._reject(command)
+            elif isinstance(command, cmd.SpawnWorker):
+                self._spawn(command.worker_id)
+            elif isinstance(command, cmd.StopWorker):
+                worker = self.workers.get(command.worker_id)
+                if worker is not None:
+                    worker.stop()
+            elif isinstance(command, cmd.KillWorker):
+                worker = self.workers.get(command.worker_id)
+                if worker is not None:
+                    log.warning("%s: killing pipeline pid %s: %s", self.spec.tag, worker.pid, command.reason)
+                    worker.kill(dump_stack=True)
+            elif isinstance(command, cmd.Drained):
+                if not self._drained.done():
+                    self._drained.set_result(None)
+        except Exception:  # boundary: one command must not take the node down
+            log.exception("%s: command %r failed", self.spec.tag, command)
+
+    def _arm_timer(self) -> None:
+        deadline = self.machine.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            # `now` is time.monotonic() (µs resolution); the loop's own clock is coarser.
+            self._timer = self.loop.call_later(max(0.0, deadline - monotonic()), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._feed(ev.Tick())
+
+    # ---------------------------------------------------------------- commands
+
+    def _spawn(self, worker_id: int) -> None:
+        worker = self._factory(self.loop, worker_id, self.spec, self)
+        self.workers[worker_id] = worker
+        try:
+            worker.spawn()
+        except OSError as exc:
+            message = f"cannot start {self.spec.python}: {exc}"
+            self.loop.call_soon(self.worker_init_failed, worker_id, message, "")
+            self.loop.call_soon(self.worker_exited, worker_id, "not started")
+
+    def _dispatch(self, command: cmd.Dispatch) -> None:
+        call = self.calls[command.request_id]
+        call.worker_id = command.worker_id
+        call.wait_us = int(command.wait_s * 1e6)
+        call.dispatched = monotonic()
+        self._running[command.worker_id] = call
+        self.workers[command.worker_id].send_call(call.body)
+
+    def _reject(self, command: cmd.Reject) -> None:
+        call = self.calls.pop(command.request_id, None)
+        if call is None:
+            return
+        exec_us = 0
+        if call.worker_id:
+            self._running.pop(call.worker_id, None)
+            exec_us = int((monotonic() - call.dispatched) * 1e6)
+        else:
+            call.wait_us = int((monotonic() - call.arrived) * 1e6)
+        headers: tuple[tuple[str, str], ...] = ()
+        if command.retry_after_s is not None:
+            headers = (("Retry-After", str(command.retry_after_s)),)
+        error = LightnodeError(command.error_type, command.message, headers=headers)
+        self.sink.call_failed(self, call, error, exec_us, 0)
+
+    # ---------------------------------------------------- worker notifications
+
+    def worker_ready(self, worker_id: int, info: dict[str, object]) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            self.last_start_at = worker.started_at
+            self.last_start_s = monotonic() - worker.started_at
+            log.info(
+                "%s: pipeline pid %s ready in %.0f ms (%s)",
+                self.spec.tag, worker.pid, self.last_start_s * 1000, info.get("signature"),
+            )
+        self.last_load_error = None
+        self.last_load_traceback = None
+        self._feed(ev.WorkerReady(worker_id))
+
+    def worker_init_failed(self, worker_id: int, message: str, traceback: str) -> None:
+        self.last_load_error = message
+        self.last_load_traceback = traceback
+        log.error("%s: endpoint failed to load: %s\n%s", self.spec.tag, message, traceback)
+        self._feed(ev.WorkerStartFailed(worker_id, f"Failed to load endpoint: {message}"))
+
+    def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+        call = self._running.pop(worker_id, None)
+        if call is not None and self.calls.pop(call.request_id, None) is not None:
+            exec_us = int((monotonic() - call.dispatched) * 1e6)
+            if kind == runtime.RESULT:
+                self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
+            else:
+                self.sink.call_failed(self, call, _error_from_frame(body), exec_us, value)
+        self._feed(ev.WorkerFinished(worker_id))
+
+    def worker_exited(self, worker_id: int, detail: str) -> None:
+        self.workers.pop(worker_id, None)
+        self._feed(ev.WorkerExited(worker_id, detail))
+
+    def _envelope(self, call: Call, result: bytes, exec_us: int, function_us: int) -> bytes:
+        timing = b'"timing":{"wait":%d,"execution":%d,"functionInternal":%d},"apiContext":' % (
+            call.wait_us,
+            exec_us,
+            function_us,
+        )
+        head = b'{"response":' + result + b"," if result else b'{"responseIsEmpty":true,'
+        return head + timing + self._api_context + b"}"
+
+    # --------------------------------------------------------------- RSS limit
+
+    def _arm_rss_check(self) -> None:
+        if self._rss_timer is None and self.machine.config.limits.max_rss_mb > 0:
+            self._rss_timer = self.loop.call_later(RSS_CHECK_INTERVAL_S, self._check_rss)
+
+    def _check_rss(self) -> None:
+        self._rss_timer = None
+        limit_mb = self.machine.config.limits.max_rss_mb
+        if limit_mb <= 0 or self.drained:
+            return
+        for worker_id, worker in list(self.workers.items()):
+            if worker.rss_bytes() > limit_mb * 1024 * 1024:
+                log.info("%s: pipeline pid %s over %d MB RSS: retiring", self.spec.tag, worker.pid, limit_mb)
+                self._feed(ev.WorkerOverLimit(worker_id))
+        self._arm_rss_check()
+
+
+def _error_from_frame(body: bytes) -> LightnodeError:
+    info = ujson.loads(body)
+    return LightnodeError(
+        str(info.get("errorType", "FunctionError")),
+        str(info.get("message", "")),
+        str(info.get("detailedMessage", "")),
+        status=int(info.get("status", 500)),
+    )

@@ -1,0 +1,337 @@
+"""The node's side of one pipeline process: spawn, pipes, frames, stop, kill.
+
+A worker is started by exec of `worker/runtime.py` with the endpoint's
+interpreter (never a fork of the node). Two dedicated pipes carry frames;
+the worker's stdout and stderr share a third pipe whose lines go to the
+node's log tagged with service, endpoint and pid. Exit is observed through a
+pidfd where the kernel has one, else through EOF on the answer pipe.
+
+Imports: standard library, `lightnode.worker.runtime` (stdlib-only) and
+`lightnode.config.model`. Nothing here knows about pools or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import ujson
+
+from lightnode.worker import runtime
+from lightnode.worker.runtime import FrameDecoder, encode_frame
+
+log = logging.getLogger("lightnode.worker")
+user_log = logging.getLogger("lightnode.user")
+
+RUNTIME_PATH = str(Path(runtime.__file__).resolve())
+
+# How long a stopped worker may take to exit after its pipe closed before SIGTERM,
+# and SIGTERM before SIGKILL. Short: an idle worker exits at once on EOF.
+STOP_TERM_AFTER_S = 5.0
+STOP_KILL_AFTER_S = 3.0
+# After SIGUSR1 (stack dump) the worker gets this long to write it before SIGKILL.
+STACK_DUMP_GRACE_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything needed to start one endpoint's pipelines."""
+
+    service_id: str
+    endpoint_id: str
+    generation: str
+    root: Path
+    code: str
+    function: str | None
+    folders: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+    port: int = 0
+    dev: bool = False
+
+    @property
+    def tag(self) -> str:
+        return f"{self.service_id}/{self.endpoint_id}@{self.generation}"
+
+
+class WorkerListener(Protocol):
+    """What a WorkerHandle reports to (the scheduler implements it)."""
+
+    def worker_ready(self, worker_id: int, info: dict[str, object]) -> None: ...
+    def worker_init_failed(self, worker_id: int, message: str, traceback: str) -> None: ...
+    def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None: ...
+    def worker_exited(self, worker_id: int, detail: str) -> None: ...
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}"
+    return f"exit code {returncode}"
+
+
+class _FrameReader(asyncio.Protocol):
+    def __init__(self, handle: WorkerHandle) -> None:
+        self._handle = handle
+        self._decoder = FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for kind, value, body in self._decoder.feed(data):
+            self._handle._frame(kind, value, body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handle._answers_closed()
+
+
+class _LogReader(asyncio.Protocol):
+    """Worker stdout/stderr -> the node's log, one record per line."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > 65536:  # a line without end: log it in pieces
+            lines.append(self._partial)
+            self._partial = b""
+        for line in lines:
+            user_log.info("%s %s", self._prefix, line.decode("utf-8", "replace").rstrip("\r"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._partial:
+            user_log.info("%s %s", self._prefix, self._partial.decode("utf-8", "replace"))
+            self._partial = b""
+
+
+class WorkerHandle:
+    """One pipeline process, seen from the node."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        worker_id: int,
+        spec: WorkerSpec,
+        listener: WorkerListener,
+    ) -> None:
+        self._loop = loop
+        self.worker_id = worker_id
+        self.spec = spec
+        self._listener = listener
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.WriteTransport | None = None
+        self._pidfd: int | None = None
+        self._exited = False
+        self._reaped = False  # the process is gone
+        self._answers_eof = False  # every frame it wrote has been read
+        self._stopping = False
+        self._timers: list[asyncio.TimerHandle] = []
+        self.started_at = time.monotonic()
+        self.pid = 0
+
+    # -------------------------------------------------------------- lifecycle
+
+    def spawn(self) -> None:
+        """Start the process. Raises OSError if it cannot be started."""
+        spec = self.spec
+        call_r, call_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        out_r, out_w = os.pipe()
+        payload = {
+            "root": str(spec.root),
+            "code": spec.code,
+            "function": spec.function,
+            "folders": list(spec.folders),
+            "dev": spec.dev,
+            "parent_pid": os.getpid(),
+        }
+        try:
+            self._proc = subprocess.Popen(
+                [spec.python, RUNTIME_PATH, str(call_r), str(answer_w), ujson.dumps(payload)],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=out_w,
+                pass_fds=(call_r, answer_w),
+                cwd=str(spec.root),
+                env=self._environment(),
+                # A session of its own: the terminal's Ctrl-C reaches the node only, which
+                # drains before it stops its pipelines (SPEC §11).
+                start_new_session=True,
+            )
+        except OSError:
+            for fd in (call_r, call_w, answer_r, answer_w, out_r, out_w):
+                os.close(fd)
+            raise
+        for fd in (call_r, answer_w, out_w):
+            os.close(fd)
+        self.pid = self._proc.pid
+        self._connect(call_w, answer_r, out_r)
+
+    def _environment(self) -> dict[str, str]:
+        spec = self.spec
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "LIGHTNODE_SERVICE": spec.service_id,
+                "LIGHTNODE_ENDPOINT": spec.endpoint_id,
+                "LIGHTNODE_GENERATION": spec.generation,
+                "LIGHTNODE_PORT": str(spec.port),
+                "DKU_CURRENT_APISERVICE": spec.service_id,
+                "DKU_CURRENT_APISERVICE_GENERATION": spec.generation,
+                "DKU_APIMAIN_PORT": str(spec.port),
+            }
+        )
+        return env
+
+    def _connect(self, call_w: int, answer_r: int, out_r: int) -> None:
+        loop = self._loop
+        write_pipe = os.fdopen(call_w, "wb", buffering=0)
+        read_pipe = os.fdopen(answer_r, "rb", buffering=0)
+        log_pipe = os.fdopen(out_r, "rb", buffering=0)
+        prefix = f"[{self.spec.service_id}/{self.spec.endpoint_id} pid={self.pid}]"
+
+        async def connect() -> None:
+            self._writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, write_pipe)
+            await loop.connect_read_pipe(lambda: _FrameReader(self), read_pipe)
+            await loop.connect_read_pipe(lambda: _LogReader(prefix), log_pipe)
+
+        task = loop.create_task(connect())
+        task.add_done_callback(self._connected)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._reap)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        if task.exception() is not None:
+            log.error("%s: cannot connect worker pipes: %s", self.spec.tag, task.exception())
+            self.kill(dump_stack=False)
+
+    def send_call(self, body: bytes) -> None:
+        """Send one request to the (idle) worker."""
+        if self._writer is None or self._writer.is_closing():
+            # Pipes not connected yet can only happen before READY, which precedes any call.
+            raise RuntimeError(f"worker {self.worker_id} has no open pipe")
+        self._writer.write(encode_frame(runtime.CALL, body))
+
+    def stop(self) -> None:
+        """Close the call pipe: an idle worker exits at once; escalate if it lingers."""
+        if self._exited or self._stopping:
+            return
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            self._signal(signal.SIGTERM)
+        self._later(STOP_TERM_AFTER_S, self._signal, signal.SIGTERM)
+        self._later(STOP_TERM_AFTER_S + STOP_KILL_AFTER_S, self._signal, signal.SIGKILL)
+
+    def kill(self, *, dump_stack: bool = True) -> None:
+        """Kill now; with dump_stack, the worker first writes its Python stack to the log."""
+        if self._exited:
+            return
+        self._stopping = True
+        if dump_stack:
+            self._signal(signal.SIGUSR1)
+            self._later(STACK_DUMP_GRACE_S, self._signal, signal.SIGKILL)
+        else:
+            self._signal(signal.SIGKILL)
+
+    def rss_bytes(self) -> int:
+        """Resident set size of the worker, 0 when unknown."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    # --------------------------------------------------------------- internals
+
+    def _later(self, delay: float, callback: object, *args: object) -> None:
+        self._timers.append(self._loop.call_later(delay, callback, *args))  # type: ignore[arg-type]
+
+    def _signal(self, signum: int) -> None:
+        if self._exited or self._proc is None:
+            return
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _frame(self, kind: int, value: int, body: bytes) -> None:
+        if kind == runtime.READY:
+            self._listener.worker_ready(self.worker_id, ujson.loads(body))
+        elif kind == runtime.INIT_ERROR:
+            info = ujson.loads(body)
+            self._listener.worker_init_failed(
+                self.worker_id, str(info.get("message")), str(info.get("traceback"))
+            )
+        elif kind in (runtime.RESULT, runtime.ERROR):
+            self._listener.worker_answered(self.worker_id, kind, value, body)
+        else:
+            log.error("%s: worker %d sent unknown frame kind %d", self.spec.tag, self.pid, kind)
+            self.kill(dump_stack=False)
+
+    def _answers_closed(self) -> None:
+        self._answers_eof = True
+        if self._reaped:
+            self._finish()
+        elif self._pidfd is None:
+            # No pidfd: EOF on the answer pipe means the process is exiting; poll for its status.
+            self._poll_exit(0.0)
+
+    def _poll_exit(self, waited_s: float) -> None:
+        if self._proc is None or self._exited:
+            return
+        if self._proc.poll() is None:
+            if waited_s > 2.0:
+                self._signal(signal.SIGKILL)
+            self._loop.call_later(0.01, self._poll_exit, waited_s + 0.01)
+            return
+        self._reaped = True
+        self._finish()
+
+    def _reap(self) -> None:
+        if self._proc is None or self._proc.poll() is None:
+            return
+        self._reaped = True
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._answers_eof:
+            self._finish()
+        else:
+            # Read the frames it wrote before dying (an INIT_ERROR, say) before reporting
+            # the exit; a grandchild holding the pipe open must not delay it for long.
+            self._loop.call_later(0.2, self._finish)
+
+    def _finish(self) -> None:
+        if self._exited:
+            return
+        self._exited = True
+        for timer in self._timers:
+            timer.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        assert self._proc is not None
+        self._listener.worker_exited(self.worker_id, describe_exit(self._proc.returncode))
