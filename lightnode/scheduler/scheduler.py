@@ -288,6 +288,10 @@ class EndpointPool(WorkerListener):
     def worker_exited(self, worker_id: int, detail: str) -> None:
         self.workers.pop(worker_id, None)
         self._feed(ev.WorkerExited(worker_id, detail))
+        # A call still listed here was cancelled by its client: the machine names it no more.
+        call = self._running.pop(worker_id, None)
+        if call is not None:
+            self.calls.pop(call.request_id, None)
 
     def _envelope(self, call: Call, result: bytes, exec_us: int, function_us: int) -> bytes:
         timing = b'"timing":{"wait":%d,"execution":%d,"functionInternal":%d},"apiContext":' % (

@@ -1,0 +1,212 @@
+"""EndpointPool (the I/O shell) with fake workers: commands carried out, answers spliced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightnode.config.model import EndpointConfig, PoolLimits
+from lightnode.errors import LightnodeError
+from lightnode.scheduler.scheduler import Call, EndpointPool
+from lightnode.scheduler.worker_handle import WorkerSpec
+from lightnode.worker import runtime
+
+
+class FakeWorker:
+    instances: list[FakeWorker] = []
+
+    def __init__(self, loop: Any, worker_id: int, spec: WorkerSpec, listener: Any) -> None:
+        self.worker_id = worker_id
+        self.listener = listener
+        self.pid = 1000 + worker_id
+        self.started_at = 0.0
+        self.sent: list[bytes] = []
+        self.stopped = False
+        self.killed = False
+        self.fail_spawn = False
+        FakeWorker.instances.append(self)
+
+    def spawn(self) -> None:
+        if self.fail_spawn:
+            raise OSError("no interpreter")
+
+    def send_call(self, body: bytes) -> None:
+        self.sent.append(body)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def kill(self, *, dump_stack: bool = True) -> None:
+        self.killed = True
+
+    def rss_bytes(self) -> int:
+        return 0
+
+    # test drivers
+    def ready(self) -> None:
+        self.listener.worker_ready(self.worker_id, {"signature": "f()"})
+
+    def answer(self, kind: int, body: bytes, fn_us: int = 5) -> None:
+        self.listener.worker_answered(self.worker_id, kind, fn_us, body)
+
+    def exit(self, detail: str = "killed by signal SIGKILL") -> None:
+        self.listener.worker_exited(self.worker_id, detail)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.ok: list[tuple[Call, bytes]] = []
+        self.failed: list[tuple[Call, LightnodeError]] = []
+
+    def call_succeeded(self, pool: Any, call: Call, body: bytes, exec_us: int, function_us: int) -> None:
+        self.ok.append((call, body))
+
+    def call_failed(self, pool: Any, call: Call, error: LightnodeError, exec_us: int, function_us: int) -> None:
+        self.failed.append((call, error))
+
+
+SPEC = WorkerSpec("svc", "ep", "v1", Path("/tmp"), "ep.py", "f")
+
+
+@pytest.fixture
+def setup() -> Any:
+    FakeWorker.instances = []
+    loop = asyncio.new_event_loop()
+    sink = Sink()
+
+    def make(**pool: int) -> EndpointPool:
+        config = EndpointConfig(pool=PoolLimits(**pool))
+        endpoint = EndpointPool(loop, SPEC, config, sink, worker_factory=FakeWorker)
+        endpoint.start()
+        return endpoint
+
+    yield make, sink, loop
+    loop.close()
+
+
+def test_dispatch_and_envelope(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    call = pool.submit(b'{"a": 1}', exchange=None)
+    assert worker.sent == [b'{"a": 1}']
+    worker.answer(runtime.RESULT, b'{"sum":1}', fn_us=7)
+    (done, body), = sink.ok
+    assert done is call
+    envelope = json.loads(body)
+    assert envelope["response"] == {"sum": 1}
+    assert envelope["timing"]["functionInternal"] == 7
+    assert envelope["apiContext"] == {"serviceId": "svc", "endpointId": "ep", "serviceGeneration": "v1"}
+
+
+def test_none_result_sets_response_is_empty(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    FakeWorker.instances[0].ready()
+    pool.submit(b"{}", exchange=None)
+    FakeWorker.instances[0].answer(runtime.RESULT, b"")
+    envelope = json.loads(sink.ok[0][1])
+    assert envelope["responseIsEmpty"] is True and "response" not in envelope
+
+
+def test_error_frame_keeps_status_and_type(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    FakeWorker.instances[0].ready()
+    pool.submit(b"{}", exchange=None)
+    frame = {"errorType": "FunctionError", "message": "m", "detailedMessage": "d", "status": 418}
+    FakeWorker.instances[0].answer(runtime.ERROR, json.dumps(frame).encode())
+    error = sink.failed[0][1]
+    assert (error.status, error.error_type, error.message, error.detailed_message) == (418, "FunctionError", "m", "d")
+
+
+def test_crash_answers_worker_crashed_and_replaces(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    FakeWorker.instances[0].ready()
+    pool.submit(b"{}", exchange=None)
+    FakeWorker.instances[0].exit("exit code 9")
+    error = sink.failed[0][1]
+    assert error.error_type == "WorkerCrashed" and "exit code 9" in error.message
+    assert len(FakeWorker.instances) == 2  # replacement started off the request path
+    assert pool.calls == {}
+
+
+def test_init_failure_rejects_waiting_with_endpoint_unavailable(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    pool.submit(b"{}", exchange=None)
+    pool.worker_init_failed(FakeWorker.instances[0].worker_id, "ImportError: no numpy", "Traceback...")
+    error = sink.failed[0][1]
+    assert error.error_type == "EndpointUnavailable" and "no numpy" in error.message
+    assert pool.last_load_traceback == "Traceback..."
+
+
+def test_spawn_oserror_becomes_load_failure(setup: Any) -> None:
+    make, sink, loop = setup
+
+    class Broken(FakeWorker):
+        def spawn(self) -> None:
+            raise OSError("No such file: /venv/bin/python")
+
+    pool = EndpointPool(loop, SPEC, EndpointConfig(), sink, worker_factory=Broken)
+    pool.start()
+    pool.submit(b"{}", exchange=None)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert sink.failed and "No such file" in sink.failed[0][1].message
+
+
+def test_cancel_queued_call_frees_it_without_answer(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1, queue=4)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    pool.submit(b"1", exchange=None)
+    queued = pool.submit(b"2", exchange=None)
+    pool.cancel(queued)
+    worker.answer(runtime.RESULT, b"1")
+    assert worker.sent == [b"1"] and len(sink.ok) == 1 and not sink.failed
+    assert pool.calls == {}
+
+
+def test_queue_full_carries_retry_after(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1, queue=0)
+    FakeWorker.instances[0].ready()
+    pool.submit(b"1", exchange=None)
+    pool.submit(b"2", exchange=None)
+    error = sink.failed[0][1]
+    assert error.error_type == "QueueFull"
+    assert dict(error.headers)["Retry-After"] >= "1"
+
+
+def test_queue_timeout_fires_from_the_timer(setup: Any) -> None:
+    make, sink, loop = setup
+    pool = make(floor=1, cruise=1, ceil=1, queue=4, timeout=30)
+    FakeWorker.instances[0].ready()
+    pool.submit(b"1", exchange=None)
+    pool.submit(b"2", exchange=None)
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert [e.error_type for _, e in sink.failed] == ["QueueTimeout"]
+
+
+def test_drain_waits_for_running_call_then_stops_workers(setup: Any) -> None:
+    make, sink, loop = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    pool.submit(b"1", exchange=None)
+    drain = loop.create_task(pool.drain())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not drain.done() and not worker.stopped
+    pool.submit(b"late", exchange=None)
+    assert sink.failed[-1][1].error_type == "ShuttingDown"
+    worker.answer(runtime.RESULT, b"1")
+    assert worker.stopped
+    worker.exit("exit code 0")
+    loop.run_until_complete(asyncio.wait_for(drain, 1))
