@@ -202,9 +202,11 @@ class WorkerHandle:
 
     def _connect(self, call_w: int, answer_r: int, out_r: int) -> None:
         loop = self._loop
-        write_pipe = os.fdopen(call_w, "wb", buffering=0)
-        read_pipe = os.fdopen(answer_r, "rb", buffering=0)
-        log_pipe = os.fdopen(out_r, "rb", buffering=0)
+        # uvloop's pipe transports close the fd themselves; a file object that owned it
+        # would close it a second time, possibly closing a descriptor reused meanwhile.
+        write_pipe = os.fdopen(call_w, "wb", buffering=0, closefd=False)
+        read_pipe = os.fdopen(answer_r, "rb", buffering=0, closefd=False)
+        log_pipe = os.fdopen(out_r, "rb", buffering=0, closefd=False)
         prefix = f"[{self.spec.service_id}/{self.spec.endpoint_id} pid={self.pid}]"
 
         async def connect() -> None:
