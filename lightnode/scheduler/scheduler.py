@@ -251,7 +251,10 @@ class EndpointPool(WorkerListener):
         headers: tuple[tuple[str, str], ...] = ()
         if command.retry_after_s is not None:
             headers = (("Retry-After", str(command.retry_after_s)),)
-        error = LightnodeError(command.error_type, command.message, headers=headers)
+        detailed = None
+        if self.spec.dev and command.error_type == "EndpointUnavailable" and self.last_load_traceback:
+            detailed = f"{command.message}\n{self.last_load_traceback}"  # dev mode: show the traceback
+        error = LightnodeError(command.error_type, command.message, detailed, headers=headers)
         self.sink.call_failed(self, call, error, exec_us, 0)
 
     # ---------------------------------------------------- worker notifications
