@@ -1,0 +1,322 @@
+"""The command line: usage errors, unreachable targets, compare, and real short runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lt_tiny_server import TinyServer
+
+from loadtest.cli import main
+
+
+def _run_args(url: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        url,
+        "--service",
+        "bench",
+        "--endpoint",
+        "add",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["run", "--service", "s", "--endpoint", "e"],  # no URL, no --spawn
+        ["run", "http://127.0.0.1:1", "--spawn", "d", "--service", "s", "--endpoint", "e"],
+        ["run", "http://127.0.0.1:1", "--service", "s"],  # no --endpoint
+        [
+            "run",
+            "http://127.0.0.1:1",
+            "--service",
+            "s",
+            "--endpoint",
+            "e",
+            "--rate",
+            "5",
+            "--connections",
+            "2",
+        ],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--rate", "-1"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--body", "[1]"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--body", "{bad"],
+        ["run", "ftp://127.0.0.1:1", "--service", "s", "--endpoint", "e"],
+        ["compare", "only-one.json"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_clear_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightnode-loadtest") and "error:" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_unreachable_target_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(_run_args("http://127.0.0.1:1", tmp_path / "out", "--duration", "1"))
+    assert code == 3
+    err = capsys.readouterr().err.strip()
+    assert err == ("lightnode-loadtest: error: cannot reach http://127.0.0.1:1: Connection refused")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_scenario_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"endpoint": "e", "stages": []}')
+    assert main(["scenario", str(path)]) == 2
+    assert "$.stages: required, a non-empty list" in capsys.readouterr().err
+
+
+def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, rps in (("a", 100.0), ("b", 250.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(
+            json.dumps({"target": name, "throughput_rps": rps, "status_counts": {"200": int(rps)}})
+        )
+    code = main(
+        ["compare", str(tmp_path / "a" / "report.json"), str(tmp_path / "b" / "report.json")]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["a", "b", "B/A"]
+    assert next(line for line in lines if line.startswith("throughput_rps")).split() == [
+        "throughput_rps",
+        "100",
+        "250",
+        "2.50x",
+    ]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["compare", str(tmp_path / "bad.json"), str(tmp_path / "a" / "report.json")]) == 2
+
+
+def _check_common(
+    report: dict[str, Any], out: Path, server: TinyServer, warmup_runs: int = 0
+) -> None:
+    assert report["duration_s"] == 2.0
+    assert report["requests"] == report["responses"] == server.counters.runs - warmup_runs
+    if not warmup_runs:
+        assert report["status_counts"]["503"] == server.counters.rejected
+    assert report["status_counts"]["200"] + report["status_counts"]["503"] == report["requests"]
+    assert report["error_types"] == {"QueueFull": report["status_counts"]["503"]}
+    assert report["client_errors"] == {"connect": 0, "reset": 0, "timeout": 0}
+    assert report["throughput_rps"] == pytest.approx(report["responses"] / 2.0, abs=0.01)
+    assert set(report["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max"}
+    assert (
+        0
+        < report["latency_ms"]["p50"]
+        <= report["latency_ms"]["p99"]
+        <= report["latency_ms"]["max"]
+    )
+    assert report["generator"]["procs"] == 1 and report["generator"]["cpu_pct"] > 0
+    assert report["generator"]["saturated"] in (True, False)
+    timeline = report["timeline"]
+    assert [entry["t"] for entry in timeline[:2]] == [0, 1]
+    assert sum(entry["sent"] for entry in timeline) == report["requests"]
+    assert sum(entry["ok"] for entry in timeline) == report["status_counts"]["200"]
+    assert timeline[0]["pipelines"] == {"idle": 1, "busy": 2, "starting": 0}
+    assert timeline[0]["queue"] == 3
+    assert report["pool"]["max_allocated"] == 3 and report["pool"]["final_allocated"] == 3
+    for name in ("latency.png", "throughput.png", "pool.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_closed_loop_run_writes_report_and_plots(
+    tiny_server: TinyServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "closed"
+    url = f"http://127.0.0.1:{tiny_server.port}"
+    assert main(_run_args(url, out, "--connections", "4", "--duration", "2")) == 0
+    report = json.loads((out / "report.json").read_text())
+    _check_common(report, out, tiny_server)
+    assert report["mode"] == "closed" and report["connections"] == 4
+    assert report["generator"]["peak_connections"] == 4
+    assert report["requests"] > 500
+    summary = capsys.readouterr().out
+    assert "closed loop 4 conns" in summary and "QueueFull" in summary
+    assert str(out / "report.json") in summary
+
+
+def test_open_loop_run_sends_on_schedule(tiny_server: TinyServer, tmp_path: Path) -> None:
+    out = tmp_path / "open"
+    url = f"http://127.0.0.1:{tiny_server.port}"
+    assert (
+        main(
+            _run_args(
+                url,
+                out,
+                "--rate",
+                "300",
+                "--duration",
+                "2",
+                "--warmup",
+                "0.5",
+                "--body",
+                '{"a": 1, "b": 2}',
+            )
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    _check_common(report, out, tiny_server, warmup_runs=150)  # warm-up not in the report
+    assert report["mode"] == "open" and report["rate"] == 300 and report["warmup_s"] == 0.5
+    assert report["requests"] == 600
+    assert report["status_counts"] == {"200": 540, "503": 60}
+    sent = [entry["sent"] for entry in report["timeline"]]
+    assert sent[:2] == [300, 300] and sum(sent) == 600  # by intended time
+    assert report["stages"][0]["sent"] == 600
+    assert report["throughput_rps"] == 300.0
+
+
+def test_scenario_against_a_target_checks_expectations(
+    tiny_server: TinyServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "s.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "service": None,
+                "serviceId": "bench",
+                "endpoint": "add",
+                "body": {"a": 1},
+                "stages": [{"duration": 0.5, "rate": 100}, {"duration": 0.5, "connections": 2}],
+                "expect": [
+                    {"metric": "status_counts", "except": ["200", "503"], "op": "==", "value": 0},
+                    {"metric": "error_types.QueueFull", "op": ">", "value": 0},
+                    {"metric": "status_counts.500", "op": "==", "value": 0},
+                    {"metric": "stages.0.sent", "op": "==", "value": 50},
+                    {"metric": "status_counts.503", "op": "==", "value": 0, "why": "meant to fail"},
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    code = main(
+        [
+            "scenario",
+            str(scenario),
+            "--target",
+            f"http://127.0.0.1:{tiny_server.port}",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert [e["passed"] for e in report["expectations"]] == [True, True, True, True, False]
+    assert report["passed"] is False and report["scenario"]["name"] == "s"
+    text = capsys.readouterr().out
+    assert "FAIL status_counts.503 == 0: got" in text and "(meant to fail)" in text
+    assert text.rstrip().splitlines()[-2] == "FAILED (1 failed)"
+
+
+FAKE_NODE = Path(__file__).with_name("lt_fake_node.py")
+
+
+def test_scenario_on_a_spawned_node_with_faults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole `scenario` path without a real node: deploy, tuning file, start,
+    three faults, expectations, stop (lt_fake_node.py stands in for lightnode)."""
+    from loadtest import node
+
+    monkeypatch.setattr(
+        node, "lightnode_command", lambda *args: [sys.executable, str(FAKE_NODE), *args]
+    )
+    service = tmp_path / "svc"
+    service.mkdir()
+    (service / "service.json").write_text('{"id": "bench", "endpoints": []}')
+    scenario = tmp_path / "faulty.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "service": "svc",
+                "endpoint": "add",
+                "tuning": {"pool": {"ceil": 2}},
+                "stages": [{"duration": 1.2, "rate": 50}],
+                "faults": [
+                    {"at": 0.2, "action": "retune", "tuning": {"pool": {"ceil": 3}}},
+                    {"at": 0.4, "action": "kill-pipeline"},
+                    {"at": 0.6, "action": "switch-generation"},
+                    {"at": 0.8, "action": "retune", "via": "api", "tuning": {"pool": {}}},
+                ],
+                "expect": [
+                    {"metric": "status_counts", "except": ["200", "503"], "op": "==", "value": 0},
+                    {"metric": "pool.max_allocated", "op": ">=", "value": 1},
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["scenario", str(scenario), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["node_exit_code"] == 0
+    faults = {(f["at"], f["action"]): f for f in report["faults"]}
+    assert all(f["ok"] for f in faults.values()), faults
+    assert faults[(0.2, "retune")]["detail"].startswith("wrote ")
+    assert faults[(0.2, "retune")]["detail"].endswith("config/services/bench/add.json")
+    assert faults[(0.4, "kill-pipeline")]["detail"].startswith("killed pipeline pid ")
+    assert faults[(0.6, "switch-generation")]["detail"] == "switched to generation v2"
+    assert (
+        faults[(0.8, "retune")]["detail"] == "POST /admin/api/services/bench/endpoints/add/settings"
+    )
+    assert report["requests"] == 60 and report["status_counts"]["200"] > 0
+
+
+def test_scenario_against_a_target_deploys_over_the_admin_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lt_fake_node import FakeNode
+
+    from loadtest import node
+
+    monkeypatch.setattr(
+        node, "lightnode_command", lambda *args: [sys.executable, str(FAKE_NODE), *args]
+    )
+    service = tmp_path / "svc"
+    service.mkdir()
+    (service / "service.json").write_text('{"id": "bench", "endpoints": []}')
+    scenario = tmp_path / "deploy.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "service": "svc",
+                "endpoint": "add",
+                "tuning": {"pool": {"ceil": 2}},
+                "stages": [{"duration": 0.3, "connections": 1}],
+            }
+        )
+    )
+    fake = FakeNode(tmp_path)
+    url = fake.start()
+    try:
+        code = main(
+            ["scenario", str(scenario), "--target", url, "--out", str(tmp_path / "out"), "--quiet"]
+        )
+    finally:
+        fake.stop()
+        fake.close()
+    assert code == 0
+    calls = (tmp_path / "admin-calls.log").read_text().splitlines()
+    assert [call.split("?")[0] for call in calls] == [
+        "/admin/api/services",
+        "/admin/api/services/",
+        "/admin/api/services/bench/generations/actions/importFromArchive",
+        "/admin/api/services/bench/actions/switchToNewest",
+        "/admin/api/services/bench/endpoints/add/settings",
+    ]
+    assert "filePath=%2F" in calls[2] and calls[2].endswith("deploy.zip")
