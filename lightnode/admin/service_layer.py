@@ -40,7 +40,7 @@ from lightnode.config.load import (
 from lightnode.config.model import check_id
 from lightnode.errors import ConfigError, LightnodeError
 from lightnode.services.model import load_service_dir
-from lightnode.services.package import ImportedPackage, import_package, imported_at
+from lightnode.services.package import ImportedPackage, import_package
 from lightnode.services.store import DataDir, MappingEntry, ServiceState, parse_mapping
 
 MountedView = Callable[[str], "set[str] | None"]
@@ -93,9 +93,7 @@ class ServiceLayer:
 
     def _generation_ids(self, service_id: str) -> list[str]:
         """Generation ids, oldest import first."""
-        infos = self.data_dir.generations(service_id)
-        infos.sort(key=lambda info: (imported_at(info.path), info.id))
-        return [info.id for info in infos]
+        return [info.id for info in self.data_dir.generations(service_id)]
 
     def service_info(self, service_id: str) -> dict[str, Any]:
         try:
@@ -166,15 +164,14 @@ class ServiceLayer:
         mounted = self._mounted(service_id) if self._mounted is not None else None
         if mounted is None:
             mounted = mapped if state.enabled else set()
-        infos = self.data_dir.generations(service_id)
-        infos.sort(key=lambda info: (imported_at(info.path), info.id))
+        infos = self.data_dir.generations(service_id)  # oldest import first
         return {
             "generations": [
                 {
                     "generationId": info.id,
                     "createdOn": int(info.created.timestamp() * 1000),
                     "created": _iso(info.created.timestamp()),
-                    "imported": _iso(imported_at(info.path)),
+                    "imported": _iso(info.imported.timestamp()),
                     "mounted": info.id in mounted,
                     "mapped": info.id in mapped,
                 }

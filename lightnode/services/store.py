@@ -315,7 +315,7 @@ class DataDir:
             with os.scandir(parent) as entries:
                 dirs = [e for e in entries if is_valid_id(e.name) and e.is_dir()]
                 for entry in dirs:
-                    imported = _utc(entry.stat().st_mtime)
+                    imported = _utc(imported_at(Path(entry.path)))
                     created = _package_created(Path(entry.path)) or imported
                     infos.append(GenerationInfo(entry.name, created, imported, Path(entry.path)))
         except (FileNotFoundError, NotADirectoryError):
@@ -409,3 +409,18 @@ def _package_created(generation_path: Path) -> datetime | None:
     if created.tzinfo is None:
         return created.replace(tzinfo=timezone.utc)
     return created.astimezone(timezone.utc)
+
+
+def imported_at(generation_dir: Path) -> float:
+    """When a generation was imported (epoch seconds).
+
+    The mtime of its lightnode-package.json, stamped at import and never touched
+    after; the directory's own mtime changes when a pipeline writes `__pycache__`
+    into it, so it is only the fallback.
+    """
+    for path in (generation_dir / PACKAGE_FILE, generation_dir):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0

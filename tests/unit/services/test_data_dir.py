@@ -153,9 +153,12 @@ def test_generations_order_and_created(tmp_path: Path) -> None:
         json.dumps({"service": "svc", "generation": "v1", "created": "2026-11-27T04:15:00Z"})
     )
     (base / "v3" / "lightnode-package.json").write_text("{not json")
-    os.utime(base / "v1", (1_000_000, 1_000_000))
+    # The import stamp is the package file's mtime; a directory's own mtime (which a
+    # pipeline's __pycache__ changes) counts only where there is no package file.
+    os.utime(base / "v1" / "lightnode-package.json", (1_000_000, 1_000_000))
+    os.utime(base / "v1", (9_000_000, 9_000_000))
     os.utime(base / "v2", (3_000_000, 3_000_000))
-    os.utime(base / "v3", (2_000_000, 2_000_000))
+    os.utime(base / "v3" / "lightnode-package.json", (2_000_000, 2_000_000))
     infos = data.generations("svc")
     assert [g.id for g in infos] == ["v1", "v3", "v2"]  # oldest import first
     by_id = {g.id: g for g in infos}

@@ -1,0 +1,461 @@
+"""Service packages: building a zip from a source directory, and importing one safely (SPEC §6).
+
+`build_package` validates SRC_DIR/service.json, then zips the code and the
+contents of every managed folder. A folder outside SRC_DIR is bundled under
+`_folders/<name>/` and the service.json inside the zip points at that copy,
+so a package is self-contained. The zip's root holds lightnode-package.json.
+
+`import_package` unpacks an archive into `services/<S>/generations/<G>/` or
+refuses it whole. Every member is checked before anything is written (no
+"..", no absolute name, no link or special file, no duplicate, declared sizes
+within `max_bytes`); then members are extracted into a hidden staging
+directory under `services/` while the bytes actually written are counted
+(declared sizes can lie), the unpacked service.json is validated, and one
+rename puts the generation (or the whole new service) in place. On any
+refusal the staging directory is removed: nothing is left behind.
+
+Imports: standard library, `lightnode.errors`, `lightnode.config.model`,
+`lightnode.services.model`, `lightnode.services.store`. Never the scheduler,
+HTTP or worker layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightnode.config.model import check_id, is_valid_id
+from lightnode.errors import ConfigError
+from lightnode.services.model import SERVICE_FILE, load_service_dir
+from lightnode.services.store import PACKAGE_FILE, DataDir, ServiceState
+
+# Where folders from outside SRC_DIR are bundled inside the package.
+EXTERNAL_FOLDERS_DIR = "_folders"
+
+# Never bundled: version-control metadata, caches and bytecode. They are large,
+# machine-specific, and Python rebuilds bytecode on the node.
+SKIPPED_DIRS = frozenset(
+    {".git", ".hg", ".svn", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+)
+SKIPPED_SUFFIXES = (".pyc", ".pyo")
+SKIPPED_FILES = frozenset({".DS_Store"})
+
+# An archive with more members than this is refused: each member costs an inode
+# and a syscall or two, and a real service package has a few thousand at most.
+MAX_PACKAGE_MEMBERS = 100_000
+
+# lightnode-package.json is tiny; a larger one is not ours.
+MAX_MANIFEST_BYTES = 64 * 1024
+
+# Extraction copies members in chunks of this size, checking the running total
+# against the limit after each one.
+COPY_CHUNK_BYTES = 1024 * 1024
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class PackageRefused(ConfigError):
+    """A package cannot be built or an archive cannot be imported; nothing was written.
+
+    `source` is the archive or source directory; `problems` lists every reason.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltPackage:
+    path: Path
+    service_id: str
+    generation: str
+    files: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedPackage:
+    service_id: str
+    generation: str
+    path: Path  # the generation directory
+    created_service: bool
+    unpacked_bytes: int
+
+
+def default_generation(now: datetime | None = None) -> str:
+    """`v` + the UTC time, e.g. `v20261127-041500` (SPEC §6)."""
+    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return "v" + moment.strftime("%Y%m%d-%H%M%S")
+
+
+# ---------------------------------------------------------------------- build
+
+
+def build_package(
+    src_dir: Path,
+    *,
+    output: Path | None = None,
+    generation: str | None = None,
+    now: datetime | None = None,
+) -> BuiltPackage:
+    """Validate `src_dir` and write its package.
+
+    Args:
+        src_dir: a directory holding service.json and the code.
+        output: the zip to write (default `./<service>-<generation>.zip`).
+        generation: the generation id (default `default_generation(now)`).
+        now: the creation time (default: now, UTC).
+
+    Raises:
+        ConfigError: service.json is invalid (file and JSON path of each fault).
+        IdError: `generation` is not a valid id.
+        PackageRefused: a file of the source cannot be bundled.
+        OSError: the output cannot be written.
+    """
+    src = Path(os.path.abspath(src_dir))
+    definition = load_service_dir(src)  # ConfigError: file + JSON path of every fault
+    created = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    generation = check_id(generation or default_generation(created), "generation id")
+    out = Path(os.path.abspath(output or f"{definition.id}-{generation}.zip"))
+    raw = json.loads((src / SERVICE_FILE).read_text(encoding="utf-8"))
+    external = _bundle_external_folders(raw, src)
+    manifest = {
+        "service": definition.id,
+        "generation": generation,
+        "created": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+    members = list(_walk(src, "", skip={out}))
+    for arc_dir, folder in external.items():
+        members.extend(_walk(Path(folder), arc_dir, skip={out}))
+    _write_zip(out, members, raw, manifest, rewritten=bool(external))
+    return BuiltPackage(out, definition.id, generation, sum(1 for _, p in members if p))
+
+
+def _bundle_external_folders(raw: dict[str, Any], src: Path) -> dict[str, str]:
+    """Point every managed folder outside `src` at a bundled copy.
+
+    Rewrites `raw` (the decoded service.json) in place and returns
+    {archive directory: absolute source folder}. Folders inside `src`
+    are part of the tree walk already; absolute ones are made relative.
+    """
+    bundled: dict[str, str] = {}  # absolute folder -> archive dir
+    prefix = _unused_name(src, EXTERNAL_FOLDERS_DIR)
+    for endpoint in raw.get("endpoints", []):
+        folders = endpoint.get("folders") or []
+        for index, folder in enumerate(folders):
+            resolved = os.path.normpath(os.path.join(src, folder))
+            if _is_inside(resolved, src):
+                folders[index] = Path(resolved).relative_to(src).as_posix() or "."
+                continue
+            if resolved not in bundled:
+                taken = set(bundled.values())
+                name = os.path.basename(resolved) or "folder"
+                arc = f"{prefix}/{name}"
+                suffix = 2
+                while arc in taken:
+                    arc = f"{prefix}/{name}-{suffix}"
+                    suffix += 1
+                bundled[resolved] = arc
+            folders[index] = bundled[resolved]
+    return {arc: folder for folder, arc in bundled.items()}
+
+
+def _unused_name(src: Path, base: str) -> str:
+    name, suffix = base, 2
+    while os.path.lexists(src / name):
+        name = f"{base}{suffix}"
+        suffix += 1
+    return name
+
+
+def _is_inside(path: str, root: Path) -> bool:
+    try:
+        return os.path.commonpath([path, str(root)]) == str(root)
+    except ValueError:
+        return False
+
+
+def _walk(root: Path, arc_root: str, *, skip: set[Path]) -> list[tuple[str, Path | None]]:
+    """(archive name, file path) for every file, (archive dir name + "/", None) for every dir.
+
+    Symbolic links are followed (their target is bundled as a regular file or
+    directory); a directory reached twice through links is walked once.
+    """
+    found: list[tuple[str, Path | None]] = []
+    if arc_root:
+        found.append((arc_root + "/", None))
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+        rel = Path(dirpath).relative_to(root).as_posix()
+        base = "/".join(p for p in (arc_root, "" if rel == "." else rel) if p)
+        for name in dirnames:
+            found.append((f"{base}/{name}/" if base else f"{name}/", None))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name in SKIPPED_FILES or name.endswith(SKIPPED_SUFFIXES) or path in skip:
+                continue
+            if not path.exists():
+                raise PackageRefused(str(root), [f"{path}: broken symbolic link"])
+            if not path.is_file():
+                continue  # sockets, fifos, devices: not part of a service
+            found.append((f"{base}/{name}" if base else name, path))
+    return found
+
+
+def _write_zip(
+    out: Path,
+    members: list[tuple[str, Path | None]],
+    service_json: dict[str, Any],
+    manifest: dict[str, str],
+    *,
+    rewritten: bool,
+) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    created_time = _zip_time(manifest["created"])
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
+            for name, path in members:
+                if name in (PACKAGE_FILE,) or (rewritten and name == SERVICE_FILE):
+                    continue
+                if path is None:
+                    info = zipfile.ZipInfo(name, date_time=created_time)
+                    info.external_attr = (stat.S_IFDIR | 0o755) << 16 | 0x10  # MS-DOS directory bit
+                    zf.writestr(info, b"")
+                else:
+                    zf.write(path, name)
+            if rewritten:
+                zf.writestr(SERVICE_FILE, json.dumps(service_json, indent=2) + "\n")
+            zf.writestr(PACKAGE_FILE, json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _zip_time(created: str) -> tuple[int, int, int, int, int, int]:
+    moment = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return (max(moment.year, 1980), moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+# --------------------------------------------------------------------- import
+
+
+def member_problem(name: str) -> str | None:
+    """Why an archive member name is unsafe, or None if it stays inside the target."""
+    if not name or name in ("/", "./"):
+        return "empty name"
+    if "\x00" in name:
+        return "NUL character in name"
+    if "\\" in name:
+        return "backslash in name"
+    if name.startswith("/") or _DRIVE.match(name):
+        return "absolute path"
+    parts = name[:-1].split("/") if name.endswith("/") else name.split("/")
+    if ".." in parts:
+        return "path traversal (..)"
+    if any(part in ("", ".") for part in parts):
+        return "empty or '.' path component"
+    return None
+
+
+def _member_kind_problem(info: zipfile.ZipInfo) -> str | None:
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFLNK:
+        return "symbolic link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "special file (device, fifo or socket)"
+    if info.flag_bits & 0x1:
+        return "encrypted"
+    return None
+
+
+def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
+    """Every reason to refuse `zf` that its directory shows (names, kinds, declared sizes)."""
+    problems: list[str] = []
+    infos = zf.infolist()
+    if len(infos) > MAX_PACKAGE_MEMBERS:
+        problems.append(f"{len(infos)} members: more than {MAX_PACKAGE_MEMBERS}")
+    seen: set[str] = set()
+    declared = 0
+    for info in infos:
+        name = info.filename
+        reason = member_problem(name) or _member_kind_problem(info)
+        if reason is not None:
+            problems.append(f"member {name!r}: {reason}")
+            continue
+        key = name.rstrip("/")
+        if key in seen:
+            problems.append(f"member {name!r}: appears twice")
+        seen.add(key)
+        if not info.is_dir():
+            declared += info.file_size
+    if declared > max_bytes:
+        problems.append(f"unpacks to {declared} bytes: more than limits.max_package_bytes ({max_bytes})")
+    if PACKAGE_FILE not in seen:
+        problems.append(f"no {PACKAGE_FILE} at the root: not a lightnode package")
+    if SERVICE_FILE not in seen:
+        problems.append(f"no {SERVICE_FILE} at the root")
+    return problems
+
+
+def read_manifest(zf: zipfile.ZipFile, source: str) -> dict[str, Any]:
+    """The validated lightnode-package.json of an archive.
+
+    Raises:
+        PackageRefused: missing, too large, not JSON, or without a valid generation id.
+    """
+    try:
+        info = zf.getinfo(PACKAGE_FILE)
+    except KeyError:
+        raise PackageRefused(source, [f"no {PACKAGE_FILE} at the root: not a lightnode package"]) from None
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise PackageRefused(source, [f"{PACKAGE_FILE}: larger than {MAX_MANIFEST_BYTES} bytes"])
+    try:
+        with zf.open(info) as handle:
+            raw = json.loads(handle.read(MAX_MANIFEST_BYTES + 1))
+    except (ValueError, zipfile.BadZipFile, zlib.error, OSError) as exc:
+        raise PackageRefused(source, [f"{PACKAGE_FILE}: unreadable: {exc}"]) from None
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise PackageRefused(source, [f"{PACKAGE_FILE}: must be a JSON object"])
+    if not is_valid_id(raw.get("generation")):
+        problems.append(f"{PACKAGE_FILE}: generation: invalid generation id {raw.get('generation')!r}")
+    if not isinstance(raw.get("service"), str):
+        problems.append(f"{PACKAGE_FILE}: service: must be a string")
+    if problems:
+        raise PackageRefused(source, problems)
+    return raw
+
+
+def import_package(
+    data_dir: DataDir, service_id: str, archive: Path, *, max_bytes: int
+) -> ImportedPackage:
+    """Unpack `archive` as a new generation of `service_id`, or refuse it whole.
+
+    The service is created (disabled, no mapping) when it does not exist.
+
+    Args:
+        data_dir: the node's data directory.
+        service_id: the service to import into.
+        archive: a zip written by `build_package`.
+        max_bytes: `limits.max_package_bytes`: most bytes the package may unpack to.
+
+    Raises:
+        IdError: invalid service id.
+        PackageRefused: an unsafe or invalid archive, or a generation already
+            present; nothing was written.
+    """
+    check_id(service_id, "service id")
+    source = str(archive)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise PackageRefused(source, [f"not a readable zip archive: {exc}"]) from None
+    with zf:
+        problems = check_archive(zf, max_bytes=max_bytes)
+        if problems:
+            raise PackageRefused(source, problems)
+        generation = str(read_manifest(zf, source)["generation"])
+        target = data_dir.generation_dir(service_id, generation)
+        if os.path.lexists(target):
+            raise PackageRefused(
+                source, [f"generation {generation} of service {service_id} is already present"]
+            )
+        data_dir.services_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=data_dir.services_dir, prefix=".import-"))
+        try:
+            staged_gen = staging / "service" / "generations" / generation
+            unpacked = _extract(zf, staged_gen, max_bytes=max_bytes, source=source)
+            _validate_unpacked(staged_gen, source)
+            created = _install(data_dir, service_id, generation, staging, source)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ImportedPackage(service_id, generation, target, created, unpacked)
+
+
+def _extract(zf: zipfile.ZipFile, dest: Path, *, max_bytes: int, source: str) -> int:
+    """Write every member under `dest`, counting the bytes really written."""
+    dest.mkdir(parents=True)
+    written = 0
+    for info in zf.infolist():
+        path = dest / info.filename
+        if info.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, mode)
+            with os.fdopen(fd, "wb") as out, zf.open(info) as member:
+                while chunk := member.read(COPY_CHUNK_BYTES):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise PackageRefused(
+                            source,
+                            [f"unpacks to more than limits.max_package_bytes ({max_bytes}) bytes"],
+                        )
+                    out.write(chunk)
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as exc:
+            raise PackageRefused(source, [f"member {info.filename!r}: unreadable: {exc}"]) from None
+        except OSError as exc:
+            raise PackageRefused(source, [f"member {info.filename!r}: cannot unpack: {exc.strerror or exc}"]) from None
+    return written
+
+
+def _validate_unpacked(generation_dir: Path, source: str) -> None:
+    try:
+        load_service_dir(generation_dir)
+    except ConfigError as exc:
+        # The staging path means nothing to the operator: name the archive.
+        raise PackageRefused(f"{source}: {SERVICE_FILE}", exc.problems) from None
+
+
+def _install(data_dir: DataDir, service_id: str, generation: str, staging: Path, source: str) -> bool:
+    """Move the staged generation into place; True when the service was created."""
+    staged_service = staging / "service"
+    staged_gen = staged_service / "generations" / generation
+    _stamp_import_time(staged_gen)
+    service_dir = data_dir.service_dir(service_id)
+    if not os.path.lexists(service_dir):
+        state = ServiceState(enabled=False, entries=())
+        (staged_service / "state.json").write_text(json.dumps(state.to_json(), indent=2) + "\n")
+        try:
+            os.rename(staged_service, service_dir)
+            return True
+        except OSError:
+            if not os.path.lexists(service_dir):
+                raise
+            # created meanwhile by someone else: add the generation to it
+    generations = data_dir.generations_dir(service_id)
+    generations.mkdir(parents=True, exist_ok=True)
+    target = generations / generation
+    if os.path.lexists(target):
+        raise PackageRefused(source, [f"generation {generation} of service {service_id} is already present"])
+    try:
+        os.rename(staged_gen, target)
+    except OSError as exc:
+        raise PackageRefused(source, [f"cannot install generation {generation}: {exc.strerror or exc}"]) from None
+    return False
+
+
+def _stamp_import_time(generation_dir: Path) -> None:
+    """The import time is the mtime of lightnode-package.json (see `imported_at`)."""
+    now = datetime.now(timezone.utc).timestamp()
+    os.utime(generation_dir / PACKAGE_FILE, (now, now))
+    os.utime(generation_dir, (now, now))

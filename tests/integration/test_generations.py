@@ -1,0 +1,211 @@
+"""Generations on a live node: zero-downtime switches under load, mappings, refused archives (SPEC §6)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import stat
+import threading
+import time
+import urllib.request
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import dataikuapi
+import pytest
+from dataikuapi.utils import DataikuException
+
+from lightnode.cli import main
+from tests.conftest import Node, build_test_package, tree_listing, write_tuning
+
+pytestmark = pytest.mark.integration
+
+# Every generation answers the same; apiContext.serviceGeneration tells them apart.
+# The module sleeps at load, like a model load, so a switch has something to warm up.
+SOURCE = "import time\ntime.sleep({init_s})\ndef e():\n    time.sleep(0.005)\n    return {{'ok': True}}\n"
+INIT_S = 0.3
+
+
+class Load:
+    """Client threads on keep-alive connections, POSTing /run until stopped."""
+
+    def __init__(self, node: Node, service: str, threads: int = 4) -> None:
+        self.host, port = node.url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.path = f"/public/api/v1/{service}/e/run"
+        self.results: list[tuple[float, float, int, str, int]] = []  # sent, answered, status, generation, wait µs
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def _loop(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                conn.request("POST", self.path, body=b"{}")
+                answer = conn.getresponse()
+                body = json.loads(answer.read())
+                status = answer.status
+            except (OSError, http.client.HTTPException) as exc:
+                status, body = 0, {"errorType": repr(exc)}
+                conn.close()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            generation = body.get("apiContext", {}).get("serviceGeneration") or body.get("errorType", "?")
+            wait_us = body.get("timing", {}).get("wait", 0)
+            with self._lock:
+                self.results.append((sent, time.monotonic(), status, generation, wait_us))
+        conn.close()
+
+    def since(self, moment: float) -> list[tuple[float, float, int, str, int]]:
+        with self._lock:
+            return [r for r in self.results if r[0] >= moment]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+
+def admin_post(node: Node, path: str) -> Any:
+    request = urllib.request.Request(f"{node.url}/admin/api/{path}", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        return json.loads(answer.read())
+
+
+def install(node: Node, tmp_path: Path, generations: list[str]) -> None:
+    client = dataikuapi.APINodeAdminClient(node.url, None)
+    for generation in generations:
+        archive = build_test_package(tmp_path, "svc", generation, {"e": SOURCE.format(init_s=INIT_S)})
+        client.service("svc").import_generation_from_archive(str(archive))
+
+
+def wait_until(condition: Any, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_switch_under_continuous_load_has_zero_errors(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory()
+    # floor == ceil: the warmed pool is the whole pool, so no request ever waits for a cold start
+    write_tuning(node.data_dir, "svc", "e", {"pool": {"floor": 4, "cruise": 4, "ceil": 4, "queue": 64}})
+    install(node, tmp_path, ["v1", "v2", "v3"])
+    admin_post(node, "services/svc/actions/switchTo/v1")
+
+    with Load(node, "svc") as load:
+        wait_until(lambda: load.count() > 100)
+        asked = time.monotonic()
+        assert admin_post(node, "services/svc/actions/switchTo/v2")["switchedToGeneration"] == "v2"
+        switched = time.monotonic()
+        wait_until(lambda: len(load.since(switched)) > 100)
+        # the same through files: the CLI writes state.json, the watcher applies it
+        assert main(["admin", "switch", "svc", "v3", "--data-dir", str(node.data_dir)]) == 0
+        wait_until(lambda: any(r[3] == "v3" for r in load.since(switched)))
+        third = time.monotonic()
+        wait_until(lambda: len(load.since(third)) > 100)
+
+    results = load.results
+    statuses = Counter(r[2] for r in results)
+    assert statuses == {200: len(results)}, Counter((r[2], r[3]) for r in results)
+    assert switched - asked >= INIT_S  # the new pools warmed up before the switch answered
+    first_v2 = min(r[1] for r in results if r[3] == "v2")
+    assert first_v2 > asked + INIT_S  # no request was routed to v2 before it was warm
+    assert {r[3] for r in results if r[0] < asked} == {"v1"}
+    assert {r[3] for r in load.since(switched)} <= {"v2", "v3"}  # the flip: no v1 after the switch
+    first_v3 = min(r[1] for r in results if r[3] == "v3")
+    assert {r[3] for r in load.since(first_v3)} == {"v3"}  # the flip is atomic
+    assert max(r[4] for r in results if r[3] in ("v2", "v3")) < INIT_S * 1e6 * 0.8  # never waited for a start
+    wait_until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"v3"})  # old pools stopped
+
+
+def test_half_and_half_mapping_serves_both(node_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    node = node_factory()
+    install(node, tmp_path, ["v1", "v2"])
+    assert main(["admin", "set-mapping", "svc", "v1=0.5", "v2=0.5", "--url", node.url]) == 0
+    seen = Counter(node.run("svc", "e")[1]["apiContext"]["serviceGeneration"] for _ in range(300))
+    assert set(seen) == {"v1", "v2"}
+    assert 100 <= seen["v1"] <= 200, seen  # 150 expected; the bounds are 5.7 standard deviations away
+    assert main(["admin", "set-mapping", "svc", "v1=0", "v2=1", "--url", node.url]) == 0
+    assert {node.run("svc", "e")[1]["apiContext"]["serviceGeneration"] for _ in range(30)} == {"v2"}
+    wait_until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"v2"})  # v1=0: no pools
+
+
+def test_a_broken_state_json_never_takes_a_serving_service_down(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory()
+    install(node, tmp_path, ["v1"])
+    admin_post(node, "services/svc/actions/switchToNewest")
+    state = node.data_dir / "services" / "svc" / "state.json"
+    good = state.read_text()
+    state.write_text('{"enabled": tr')  # an editor caught half-way through a save
+    deadline = time.monotonic() + 1.5  # longer than the watcher needs to notice
+    while time.monotonic() < deadline:
+        assert node.run("svc", "e")[0] == 200
+    assert "state.json" in (node.stats("svc")["error"] or "")
+    state.write_text(good.replace("true", "false"))
+    wait_until(lambda: node.run("svc", "e")[0] == 503)
+
+
+def _zip(members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("service.json", json.dumps(
+            {"id": "svc", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}))
+        zf.writestr("e.py", "def e():\n    return 1\n")
+        zf.writestr("lightnode-package.json", json.dumps({"service": "svc", "generation": "evil"}))
+        for info, data in members:
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _symlink(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ([("../../outside.py", b"x")], "path traversal"),
+        ([("/tmp/lightnode-absolute.py", b"x")], "absolute path"),
+        ([(_symlink("secrets"), b"/etc/shadow")], "symbolic link"),
+        ([("bomb.bin", b"\0" * (3 * 1024 * 1024))], "max_package_bytes"),
+    ],
+    ids=["zip-slip", "absolute", "symlink", "zip-bomb"],
+)
+def test_malicious_archives_are_refused_with_nothing_written(
+    node_factory: Any, tmp_path: Path, members: list[tuple[Any, bytes]], reason: str
+) -> None:
+    data_dir = tmp_path / "node"
+    (data_dir / "config").mkdir(parents=True)
+    (data_dir / "config" / "server.json").write_text(json.dumps({"limits": {"max_package_bytes": 1024 * 1024}}))
+    node = node_factory(data_dir)
+    archive = tmp_path / "evil.zip"
+    archive.write_bytes(_zip(members))
+    before, around = tree_listing(node.data_dir / "services"), tree_listing(tmp_path)
+    client = dataikuapi.APINodeAdminClient(node.url, None)
+    for service in ("svc", "demo"):  # a new service and an existing one
+        with pytest.raises(DataikuException, match=f"BadRequest: .*{reason}"):
+            client.service(service).import_generation_from_archive(str(archive))
+    assert tree_listing(node.data_dir / "services") == before
+    assert tree_listing(tmp_path) - around <= {p for p in tree_listing(tmp_path) if p.endswith(".log")}
+    assert not Path("/tmp/lightnode-absolute.py").exists()
+    assert main(["admin", "import", "svc", str(archive), "--data-dir", str(node.data_dir)]) == 1
+    assert tree_listing(node.data_dir / "services") == before

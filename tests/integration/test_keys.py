@@ -1,0 +1,125 @@
+"""API keys on a live node: private services, admin keys, hot reload, no secret on disk or in logs (SPEC §9)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import dataikuapi
+import pytest
+from dataikuapi.utils import DataikuException
+
+from lightnode.cli import main
+from tests.conftest import Node, write_service
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "def e(x=0):\n    return {'x': x}\n"
+
+
+def basic(key: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def create_key(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(["admin", "keys", "create", *argv]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1
+    return out.strip()
+
+
+def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def all_bytes(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+@pytest.fixture
+def node(node_factory: Any, tmp_path: Path) -> Node:
+    root = tmp_path / "data"
+    write_service(root, "priv", {"e": SOURCE}, extra={"auth": {"public": False}})
+    write_service(root, "other", {"e": SOURCE}, extra={"auth": {"public": False}})
+    write_service(root, "pub", {"e": SOURCE})
+    return node_factory(root)  # type: ignore[no-any-return]
+
+
+def test_private_service_needs_its_key(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    assert node.run("pub", "e")[0] == 200
+    for headers in ({}, basic("lnk_not-a-key"), bearer("lnk_not-a-key"), {"Authorization": "Digest x"}):
+        status, answer_headers, raw = node.request("POST", "/public/api/v1/priv/e/run", b"{}", headers=headers)
+        assert status == 401
+        assert answer_headers["WWW-Authenticate"].startswith("Basic")
+        assert json.loads(raw)["errorType"] == "Unauthorized" and json.loads(raw)["message"] == "Unknown API key"
+    # 401 comes before anything is told about the service's state
+    assert node.request("POST", "/public/api/v1/priv/nope/run", b"{}")[0] == 401
+
+    key = create_key(capsys, "--service", "priv", "--label", "ci", "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.run("priv", "e", headers=basic(key))[0] == 200)  # hot-reloaded
+    assert node.run("priv", "e", {"x": 2}, headers=bearer(key)) [1]["response"] == {"x": 2}
+    client = dataikuapi.APINodeClient(node.url, "priv", api_key=key)  # the official client: Basic auth
+    assert client.run_function("e", x=3)["response"] == {"x": 3}
+    assert node.run("other", "e", headers=basic(key))[0] == 401  # a key opens its own service only
+    with pytest.raises(DataikuException, match="Unauthorized"):
+        dataikuapi.APINodeClient(node.url, "priv", api_key=key + "x").run_function("e")
+
+    assert main(["admin", "keys", "list", "--data-dir", str(node.data_dir)]) == 0
+    key_id = capsys.readouterr().out.split("\t")[0]
+    assert main(["admin", "keys", "delete", key_id, "--data-dir", str(node.data_dir)]) == 0
+    wait_for(lambda: node.run("priv", "e", headers=basic(key))[0] == 401)
+
+    log = node.log() + (node.data_dir / "logs" / "lightnode.log").read_text()
+    assert "auth failure: service priv" in log
+    assert key.encode() not in all_bytes(node.data_dir)  # keys.json holds hashes, logs hold fingerprints
+    assert key not in log
+
+
+def test_admin_keys_protect_the_admin_api(node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert node.request("GET", "/admin/api/services")[0] == 200  # no admin key: loopback is enough
+    key = create_key(capsys, "--admin", "--label", "ops", "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.request("GET", "/admin/api/services")[0] == 401)
+    status, headers, raw = node.request("GET", "/admin/api/services", headers=basic("lnk_wrong"))
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    assert node.request("GET", "/admin/api/services", headers=bearer(key))[0] == 200
+    admin = dataikuapi.APINodeAdminClient(node.url, key)
+    assert {s["id"] for s in admin.list_services()} == {"priv", "other", "pub"}
+    service_key = admin.auth().add_key(label="svc")["key"]
+    with pytest.raises(DataikuException, match="Unauthorized"):
+        dataikuapi.APINodeAdminClient(node.url, "lnk_" + "x" * 43).list_services()
+
+    assert main(["admin", "services", "--url", node.url]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+    monkeypatch.setenv("LIGHTNODE_ADMIN_KEY", key)  # keeps the key out of the process list
+    assert main(["admin", "services", "--url", node.url]) == 0
+    assert "priv" in capsys.readouterr().out
+    assert main(["admin", "status", "--data-dir", str(node.data_dir)]) == 0  # through run/lightnode.addr
+
+    log = node.log() + (node.data_dir / "logs" / "lightnode.log").read_text()
+    assert "admin auth failure from 127.0.0.1" in log
+    assert "admin POST keys by admin key" in log  # mutations are audited, by key id
+    for secret in (key, service_key):
+        assert secret not in log
+        assert secret.encode() not in all_bytes(node.data_dir)
+
+
+def test_a_broken_keys_file_keeps_the_last_good_keys(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    key = create_key(capsys, "--service", "priv", "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.run("priv", "e", headers=basic(key))[0] == 200)
+    keys_file = node.data_dir / "config" / "keys.json"
+    keys_file.write_text("{not json")
+    time.sleep(1.2)  # the watcher has seen it and refused it
+    assert node.run("priv", "e", headers=basic(key))[0] == 200
+    assert "keys refused" in node.log()

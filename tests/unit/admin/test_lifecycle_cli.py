@@ -1,0 +1,103 @@
+"""`lightnode package`, `deploy` and the lifecycle `admin` commands on a data directory (SPEC §6, §8)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lightnode.cli import main
+from lightnode.services.store import DataDir
+
+
+def make_src(root: Path) -> Path:
+    src = root / "src"
+    src.mkdir()
+    (src / "e.py").write_text("def e():\n    return 1\n")
+    service = {"id": "svc", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}
+    (src / "service.json").write_text(json.dumps(service))
+    return src
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    DataDir(root).ensure_layout()
+    return root
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_package_import_switch_cycle(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_src(tmp_path)
+    code, out, _ = run(capsys, "package", str(src), "-o", str(tmp_path / "p.zip"), "--generation", "g1")
+    assert code == 0 and "generation g1" in out
+    assert zipfile.ZipFile(tmp_path / "p.zip").namelist()
+    d = str(data)
+    assert run(capsys, "admin", "import", "svc", str(tmp_path / "p.zip"), "--data-dir", d)[0] == 0
+    code, _, err = run(capsys, "admin", "import", "svc", str(tmp_path / "p.zip"), "--data-dir", d)
+    assert code == 1 and "already present" in err and "Traceback" not in err
+    code, out, _ = run(capsys, "admin", "switch", "svc", "--newest", "--data-dir", d)
+    assert code == 0 and "switched to g1" in out
+    code, out, _ = run(capsys, "admin", "generations", "svc", "--data-dir", d)
+    assert out.startswith("g1") and "mapped" in out
+    assert run(capsys, "admin", "disable", "svc", "--data-dir", d)[0] == 0
+    assert DataDir(data).read_state("svc").enabled is False
+    code, out, _ = run(capsys, "admin", "services", "--data-dir", d)
+    assert "svc\tenabled=False\tmapping=g1=1" in out
+    code, _, err = run(capsys, "admin", "set-mapping", "svc", "g1=0.5", "g2=0.5", "--data-dir", d)
+    assert code == 1 and "g2" in err
+    assert run(capsys, "admin", "delete", "svc", "--data-dir", d)[0] == 0
+    assert not (data / "services" / "svc").exists()
+
+
+def test_package_reports_service_json_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_src(tmp_path)
+    (src / "service.json").write_text(json.dumps({"id": "svc", "endpoints": [{"id": "e", "type": "nope"}]}))
+    code, _, err = run(capsys, "package", str(src), "-o", str(tmp_path / "p.zip"))
+    assert code == 1
+    assert str(src / "service.json") in err and "endpoints[0].type" in err and "endpoints[0].code" in err
+    assert "Traceback" not in err and not (tmp_path / "p.zip").exists()
+
+
+def test_deploy_is_package_import_switch(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_src(tmp_path)
+    code, out, _ = run(capsys, "deploy", str(src), "--data-dir", str(data), "--generation", "g5")
+    assert code == 0 and "deployed svc generation g5" in out
+    state = json.loads((data / "services" / "svc" / "state.json").read_text())
+    assert state == {"enabled": True, "mapping": {"entries": [{"generation": "g5", "proba": 1.0}]}}
+
+
+def test_keys_create_prints_the_key_alone(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "admin", "keys", "create", "--service", "svc", "--label", "ci", "--data-dir", str(data))
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lnk_")
+    key = lines[0]
+    assert key not in err and key not in (data / "config" / "keys.json").read_text()
+    code, out, _ = run(capsys, "admin", "keys", "list", "--data-dir", str(data))
+    key_id = out.split("\t")[0]
+    assert "service:svc" in out and "label=ci" in out and key not in out
+    assert run(capsys, "admin", "keys", "delete", key_id, "--data-dir", str(data))[0] == 0
+    _, out, _ = run(capsys, "admin", "keys", "create", "--admin", "--data-dir", str(data))
+    assert run(capsys, "admin", "keys", "delete", out.strip(), "--data-dir", str(data))[0] == 0  # by the key itself
+    assert json.loads((data / "config" / "keys.json").read_text()) == {"keys": []}
+    code, _, err = run(capsys, "admin", "keys", "delete", "k000000000000", "--data-dir", str(data))
+    assert code == 1 and "No API key" in err
+
+
+def test_usage_errors_are_short(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "admin", "switch", "../x", "--newest", "--data-dir", str(data))
+    assert code == 1 and "invalid service id" in err
+    code, _, err = run(capsys, "admin", "enable", "svc", "--data-dir", str(tmp_path / "nowhere"))
+    assert code == 1 and "not a directory" in err
+    code, _, err = run(capsys, "admin", "enable", "ghost", "--data-dir", str(data))
+    assert code == 1 and "does not exist" in err
+    with pytest.raises(SystemExit):
+        main(["admin", "keys", "create", "--data-dir", str(data)])  # needs --service or --admin

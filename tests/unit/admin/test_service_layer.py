@@ -1,0 +1,180 @@
+"""The admin service layer on a data directory (SPEC §5, §6): what both the CLI and the routes run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lightnode.admin.service_layer import ServiceLayer, parse_mapping_args
+from lightnode.errors import ConfigError, IdError, LightnodeError
+from lightnode.services.package import PackageRefused, build_package
+from lightnode.services.store import PACKAGE_FILE, DataDir, MappingEntry, ServiceState
+
+
+def make_src(root: Path, name: str = "src", body: str = "return 1") -> Path:
+    src = root / name
+    src.mkdir()
+    (src / "e.py").write_text(f"def e():\n    {body}\n")
+    service = {"id": "svc", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}
+    (src / "service.json").write_text(json.dumps(service))
+    return src
+
+
+@pytest.fixture
+def layer(tmp_path: Path) -> ServiceLayer:
+    data = DataDir(tmp_path / "data")
+    data.ensure_layout()
+    return ServiceLayer(data)
+
+
+def imported(layer: ServiceLayer, tmp_path: Path, *generations: str) -> None:
+    src = tmp_path / "src"
+    if not src.exists():
+        make_src(tmp_path)
+    for index, generation in enumerate(generations):
+        built = build_package(src, output=tmp_path / f"{generation}.zip", generation=generation)
+        layer.import_archive("svc", built.path)
+        stamp = 1_700_000_000 + index  # import order, whatever the clock's resolution
+        os.utime(layer.data_dir.generation_dir("svc", generation) / PACKAGE_FILE, (stamp, stamp))
+
+
+def test_limit_comes_from_server_json(tmp_path: Path) -> None:
+    data = DataDir(tmp_path / "d")
+    data.ensure_layout()
+    data.server_config_path.write_text(json.dumps({"limits": {"max_package_bytes": 1234}}))
+    assert ServiceLayer(data).max_package_bytes == 1234
+
+
+def test_create_list_and_delete(layer: ServiceLayer) -> None:
+    info = layer.create_service("svc")
+    assert info == {"id": "svc", "enabled": False, "mapping": {"entries": []}, "generations": []}
+    with pytest.raises(LightnodeError, match="already exists"):
+        layer.create_service("svc")
+    assert [s["id"] for s in layer.services()] == ["svc"]
+    assert layer.delete_service("svc") == {"deleted": "svc"}
+    assert layer.services() == []
+    assert not [p for p in os.listdir(layer.data_dir.services_dir)]  # nothing left behind
+    with pytest.raises(LightnodeError) as info:
+        layer.delete_service("svc")
+    assert info.value.status == 404
+    with pytest.raises(IdError):
+        layer.create_service("../etc")
+
+
+def test_import_then_switch_to_newest(layer: ServiceLayer, tmp_path: Path) -> None:
+    imported(layer, tmp_path, "g1", "g2")
+    gens = layer.generations("svc")["generations"]
+    assert [g["generationId"] for g in gens] == ["g1", "g2"]
+    assert all(not g["mapped"] and not g["mounted"] for g in gens)
+    assert isinstance(gens[0]["createdOn"], int)
+    (layer.data_dir.generation_dir("svc", "g1") / "__pycache__").mkdir()  # loading g1 touches its dir
+    answer = layer.switch_to_newest("svc")
+    assert answer["switchedToGeneration"] == "g2"
+    state = layer.data_dir.read_state("svc")
+    assert state == ServiceState(True, (MappingEntry("g2", 1.0),))
+    gens = {g["generationId"]: g for g in layer.generations("svc")["generations"]}
+    assert gens["g2"]["mapped"] and gens["g2"]["mounted"] and not gens["g1"]["mapped"]
+
+
+def test_switch_refuses_unknown_or_broken_generations(layer: ServiceLayer, tmp_path: Path) -> None:
+    imported(layer, tmp_path, "g1")
+    layer.switch_to("svc", "g1")
+    with pytest.raises(LightnodeError) as info:
+        layer.switch_to("svc", "nope")
+    assert info.value.status == 404
+    broken = layer.data_dir.generation_dir("svc", "bad")
+    broken.mkdir()
+    (broken / "service.json").write_text("{")
+    with pytest.raises(ConfigError):
+        layer.switch_to("svc", "bad")
+    with pytest.raises(LightnodeError) as info:
+        layer.switch_to("missing", "g1")
+    assert info.value.status == 404
+    assert layer.data_dir.read_state("svc").entries == (MappingEntry("g1", 1.0),)  # unchanged
+
+
+def test_set_mapping_validates_and_enables(layer: ServiceLayer, tmp_path: Path) -> None:
+    imported(layer, tmp_path, "g1", "g2")
+    answer = layer.set_mapping("svc", {"entries": [{"generation": "g1", "proba": 0.5}, {"generation": "g2", "proba": 0.5}]})
+    assert answer["enabled"] is True and len(answer["mapping"]["entries"]) == 2
+    for bad in (
+        {"entries": [{"generation": "g1", "proba": 0.7}, {"generation": "g2", "proba": 0.7}]},
+        {"entries": [{"generation": "g9", "proba": 1}]},
+        {"entries": []},
+        {"nope": []},
+        None,
+    ):
+        with pytest.raises((ConfigError, LightnodeError)):
+            layer.set_mapping("svc", bad)
+    assert len(layer.data_dir.read_state("svc").entries) == 2
+
+
+def test_enable_and_disable_keep_the_mapping(layer: ServiceLayer, tmp_path: Path) -> None:
+    imported(layer, tmp_path, "g1")
+    layer.switch_to("svc", "g1")
+    assert layer.disable("svc")["enabled"] is False
+    assert layer.data_dir.read_state("svc").entries == (MappingEntry("g1", 1.0),)
+    assert layer.enable("svc")["enabled"] is True
+
+
+def test_import_errors(layer: ServiceLayer, tmp_path: Path) -> None:
+    with pytest.raises(LightnodeError, match="absolute"):
+        layer.import_archive("svc", "relative.zip")
+    with pytest.raises(LightnodeError, match="No such archive"):
+        layer.import_archive("svc", tmp_path / "missing.zip")
+    small = ServiceLayer(layer.data_dir, max_package_bytes=10)
+    built = build_package(make_src(tmp_path), output=tmp_path / "p.zip", generation="g1")
+    with pytest.raises(PackageRefused, match="max_package_bytes"):
+        small.import_archive("svc", built.path)
+
+
+def test_endpoint_settings_round_trip_and_refusal(layer: ServiceLayer) -> None:
+    assert layer.endpoint_settings("svc", "e")["pool"]["ceil"] == 8  # defaults without a file
+    written = layer.set_endpoint_settings("svc", "e", {"pool": {"ceil": 4, "cruise": 2}})
+    assert written["pool"]["ceil"] == 4
+    assert layer.endpoint_settings("svc", "e")["pool"]["ceil"] == 4
+    path = layer.data_dir.endpoint_config_path("svc", "e")
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as info:
+        layer.set_endpoint_settings("svc", "e", {"pool": {"floor": 5, "ceil": 2, "bogus": 1}, "limits": {"max_rss_mb": -1}})
+    text = str(info.value)
+    assert "pool.bogus" in text and "limits.max_rss_mb" in text and "ceil" in text
+    assert path.read_bytes() == before
+    with pytest.raises(IdError):
+        layer.endpoint_settings("svc", "../x")
+
+
+def test_keys_through_the_layer(layer: ServiceLayer) -> None:
+    created = layer.create_key(service_id="svc", label="ci")
+    assert created["key"].startswith("lnk_") and created["serviceId"] == "svc" and not created["admin"]
+    admin = layer.create_key(label="ops")
+    assert admin["admin"] is True
+    listed = layer.list_keys()
+    assert {k["id"] for k in listed} == {created["id"], admin["id"]}
+    assert all("key" not in k for k in listed)
+    assert layer.delete_key(created["key"]) == {"deleted": created["id"]}
+    assert layer.delete_key_by_id(admin["id"]) == {"deleted": admin["id"]}
+    with pytest.raises(LightnodeError) as info:
+        layer.delete_key_by_id(admin["id"])
+    assert info.value.status == 404
+
+
+def test_parse_mapping_args() -> None:
+    assert parse_mapping_args(["g1=0.25", "g2=0.75"]) == {
+        "entries": [{"generation": "g1", "proba": 0.25}, {"generation": "g2", "proba": 0.75}]
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_mapping_args(["g1", "g2=half"])
+    assert len(info.value.problems) == 2
+
+
+def test_tune_overlays_and_validates(layer: ServiceLayer) -> None:
+    layer.set_endpoint_settings("svc", "e", {"pool": {"floor": 1, "ceil": 4}, "limits": {"max_requests": 9}})
+    answer = layer.tune("svc", "e", {"pool": {"ceil": 6}})
+    assert answer["pool"]["ceil"] == 6 and answer["limits"]["max_requests"] == 9
+    with pytest.raises(ConfigError, match="floor"):
+        layer.tune("svc", "e", {"pool": {"floor": 7}})
+    assert layer.endpoint_settings("svc", "e")["pool"]["ceil"] == 6
