@@ -166,8 +166,8 @@ class Node:
     async def _watch_not_alive(self) -> None:
         """Drain by file (SPEC §10), polled: one stat per NOT_ALIVE_POLL_S.
 
-        While DATA_DIR/not-alive exists the node answers /run with 503 ShuttingDown
-        (the function did not run, so a load balancer may re-send it to another
+        While DATA_DIR/not-alive exists the node answers /run with 503 ShuttingDown,
+        "The node is drained" (the function did not run, so a load balancer may re-send it to another
         node, SPEC §3.4) and /isAlive, /readyz with 503; requests already running or
         queued finish. Open-source nginx has no active health checks: these 503s are
         how it learns of the drain (config/nginx/lightnode.conf).
@@ -178,7 +178,7 @@ class Node:
             exists = path.exists()
             if exists != drained:
                 drained = exists
-                self.app.draining = drained
+                self.app.not_alive = drained
                 log.warning("%s: %s", path, "present, node drained" if drained else "gone, serving again")
             await asyncio.sleep(NOT_ALIVE_POLL_S)
 

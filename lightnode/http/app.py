@@ -81,7 +81,8 @@ class NodeApp:
         self.api_key_check: Callable[[bytes | None, str, str], object] | None = None
         self.metrics_text: Callable[[], bytes] | None = None
         self.metrics_public = True  # server.json metrics.public
-        self.draining = False
+        self.draining = False  # shutting down (SIGTERM/SIGINT)
+        self.not_alive = False  # DATA_DIR/not-alive exists (set by the node's poll)
         self._not_alive = str(data_dir / "not-alive")
 
     # ------------------------------------------------------------------ App
@@ -129,6 +130,8 @@ class NodeApp:
             )
         if self.draining:
             raise LightnodeError("ShuttingDown", "The node is shutting down")
+        if self.not_alive:
+            raise LightnodeError("ShuttingDown", "The node is drained (its not-alive file exists)")
         assert self.registry is not None
         if not self.registry.is_public(route.service_id):  # 401 before telling anything of the service
             self.check_api_key(exchange, route.service_id)
@@ -158,7 +161,7 @@ class NodeApp:
     def _alive(self, exchange: Exchange) -> None:
         if self.draining:
             exchange.respond(503, b'{"alive":false,"reason":"draining"}')
-        elif os.path.exists(self._not_alive):
+        elif self.not_alive or os.path.exists(self._not_alive):
             exchange.respond(503, b'{"alive":false,"reason":"not-alive file present"}')
         else:
             exchange.respond(200, b'{"alive":true}')
@@ -167,6 +170,8 @@ class NodeApp:
         assert self.registry is not None
         if self.draining:
             exchange.respond(503, b'{"ready":false,"reason":"draining"}')
+        elif self.not_alive:
+            exchange.respond(503, b'{"ready":false,"reason":"not-alive file present"}')
         elif not self.registry.ready():
             exchange.respond(503, b'{"ready":false,"reason":"pools starting"}')
         else:
