@@ -118,11 +118,77 @@ class PoolMachine:
                 pipeline...). The machine is unchanged when this is raised.
         """
         self._check_event(event)
+        if self._steady(now):
+            fast = self._fast_path(event, now)
+            if fast is not None:
+                return fast
         out: list[Command] = []
         self._expire_queue(now, out)
         self._apply(event, now, out)
         self._reconcile(now, out)
         return out
+
+    # -- the request hot path -------------------------------------------------------
+    #
+    # In a steady pool (healthy, nothing retiring, no timer due, no ceil excess)
+    # an arriving request that finds an IDLE pipeline, or a pipeline that finishes,
+    # changes nothing that the general rules would act on beyond one dispatch. The
+    # fast path does exactly that and returns the commands the general path would
+    # return; any other case falls through to the general path. The property tests
+    # check both paths against the same model.
+
+    def _steady(self, now: float) -> bool:
+        if self._load_state is not LoadState.HEALTHY or self._workers.has_retiring():
+            return False
+        deadline = self._queue.next_deadline()
+        if deadline is not None and deadline <= now:
+            return False
+        if self._config.limits.exec_timeout or self._workers.leaving():
+            # Rare settings: exec deadlines and ceil decreases use the general path.
+            return False
+        return self._workers.allocated() <= self._config.pool.ceil
+
+    def _fast_path(self, event: Event, now: float) -> list[Command] | None:
+        if type(event) is RequestArrived:
+            if self._queue or not self._workers.any_in(WorkerState.IDLE):
+                return None
+            if self._config.pool.scale_down_delay and self._shrink_candidates():
+                return None  # an idle surplus pipeline may be due to stop now
+            self._loaded = True
+            worker = self._workers.idle_lru()[-1]
+            return [self._start_call(worker, event.request_id, now, now)]
+        if type(event) is WorkerFinished:
+            worker = self._workers.get(event.worker_id)
+            if worker is None or worker.state is not WorkerState.BUSY or worker.stop_when_free:
+                return None
+            max_requests = self._config.limits.max_requests
+            if max_requests and worker.served + 1 >= max_requests:
+                return None  # rule 10 retires it
+            pool = self._config.pool
+            if not self._queue and self._workers.allocated() > max(pool.cruise, pool.floor):
+                return None  # rule 7 may stop it
+            if not self._queue and pool.scale_down_delay and self._shrink_candidates():
+                return None
+            self._on_finished(worker, now, [])
+            if not self._queue:
+                return []
+            item = self._queue.pop_oldest()
+            command = self._start_call(worker, item.request_id, now, item.arrived_s)
+            if not self._queue:
+                self._queue_bound_relaxed = False
+            return [command]
+        return None
+
+    def _start_call(self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float) -> Dispatch:
+        """IDLE -> BUSY with `request_id` (rules 2 and 5)."""
+        worker.set_state(WorkerState.BUSY)  # IDLE -> BUSY: request dispatched
+        worker.request_id = request_id
+        worker.dispatched_s = now
+        exec_timeout_ms = self._config.limits.exec_timeout
+        worker.exec_timeout_ms = exec_timeout_ms
+        worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
+        self._running[request_id] = worker.worker_id
+        return Dispatch(request_id, worker.worker_id, now - arrived_s)
 
     def next_deadline(self) -> float | None:
         """Earliest time at which a Tick has work to do, None if no timer is pending."""
@@ -414,7 +480,7 @@ class PoolMachine:
 
     def _advance_retirements(self, out: list[Command]) -> None:
         """Rule 10: replace retiring pipelines without a cold gap where there is room."""
-        for worker in self._workers:
+        for worker in self._workers.retiring():
             if not worker.retiring or worker.state not in SERVING or worker.stop_when_free:
                 continue
             successor = self._workers.get(worker.successor_id)
@@ -448,16 +514,8 @@ class PoolMachine:
             idle = self._workers.idle_lru()
             if not idle:
                 return
-            worker = idle[-1]
             item = self._queue.pop_oldest()
-            worker.set_state(WorkerState.BUSY)  # IDLE -> BUSY: request dispatched
-            worker.request_id = item.request_id
-            worker.dispatched_s = now
-            exec_timeout_ms = self._config.limits.exec_timeout
-            worker.exec_timeout_ms = exec_timeout_ms
-            worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
-            self._running[item.request_id] = worker.worker_id
-            out.append(Dispatch(item.request_id, worker.worker_id, now - item.arrived_s))
+            out.append(self._start_call(idle[-1], item.request_id, now, item.arrived_s))
 
     def _stop_for_drain(self, out: list[Command]) -> None:
         """DRAINING: stop every free pipeline and every start no waiting request needs."""
@@ -551,7 +609,7 @@ class PoolMachine:
 
     def _mark_retiring(self, worker: WorkerRecord) -> None:
         if not worker.retiring:
-            worker.retiring = True
+            self._workers.mark_retiring(worker)
             self._counters.retirements_total += 1
 
     def _reject(

@@ -11,17 +11,41 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from lightnode.pool.states import ALLOCATED, WorkerState
+from lightnode.pool.states import WorkerState
 from lightnode.pool.worker_record import WorkerRecord
 
 SERVING = frozenset({WorkerState.IDLE, WorkerState.BUSY})
 
 
 class Pipelines:
+    """Counts per state and the IDLE set are kept up to date on every state change
+    (WorkerRecord.on_move), so the rules, which ask for them many times per event,
+    never scan the records: this is the request hot path."""
+
     def __init__(self) -> None:
         self._by_id: dict[int, WorkerRecord] = {}
         self._next_id = 1
         self._idle_seq = 0
+        self._counts: dict[WorkerState, int] = {state: 0 for state in WorkerState}
+        self._idle: dict[int, WorkerRecord] = {}
+        self._busy: dict[int, WorkerRecord] = {}
+        self._retiring: dict[int, WorkerRecord] = {}
+
+    def _moved(self, worker: WorkerRecord, old: WorkerState, new: WorkerState) -> None:
+        counts = self._counts
+        counts[old] -= 1
+        counts[new] += 1
+        for state, members in ((old, None), (new, worker)):
+            if state is WorkerState.IDLE:
+                table = self._idle
+            elif state is WorkerState.BUSY:
+                table = self._busy
+            else:
+                continue
+            if members is None:
+                del table[worker.worker_id]
+            else:
+                table[worker.worker_id] = worker
 
     def __iter__(self) -> Iterator[WorkerRecord]:
         return iter(list(self._by_id.values()))  # a copy: callers change states
@@ -31,9 +55,10 @@ class Pipelines:
 
     def new(self) -> WorkerRecord:
         """Record a pipeline about to be started (STARTING) under the next id."""
-        worker = WorkerRecord(self._next_id)
+        worker = WorkerRecord(self._next_id, on_move=self._moved)
         self._next_id += 1
         self._by_id[worker.worker_id] = worker
+        self._counts[worker.state] += 1
         return worker
 
     def get(self, worker_id: int | None) -> WorkerRecord | None:
@@ -42,6 +67,19 @@ class Pipelines:
     def drop(self, worker: WorkerRecord) -> None:
         """Forget a GONE pipeline (a long-lived pool retires many)."""
         del self._by_id[worker.worker_id]
+        self._counts[worker.state] -= 1
+        self._retiring.pop(worker.worker_id, None)
+
+    def mark_retiring(self, worker: WorkerRecord) -> None:
+        """Rule 10: `worker` is to be replaced (kept in a set so checks skip the rest)."""
+        worker.retiring = True
+        self._retiring[worker.worker_id] = worker
+
+    def has_retiring(self) -> bool:
+        return bool(self._retiring)
+
+    def retiring(self) -> list[WorkerRecord]:
+        return list(self._retiring.values())
 
     def ever_started(self, worker_id: int) -> bool:
         return 1 <= worker_id < self._next_id
@@ -56,29 +94,35 @@ class Pipelines:
         raise KeyError(worker_id)
 
     def in_state(self, state: WorkerState) -> list[WorkerRecord]:
+        if not self._counts[state]:
+            return []
         return [w for w in self._by_id.values() if w.state is state]
 
     def count(self, state: WorkerState) -> int:
-        return sum(1 for w in self._by_id.values() if w.state is state)
+        return self._counts[state]
 
     def any_in(self, state: WorkerState) -> bool:
-        return any(w.state is state for w in self._by_id.values())
+        return self._counts[state] > 0
 
     def allocated(self) -> int:
         """STARTING + IDLE + BUSY (SPEC §4)."""
-        return sum(1 for w in self._by_id.values() if w.state in ALLOCATED)
+        counts = self._counts
+        return counts[WorkerState.STARTING] + counts[WorkerState.IDLE] + counts[WorkerState.BUSY]
 
     def leaving(self) -> int:
         """BUSY pipelines told to stop after their current request."""
-        return sum(1 for w in self._by_id.values() if w.leaving)
+        return sum(1 for w in self._busy.values() if w.stop_when_free)
 
     def serving(self) -> int:
         """IDLE + BUSY: pipelines that can run requests now (rule 11)."""
-        return sum(1 for w in self._by_id.values() if w.state in SERVING)
+        return self._counts[WorkerState.IDLE] + self._counts[WorkerState.BUSY]
 
     def idle_lru(self) -> list[WorkerRecord]:
         """IDLE pipelines, least recently used first (the last one is the MRU)."""
-        return sorted(self.in_state(WorkerState.IDLE), key=lambda w: w.idle_seq)
+        idle = self._idle
+        if len(idle) < 2:
+            return list(idle.values())
+        return sorted(idle.values(), key=lambda w: w.idle_seq)
 
     def mark_idle(self, worker: WorkerRecord, now: float) -> None:
         """Record that `worker` just became IDLE (it is now the most recently used)."""
@@ -99,8 +143,5 @@ class Pipelines:
         Not counted: BUSY pipelines already leaving, and retiring pipelines
         whose successor is starting (the successor takes their slot).
         """
-        return sum(
-            1
-            for w in self._by_id.values()
-            if w.state in ALLOCATED and not w.leaving and not self.paired(w)
-        )
+        paired = sum(1 for w in self._retiring.values() if not w.leaving and self.paired(w))
+        return self.allocated() - self.leaving() - paired

@@ -13,6 +13,10 @@ from collections.abc import Mapping
 
 
 class WorkerState(enum.Enum):
+    # Members are singletons compared by identity: hash them in C too (Enum's
+    # own __hash__ is Python code, and the rules hash states on every event).
+    __hash__ = object.__hash__
+
     STARTING = "starting"
     IDLE = "idle"
     BUSY = "busy"
@@ -35,6 +39,8 @@ class LoadState(enum.Enum):
     """The endpoint as a whole: can its code be loaded?"""
 
     # LOADING -first ready-> HEALTHY ; any -start failed-> FAILED -ready-> HEALTHY ; any -drain-> DRAINING
+    __hash__ = object.__hash__
+
     LOADING = "loading"
     HEALTHY = "healthy"
     FAILED = "failed"

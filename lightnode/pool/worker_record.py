@@ -8,6 +8,7 @@ PURE: imports only the standard library and `lightnode.pool.states`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lightnode.pool.states import WORKER_TRANSITIONS, IllegalTransition, WorkerState
@@ -41,6 +42,8 @@ class WorkerRecord:
     successor_id: int | None = None  # the pipeline starting to replace this one
     stop_when_free: bool = False  # BUSY and takes no new work: stop after this request
     replace_on_stop: bool = False  # retired at ceil: start the successor when it stops
+    # Told of every state change (Pipelines keeps its counts with it).
+    on_move: Callable[[WorkerRecord, WorkerState, WorkerState], None] | None = None
 
     def set_state(self, new: WorkerState) -> None:
         """Move to `new`; the state is unchanged if the edge is illegal.
@@ -48,8 +51,11 @@ class WorkerRecord:
         Raises:
             IllegalTransition: `self.state -> new` is not in WORKER_TRANSITIONS.
         """
-        check_transition(self.state, new, self.worker_id)
+        old = self.state
+        check_transition(old, new, self.worker_id)
         self.state = new
+        if self.on_move is not None:
+            self.on_move(self, old, new)
 
     @property
     def leaving(self) -> bool:
