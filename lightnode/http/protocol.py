@@ -19,8 +19,9 @@ any other, and the connection closes after its answer.
 
 Timeouts: a connection that has connected or begun a request but has not
 completed its headers within `header_timeout_ms` is closed without an answer
-(SPEC §3.4 "disconnected"; requests already pending on it are cancelled). An
-idle keep-alive connection is closed after `keepalive_timeout_ms`. Draining
+(SPEC §3.4 "disconnected"; requests already pending on it are cancelled); so
+is one whose request body stops making progress for that long (a slow body
+that keeps coming is fine). An idle keep-alive connection is closed after `keepalive_timeout_ms`. Draining
 (SPEC §11) only closes connections once they are idle.
 
 Imports: standard library, httptools, `lightnode.config.model`,
@@ -165,6 +166,7 @@ class HttpProtocol(asyncio.Protocol):
         # The request being parsed.
         self._seq = 0
         self._in_request = False
+        self._body_progress_s = 0.0  # loop time of the last body bytes of an incomplete request
         self._in_head = False
         self._head_bytes = 0
         self._head_partial = 0
@@ -247,6 +249,13 @@ class HttpProtocol(asyncio.Protocol):
             self.pause_reading()
         if self._in_head:
             self._arm_header_timer()  # no timer at all for a head that arrives in one read
+        elif self._in_request:
+            # A body still incomplete: the same limit holds for a client that stops
+            # sending in the middle of it (slowloris on the body).
+            self._body_progress_s = self._loop.time()
+            self._arm_header_timer()
+            if self._continue_wanted:
+                self._send_continue()
         elif self._continue_wanted:
             self._send_continue()
         else:
@@ -275,6 +284,9 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._transport.resume_reading()
         if self._in_head:
+            self._arm_header_timer()
+        elif self._in_request:
+            self._body_progress_s = self._loop.time()  # the client was not slow while paused
             self._arm_header_timer()
 
     def _update_reading(self) -> None:
@@ -342,6 +354,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         if self._header_timer is not None:
             self._cancel_header_timer()
+        self._body_progress_s = 0.0
         version = self._parser.get_http_version()
         if version != "1.1":
             if version != "1.0":
@@ -380,6 +393,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._in_request = False
         self._continue_wanted = False
+        if self._header_timer is not None:
+            self._cancel_header_timer()  # armed while the body was arriving
         parser = self._parser
         body = self._body
         keep_alive = parser.should_keep_alive()
@@ -589,7 +604,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
-        self._close()  # SPEC §3.4: a client too slow with its headers is disconnected
+        if not self._in_head and self._in_request:
+            # Body in progress: close only if no byte came for the whole limit.
+            left_s = self._body_progress_s + self._header_timeout_s - self._loop.time()
+            if left_s > 0:
+                self._header_timer = self._loop.call_later(left_s, self._on_header_timeout)
+                return
+        self._close()  # SPEC §3.4: a client too slow with its request is disconnected
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
