@@ -1,0 +1,171 @@
+"""Medians over rounds and the Markdown tables of the peer benchmark (pure).
+
+`summarize(runs)` groups the per-run records by (function, concurrency,
+server) and takes medians; `render_markdown` prints one table per function and
+concurrency with ratios to lightnode (req/s, p99 and CPU per request: above 1
+means the peer has more of it), and the wrk cross-check. No I/O. Must not
+import `lightnode`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+REFERENCE = "lightnode"
+CROSSCHECK_TOLERANCE = 0.10
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [float(value) for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (function, concurrency, server) in first-seen order, medians of its runs.
+
+    A run with a "failed" key counts in `failed_runs` only.
+    """
+    groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = {}
+    failed: dict[tuple[str, int, str], int] = {}
+    for run in runs:
+        key = (run["function"], int(run["concurrency"]), run["server"])
+        groups.setdefault(key, [])
+        if run.get("failed"):
+            failed[key] = failed.get(key, 0) + 1
+        else:
+            groups[key].append(run)
+    rows = []
+    for (function, concurrency, server), done in groups.items():
+        rows.append(
+            {
+                "function": function,
+                "concurrency": concurrency,
+                "server": server,
+                "runs": len(done),
+                "failed_runs": failed.get((function, concurrency, server), 0),
+                "throughput_rps": _median(r.get("throughput_rps") for r in done),
+                "p50_ms": _median(r.get("latency_ms", {}).get("p50") for r in done),
+                "p99_ms": _median(r.get("latency_ms", {}).get("p99") for r in done),
+                "cpu_us_per_request": _median(r.get("cpu_us_per_request") for r in done),
+                "root_cpu_us_per_request": _median(r.get("root_cpu_us_per_request") for r in done),
+                "errors": sum(int(r.get("errors") or 0) for r in done),
+                "generator_saturated": any(r.get("generator_saturated") for r in done),
+            }
+        )
+    return rows
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    reference = next((row for row in rows if row["server"] == REFERENCE), None)
+    ref = reference or {}
+    lines = [
+        "| server | req/s | × lightnode | p50 ms | p99 ms | p99 × lightnode "
+        "| CPU µs/req | CPU × lightnode | errors | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        runs = f"{row['runs']}" + (f" ({row['failed_runs']} failed)" if row["failed_runs"] else "")
+        saturated = " (generator saturated)" if row.get("generator_saturated") else ""
+        cells = [
+            f"{row['server']}{saturated}",
+            _num(row["throughput_rps"], 0),
+            _times(ratio(row["throughput_rps"], ref.get("throughput_rps"))),
+            _num(row["p50_ms"], 2),
+            _num(row["p99_ms"], 2),
+            _times(ratio(row["p99_ms"], ref.get("p99_ms"))),
+            _num(row["cpu_us_per_request"], 1),
+            _times(ratio(row["cpu_us_per_request"], ref.get("cpu_us_per_request"))),
+            str(row["errors"]),
+            runs,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _root_note(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """lightnode's node process alone (its pipelines are the rest of its CPU)."""
+    reference = next((row for row in rows if row["server"] == REFERENCE), None)
+    if reference is None or reference.get("root_cpu_us_per_request") is None:
+        return []
+    root = reference["root_cpu_us_per_request"]
+    return [
+        f"lightnode's node process alone: {root:,.1f} µs CPU per request (pipelines: the rest).",
+        "",
+    ]
+
+
+def render_markdown(
+    summary: Sequence[Mapping[str, Any]],
+    crosscheck: Sequence[Mapping[str, Any]] = (),
+    *,
+    rounds: int,
+    duration_s: float,
+) -> str:
+    """Every (function, concurrency) table, in the order the summary has them."""
+    keys: list[tuple[str, int]] = []
+    for row in summary:
+        key = (row["function"], row["concurrency"])
+        if key not in keys:
+            keys.append(key)
+    parts: list[str] = []
+    for function, concurrency in keys:
+        rows = [r for r in summary if (r["function"], r["concurrency"]) == (function, concurrency)]
+        parts.append(
+            f"### {function}, c={concurrency} "
+            f"(median of {rounds} round{'s' if rounds != 1 else ''} of {duration_s:g} s)"
+        )
+        parts.append("")
+        parts.extend(_table(rows))
+        parts.append("")
+        parts.extend(_root_note(rows))
+    if crosscheck:
+        parts.extend(render_crosscheck(crosscheck))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def crosscheck_entry(harness_rps: float | None, wrk_rps: float | None) -> dict[str, Any]:
+    """harness/wrk throughput ratio and whether it is within the tolerance."""
+    agreement = ratio(harness_rps, wrk_rps)
+    within = agreement is not None and abs(agreement - 1.0) <= CROSSCHECK_TOLERANCE
+    return {"harness_over_wrk": agreement, "within_tolerance": within}
+
+
+def render_crosscheck(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        f"### generator cross-check against wrk (within {CROSSCHECK_TOLERANCE:.0%} wanted)",
+        "",
+        "| round | case | harness req/s | wrk req/s | harness / wrk | harness p99 ms "
+        "| wrk p99 ms | agrees |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for entry in entries:
+        case = f"{entry['server']} {entry['function']} c={entry['concurrency']}"
+        cells = [
+            str(entry["round"]),
+            case,
+            _num(entry.get("harness_rps"), 0),
+            _num(entry.get("wrk_rps"), 0),
+            _num(entry.get("harness_over_wrk"), 3),
+            _num(entry.get("harness_p99_ms"), 2),
+            _num(entry.get("wrk_p99_ms"), 2),
+            "yes" if entry.get("within_tolerance") else "NO",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
