@@ -205,6 +205,11 @@ class EndpointPool(WorkerListener):
         deadline = self.machine.next_deadline()
         if deadline == self._timer_at:
             return
+        if deadline is not None and self._timer_at is not None and self._timer_at < deadline:
+            # An earlier timer is armed: keep it. It fires, the Tick finds nothing due and
+            # arms the later deadline then; under load (the queue head's deadline moves on
+            # every dispatch) this saves a cancel and a new loop timer per request.
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
