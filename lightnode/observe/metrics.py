@@ -53,10 +53,40 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Upper bounds (seconds) of the histogram buckets. Fixed for the node's life: a
 # finer grid costs one more line per endpoint per scrape, not more per request.
 DURATION_BUCKETS_S = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 WAIT_BUCKETS_S = (
-    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0001,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 # How often the collector looks for pools that appeared or drained between
 # scrapes. A pool lives at least its warm-up plus its drain, far longer than this,
@@ -296,10 +326,14 @@ class MetricsCollector:
     def _request_families(self) -> Iterator[Metric]:
         labels = ["service", "endpoint"]
         requests = CounterMetricFamily(
-            "lightnode_requests_total", "/run requests answered, by HTTP status", labels=[*labels, "status"]
+            "lightnode_requests_total",
+            "/run requests answered, by HTTP status",
+            labels=[*labels, "status"],
         )
         duration = HistogramMetricFamily(
-            "lightnode_request_duration_seconds", "Time from a complete request to its answer", labels=labels
+            "lightnode_request_duration_seconds",
+            "Time from a complete request to its answer",
+            labels=labels,
         )
         wait = HistogramMetricFamily(
             "lightnode_queue_wait_seconds", "Time a request waited for a pipeline", labels=labels
@@ -349,7 +383,9 @@ class MetricsCollector:
 
 def _gauge_families(gauges: dict[Key, _Gauges]) -> Iterator[Metric]:
     labels = ["service", "endpoint"]
-    queue = GaugeMetricFamily("lightnode_queue_length", "Requests waiting for a pipeline", labels=labels)
+    queue = GaugeMetricFamily(
+        "lightnode_queue_length", "Requests waiting for a pipeline", labels=labels
+    )
     pipelines = GaugeMetricFamily(
         "lightnode_pipelines", "Pipelines by state", labels=[*labels, "state"]
     )

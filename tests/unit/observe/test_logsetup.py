@@ -1,0 +1,71 @@
+"""Server log formats: text and JSON lines, with the request id where one applies."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lightnode.config.model import LoggingSettings
+from lightnode.observe.logsetup import request_extra, setup_logging
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def emit(log_format: str, logs_dir: Path | None = None) -> str:
+    stream = io.StringIO()
+    setup_logging(LoggingSettings(format=log_format, level="info"), logs_dir, stream=stream)
+    log = logging.getLogger("lightnode.test")
+    log.info("plain line")
+    log.warning("about a request", extra=request_extra("abc-1"))
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        log.exception("failed", extra=request_extra("abc-2"))
+    log.debug("hidden at info")
+    return stream.getvalue()
+
+
+def test_text_lines_carry_the_request_id(restore_root: None, tmp_path: Path) -> None:
+    out = emit("text", tmp_path)
+    first, second = out.splitlines()[:2]
+    assert first.endswith("INFO lightnode.test: plain line")
+    assert second.endswith("WARNING lightnode.test [req abc-1]: about a request")
+    assert "[req abc-2]: failed" in out and "Traceback" in out
+    assert "hidden" not in out
+    assert (tmp_path / "lightnode.log").read_text() == out
+
+
+def test_json_lines_are_one_object_each(restore_root: None) -> None:
+    out = emit("json")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert len(entries) == 3
+    assert entries[0]["message"] == "plain line" and "requestId" not in entries[0]
+    assert entries[0]["level"] == "INFO" and entries[0]["logger"] == "lightnode.test"
+    assert entries[0]["time"].endswith("Z") and "T" in entries[0]["time"]
+    assert entries[1]["requestId"] == "abc-1"
+    assert entries[2]["requestId"] == "abc-2"
+    assert "ValueError: boom\nsecond line" in entries[2]["exception"]
+
+
+def test_json_survives_odd_text(restore_root: None) -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingSettings(format="json"), None, stream=stream)
+    logging.getLogger("x").warning("lone \ud800 surrogate / é")
+    entry = json.loads(stream.getvalue())
+    assert entry["message"] == "lone \ud800 surrogate / é"
