@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -54,6 +55,9 @@ from lightnode.services.store import DataDir
 log = logging.getLogger("lightnode")
 
 NOT_ALIVE_POLL_S = 0.25
+# Young-generation collection threshold (CPython's default is 700): fewer pauses on
+# the request path for a little more memory held between collections.
+GC_GEN0_THRESHOLD = 20_000
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,11 @@ async def serve(options: DaemonOptions) -> int:
     try:
         node = Node(options, settings)
         await node.start()
+        # Objects alive after start-up live as long as the node: keep the collector off
+        # them, and collect the young generation less often than every 700 allocations
+        # (a request allocates a few dozen tracked objects, almost none in cycles).
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, node.request_stop)
