@@ -33,7 +33,7 @@ import uvloop
 from lightnode.admin.keys import KeyStore
 from lightnode.admin.routes import AdminRoutes
 from lightnode.config.load import load_server_settings
-from lightnode.config.model import ServerSettings
+from lightnode.config.model import EndpointConfig, ServerSettings
 from lightnode.config.watch import (
     ConfigWatcher,
     KeysChanged,
@@ -42,7 +42,6 @@ from lightnode.config.watch import (
     TuningInvalid,
     TuningRemoved,
 )
-from lightnode.config.model import EndpointConfig
 from lightnode.errors import ConfigError
 from lightnode.http.app import NodeApp
 from lightnode.http.protocol import HttpProtocol, ServerState

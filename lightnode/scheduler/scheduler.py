@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import monotonic
 from collections.abc import Callable
+from time import monotonic
 from typing import Any, Protocol
 
 import ujson
