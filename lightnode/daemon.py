@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from lightnode.admin.routes import AdminRoutes
 from lightnode.config.load import load_server_settings
 from lightnode.config.model import EndpointConfig, ServerSettings
 from lightnode.config.watch import (
+    Change,
     ConfigWatcher,
     KeysChanged,
     ServiceFilesChanged,
@@ -216,7 +218,7 @@ class Node:
             for gen in runtime.generations.values()
         )
 
-    def _config_changed(self, changes: list[object]) -> None:
+    def _config_changed(self, changes: Sequence[Change]) -> None:
         assert self.registry is not None
         self._apply_tuning_changes(changes)
         for change in changes:
@@ -225,7 +227,7 @@ class Node:
             elif isinstance(change, KeysChanged) and self.keys.reload() is not None:
                 self.config_errors_total += 1  # refused whole: the last good keys stay
 
-    def _apply_tuning_changes(self, changes: list[object]) -> None:
+    def _apply_tuning_changes(self, changes: Sequence[Change]) -> None:
         assert self.registry is not None
         for change in changes:
             if isinstance(change, TuningChanged):

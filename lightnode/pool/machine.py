@@ -155,8 +155,7 @@ class PoolMachine:
             if self._config.pool.scale_down_delay and self._shrink_candidates():
                 return None  # an idle surplus pipeline may be due to stop now
             self._loaded = True
-            worker = self._workers.idle_lru()[-1]
-            return [self._start_call(worker, event.request_id, now, now)]
+            return [self._start_call(self._workers.idle_lru()[-1], event.request_id, now, now)]
         if type(event) is WorkerFinished:
             worker = self._workers.get(event.worker_id)
             if worker is None or worker.state is not WorkerState.BUSY or worker.stop_when_free:

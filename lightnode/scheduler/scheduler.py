@@ -30,7 +30,8 @@ from lightnode.config.model import EndpointConfig
 from lightnode.errors import LightnodeError
 from lightnode.pool import commands as cmd
 from lightnode.pool import events as ev
-from lightnode.pool.machine import PoolMachine, PoolSnapshot
+from lightnode.pool.machine import PoolMachine
+from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerListener, WorkerSpec
 from lightnode.worker import runtime
 

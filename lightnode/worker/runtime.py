@@ -35,18 +35,19 @@ import struct
 import sys
 import time
 import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 try:  # optional speed-up; the standard library is enough
     import ujson as _json
 
-    def _dumps(obj):  # type: ignore[no-untyped-def]
+    def _dumps(obj: Any) -> str:
         return _json.dumps(obj, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
 
     _loads = _json.loads
 except ImportError:  # pragma: no cover - exercised only in user environments without ujson
     import json as _json  # type: ignore[no-redef]
 
-    def _dumps(obj):  # type: ignore[no-untyped-def]
+    def _dumps(obj: Any) -> str:
         return _json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
     _loads = _json.loads
@@ -70,19 +71,19 @@ MAX_FRAME_BYTES = 1 << 31
 # ---------------------------------------------------------------------------- framing
 
 
-def encode_frame(kind, body=b"", value=0):  # type: ignore[no-untyped-def]
+def encode_frame(kind: int, body: bytes = b"", value: int = 0) -> bytes:
     """Return the bytes of one frame."""
     return HEADER.pack(len(body), kind, value) + body
 
 
-def write_frame(fd, kind, body=b"", value=0):  # type: ignore[no-untyped-def]
+def write_frame(fd: int, kind: int, body: bytes = b"", value: int = 0) -> None:
     data = memoryview(encode_frame(kind, body, value))
     while data:
         written = os.write(fd, data)
         data = data[written:]
 
 
-def read_exact(fd, size):  # type: ignore[no-untyped-def]
+def read_exact(fd: int, size: int) -> Optional[bytes]:
     """Read exactly `size` bytes from `fd`; None at EOF."""
     chunks = []
     while size:
@@ -94,7 +95,7 @@ def read_exact(fd, size):  # type: ignore[no-untyped-def]
     return b"".join(chunks)
 
 
-def read_frame(fd):  # type: ignore[no-untyped-def]
+def read_frame(fd: int) -> Optional[Tuple[int, int, bytes]]:
     """Return (kind, value, body) or None at EOF."""
     head = read_exact(fd, HEADER.size)
     if head is None:
@@ -111,10 +112,10 @@ def read_frame(fd):  # type: ignore[no-untyped-def]
 class FrameDecoder:
     """Incremental decoder for the parent's side: feed bytes, get frames."""
 
-    def __init__(self):  # type: ignore[no-untyped-def]
+    def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data):  # type: ignore[no-untyped-def]
+    def feed(self, data: bytes) -> List[Tuple[int, int, bytes]]:
         """Append `data`; return the list of complete (kind, value, body) frames."""
         buffer = self._buffer
         buffer += data
@@ -137,13 +138,13 @@ class FrameDecoder:
 
 
 class NotSerializable(Exception):
-    def __init__(self, type_name, path):  # type: ignore[no-untyped-def]
+    def __init__(self, type_name: str, path: str) -> None:
         Exception.__init__(self, type_name, path)
         self.type_name = type_name
         self.path = path
 
 
-def to_jsonable(obj, path="$"):  # type: ignore[no-untyped-def]
+def to_jsonable(obj: Any, path: str = "$") -> Any:
     """Convert a result to plain JSON types (SPEC §3.2), or raise NotSerializable.
 
     numpy/pandas values are recognised by duck typing (`tolist`, `to_dict`,
@@ -171,7 +172,7 @@ def to_jsonable(obj, path="$"):  # type: ignore[no-untyped-def]
     return _foreign(obj, path)
 
 
-def _key_text(key, path):  # type: ignore[no-untyped-def]
+def _key_text(key: Any, path: str) -> str:
     if key is None or isinstance(key, (bool, int, float, decimal.Decimal)):
         return _dumps(to_jsonable(key, path))
     if isinstance(key, (datetime.date, datetime.time)):
@@ -179,14 +180,14 @@ def _key_text(key, path):  # type: ignore[no-untyped-def]
     raise NotSerializable(_type_name(key), "%s (a key)" % path)
 
 
-def _sorted_if_possible(values):  # type: ignore[no-untyped-def]
+def _sorted_if_possible(values: Any) -> List[Any]:
     try:
         return sorted(values)
     except TypeError:
         return list(values)
 
 
-def _foreign(obj, path):  # type: ignore[no-untyped-def]
+def _foreign(obj: Any, path: str) -> Any:
     """numpy / pandas values, converted without importing either."""
     module = type(obj).__module__ or ""
     root = module.split(".", 1)[0]
@@ -204,17 +205,17 @@ def _foreign(obj, path):  # type: ignore[no-untyped-def]
     raise NotSerializable(_type_name(obj), path)
 
 
-def _is_missing(obj):  # type: ignore[no-untyped-def]
+def _is_missing(obj: Any) -> bool:
     return type(obj).__name__ in ("NaTType", "NAType")
 
 
-def _type_name(obj):  # type: ignore[no-untyped-def]
+def _type_name(obj: Any) -> str:
     cls = type(obj)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else "%s.%s" % (module, cls.__qualname__)
 
 
-def encode_result(result):  # type: ignore[no-untyped-def]
+def encode_result(result: Any) -> bytes:
     """JSON bytes of a result; b"" for None. Raises NotSerializable."""
     if result is None:
         return b""
@@ -230,7 +231,7 @@ def encode_result(result):  # type: ignore[no-untyped-def]
 class Binder:
     """Checks a request's attributes against the function's parameters (SPEC §3.2)."""
 
-    def __init__(self, function):  # type: ignore[no-untyped-def]
+    def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
         name = getattr(function, "__name__", "function")
         try:
@@ -253,7 +254,7 @@ class Binder:
         self.names = frozenset(names)
         self.required = tuple(required)
 
-    def problems(self, params):  # type: ignore[no-untyped-def]
+    def problems(self, params: Dict[str, Any]) -> Optional[str]:
         """Return an InvalidParameters message, or None when the call binds."""
         missing = [name for name in self.required if name not in params]
         unexpected = [] if self.accepts_any else sorted(k for k in params if k not in self.names)
@@ -270,7 +271,7 @@ class Binder:
 # ------------------------------------------------------------------------- loading
 
 
-def load_function(spec):  # type: ignore[no-untyped-def]
+def load_function(spec: Dict[str, Any]) -> Callable[..., Any]:
     """Run the endpoint's module (its initialization code) and return its function."""
     root = spec["root"]
     os.chdir(root)
@@ -288,12 +289,12 @@ def load_function(spec):  # type: ignore[no-untyped-def]
     return _pick_function(module, spec.get("function"), code_path)
 
 
-def _pick_function(module, name, code_path):  # type: ignore[no-untyped-def]
+def _pick_function(module: Any, name: Optional[str], code_path: str) -> Callable[..., Any]:
     if name:
         function = getattr(module, name, None)
         if function is None or not callable(function):
             raise AttributeError("%s defines no function named %r" % (code_path, name))
-        return function
+        return function  # type: ignore[no-any-return]
     candidates = [
         value
         for key, value in vars(module).items()
@@ -313,7 +314,7 @@ def _pick_function(module, name, code_path):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------- the call
 
 
-def call_once(binder, body, dev):  # type: ignore[no-untyped-def]
+def call_once(binder: Binder, body: bytes, dev: bool) -> Tuple[int, bytes, int]:
     """Run one request; return (kind, body, µs in the function)."""
     try:
         params = _loads(body) if body.strip() else {}
@@ -338,7 +339,7 @@ def call_once(binder, body, dev):  # type: ignore[no-untyped-def]
         return ERROR, _error("ResultNotSerializable", message, 500), elapsed
 
 
-def _error(error_type, message, status, detailed=None):  # type: ignore[no-untyped-def]
+def _error(error_type: str, message: str, status: int, detailed: Optional[str] = None) -> bytes:
     payload = {
         "errorType": error_type,
         "message": message,
@@ -348,7 +349,7 @@ def _error(error_type, message, status, detailed=None):  # type: ignore[no-untyp
     return _dumps(payload).encode("utf-8")
 
 
-def _function_error(exc, dev):  # type: ignore[no-untyped-def]
+def _function_error(exc: BaseException, dev: bool) -> bytes:
     message = "Failed to run function : %s : %s" % (type(exc), exc)
     detailed = message
     if dev:
@@ -362,7 +363,7 @@ def _function_error(exc, dev):  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------ process
 
 
-def _die_with_parent(parent_pid):  # type: ignore[no-untyped-def]
+def _die_with_parent(parent_pid: Optional[int]) -> None:
     """On Linux, ask the kernel to kill us when the node dies (pipe EOF is the other net)."""
     if sys.platform.startswith("linux"):
         try:
@@ -376,7 +377,7 @@ def _die_with_parent(parent_pid):  # type: ignore[no-untyped-def]
         os._exit(1)  # the node died before we could register
 
 
-def serve(fd_in, fd_out, spec):  # type: ignore[no-untyped-def]
+def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     """Initialise, say READY (or INIT_ERROR), then answer CALL frames until EOF."""
     try:
         function = load_function(spec)
@@ -403,7 +404,7 @@ def serve(fd_in, fd_out, spec):  # type: ignore[no-untyped-def]
         write_frame(fd_out, answer_kind, answer, elapsed)
 
 
-def main(argv=None):  # type: ignore[no-untyped-def]
+def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     fd_in, fd_out, spec = int(args[0]), int(args[1]), _loads(args[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
