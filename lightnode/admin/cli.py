@@ -11,11 +11,10 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from lightnode.admin.remote import RemoteAdmin, RemoteError
 from lightnode.config.load import endpoint_config_path
 from lightnode.config.model import check_id
 
@@ -98,27 +97,13 @@ def node_url(args: argparse.Namespace) -> str:
 
 
 def request(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
-    """Call the admin API; return the decoded JSON answer or raise CliError."""
+    """Call the admin API of the node `args` names; return the decoded JSON or raise CliError."""
     from lightnode.cli import CliError
 
-    url = node_url(args) + "/admin/api/" + path
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if getattr(args, "key", None):
-        req.add_header("Authorization", f"Bearer {args.key}")
     try:
-        with urllib.request.urlopen(req, timeout=30) as answer:
-            raw = answer.read()
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        try:
-            detail = json.loads(detail).get("message", detail)
-        except (ValueError, AttributeError):
-            pass
-        raise CliError(f"{method} {url}: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
-    return json.loads(raw) if raw else None
+        return RemoteAdmin(node_url(args), getattr(args, "key", None)).call(method, path, body)
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ commands
