@@ -38,6 +38,7 @@ from lightnode.config.model import is_valid_id
 from lightnode.errors import ConfigError, IdError, LightnodeError
 from lightnode.http.exchange import Exchange
 from lightnode.http.routing import Route
+from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.scheduler import EndpointPool
 
@@ -53,6 +54,18 @@ __all__ = ["AdminRoutes", "is_loopback", "metrics_json", "pool_stats", "service_
 Params = dict[str, str]
 WHO = "_who"  # in Params: who is calling, for the audit log
 Handler = Callable[[Exchange, Params], None]
+
+
+def snapshot_counters(snap: PoolSnapshot) -> dict[str, Any]:
+    """A pool's counters as the admin API names them."""
+    return {
+        "served": snap.served_total,
+        "starts": snap.starts_total,
+        "startFailures": snap.start_failures_total,
+        "crashes": snap.crashes_total,
+        "retirements": snap.retirements_total,
+        "rejections": dict(snap.rejections_total),
+    }
 
 
 def pool_stats(pool: EndpointPool, registry: Registry) -> dict[str, Any]:
@@ -79,14 +92,7 @@ def pool_stats(pool: EndpointPool, registry: Registry) -> dict[str, Any]:
         "lastLoadError": snap.last_load_error,
         "lastLoadTraceback": pool.last_load_traceback,
         "meanRunTimeMs": None if snap.mean_run_time_s is None else round(snap.mean_run_time_s * 1000, 3),
-        "counters": {
-            "served": snap.served_total,
-            "starts": snap.starts_total,
-            "startFailures": snap.start_failures_total,
-            "crashes": snap.crashes_total,
-            "retirements": snap.retirements_total,
-            "rejections": dict(snap.rejections_total),
-        },
+        "counters": snapshot_counters(snap),
         "config": {"pool": asdict(config.pool), "limits": asdict(config.limits)},
         "configSource": config.source,
         "lastConfigError": registry.tuning_errors.get((spec.service_id, spec.endpoint_id)),
@@ -131,12 +137,7 @@ def metrics_json(node: Node) -> dict[str, Any]:
                     "loadState": snap.load_state,
                     "pipelines": dict(snap.pipelines),
                     "queueLength": snap.queue_length,
-                    "served": snap.served_total,
-                    "starts": snap.starts_total,
-                    "startFailures": snap.start_failures_total,
-                    "crashes": snap.crashes_total,
-                    "retirements": snap.retirements_total,
-                    "rejections": dict(snap.rejections_total),
+                    **snapshot_counters(snap),
                 })
     return {
         "ready": registry.ready(),

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from loadtest.cli import non_negative_float
 from loadtest.peers import running, servers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -57,13 +58,6 @@ def _positive(kind: Any) -> Any:
     return convert
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.peers",
@@ -85,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add, spin (default both)",
     )  # fmt: skip
     parser.add_argument(
-        "--warmup", type=_non_negative_float, default=1.0, metavar="S",
+        "--warmup", type=non_negative_float, default=1.0, metavar="S",
         help="unrecorded load per function after each server start (default 1)",
     )  # fmt: skip
     parser.add_argument(
