@@ -64,6 +64,9 @@ ERROR = 13
 # the scheduler backs off instead of respawning in a storm.
 EXIT_INIT_FAILED = 3
 
+# How much one read of the call pipe asks for (a pipe holds 64 KiB by default).
+READ_CHUNK_BYTES = 1 << 16
+
 # Largest frame either side accepts; a request body is bounded far below by the node.
 MAX_FRAME_BYTES = 1 << 31
 
@@ -392,11 +395,17 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     info = {"pid": os.getpid(), "function": function.__name__, "signature": binder.signature_text}
     write_frame(fd_out, READY, _dumps(info).encode())
     dev = bool(spec.get("dev"))
+    # One read per request where the old loop made two (header, then body): the
+    # node sends one call at a time, so a read never takes more than one frame.
+    decoder = FrameDecoder()
+    frames = []  # type: List[Tuple[int, int, bytes]]
     while True:
-        frame = read_frame(fd_in)
-        if frame is None:
-            return 0
-        kind, _value, body = frame
+        while not frames:
+            data = os.read(fd_in, READ_CHUNK_BYTES)
+            if not data:
+                return 0
+            frames = decoder.feed(data)
+        kind, _value, body = frames.pop(0)
         if kind != CALL:
             sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
             return 2
