@@ -10,14 +10,11 @@ sockets. Imports: standard library and `lightnode.errors` only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import ujson
 
 from lightnode.errors import LightnodeError
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 
 class Responder(Protocol):
