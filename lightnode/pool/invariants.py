@@ -48,6 +48,7 @@ def check_pool_invariants(
     drained_sent: bool,
 ) -> None:
     """Raise InternalError naming the first broken invariant (numbered as above)."""
+    workers.check_counts()  # the hot path reads kept counts: they must match the records
     _check_records(workers)
     _check_requests(workers, queue, running)
     pool = config.pool

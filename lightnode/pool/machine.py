@@ -220,9 +220,7 @@ class PoolMachine:
         )
 
     def snapshot(self, now: float) -> PoolSnapshot:
-        counts = {s.value: 0 for s in WorkerState if s is not WorkerState.GONE}
-        for worker in self._workers:
-            counts[worker.state.value] += 1
+        counts = {s.value: self._workers.count(s) for s in WorkerState if s is not WorkerState.GONE}
         oldest = self._queue.oldest()
         c = self._counters
         return PoolSnapshot(

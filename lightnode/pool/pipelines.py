@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from lightnode.errors import InternalError
 from lightnode.pool.states import WorkerState
 from lightnode.pool.worker_record import WorkerRecord
 
@@ -74,6 +75,16 @@ class Pipelines:
         """Rule 10: `worker` is to be replaced (kept in a set so checks skip the rest)."""
         worker.retiring = True
         self._retiring[worker.worker_id] = worker
+
+    def check_counts(self) -> None:
+        """Raise InternalError if the kept counts or sets disagree with the records."""
+        for state in WorkerState:
+            actual = sum(1 for w in self._by_id.values() if w.state is state)
+            if self._counts[state] != actual:
+                raise InternalError(f"{state.value}: counted {self._counts[state]}, actual {actual}")
+        for state, table in ((WorkerState.IDLE, self._idle), (WorkerState.BUSY, self._busy)):
+            if set(table) != {w.worker_id for w in self._by_id.values() if w.state is state}:
+                raise InternalError(f"the {state.value} set disagrees with the records")
 
     def has_retiring(self) -> bool:
         return bool(self._retiring)
