@@ -88,9 +88,6 @@ class NodeApp:
     # ------------------------------------------------------------------ App
 
     def handle(self, exchange: Exchange) -> None:
-        # Re-stamped on the clock `_record` reads: the loop's clock has 1 ms steps,
-        # too coarse for the latency histogram and the query log's `total`.
-        exchange.started = time.monotonic()
         try:
             route = parse_path(exchange.path)
         except BadId as exc:

@@ -35,7 +35,7 @@ class Exchange:
         client: the peer's IP address as text ("" if unknown).
         request_id: the client's X-Request-Id when it sent a sane one, else generated.
         keep_alive: whether the connection may stay open after this answer.
-        started: loop time (monotonic seconds) when the request was complete.
+        started: time.monotonic() when the request was complete.
     Attributes set by the app:
         on_cancel: called once if the client goes away before the answer.
     """
