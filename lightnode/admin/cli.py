@@ -25,6 +25,7 @@ TUNE_FLAGS = {
     "queue": "pool",
     "timeout": "pool",
     "scale_down_delay": "pool",
+    "prefetch": "pool",
     "exec_timeout": "limits",
     "max_requests": "limits",
     "max_rss_mb": "limits",

@@ -60,6 +60,7 @@ def snapshot_counters(snap: PoolSnapshot) -> dict[str, Any]:
     """A pool's counters as the admin API names them."""
     return {
         "served": snap.served_total,
+        "prefetched": snap.prefetched_total,
         "starts": snap.starts_total,
         "startFailures": snap.start_failures_total,
         "crashes": snap.crashes_total,

@@ -61,6 +61,7 @@ _ENDPOINT_SCHEMA: Mapping[str, Section] = {
             "queue": int_at_least(0),
             "timeout": int_at_least(1),
             "scale_down_delay": int_at_least(0),
+            "prefetch": int_between(0, 1),
         },
     ),
     "limits": Section(

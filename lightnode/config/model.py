@@ -40,6 +40,9 @@ class PoolLimits:
     queue: int = 16
     timeout: int = 10000  # ms a request may wait for a pipeline
     scale_down_delay: int = 0  # ms a surplus pipeline stays idle before it stops
+    # 1: at ceil, a busy pipeline of a fast endpoint may hold its next request in its
+    # pipe so it never waits for the node between calls (see pool/machine.py).
+    prefetch: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,16 @@ class SpawnWorker:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Send the request to the (now BUSY) pipeline."""
+    """Send the request to the (now BUSY) pipeline.
+
+    `staged`: the pipeline is still running another request; this one is sent
+    ahead into its pipe (prefetch) and starts when that one finishes.
+    """
 
     request_id: int
     worker_id: int
-    wait_s: float  # how long the request waited for a pipeline
+    wait_s: float  # how long the request waited in the queue
+    staged: bool = False
 
 
 @dataclass(frozen=True, slots=True)

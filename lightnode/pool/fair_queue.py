@@ -63,6 +63,26 @@ class FairQueue:
         self._items[item.request_id] = (self._seq, item)
         heapq.heappush(self._heap, (item.deadline_s, self._seq, item.request_id))
 
+    def reinsert(self, item: QueuedRequest) -> None:
+        """Put back a request that left the queue but never ran (a prefetched call
+        whose pipeline died first), in arrival order. O(n): it happens only on a death.
+
+        Raises:
+            ValueError: the request id is already waiting.
+        """
+        if item.request_id in self._items:
+            raise ValueError(f"request {item.request_id} is already queued")
+        items = [queued for _, queued in self._items.values()]
+        key = (item.arrived_s, item.request_id)  # ids are issued in arrival order
+        position = 0
+        while position < len(items) and (items[position].arrived_s, items[position].request_id) < key:
+            position += 1
+        items.insert(position, item)
+        self._items.clear()
+        self._heap.clear()
+        for queued in items:
+            self.push(queued)
+
     def oldest(self) -> QueuedRequest | None:
         for _, item in self._items.values():
             return item

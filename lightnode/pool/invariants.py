@@ -4,9 +4,11 @@ Owns: `check_pool_invariants`, the precise statement of what must hold
 whenever `PoolMachine.handle()` has returned:
 
 1. Records: every kept pipeline is not GONE; a pipeline holds a request
-   exactly when BUSY; "stop when free" never marks a STARTING or IDLE one.
-2. Requests: no request is both waiting and running; each running request
-   belongs to exactly one BUSY pipeline and each BUSY pipeline runs one.
+   exactly when BUSY, and a staged (prefetched) one only when BUSY; "stop
+   when free" never marks a STARTING or IDLE one.
+2. Requests: no request is both waiting and running; each running or
+   staged request belongs to exactly one BUSY pipeline, each BUSY pipeline
+   runs one and stages at most one.
 3. Dispatch: no IDLE pipeline while a request waits.
 4. Ceil: allocated minus the BUSY pipelines already told to stop when free
    is <= ceil. (Starts happen only below ceil, so allocated exceeds ceil
@@ -76,17 +78,22 @@ def _check_records(workers: Pipelines) -> None:
             _fail(1, f"bad record for worker {worker_id}: {worker.state.value}")
         if (worker.state is WorkerState.BUSY) != (worker.request_id is not None):
             _fail(1, f"worker {worker_id} is {worker.state.value} with request {worker.request_id}")
+        if worker.staged_id is not None and (
+            worker.state is not WorkerState.BUSY or worker.staged_id == worker.request_id
+        ):
+            _fail(1, f"worker {worker_id} is {worker.state.value} with staged {worker.staged_id}")
         if worker.stop_when_free and worker.state in (WorkerState.STARTING, WorkerState.IDLE):
             _fail(1, f"worker {worker_id} is {worker.state.value} but marked stop-when-free")
 
 
 def _check_requests(workers: Pipelines, queue: FairQueue, running: Mapping[int, int]) -> None:
     busy = workers.count(WorkerState.BUSY)
-    if busy != len(running):
-        _fail(2, f"{busy} BUSY pipelines but {len(running)} running requests")
+    staged = sum(1 for worker in workers if worker.staged_id is not None)
+    if busy + staged != len(running):
+        _fail(2, f"{busy} BUSY pipelines and {staged} staged but {len(running)} running requests")
     for request_id, worker_id in running.items():
         worker = workers.get(worker_id)
-        if worker is None or worker.request_id != request_id:
+        if worker is None or request_id not in (worker.request_id, worker.staged_id):
             _fail(2, f"request {request_id} is not on worker {worker_id}")
         if request_id in queue:
             _fail(2, f"request {request_id} is both waiting and running")

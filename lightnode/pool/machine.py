@@ -18,6 +18,17 @@ One call to `handle(event, now)` runs, in this order:
 Timers are therefore honoured by any event, not only by Tick; Tick is the
 event that carries nothing else.
 
+Prefetch (`pool.prefetch`, on by default): at ceil, with nothing IDLE and a
+request waiting, the queue head may be sent ahead into the pipe of a BUSY
+pipeline (`Dispatch(staged=True)`, at most one per pipeline) so that the
+pipeline starts it the moment its current call ends instead of idling for a
+round trip through the node. Only for endpoints whose mean run time is below
+PREFETCH_MAX_RUN_S (a slow call would hold the staged request behind it), never
+onto a pipeline that is retiring or told to stop, and only while HEALTHY. A
+staged request has a pipeline (rule 6 no longer applies to it). If its
+pipeline dies or is killed before starting it, it goes back into the queue in
+arrival order (it never ran), or gets QueueTimeout if its deadline has passed.
+
 Contract with the scheduler: after RequestCancelled for a request, no
 command names that request again (its result, crash or timeout is silent).
 A pipeline killed for an exec timeout is STOPPING (not allocated), so rules 1
@@ -64,6 +75,8 @@ from lightnode.pool.states import LoadState, WorkerState
 from lightnode.pool.worker_record import WorkerRecord
 
 SHUTTING_DOWN_MESSAGE = "The endpoint is shutting down"
+# Prefetch only for endpoints whose calls take less than this on average.
+PREFETCH_MAX_RUN_S = 0.02
 UNKNOWN_LOAD_ERROR = "The endpoint's code failed to load"
 
 # Load states in which the pool starts pipelines for floor, queue and retirements.
@@ -81,8 +94,9 @@ _EXPECTED_STATE: dict[type, WorkerState] = {
 class PoolMachine:
     """The pool of one endpoint. See the module docstring for the contract."""
 
-    def __init__(self, config: EndpointConfig) -> None:
+    def __init__(self, config: EndpointConfig, *, prefetch_max_run_s: float = PREFETCH_MAX_RUN_S) -> None:
         self._config = config
+        self._prefetch_max_run_s = prefetch_max_run_s
         self._workers = Pipelines()
         self._queue = FairQueue()
         self._running: dict[int, int] = {}  # request_id -> worker_id
@@ -143,19 +157,16 @@ class PoolMachine:
         deadline = self._queue.next_deadline()
         if deadline is not None and deadline <= now:
             return False
-        if self._config.limits.exec_timeout or self._workers.leaving():
-            # Rare settings: exec deadlines and ceil decreases use the general path.
-            return False
+        if self._config.limits.exec_timeout:
+            return False  # exec deadlines use the general path
+        for worker in self._workers.busy():
+            if worker.stop_when_free or worker.exec_deadline_s is not None:
+                return False  # a ceil decrease or a deadline of an earlier setting
         return self._workers.allocated() <= self._config.pool.ceil
 
     def _fast_path(self, event: Event, now: float) -> list[Command] | None:
         if type(event) is RequestArrived:
-            if self._queue or not self._workers.any_in(WorkerState.IDLE):
-                return None
-            if self._config.pool.scale_down_delay and self._shrink_candidates():
-                return None  # an idle surplus pipeline may be due to stop now
-            self._loaded = True
-            return [self._start_call(self._workers.idle_lru()[-1], event.request_id, now, now)]
+            return self._fast_arrival(event.request_id, now)
         if type(event) is WorkerFinished:
             worker = self._workers.get(event.worker_id)
             if worker is None or worker.state is not WorkerState.BUSY or worker.stop_when_free:
@@ -163,20 +174,54 @@ class PoolMachine:
             max_requests = self._config.limits.max_requests
             if max_requests and worker.served + 1 >= max_requests:
                 return None  # rule 10 retires it
-            pool = self._config.pool
-            if not self._queue and self._workers.allocated() > max(pool.cruise, pool.floor):
-                return None  # rule 7 may stop it
-            if not self._queue and pool.scale_down_delay and self._shrink_candidates():
-                return None
-            self._on_finished(worker, now, [])
-            if not self._queue:
-                return []
-            item = self._queue.pop_oldest()
-            command = self._start_call(worker, item.request_id, now, item.arrived_s)
+            staged = worker.staged_id is not None
+            if not staged:
+                pool = self._config.pool
+                if not self._queue and self._workers.allocated() > max(pool.cruise, pool.floor):
+                    return None  # rule 7 may stop it
+                if not self._queue and pool.scale_down_delay and self._shrink_candidates():
+                    return None
+            out: list[Command] = []
+            self._on_finished(worker, now, out)  # IDLE, or still BUSY with its staged request
+            if self._queue and not staged:
+                item = self._queue.pop_oldest()
+                out.append(self._start_call(worker, item.request_id, now, item.arrived_s))
+            self._prefetch_waiting(now, out)
             if not self._queue:
                 self._queue_bound_relaxed = False
-            return [command]
+            return out
         return None
+
+    def _fast_arrival(self, request_id: int, now: float) -> list[Command] | None:
+        workers = self._workers
+        if workers.any_in(WorkerState.IDLE):
+            if self._queue:
+                return None
+            if self._config.pool.scale_down_delay and self._shrink_candidates():
+                return None  # an idle surplus pipeline may be due to stop now
+            self._loaded = True
+            return [self._start_call(workers.idle_lru()[-1], request_id, now, now)]
+        pool = self._config.pool
+        if workers.allocated() < pool.ceil:
+            return None  # rule 3 may start a pipeline for it
+        # At ceil with every pipeline busy or starting: prefetch, queue (rule 4) or refuse.
+        self._loaded = True
+        target = self._prefetch_target()
+        if target is not None:
+            if self._queue:
+                return None  # the head goes first: the general path stages it
+            return [self._stage_call(target, request_id, now, now, now + pool.timeout / 1000)]
+        out: list[Command] = []
+        if sizing.admits(
+            pool, allocated=workers.allocated(), starting=workers.count(WorkerState.STARTING),
+            waiting=len(self._queue),
+        ):  # fmt: skip
+            self._queue.push(QueuedRequest(request_id, now, now + pool.timeout / 1000))
+        else:
+            self._reject(out, request_id, "QueueFull", QUEUE_FULL_MESSAGE, self._retry_after())
+            if not self._queue:
+                self._queue_bound_relaxed = False
+        return out
 
     def _start_call(self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float) -> Dispatch:
         """IDLE -> BUSY with `request_id` (rules 2 and 5)."""
@@ -189,13 +234,75 @@ class PoolMachine:
         self._running[request_id] = worker.worker_id
         return Dispatch(request_id, worker.worker_id, now - arrived_s)
 
+    def _stage_call(
+        self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float, deadline_s: float
+    ) -> Dispatch:
+        """Prefetch: send `request_id` ahead to BUSY `worker`; it starts when the current call ends."""
+        worker.staged_id = request_id
+        worker.staged_arrived_s = arrived_s
+        worker.staged_deadline_s = deadline_s
+        worker.staged_cancelled = False
+        self._running[request_id] = worker.worker_id
+        self._counters.prefetched_total += 1
+        return Dispatch(request_id, worker.worker_id, now - arrived_s, staged=True)
+
+    def _prefetch_target(self) -> WorkerRecord | None:
+        """The BUSY pipeline that may take a request ahead (see the module docstring), or None.
+
+        Of several, the one whose current call started first (likely to finish first).
+        """
+        pool = self._config.pool
+        if not pool.prefetch or self._load_state is not LoadState.HEALTHY:
+            return None
+        mean_s = self._mean_run_time_s
+        if mean_s is None or mean_s >= self._prefetch_max_run_s:
+            return None
+        if self._workers.allocated() < pool.ceil:
+            return None  # below ceil rule 3 starts pipelines instead
+        max_requests = self._config.limits.max_requests
+        best: WorkerRecord | None = None
+        for worker in self._workers.busy():
+            if worker.staged_id is not None or worker.stop_when_free or worker.retiring:
+                continue
+            if max_requests and worker.served + 1 >= max_requests:
+                continue  # retires after its current call
+            if best is None or worker.dispatched_s < best.dispatched_s:
+                best = worker
+        return best
+
+    def _prefetch_waiting(self, now: float, out: list[Command]) -> None:
+        """Stage waiting requests, oldest first, on pipelines that may take one ahead."""
+        while self._queue:
+            worker = self._prefetch_target()
+            if worker is None:
+                return
+            item = self._queue.pop_oldest()
+            out.append(self._stage_call(worker, item.request_id, now, item.arrived_s, item.deadline_s))
+
+    def _unstage(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:
+        """`worker` stops without having started its staged request: it waits again (or times out)."""
+        request_id = worker.staged_id
+        if request_id is None:
+            return
+        del self._running[request_id]
+        cancelled, arrived_s = worker.staged_cancelled, worker.staged_arrived_s
+        deadline_s = worker.staged_deadline_s
+        worker.clear_staged()
+        if cancelled:
+            return  # rule 9: it leaves silently
+        if deadline_s <= now:
+            self._reject(out, request_id, "QueueTimeout", QUEUE_TIMEOUT_MESSAGE, self._retry_after())
+            return
+        self._queue.reinsert(QueuedRequest(request_id, arrived_s, deadline_s))
+        self._queue_bound_relaxed = True  # it was admitted once; it may exceed the bound
+
     def next_deadline(self) -> float | None:
         """Earliest time at which a Tick has work to do, None if no timer is pending."""
         deadlines: list[float] = []
         queue_deadline = self._queue.next_deadline()
         if queue_deadline is not None:
             deadlines.append(queue_deadline)
-        for worker in self._workers.in_state(WorkerState.BUSY):
+        for worker in self._workers.busy():
             if worker.exec_deadline_s is not None:
                 deadlines.append(worker.exec_deadline_s)
         if self._load_state is not LoadState.DRAINING:
@@ -232,6 +339,7 @@ class PoolMachine:
             last_load_error=self._last_load_error,
             mean_run_time_s=self._mean_run_time_s,
             served_total=c.served_total,
+            prefetched_total=c.prefetched_total,
             starts_total=c.starts_total,
             crashes_total=c.crashes_total,
             retirements_total=c.retirements_total,
@@ -334,7 +442,11 @@ class PoolMachine:
         if self._queue.remove(request_id) is not None:
             return  # rule 9: leaves the queue silently
         worker = self._workers.get(self._running.get(request_id))
-        if worker is not None:
+        if worker is None:
+            return
+        if worker.staged_id == request_id:
+            worker.staged_cancelled = True
+        else:
             worker.request_cancelled = True
 
     def _on_limits_changed(self, config: EndpointConfig) -> None:
@@ -366,6 +478,12 @@ class PoolMachine:
         worker.served += 1
         self._mean_run_time_s = sizing.update_mean(self._mean_run_time_s, now - worker.dispatched_s)
         worker.clear_request()
+        max_requests = self._config.limits.max_requests
+        if worker.staged_id is not None:
+            self._promote(worker, now)  # stays BUSY: its prefetched request starts now
+            if max_requests > 0 and worker.served >= max_requests:
+                self._mark_retiring(worker)
+            return
         if worker.stop_when_free:
             worker.set_state(WorkerState.STOPPING)  # BUSY -> STOPPING: told to stop after this call
             out.append(StopWorker(worker.worker_id))
@@ -374,9 +492,19 @@ class PoolMachine:
             return
         worker.set_state(WorkerState.IDLE)  # BUSY -> IDLE: result received
         self._workers.mark_idle(worker, now)
-        max_requests = self._config.limits.max_requests
         if max_requests > 0 and worker.served >= max_requests:
             self._mark_retiring(worker)
+
+    def _promote(self, worker: WorkerRecord, now: float) -> None:
+        """The staged request of `worker` becomes its running one (it starts now)."""
+        assert worker.staged_id is not None
+        worker.request_id = worker.staged_id
+        worker.request_cancelled = worker.staged_cancelled
+        worker.dispatched_s = now
+        exec_timeout_ms = self._config.limits.exec_timeout
+        worker.exec_timeout_ms = exec_timeout_ms
+        worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
+        worker.clear_staged()
 
     def _on_exited(self, worker: WorkerRecord, detail: str, now: float, out: list[Command]) -> None:
         if worker.state is WorkerState.STARTING:
@@ -391,6 +519,7 @@ class PoolMachine:
                 message = f"The pipeline died while running the request ({detail})"
                 self._reject(out, worker.request_id, "WorkerCrashed", message)
             worker.clear_request()
+            self._unstage(worker, now, out)
         worker.set_state(WorkerState.GONE)  # any -> GONE: the process exited
         self._workers.drop(worker)
 
@@ -456,6 +585,7 @@ class PoolMachine:
                 message = f"The function ran past the execution timeout of {limit_ms} ms"
                 self._reject(out, worker.request_id, "ExecutionTimeout", message)
             worker.clear_request()
+            self._unstage(worker, now, out)
             worker.set_state(WorkerState.STOPPING)  # BUSY -> STOPPING: killed
 
     def _enforce_ceil(self, out: list[Command]) -> None:
@@ -510,9 +640,10 @@ class PoolMachine:
         while self._queue:
             idle = self._workers.idle_lru()
             if not idle:
-                return
+                break
             item = self._queue.pop_oldest()
             out.append(self._start_call(idle[-1], item.request_id, now, item.arrived_s))
+        self._prefetch_waiting(now, out)
 
     def _stop_for_drain(self, out: list[Command]) -> None:
         """DRAINING: stop every free pipeline and every start no waiting request needs."""
@@ -579,7 +710,10 @@ class PoolMachine:
         slot, and is left to rule 10; a BUSY pipeline told to stop when free
         is already leaving and does not count.
         """
-        count = sizing.surplus(self._config.pool, allocated=self._workers.staying())
+        pool = self._config.pool
+        if self._workers.allocated() <= max(pool.cruise, pool.floor):
+            return []  # staying <= allocated: no surplus (and no scan of the records)
+        count = sizing.surplus(pool, allocated=self._workers.staying())
         if count == 0:
             return []
         return [w for w in self._workers.idle_lru() if not self._workers.paired(w)][:count]

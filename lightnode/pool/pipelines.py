@@ -109,6 +109,10 @@ class Pipelines:
             return []
         return [w for w in self._by_id.values() if w.state is state]
 
+    def busy(self) -> list[WorkerRecord]:
+        """The BUSY pipelines (kept as a set: no scan of the records)."""
+        return list(self._busy.values())
+
     def count(self, state: WorkerState) -> int:
         return self._counts[state]
 

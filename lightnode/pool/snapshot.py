@@ -16,6 +16,7 @@ class PoolCounters:
     """Monotonic counters of one pool; they survive LimitsChanged."""
 
     served_total: int = 0  # WorkerFinished events
+    prefetched_total: int = 0  # requests sent ahead to a busy pipeline (Dispatch staged)
     starts_total: int = 0  # SpawnWorker commands
     crashes_total: int = 0  # pipelines that died while IDLE or BUSY
     retirements_total: int = 0  # pipelines marked for replacement (rule 10)
@@ -38,6 +39,7 @@ class PoolSnapshot:
     last_load_error: str | None
     mean_run_time_s: float | None  # exponentially weighted, None before the first call
     served_total: int
+    prefetched_total: int
     starts_total: int
     crashes_total: int
     retirements_total: int

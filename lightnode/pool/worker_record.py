@@ -37,6 +37,12 @@ class WorkerRecord:
     exec_deadline_s: float | None = None
     exec_timeout_ms: int = 0  # the limit in force when the request was dispatched
     request_cancelled: bool = False  # rule 9: the result will be dropped
+    # Prefetch: the request sent ahead into the pipe of this BUSY pipeline; it
+    # starts when the current one finishes (never set unless BUSY).
+    staged_id: int | None = None
+    staged_arrived_s: float = 0.0
+    staged_deadline_s: float = 0.0  # its queue deadline, should it have to wait again
+    staged_cancelled: bool = False
     # Rule 10 and ceil decreases.
     retiring: bool = False  # marked for replacement (max_requests or RSS)
     successor_id: int | None = None  # the pipeline starting to replace this one
@@ -61,6 +67,12 @@ class WorkerRecord:
     def leaving(self) -> bool:
         """BUSY but told to stop after its request: counted in allocated, gets no new work."""
         return self.state is WorkerState.BUSY and self.stop_when_free
+
+    def clear_staged(self) -> None:
+        self.staged_id = None
+        self.staged_arrived_s = 0.0
+        self.staged_deadline_s = 0.0
+        self.staged_cancelled = False
 
     def clear_request(self) -> None:
         self.request_id = None

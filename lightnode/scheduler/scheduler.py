@@ -32,6 +32,7 @@ from lightnode.pool import commands as cmd
 from lightnode.pool import events as ev
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.snapshot import PoolSnapshot
+from lightnode.pool.states import WorkerState
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerListener, WorkerSpec
 from lightnode.worker import runtime
 
@@ -44,7 +45,9 @@ RSS_CHECK_INTERVAL_S = 1.0
 class Call:
     """One accepted /run request, from submit() to its single answer."""
 
-    __slots__ = ("request_id", "body", "arrived", "worker_id", "wait_us", "dispatched", "exchange")
+    __slots__ = (
+        "request_id", "body", "arrived", "worker_id", "wait_us", "dispatched", "exchange", "cancelled",
+    )  # fmt: skip
 
     def __init__(self, request_id: int, body: bytes, arrived: float, exchange: Any) -> None:
         self.request_id = request_id
@@ -54,6 +57,7 @@ class Call:
         self.worker_id = 0
         self.wait_us = 0
         self.dispatched = 0.0
+        self.cancelled = False
 
 
 class CallSink(Protocol):
@@ -90,7 +94,8 @@ class EndpointPool(WorkerListener):
         self._factory = worker_factory
         self.workers: dict[int, Any] = {}
         self.calls: dict[int, Call] = {}
-        self._running: dict[int, Call] = {}  # worker id -> its call
+        self._running: dict[int, Call] = {}  # worker id -> the call it runs
+        self._staged: dict[int, Call] = {}  # worker id -> the call prefetched behind it
         self._next_request_id = 1
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -129,8 +134,9 @@ class EndpointPool(WorkerListener):
     def cancel(self, call: Call) -> None:
         """The client went away (SPEC §4 rule 9)."""
         if call.request_id in self.calls:
+            call.cancelled = True
             self._feed(ev.RequestCancelled(call.request_id))
-            if not call.worker_id:  # queued: it leaves now; running: result dropped later
+            if not call.worker_id:  # queued: it leaves now; running or staged: dropped later
                 self.calls.pop(call.request_id, None)
 
     def apply_config(self, config: EndpointConfig) -> None:
@@ -238,21 +244,30 @@ class EndpointPool(WorkerListener):
 
     def _dispatch(self, command: cmd.Dispatch) -> None:
         call = self.calls[command.request_id]
-        call.worker_id = command.worker_id
-        call.wait_us = int(command.wait_s * 1e6)
-        call.dispatched = monotonic()
-        self._running[command.worker_id] = call
-        self.workers[command.worker_id].send_call(call.body)
+        worker_id = command.worker_id
+        if call.worker_id and self._staged.get(call.worker_id) is call:
+            del self._staged[call.worker_id]  # staged on a killed pipeline, given to another
+        call.worker_id = worker_id
+        if command.staged:
+            self._staged[worker_id] = call  # its wait ends when the running call ends
+        else:
+            call.wait_us = int(command.wait_s * 1e6)
+            call.dispatched = monotonic()
+            self._running[worker_id] = call
+        self.workers[worker_id].send_call(call.body)
 
     def _reject(self, command: cmd.Reject) -> None:
         call = self.calls.pop(command.request_id, None)
         if call is None:
             return
         exec_us = 0
-        if call.worker_id:
-            self._running.pop(call.worker_id, None)
+        worker_id = call.worker_id
+        if worker_id and self._running.get(worker_id) is call:
+            del self._running[worker_id]
             exec_us = int((monotonic() - call.dispatched) * 1e6)
-        else:
+        else:  # it waited (in the queue, or staged on a pipeline that stopped first)
+            if worker_id and self._staged.get(worker_id) is call:
+                del self._staged[worker_id]
             call.wait_us = int((monotonic() - call.arrived) * 1e6)
         headers: tuple[tuple[str, str], ...] = ()
         if command.retry_after_s is not None:
@@ -285,9 +300,17 @@ class EndpointPool(WorkerListener):
         self._feed(ev.WorkerStartFailed(worker_id, f"Failed to load endpoint: {message}"))
 
     def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+        now = monotonic()
         call = self._running.pop(worker_id, None)
+        # The worker has started its prefetched call, unless it was killed meanwhile (its
+        # staged call then waits again in the machine's queue).
+        if worker_id in self._staged and self.machine.worker_state(worker_id) is WorkerState.BUSY:
+            staged = self._staged.pop(worker_id)
+            staged.dispatched = now
+            staged.wait_us = int((now - staged.arrived) * 1e6)
+            self._running[worker_id] = staged
         if call is not None and self.calls.pop(call.request_id, None) is not None:
-            exec_us = int((monotonic() - call.dispatched) * 1e6)
+            exec_us = int((now - call.dispatched) * 1e6)
             if kind == runtime.RESULT:
                 self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
             else:
@@ -296,11 +319,17 @@ class EndpointPool(WorkerListener):
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
         self.workers.pop(worker_id, None)
+        # A prefetched call it never started waits again (or times out): the machine decides.
+        staged = self._staged.pop(worker_id, None)
+        if staged is not None:
+            staged.worker_id = 0
         self._feed(ev.WorkerExited(worker_id, detail))
         # A call still listed here was cancelled by its client: the machine names it no more.
         call = self._running.pop(worker_id, None)
         if call is not None:
             self.calls.pop(call.request_id, None)
+        if staged is not None and staged.cancelled and not staged.worker_id:
+            self.calls.pop(staged.request_id, None)
 
     def _envelope(self, call: Call, result: bytes, exec_us: int, function_us: int) -> bytes:
         timing = b'"timing":{"wait":%d,"execution":%d,"functionInternal":%d},"apiContext":' % (

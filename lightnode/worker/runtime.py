@@ -380,6 +380,13 @@ def _die_with_parent(parent_pid: Optional[int]) -> None:
         os._exit(1)  # the node died before we could register
 
 
+_KILL_NOTICE = [False]  # set by SIGUSR1: the node is about to kill this worker
+
+
+def _on_kill_notice(signum: int, frame: Any) -> None:
+    _KILL_NOTICE[0] = True
+
+
 def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     """Initialise, say READY (or INIT_ERROR), then answer CALL frames until EOF."""
     try:
@@ -395,8 +402,8 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     info = {"pid": os.getpid(), "function": function.__name__, "signature": binder.signature_text}
     write_frame(fd_out, READY, _dumps(info).encode())
     dev = bool(spec.get("dev"))
-    # One read per request where the old loop made two (header, then body): the
-    # node sends one call at a time, so a read never takes more than one frame.
+    # One read usually brings one call; with prefetch the next call may already be in
+    # the pipe (or in the same read), and it starts the moment this one is answered.
     decoder = FrameDecoder()
     frames = []  # type: List[Tuple[int, int, bytes]]
     while True:
@@ -406,6 +413,8 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
                 return 0
             frames = decoder.feed(data)
         kind, _value, body = frames.pop(0)
+        if _KILL_NOTICE[0]:
+            return 0  # being killed: a prefetched call is left to another pipeline
         if kind != CALL:
             sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
             return 2
@@ -418,8 +427,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     fd_in, fd_out, spec = int(args[0]), int(args[1]), _loads(args[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(spec.get("parent_pid"))
-    # SIGUSR1 dumps every thread's stack to stderr (the node's log) before an exec-timeout kill.
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    # SIGUSR1 dumps every thread's stack to stderr (the node's log) before an exec-timeout
+    # kill, then (chained) marks the worker as stopping so that it never starts the call
+    # the node may have prefetched into its pipe: the node gives that call to another pipeline.
+    signal.signal(signal.SIGUSR1, _on_kill_notice)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
     return serve(fd_in, fd_out, spec)
 
 

@@ -387,8 +387,11 @@ def check_kills(node: Node, result: dict[str, Any]) -> None:
     assert not outcomes, f"failures other than WorkerCrashed: {outcomes}"
     assert ok > 10 * result["kills"] and result["kills"] >= 10
     assert crashed <= result["kills"]  # only requests running in a killed pipeline fail
-    crashes = node.stats("svc")["endpoints"][0]["counters"]["crashes"]
-    assert crashes == result["kills"]
+    counters = node.stats("svc")["endpoints"][0]["counters"]
+    assert counters["crashes"] == result["kills"]
+    # Requests were sent ahead into busy pipelines (prefetch), so kills also hit pipelines
+    # holding one: those never started and were served by another pipeline, not failed.
+    assert counters["prefetched"] > 0
     assert node.run("svc", "work")[0] == 200
 
 

@@ -25,6 +25,14 @@ SLEEP = (
     "    return {'tag': tag, 'pid': os.getpid()}\n"
 )
 HANG = "import time\ndef hang(s=30):\n    while True:\n        time.sleep(0.05)\n"
+RECORD = (
+    "import os, time\n"
+    "def record(ms=0, tag=None):\n"
+    "    with open(%r, 'a') as log:\n"
+    "        log.write('%%s %%d\\n' %% (tag, os.getpid()))\n"
+    "    time.sleep(ms / 1000)\n"
+    "    return {'tag': tag, 'pid': os.getpid()}\n"
+)
 FLAKY = (
     "import os\n"
     "if not os.path.exists(os.path.join(folders[0], 'ok')):\n"
@@ -158,6 +166,35 @@ def test_exec_timeout_kills_logs_stack_and_replaces(node_factory: Any, tmp_path:
     assert time.monotonic() - started < 2.0
     _until(lambda: 'hang.py", line 4 in hang' in node.log(), timeout_s=5)
     assert _call(node, {"ms": 1})[0] == 200
+
+
+# 10 s: still running at SIGKILL. 750 ms: ends between the stack-dump signal (600 ms) and
+# SIGKILL (+200 ms), so the worker would go on to the prefetched call unless it checks.
+@pytest.mark.parametrize("slow_ms", [10_000, 750])
+def test_prefetched_request_outlives_an_exec_timeout_kill_and_runs_once(
+    node_factory: Any, tmp_path: Path, slow_ms: int
+) -> None:
+    calls = tmp_path / "calls.log"
+    tuning = {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 4}, "limits": {"exec_timeout": 600}}
+    node = _pool_node(node_factory, tmp_path, tuning, record=RECORD % str(calls))
+    for i in range(5):  # a fast endpoint: its mean run time allows prefetch
+        assert _call(node, {"tag": f"warm{i}"}, endpoint="record")[0] == 200
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(_call, node, {"ms": slow_ms, "tag": "slow"}, "record")
+        _until(lambda: _endpoint(node, "p", "record")["pipelinesByState"].get("busy") == 1)
+        following = pool.submit(_call, node, {"tag": "next"}, "record")
+        # Sent ahead into the busy pipeline's pipe, behind the call that will be killed.
+        _until(lambda: _endpoint(node, "p", "record")["counters"]["prefetched"] == 1)
+        status, _, body = slow.result()
+        assert (status, body["errorType"]) == (504, "ExecutionTimeout")
+        status, _, body = following.result()
+    assert status == 200 and body["response"]["tag"] == "next"
+    slow_pid = int(next(line.split()[1] for line in calls.read_text().splitlines() if line.startswith("slow ")))
+    assert body["response"]["pid"] != slow_pid  # its replacement ran it
+    # Once the killed pipeline is gone for good: it never started the prefetched call.
+    _until(lambda: slow_pid not in {p["pid"] for p in _endpoint(node, "p", "record")["pipelines"]})
+    tags = [line.split()[0] for line in calls.read_text().splitlines()]
+    assert tags.count("next") == 1 and tags.count("slow") == 1
 
 
 def test_max_requests_recycles_without_failures(node_factory: Any, tmp_path: Path) -> None:

@@ -110,18 +110,20 @@ def test_to_json_round_trips() -> None:
 def _valid_pools() -> st.SearchStrategy[dict[str, int]]:
     bounds = st.lists(st.integers(0, 10_000), min_size=3, max_size=3).map(sorted)
     return st.builds(
-        lambda b, queue, timeout, delay: {
+        lambda b, queue, timeout, delay, prefetch: {
             "floor": b[0],
             "cruise": b[1],
             "ceil": max(b[2], 1),
             "queue": queue,
             "timeout": timeout,
             "scale_down_delay": delay,
+            "prefetch": prefetch,
         },
         bounds,
         st.integers(0, 10**6),
         st.integers(1, 10**8),
         st.integers(0, 10**8),
+        st.integers(0, 1),
     )
 
 

@@ -58,6 +58,7 @@ def snapshot(**kw: object) -> PoolSnapshot:
         last_load_error=None,
         mean_run_time_s=None,
         served_total=0,
+        prefetched_total=0,
         starts_total=0,
         crashes_total=0,
         retirements_total=0,

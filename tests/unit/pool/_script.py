@@ -20,6 +20,7 @@ def make_config(
     exec_timeout: int = 0,
     max_requests: int = 0,
     max_rss_mb: int = 0,
+    prefetch: int = 1,
 ) -> EndpointConfig:
     return EndpointConfig(
         pool=PoolLimits(
@@ -29,6 +30,7 @@ def make_config(
             queue=queue,
             timeout=timeout,
             scale_down_delay=scale_down_delay,
+            prefetch=prefetch,
         ),
         limits=ExecLimits(
             exec_timeout=exec_timeout, max_requests=max_requests, max_rss_mb=max_rss_mb

@@ -83,3 +83,19 @@ def test_clear_returns_everything_in_order() -> None:
         q.push(item(rid, 0.0, 1.0))
     assert [i.request_id for i in q.clear()] == [5, 4]
     assert q.next_deadline() is None and len(q) == 0
+
+
+def test_reinsert_puts_a_request_back_in_arrival_order() -> None:
+    q = FairQueue()
+    q.push(item(7, 3.0, 13.0))
+    q.push(item(8, 4.0, 14.0))
+    q.reinsert(item(5, 1.0, 11.0))  # older than everything waiting: the head
+    q.reinsert(item(6, 3.0, 12.0))  # same arrival as 7, earlier id: before it
+    assert [i.request_id for i in q] == [5, 6, 7, 8]
+    assert q.next_deadline() == 11.0
+    assert [i.request_id for i in q.pop_expired(12.0)] == [5, 6]
+    assert q.pop_oldest().request_id == 7
+    q.push(item(9, 5.0, 15.0))
+    assert [i.request_id for i in q] == [8, 9]
+    with pytest.raises(ValueError):
+        q.reinsert(item(9, 5.0, 15.0))

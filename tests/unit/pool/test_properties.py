@@ -5,7 +5,9 @@ events a real scheduler could deliver, carries out every command, and checks:
 - the machine's invariants after every event;
 - every admitted request gets exactly one terminal outcome (Reject, a finished
   call, or silence after its client left), and nothing names it afterwards;
-- queued requests are dispatched in arrival order, only to IDLE pipelines;
+- queued requests are dispatched in arrival order, only to IDLE pipelines,
+  or staged (prefetch) on a BUSY one that has none staged; a staged request
+  starts when that pipeline finishes, or waits again if it dies first;
 - timers are honoured on time (no waiting request past its deadline, no call
   past its exec timeout once handle() returns);
 - the machine's view of each pipeline matches the commands it gave;
@@ -63,9 +65,14 @@ WAITING_REJECTS = {"QueueTimeout", "EndpointUnavailable"}
 @st.composite
 def configs(draw: st.DrawFn) -> EndpointConfig:
     ceil = draw(st.integers(1, 4))
-    cruise = draw(st.integers(0, ceil))
+    if draw(st.booleans()):
+        # A fixed pool at ceil: where prefetch happens (and most production pools run).
+        cruise = floor = ceil
+    else:
+        cruise = draw(st.integers(0, ceil))
+        floor = draw(st.integers(0, cruise))
     return make_config(
-        floor=draw(st.integers(0, cruise)),
+        floor=floor,
         cruise=cruise,
         ceil=ceil,
         queue=draw(st.integers(0, 3)),
@@ -73,6 +80,7 @@ def configs(draw: st.DrawFn) -> EndpointConfig:
         scale_down_delay=draw(st.sampled_from([0, 0, 300, 2000])),
         exec_timeout=draw(st.sampled_from([0, 0, 500, 3000])),
         max_requests=draw(st.sampled_from([0, 0, 1, 2])),
+        prefetch=draw(st.sampled_from([0, 1, 1])),
     )
 
 
@@ -81,7 +89,7 @@ class Req:
     seq: int
     deadline_s: float = 0.0
     arrived_s: float = 0.0
-    state: str = "new"  # new, waiting, running, done
+    state: str = "new"  # new, waiting, staged, running, done
     worker: int | None = None
     cancelled: bool = False
 
@@ -92,6 +100,7 @@ class Proc:
 
     proc: str = "starting"  # starting, ready, failing, exited
     busy_with: int | None = None
+    staged: int | None = None  # prefetched behind busy_with
     exec_deadline_s: float | None = None
     told_stop: bool = False  # StopWorker or KillWorker received
 
@@ -142,6 +151,11 @@ class World:
                 req = self.reqs[proc.busy_with]
                 req.state, req.worker = "done", None
                 proc.busy_with, proc.exec_deadline_s = None, None
+                if proc.staged is not None:  # the prefetched request starts now
+                    self.reqs[proc.staged].state = "running"
+                    proc.busy_with, proc.staged = proc.staged, None
+                    exec_ms = self.machine.config.limits.exec_timeout
+                    proc.exec_deadline_s = self.now + exec_ms / 1000 if exec_ms else None
         elif isinstance(event, WorkerExited):
             proc = self.procs[event.worker_id]
             proc.proc = "exited"
@@ -149,11 +163,19 @@ class World:
                 req = self.reqs[proc.busy_with]
                 req.state = "done" if req.cancelled else "crashed"
                 proc.busy_with, proc.exec_deadline_s = None, None
+            self._unstage(proc)
         elif isinstance(event, WorkerReady):
             proc = self.procs[event.worker_id]
             proc.proc = "ready"
         elif isinstance(event, WorkerStartFailed):
             self.procs[event.worker_id].proc = "failing"
+
+    def _unstage(self, proc: Proc) -> None:
+        """The pipeline stopped before its staged request started: it waits again."""
+        if proc.staged is not None:
+            req = self.reqs[proc.staged]
+            req.state, req.worker = ("done" if req.cancelled else "waiting"), None
+            proc.staged = None
 
     def _apply(self, command: Command, killed: list[int]) -> None:
         if isinstance(command, SpawnWorker):
@@ -174,6 +196,7 @@ class World:
             req = self.reqs[proc.busy_with]
             req.state = "done" if req.cancelled else "killed"
             proc.told_stop, proc.busy_with, proc.exec_deadline_s = True, None, None
+            self._unstage(proc)
         elif isinstance(command, Reject):
             self._on_reject(command)
         else:
@@ -187,10 +210,19 @@ class World:
         req = self.reqs[command.request_id]
         proc = self.procs[command.worker_id]
         assert req.state in ("new", "waiting") and not req.cancelled
-        assert proc.proc == "ready" and proc.busy_with is None and not proc.told_stop
         # FIFO: nobody who arrived earlier still waits.
         assert not [r for r in self.reqs.values() if r.state == "waiting" and r.seq < req.seq]
         assert abs(command.wait_s - (self.now - req.arrived_s)) < 1e-9
+        if command.staged:
+            assert proc.proc == "ready" and not proc.told_stop
+            assert proc.busy_with is not None and proc.staged is None
+            assert self.machine.config.pool.prefetch
+            # Prefetch only when no pipeline is free and the pool cannot grow.
+            assert not _live(self, proc="ready", busy=False)
+            req.state, req.worker = "staged", command.worker_id
+            proc.staged = command.request_id
+            return
+        assert proc.proc == "ready" and proc.busy_with is None and not proc.told_stop
         req.state, req.worker = "running", command.worker_id
         proc.busy_with = command.request_id
         exec_ms = self.machine.config.limits.exec_timeout
@@ -281,6 +313,9 @@ DRAIN_AFTER_STEPS = 30
 
 
 class PoolWorld(RuleBasedStateMachine):
+    # The machine's prefetch threshold on the mean run time (None: its default).
+    prefetch_max_run_s: float | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.world: World | None = None
@@ -295,7 +330,10 @@ class PoolWorld(RuleBasedStateMachine):
 
     @initialize(config=configs())
     def start(self, config: EndpointConfig) -> None:
-        self.world = World(PoolMachine(config))
+        if self.prefetch_max_run_s is None:
+            self.world = World(PoolMachine(config))
+        else:
+            self.world = World(PoolMachine(config, prefetch_max_run_s=self.prefetch_max_run_s))
 
     @precondition(lambda self: not self.loaded_sent)
     @rule()
@@ -317,7 +355,7 @@ class PoolWorld(RuleBasedStateMachine):
     @precondition(
         lambda self: (
             self.world is not None
-            and any(r.state in ("waiting", "running") for r in self.world.reqs.values())
+            and any(r.state in ("waiting", "staged", "running") for r in self.world.reqs.values())
         )
     )
     @rule(data=st.data())
@@ -359,7 +397,7 @@ class PoolWorld(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         outcome=st.sampled_from(CALL_OUTCOMES),
-        dt=st.sampled_from([0.0, 0.2, 1.0]),
+        dt=st.sampled_from([0.0, 0.005, 0.2, 1.0]),
     )
     def serving_outcome(self, data: st.DataObject, outcome: str, dt: float) -> None:
         busy = _live(self.w, proc="ready", busy=True)
@@ -446,6 +484,16 @@ PoolWorld.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestPoolWorld = PoolWorld.TestCase
+
+
+class PoolWorldEagerPrefetch(PoolWorld):
+    """Prefetch whatever the run time: staged requests, their crashes, kills and cancels."""
+
+    prefetch_max_run_s = float("inf")
+
+
+PoolWorldEagerPrefetch.TestCase.settings = PoolWorld.TestCase.settings
+TestPoolWorldEagerPrefetch = PoolWorldEagerPrefetch.TestCase
 
 
 class PoolWorldSoak(PoolWorld):

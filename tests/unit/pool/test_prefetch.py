@@ -1,0 +1,164 @@
+"""Prefetch: a BUSY pipeline at ceil takes the next request into its pipe (pool/machine.py).
+
+Event scripts: when a request is staged, when it starts, and what happens to it
+when its pipeline dies, is killed, retires or its client leaves.
+"""
+
+from __future__ import annotations
+
+from lightnode.pool.commands import Dispatch, KillWorker, Reject, SpawnWorker, StopWorker
+from lightnode.pool.events import (
+    Loaded,
+    RequestArrived,
+    RequestCancelled,
+    Tick,
+    WorkerExited,
+    WorkerFinished,
+    WorkerOverLimit,
+    WorkerReady,
+)
+from lightnode.pool.machine import PREFETCH_MAX_RUN_S
+from lightnode.pool.states import WorkerState
+
+from ._script import Script
+
+ARRIVE, CANCEL, READY, DONE, EXIT = (
+    RequestArrived, RequestCancelled, WorkerReady, WorkerFinished, WorkerExited,
+)  # fmt: skip
+BUSY, IDLE = WorkerState.BUSY, WorkerState.IDLE
+RUN_S = 2.0**-10  # a fast endpoint, well under PREFETCH_MAX_RUN_S (exact in binary)
+
+
+def fixed_pool(n: int, **pool: int) -> Script:
+    """n pipelines at ceil, all IDLE at t=1, with one call of RUN_S served (the mean is known)."""
+    settings = {"floor": n, "cruise": n, "ceil": n, "queue": 8, **pool}
+    s = Script(**settings)
+    assert s(Loaded()) == [SpawnWorker(i) for i in range(1, n + 1)]
+    for i in range(1, n + 1):
+        assert s(READY(i), at=1.0) == []
+    assert s(ARRIVE(100), at=1.0) == [Dispatch(100, n, 0.0)]
+    assert s(DONE(n), at=1.0 + RUN_S) == []
+    return s
+
+
+def staged(rid: int, wid: int, wait_s: float = 0.0) -> Dispatch:
+    return Dispatch(rid, wid, wait_s, staged=True)
+
+
+def test_at_ceil_a_busy_pipeline_takes_the_next_request_ahead() -> None:
+    s = fixed_pool(1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    # One staged request per pipeline: the next one waits in the queue.
+    assert s(ARRIVE(3), at=2.0) == []
+    assert s.machine.snapshot(2.0).queue_length == 1
+    # The pipeline finishes 1 and is already running 2: it stays BUSY, 3 is staged next.
+    assert s(DONE(1), at=2.0 + RUN_S) == [staged(3, 1, RUN_S)]
+    assert s.state(1) is BUSY
+    assert s(DONE(1), at=2.0 + 2 * RUN_S) == []  # 2 done, 3 starts
+    assert s(DONE(1), at=2.0 + 3 * RUN_S) == []  # 3 done
+    assert s.state(1) is IDLE
+
+
+def test_the_pipeline_whose_call_started_first_takes_it() -> None:
+    s = fixed_pool(2)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]
+    assert s(ARRIVE(2), at=2.5) == [Dispatch(2, 1, 0.0)]
+    assert s(ARRIVE(3), at=2.6) == [staged(3, 2)]
+    assert s(ARRIVE(4), at=2.6) == [staged(4, 1)]
+
+
+def test_no_prefetch_below_ceil_the_pool_grows_instead() -> None:
+    s = fixed_pool(1, ceil=2)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [SpawnWorker(2)]
+    assert s(READY(2), at=2.5) == [Dispatch(2, 2, 0.5)]
+
+
+def test_no_prefetch_when_disabled() -> None:
+    s = fixed_pool(1, prefetch=0)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == []
+    assert s(DONE(1), at=2.0 + RUN_S) == [Dispatch(2, 1, RUN_S)]
+
+
+def test_no_prefetch_for_slow_calls_or_before_the_first_call() -> None:
+    s = Script(floor=1, cruise=1, ceil=1)
+    assert s(Loaded()) == [SpawnWorker(1)]
+    assert s(READY(1), at=1.0) == []
+    assert s(ARRIVE(1), at=1.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=1.0) == []  # run time unknown: it waits
+    slow_s = 0.0625
+    assert slow_s > PREFETCH_MAX_RUN_S
+    assert s(DONE(1), at=1.0 + slow_s) == [Dispatch(2, 1, slow_s)]
+    assert s(ARRIVE(3), at=1.1) == []  # slow endpoint: it waits
+
+
+def test_a_staged_request_waits_again_when_its_pipeline_dies() -> None:
+    s = fixed_pool(1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(ARRIVE(3), at=2.0) == []
+    commands = s(EXIT(1, "killed by signal 9"), at=2.5)
+    assert commands[0].error_type == "WorkerCrashed" and commands[0].request_id == 1  # type: ignore[union-attr]
+    assert commands[1:] == [SpawnWorker(2)]
+    # 2 never ran: it is back in the queue, ahead of 3, and goes first.
+    assert s.machine.snapshot(2.5).queue_length == 2
+    assert s(READY(2), at=3.0) == [Dispatch(2, 2, 1.0), staged(3, 2, 1.0)]
+
+
+def test_a_staged_request_past_its_deadline_times_out_when_its_pipeline_dies() -> None:
+    s = fixed_pool(1, timeout=1000)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    commands = s(EXIT(1, "exit code 1"), at=3.5)
+    assert [type(c) for c in commands] == [Reject, Reject, SpawnWorker]
+    assert commands[1] == Reject(2, "QueueTimeout", commands[1].message, commands[1].retry_after_s)  # type: ignore[union-attr]
+
+
+def test_exec_timeout_kill_puts_the_staged_request_back() -> None:
+    s = fixed_pool(1, exec_timeout=500)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    commands = s(Tick(), at=2.5)
+    assert isinstance(commands[0], KillWorker)
+    assert [(type(c), getattr(c, "error_type", None)) for c in commands[1:]] == [
+        (Reject, "ExecutionTimeout"),
+        (SpawnWorker, None),
+    ]
+    assert s.machine.snapshot(2.5).queue_length == 1
+
+
+def test_the_exec_timeout_of_a_staged_request_runs_from_its_start() -> None:
+    s = fixed_pool(1, exec_timeout=500)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(DONE(1), at=2.4) == []
+    assert s.machine.next_deadline() == 2.9
+    assert s(Tick(), at=2.6) == []  # 2 started at 2.4: not due
+
+
+def test_a_cancelled_staged_request_is_silent() -> None:
+    s = fixed_pool(1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(CANCEL(2), at=2.0) == []
+    commands = s(EXIT(1, "exit code 1"), at=2.1)
+    assert [c.request_id for c in commands if isinstance(c, Reject)] == [1]  # nothing for 2
+
+
+def test_a_pipeline_retired_at_ceil_runs_its_staged_request_first() -> None:
+    s = fixed_pool(1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(WorkerOverLimit(1), at=2.0) == []  # at ceil: stop when free, successor then
+    assert s(ARRIVE(3), at=2.0) == []  # never staged onto a retiring pipeline
+    assert s(DONE(1), at=2.0 + RUN_S) == []  # 2 starts on it before it stops
+    assert s.state(1) is BUSY
+    assert s(DONE(1), at=2.0 + 2 * RUN_S) == [StopWorker(1), SpawnWorker(2)]
+
+
+def test_no_prefetch_onto_a_pipeline_that_retires_after_its_call() -> None:
+    s = fixed_pool(1, max_requests=2)  # the warm-up call was its first
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == []
