@@ -112,6 +112,11 @@ class PoolMachine:
         self._queue_bound_relaxed = False
         self._mean_run_time_s: float | None = None
         self._counters = PoolCounters()
+        # True after a handle() taken by the fast path: no deadline appeared but, at
+        # most, the queue's, so a caller holding a timer at or before the previous
+        # next_deadline() need only compare it with queue_deadline() (the hot path
+        # skips the full next_deadline()).
+        self.only_queue_deadline_moved = False
 
     # -- public API ---------------------------------------------------------
 
@@ -135,7 +140,9 @@ class PoolMachine:
         if self._steady(now):
             fast = self._fast_path(event, now)
             if fast is not None:
+                self.only_queue_deadline_moved = True
                 return fast
+        self.only_queue_deadline_moved = False
         out: list[Command] = []
         self._expire_queue(now, out)
         self._apply(event, now, out)
@@ -159,7 +166,7 @@ class PoolMachine:
             return False
         if self._config.limits.exec_timeout:
             return False  # exec deadlines use the general path
-        for worker in self._workers.busy():
+        for worker in self._workers.busy_view():
             if worker.stop_when_free or worker.exec_deadline_s is not None:
                 return False  # a ceil decrease or a deadline of an earlier setting
         return self._workers.allocated() <= self._config.pool.ceil
@@ -261,7 +268,7 @@ class PoolMachine:
             return None  # below ceil rule 3 starts pipelines instead
         max_requests = self._config.limits.max_requests
         best: WorkerRecord | None = None
-        for worker in self._workers.busy():
+        for worker in self._workers.busy_view():
             if worker.staged_id is not None or worker.stop_when_free or worker.retiring:
                 continue
             if max_requests and worker.served + 1 >= max_requests:
@@ -296,13 +303,17 @@ class PoolMachine:
         self._queue.reinsert(QueuedRequest(request_id, arrived_s, deadline_s))
         self._queue_bound_relaxed = True  # it was admitted once; it may exceed the bound
 
+    def queue_deadline(self) -> float | None:
+        """The earliest deadline of a waiting request (see `only_queue_deadline_moved`)."""
+        return self._queue.next_deadline()
+
     def next_deadline(self) -> float | None:
         """Earliest time at which a Tick has work to do, None if no timer is pending."""
         deadlines: list[float] = []
         queue_deadline = self._queue.next_deadline()
         if queue_deadline is not None:
             deadlines.append(queue_deadline)
-        for worker in self._workers.busy():
+        for worker in self._workers.busy_view():
             if worker.exec_deadline_s is not None:
                 deadlines.append(worker.exec_deadline_s)
         if self._load_state is not LoadState.DRAINING:

@@ -9,7 +9,7 @@ PURE: imports only the standard library and `lightnode.pool`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, ValuesView
 
 from lightnode.errors import InternalError
 from lightnode.pool.states import WorkerState
@@ -112,6 +112,10 @@ class Pipelines:
     def busy(self) -> list[WorkerRecord]:
         """The BUSY pipelines (kept as a set: no scan of the records)."""
         return list(self._busy.values())
+
+    def busy_view(self) -> ValuesView[WorkerRecord]:
+        """The BUSY pipelines without a copy: for loops that change no state."""
+        return self._busy.values()
 
     def count(self, state: WorkerState) -> int:
         return self._counts[state]

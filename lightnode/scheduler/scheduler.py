@@ -173,9 +173,12 @@ class EndpointPool(WorkerListener):
             self._backlog.append(event)
             return
         self._feeding = True
+        machine = self.machine
+        only_queue = True
         try:
             while True:
-                commands = self.machine.handle(event, monotonic())
+                commands = machine.handle(event, monotonic())
+                only_queue = only_queue and machine.only_queue_deadline_moved
                 for command in commands:
                     self._run(command)
                 if not self._backlog:
@@ -183,7 +186,14 @@ class EndpointPool(WorkerListener):
                 event = self._backlog.pop(0)
         finally:
             self._feeding = False
-        self._arm_timer()
+        if only_queue:
+            # Hot path: the armed timer (if any) is still due no later than every deadline
+            # but the queue's; arm for the queue head if that comes first.
+            deadline = machine.queue_deadline()
+            if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+                self._arm_timer(deadline)
+        else:
+            self._arm_timer(machine.next_deadline())
 
     def _run(self, command: cmd.Command) -> None:
         try:
@@ -208,8 +218,7 @@ class EndpointPool(WorkerListener):
         except Exception:  # boundary: one command must not take the node down
             log.exception("%s: command %r failed", self.spec.tag, command)
 
-    def _arm_timer(self) -> None:
-        deadline = self.machine.next_deadline()
+    def _arm_timer(self, deadline: float | None) -> None:
         if deadline == self._timer_at:
             return
         if deadline is not None and self._timer_at is not None and self._timer_at < deadline:

@@ -122,6 +122,8 @@ class World:
     procs: dict[int, Proc] = field(default_factory=dict)
     drain_requested: bool = False
     drained: int = 0
+    # The timer a scheduler following `only_queue_deadline_moved` would hold.
+    armed: float | None = None
 
     # -- delivering events ---------------------------------------------------
 
@@ -133,6 +135,7 @@ class World:
         failed_before = self.machine.load_state is LoadState.FAILED
         commands = self.machine.handle(event, self.now)
         self.machine.check_invariants()
+        self._check_timer()
         self._before_commands(event)
         killed: list[int] = []
         for command in commands:
@@ -143,6 +146,21 @@ class World:
             assert sum(isinstance(c, SpawnWorker) for c in commands) <= 1
         self._check_agreement()
         return commands
+
+    def _check_timer(self) -> None:
+        """The scheduler's shortcut never holds a timer later than the true next deadline."""
+        if self.machine.only_queue_deadline_moved:
+            queue = self.machine.queue_deadline()
+            if queue is not None and (self.armed is None or queue < self.armed):
+                self.armed = queue
+        else:
+            self.armed = self.machine.next_deadline()
+        true = self.machine.next_deadline()
+        if true is not None:
+            assert self.armed is not None and self.armed <= true, (self.armed, true)
+        if self.armed is not None and self.armed <= self.now:
+            # Due: the real timer fires and its Tick re-arms from next_deadline().
+            self.armed = self.machine.next_deadline()
 
     def _before_commands(self, event: Event) -> None:
         if isinstance(event, WorkerFinished):
