@@ -297,6 +297,9 @@ class PoolMachine:
         worker.clear_staged()
         if cancelled:
             return  # rule 9: it leaves silently
+        if self._load_state is LoadState.FAILED:  # as the queue was when the endpoint failed
+            self._reject(out, request_id, "EndpointUnavailable", self._last_load_error or UNKNOWN_LOAD_ERROR)
+            return
         if deadline_s <= now:
             self._reject(out, request_id, "QueueTimeout", QUEUE_TIMEOUT_MESSAGE, self._retry_after())
             return

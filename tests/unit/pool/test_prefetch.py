@@ -16,6 +16,7 @@ from lightnode.pool.events import (
     WorkerFinished,
     WorkerOverLimit,
     WorkerReady,
+    WorkerStartFailed,
 )
 from lightnode.pool.machine import PREFETCH_MAX_RUN_S
 from lightnode.pool.states import WorkerState
@@ -162,3 +163,17 @@ def test_no_prefetch_onto_a_pipeline_that_retires_after_its_call() -> None:
     s = fixed_pool(1, max_requests=2)  # the warm-up call was its first
     assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
     assert s(ARRIVE(2), at=2.0) == []
+
+
+def test_a_staged_request_is_unavailable_if_its_pipeline_is_killed_while_the_endpoint_failed() -> None:
+    s = fixed_pool(2, exec_timeout=500)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [Dispatch(2, 1, 0.0)]
+    assert s(ARRIVE(3), at=2.0) == [staged(3, 2)]
+    # Pipeline 1 crashes and its replacement cannot load the code: FAILED.
+    s(EXIT(1, "exit code 1"), at=2.1)
+    s(WorkerStartFailed(3, "ImportError: boom"), at=2.2)
+    commands = s(Tick(), at=2.5)  # pipeline 2's call runs past its exec timeout
+    assert isinstance(commands[0], KillWorker)
+    rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
+    assert rejected == {1: "ExecutionTimeout", 3: "EndpointUnavailable"}  # 3 never ran; nothing waits
