@@ -22,7 +22,7 @@ import ujson
 
 from lightnode.errors import LightnodeError
 from lightnode.http.exchange import Exchange
-from lightnode.http.routing import BadId, Route, RouteKind, parse_path, query_to_object
+from lightnode.http.routing import BadId, Route, RouteKind, known_route, parse_path, query_to_object
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.scheduler import Call, EndpointPool
 
@@ -88,15 +88,17 @@ class NodeApp:
     # ------------------------------------------------------------------ App
 
     def handle(self, exchange: Exchange) -> None:
-        try:
-            route = parse_path(exchange.path)
-        except BadId as exc:
-            exchange.respond_error(LightnodeError("NotFound", str(exc)))
-            return
+        route = known_route(exchange.path)  # the same as parse_path() for paths seen before
         if route is None:
-            path = exchange.path.decode("latin-1")
-            exchange.respond_error(LightnodeError("NotFound", f"Not found: {path}"))
-            return
+            try:
+                route = parse_path(exchange.path)
+            except BadId as exc:
+                exchange.respond_error(LightnodeError("NotFound", str(exc)))
+                return
+            if route is None:
+                path = exchange.path.decode("latin-1")
+                exchange.respond_error(LightnodeError("NotFound", f"Not found: {path}"))
+                return
         try:
             if route.kind is RouteKind.RUN:
                 self._run(exchange, route)
@@ -116,30 +118,45 @@ class NodeApp:
         except LightnodeError as exc:
             exchange.respond_error(exc, close=self.draining)
             if route.kind is RouteKind.RUN and self.observers:
-                self._record(exchange, route.service_id, route.endpoint_id, "", exc.status,
-                             exc.error_type, 0, 0, 0, exchange.body)
+                self._record(
+                    exchange,
+                    route.service_id,
+                    route.endpoint_id,
+                    "",
+                    exc.status,
+                    exc.error_type,
+                    0,
+                    0,
+                    0,
+                    exchange.body,
+                )
 
     def _run(self, exchange: Exchange, route: Route) -> None:
         method = exchange.method
         if method != b"POST" and method != b"GET":
             raise LightnodeError(
-                "MethodNotAllowed", f"Method {method.decode('latin-1')} is not allowed", headers=ALLOW_RUN
+                "MethodNotAllowed",
+                f"Method {method.decode('latin-1')} is not allowed",
+                headers=ALLOW_RUN,
             )
         if self.draining:
             raise LightnodeError("ShuttingDown", "The node is shutting down")
         if self.not_alive:
             raise LightnodeError("ShuttingDown", "The node is drained (its not-alive file exists)")
-        assert self.registry is not None
-        if not self.registry.is_public(route.service_id):  # 401 before telling anything of the service
-            self.check_api_key(exchange, route.service_id)
-        pool = self.registry.resolve(route.service_id, route.endpoint_id)
+        registry = self.registry
+        assert registry is not None
+        service_id = route.service_id
+        if not registry.is_public(service_id):  # 401 before telling anything of the service
+            self.check_api_key(exchange, service_id)
+        pool = registry.resolve(service_id, route.endpoint_id)
         if method == b"GET":
             body = ujson.dumps(query_to_object(exchange.query)).encode()
         else:
             body = exchange.body
         call = pool.submit(body, exchange)
-        if not exchange.done:
-            exchange.on_cancel = lambda: pool.cancel(call)
+        if not exchange.done:  # a client gone before the answer: pool.cancel(call)
+            exchange.canceller = pool
+            exchange.cancel_token = call
 
     def check_api_key(self, exchange: Exchange, service_id: str) -> None:
         """SPEC §9: `api_key_check` (the key store) raises 401; without one a private service refuses everyone."""
@@ -147,13 +164,17 @@ class NodeApp:
             self.api_key_check(exchange.header(b"authorization"), service_id, exchange.client)
             return
         raise LightnodeError(
-            "Unauthorized", "Unknown API key", headers=(("WWW-Authenticate", 'Basic realm="lightnode"'),)
+            "Unauthorized",
+            "Unknown API key",
+            headers=(("WWW-Authenticate", 'Basic realm="lightnode"'),),
         )
 
     def check_metrics_access(self, exchange: Exchange) -> None:
         """With `metrics.public` false, /metrics answers loopback clients only."""
         if not self.metrics_public and not _is_loopback(exchange.client):
-            raise LightnodeError("Forbidden", "/metrics answers on loopback only (metrics.public is false)")
+            raise LightnodeError(
+                "Forbidden", "/metrics answers on loopback only (metrics.public is false)"
+            )
 
     def _alive(self, exchange: Exchange) -> None:
         if self.draining:
@@ -182,7 +203,19 @@ class NodeApp:
         exchange: Exchange = call.exchange
         exchange.respond(200, body)
         if self.observers:
-            self._record_call(pool, call, 200, None, exec_us, function_us)
+            spec = pool.spec
+            self._record(
+                exchange,
+                spec.service_id,
+                spec.endpoint_id,
+                spec.generation,
+                200,
+                None,
+                call.wait_us,
+                exec_us,
+                function_us,
+                call.body,
+            )
 
     def call_failed(
         self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
@@ -191,18 +224,27 @@ class NodeApp:
         exchange.respond_error(error, close=self.draining)
         if error.error_type in LOGGED_FAILURES:
             log.warning(
-                "%s: %d %s: %s", pool.spec.tag, error.status, error.error_type, error.message,
+                "%s: %d %s: %s",
+                pool.spec.tag,
+                error.status,
+                error.error_type,
+                error.message,
                 extra={"request_id": exchange.request_id},
             )
         if self.observers:
-            self._record_call(pool, call, error.status, error.error_type, exec_us, function_us)
-
-    def _record_call(
-        self, pool: EndpointPool, call: Call, status: int, error_type: str | None, exec_us: int, fn_us: int
-    ) -> None:
-        spec = pool.spec
-        self._record(call.exchange, spec.service_id, spec.endpoint_id, spec.generation, status,
-                     error_type, call.wait_us, exec_us, fn_us, call.body)
+            spec = pool.spec
+            self._record(
+                exchange,
+                spec.service_id,
+                spec.endpoint_id,
+                spec.generation,
+                error.status,
+                error.error_type,
+                call.wait_us,
+                exec_us,
+                function_us,
+                call.body,
+            )
 
     def _record(
         self,
@@ -237,4 +279,6 @@ class NodeApp:
             try:
                 observer.observe(record)
             except Exception:  # boundary: an observer must not break answers
-                log.exception("observer %r failed", observer, extra={"request_id": record.request_id})
+                log.exception(
+                    "observer %r failed", observer, extra={"request_id": record.request_id}
+                )

@@ -10,7 +10,7 @@ sockets. Imports: standard library and `lightnode.errors` only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import ujson
 
@@ -21,6 +21,12 @@ class Responder(Protocol):
     """What an Exchange needs from its connection (the protocol implements it)."""
 
     def exchange_done(self, exchange: Exchange) -> None: ...
+
+
+class Canceller(Protocol):
+    """Something that can cancel the work it started for a request (an endpoint pool)."""
+
+    def cancel(self, token: Any) -> None: ...
 
 
 class Exchange:
@@ -38,6 +44,9 @@ class Exchange:
         started: time.monotonic() when the request was complete.
     Attributes set by the app:
         on_cancel: called once if the client goes away before the answer.
+        canceller, cancel_token: canceller.cancel(cancel_token) is called once
+            likewise (after on_cancel if both are set): the same as an on_cancel
+            lambda, without a closure per request.
     """
 
     __slots__ = (
@@ -51,6 +60,8 @@ class Exchange:
         "keep_alive",
         "started",
         "on_cancel",
+        "canceller",
+        "cancel_token",
         "cancelled",
         "done",
         "status",
@@ -85,6 +96,8 @@ class Exchange:
         self.keep_alive = keep_alive
         self.started = started
         self.on_cancel: Callable[[], None] | None = None
+        self.canceller: Canceller | None = None
+        self.cancel_token: Any = None
         self.cancelled = False
         self.done = False
         self.status = 0
@@ -120,7 +133,9 @@ class Exchange:
         self.close_after = close
         self._responder.exchange_done(self)
 
-    def respond_json(self, status: int, payload: object, headers: Sequence[tuple[str, str]] = ()) -> None:
+    def respond_json(
+        self, status: int, payload: object, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.respond(status, ujson.dumps(payload, ensure_ascii=False).encode(), headers)
 
     def respond_error(self, error: LightnodeError, *, close: bool = False) -> None:
@@ -137,8 +152,12 @@ class Exchange:
             return
         self.cancelled = True
         callback, self.on_cancel = self.on_cancel, None
+        canceller, self.canceller = self.canceller, None
+        token, self.cancel_token = self.cancel_token, None
         if callback is not None:
             callback()
+        if canceller is not None:
+            canceller.cancel(token)
 
 
 class App(Protocol):

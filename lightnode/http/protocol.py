@@ -233,17 +233,7 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._on_parse_error(exc)
         if self._in_head:
-            # A head still incomplete: httptools buffers the header being read
-            # whole, so its raw bytes are counted here too (exactly when the head
-            # began before this read, or in it with no other request in it).
-            # Raw bytes include the request line and separators, hence the
-            # doubled bound: the exact limit is enforced when each header ends.
-            if seq == self._seq:
-                self._head_partial += len(data)
-            elif not self._ready and self._seq == seq + 1:
-                self._head_partial = len(data)
-            if self._head_partial > 2 * self._max_head:
-                self._refuse(431, "HeadersTooLarge", "Request headers are too large")
+            self._count_partial_head(seq, len(data))
         if self._ready:
             self._dispatch()
         if len(self._pending) >= self._state.max_pipelined:
@@ -259,8 +249,24 @@ class HttpProtocol(asyncio.Protocol):
                 self._send_continue()
         elif self._continue_wanted:
             self._send_continue()
-        else:
+        elif self._idle_since is None:  # else _flush() has just found it idle
             self._check_idle()
+
+    def _count_partial_head(self, seq: int, size: int) -> None:
+        """A head still incomplete after a read of `size` bytes, `seq` the request number before it.
+
+        httptools buffers the header being read whole, so its raw bytes are
+        counted here too (exactly when the head began before this read, or in it
+        with no other request in it). Raw bytes include the request line and
+        separators, hence the doubled bound: the exact limit is enforced when
+        each header ends.
+        """
+        if seq == self._seq:
+            self._head_partial += size
+        elif not self._ready and self._seq == seq + 1:
+            self._head_partial = size
+        if self._head_partial > 2 * self._max_head:
+            self._refuse(431, "HeadersTooLarge", "Request headers are too large")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -331,20 +337,24 @@ class HttpProtocol(asyncio.Protocol):
         if self._in_head:
             self._headers.append((name, value))
             kind = _SPECIAL_HEADERS.get(name)
-            if kind is not None:
+            if kind is None:
+                return
+            # The two in most requests inline, the others in _special_header().
+            if kind == _HOST:
+                self._host_count += 1
+            elif kind == _CONTENT_LENGTH:
+                try:
+                    self._content_length = int(value)
+                except ValueError:
+                    self._reject_in_parser(400, "BadRequest", "Invalid Content-Length")
+            else:
                 self._special_header(kind, value)
         elif name in _FORBIDDEN_TRAILERS:  # a trailer field: checked, then dropped
             self._reject_in_parser(400, "BadRequest", "Forbidden trailer field")
 
     def _special_header(self, kind: int, value: bytes) -> None:
-        if kind == _CONTENT_LENGTH:
-            try:
-                self._content_length = int(value)
-            except ValueError:
-                self._reject_in_parser(400, "BadRequest", "Invalid Content-Length")
-        elif kind == _HOST:
-            self._host_count += 1
-        elif kind == _TRANSFER_ENCODING:
+        """The headers of `_SPECIAL_HEADERS` but Host and Content-Length (see on_header)."""
+        if kind == _TRANSFER_ENCODING:
             self._has_transfer_encoding = True
         elif kind == _EXPECT:
             self._expect_continue = value.lower() == b"100-continue"
@@ -372,7 +382,10 @@ class HttpProtocol(asyncio.Protocol):
         if url[:1] == b"/":
             if b"#" in url:
                 url = url.partition(b"#")[0]
-            self._path, _, self._query = url.partition(b"?")
+            if b"?" in url:
+                self._path, _, self._query = url.partition(b"?")
+            else:
+                self._path, self._query = url, b""
         else:
             self._split_target(url)
         if self._content_length > self._max_body:
@@ -407,7 +420,7 @@ class HttpProtocol(asyncio.Protocol):
             self._headers,
             (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
             self._client,
-            self._request_id or new_request_id(),
+            self._request_id or f"{_ID_PREFIX}-{next(_id_counter):x}",  # new_request_id()
             keep_alive,
             # time.monotonic(), not the loop's clock: that one has 1 ms steps, too coarse
             # for the latency histogram and the query log's `total`.
@@ -512,19 +525,21 @@ class HttpProtocol(asyncio.Protocol):
             self._flush()
 
     def _flush(self) -> None:
+        """Write the answers done at the head of `_pending` (callers check the first is)."""
         pending = self._pending
-        out = []
-        close = False
-        while pending and pending[0].done:
-            exchange = pending.popleft()
-            close = exchange.close_after or not exchange.keep_alive
-            out.append(self._render(exchange, close))
-            if close:
-                break
+        exchange = pending.popleft()
+        close = exchange.close_after or not exchange.keep_alive
+        data = self._render(exchange, close)
+        if not close and pending and pending[0].done:  # pipelined answers ready together
+            out = [data]
+            while not close and pending and pending[0].done:
+                exchange = pending.popleft()
+                close = exchange.close_after or not exchange.keep_alive
+                out.append(self._render(exchange, close))
+            data = b"".join(out)
         transport = self._transport
         assert transport is not None
-        if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport.write(data)
         if close:
             self._close(linger=self._refused)
             return
@@ -545,13 +560,13 @@ class HttpProtocol(asyncio.Protocol):
         if exchange.http10_keep_alive and not close:
             headers = (*headers, ("connection", "keep-alive"))
         try:
-            data = render_response(
+            data = render_response(  # positional: once per answer
                 exchange.status,
                 exchange.response_body,
-                request_id=exchange.request_id,
-                content_type=exchange.content_type,
-                headers=headers,
-                close=close,
+                exchange.request_id,
+                exchange.content_type,
+                headers,
+                close,
             )
         except ValueError:
             logger.exception("request %s: the answer could not be rendered", exchange.request_id)

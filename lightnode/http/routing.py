@@ -32,13 +32,23 @@ class Route:
     rest: str = ""  # for ADMIN: the path after /admin/api/
 
 
-_FIXED: dict[bytes, RouteKind] = {
-    b"/public/api/v1/ping": RouteKind.PING,
-    b"/isAlive": RouteKind.IS_ALIVE,
-    b"/healthz": RouteKind.IS_ALIVE,
-    b"/readyz": RouteKind.READY,
-    b"/metrics": RouteKind.METRICS,
+_FIXED: dict[bytes, Route] = {
+    b"/public/api/v1/ping": Route(RouteKind.PING),
+    b"/isAlive": Route(RouteKind.IS_ALIVE),
+    b"/healthz": Route(RouteKind.IS_ALIVE),
+    b"/readyz": Route(RouteKind.READY),
+    b"/metrics": Route(RouteKind.METRICS),
 }
+
+# Routes of the paths parsed before: the fixed ones and the valid /run paths (a
+# handful in practice; emptied when it reaches RUN_ROUTES_CACHED run paths, so
+# that URLs made up by clients cannot grow it without bound). Routes are
+# immutable and depend on the path alone; refused paths are never cached.
+RUN_ROUTES_CACHED = 1024
+_KNOWN: dict[bytes, Route] = dict(_FIXED)
+# known_route(path): the Route of a fixed or already parsed /run path, else None.
+# A bare dict lookup for the hot path; anything else goes through parse_path().
+known_route = _KNOWN.get
 
 
 class BadId(Exception):
@@ -51,11 +61,16 @@ def parse_path(path: bytes) -> Route | None:
     Raises:
         BadId: a run path whose service or endpoint id is not a valid id.
     """
-    fixed = _FIXED.get(path)
-    if fixed is not None:
-        return Route(fixed)
+    route = _KNOWN.get(path)
+    if route is not None:
+        return route
     if path.startswith(RUN_PREFIX) and path.endswith(b"/run"):
-        return _parse_run(path)
+        route = _parse_run(path)
+        if len(_KNOWN) >= len(_FIXED) + RUN_ROUTES_CACHED:
+            _KNOWN.clear()
+            _KNOWN.update(_FIXED)
+        _KNOWN[path] = route
+        return route
     if path.startswith(b"/admin/api/"):
         return Route(RouteKind.ADMIN, rest=unquote(path[len(b"/admin/api/") :].decode("latin-1")))
     return None
@@ -66,7 +81,8 @@ def _parse_run(path: bytes) -> Route:
     parts = middle.split(b"/")
     if len(parts) != 2:
         raise BadId("expected /public/api/v1/<service>/<endpoint>/run")
-    service, endpoint = (unquote(p.decode("latin-1")) for p in parts)
+    service = unquote(parts[0].decode("latin-1"))
+    endpoint = unquote(parts[1].decode("latin-1"))
     if not is_valid_id(service):
         raise BadId(f"Service {service} does not exist")
     if not is_valid_id(endpoint):

@@ -105,16 +105,17 @@ Key = tuple[str, str]
 class Histogram:
     """Fixed buckets over integer microseconds; cumulative counts are built at scrape."""
 
-    __slots__ = ("bounds_s", "_bounds_us", "counts", "sum_us")
+    __slots__ = ("bounds_s", "bounds_us", "counts", "sum_us")
 
     def __init__(self, bounds_s: tuple[float, ...]) -> None:
         self.bounds_s = bounds_s
-        self._bounds_us = [round(b * 1e6) for b in bounds_s]
+        self.bounds_us = [round(b * 1e6) for b in bounds_s]
         self.counts = [0] * (len(bounds_s) + 1)  # last slot: +Inf
         self.sum_us = 0
 
     def observe(self, value_us: int) -> None:
-        self.counts[bisect_left(self._bounds_us, value_us)] += 1
+        # RequestMetrics.observe() does the same inline.
+        self.counts[bisect_left(self.bounds_us, value_us)] += 1
         self.sum_us += value_us
 
     def buckets(self) -> list[tuple[str, int]]:
@@ -162,9 +163,16 @@ class RequestMetrics:
         requests = series.requests
         status = record.status
         requests[status] = requests.get(status, 0) + 1
-        series.duration.observe(record.total_us)
+        # Histogram.observe(), inlined: this runs once per request.
+        histogram = series.duration
+        value_us = record.total_us
+        histogram.counts[bisect_left(histogram.bounds_us, value_us)] += 1
+        histogram.sum_us += value_us
         if record.generation:  # reached a pool: it waited in its queue (or not)
-            series.wait.observe(record.wait_us)
+            histogram = series.wait
+            value_us = record.wait_us
+            histogram.counts[bisect_left(histogram.bounds_us, value_us)] += 1
+            histogram.sum_us += value_us
         elif record.error_type is not None:
             rejections = series.rejections
             rejections[record.error_type] = rejections.get(record.error_type, 0) + 1

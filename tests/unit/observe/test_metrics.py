@@ -14,6 +14,7 @@ from lightnode.http.app import RequestRecord
 from lightnode.observe.metrics import (
     DURATION_BUCKETS_S,
     OTHER,
+    WAIT_BUCKETS_S,
     Histogram,
     MetricsCollector,
     RequestMetrics,
@@ -342,3 +343,17 @@ def test_observe_cost_is_small() -> None:
         w.requests.observe(rec)
     per_call_ns = (time.perf_counter() - started) / n * 1e9
     assert per_call_ns < 20_000, per_call_ns
+
+
+def test_request_histograms_match_histogram_observe() -> None:
+    requests = RequestMetrics(lambda service, endpoint: True)
+    duration, wait = Histogram(DURATION_BUCKETS_S), Histogram(WAIT_BUCKETS_S)
+    for us in (0, 1, 100, 500, 501, 1000, 2_500_000, 60_000_000, 61_000_000):
+        requests.observe(record(total_us=us, wait_us=us // 2))
+        duration.observe(us)
+        wait.observe(us // 2)
+    requests.observe(record(generation="", error_type="QueueFull", total_us=7, wait_us=999))
+    duration.observe(7)  # refused before any pool: no queue wait
+    series = requests.series[("svc", "ep")]
+    assert (series.duration.counts, series.duration.sum_us) == (duration.counts, duration.sum_us)
+    assert (series.wait.counts, series.wait.sum_us) == (wait.counts, wait.sum_us)

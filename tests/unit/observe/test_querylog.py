@@ -239,3 +239,30 @@ def test_any_string_field_stays_valid_json(tmp_path: Path, odd: str) -> None:
     assert raw.count(b"\n") == 1
     (entry,) = lines(tmp_path / "queries.log")
     assert entry["requestId"] == entry["client"] == entry["errorType"] == entry["generation"] == odd
+
+
+def test_time_across_seconds_and_a_clock_going_back(tmp_path: Path) -> None:
+    qlog = make(tmp_path)
+    base = 1767323045  # 2026-01-02T03:04:05Z
+    for wall in (base + 0.999, base + 1.0, base + 1.001, base + 0.5, base + 61.25):
+        qlog.observe(record(time=wall))
+    qlog.close()
+    assert [entry["time"] for entry in lines(tmp_path / "queries.log")] == [
+        "2026-01-02T03:04:05.999Z",
+        "2026-01-02T03:04:06.000Z",
+        "2026-01-02T03:04:06.001Z",
+        "2026-01-02T03:04:05.500Z",
+        "2026-01-02T03:05:06.250Z",
+    ]
+
+
+def test_literal_cache_overflow_keeps_lines_right(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(querylog, "LITERAL_CACHE_SIZE", 3)
+    qlog = make(tmp_path)
+    for i in range(6):
+        qlog.observe(record(service_id=f"s{i}", endpoint_id=f"e{i}", client=f"10.0.0.{i}"))
+    qlog.close()
+    entries = lines(tmp_path / "queries.log")
+    assert [(e["serviceId"], e["endpointId"], e["client"]) for e in entries] == [
+        (f"s{i}", f"e{i}", f"10.0.0.{i}") for i in range(6)
+    ]
