@@ -18,16 +18,19 @@ One call to `handle(event, now)` runs, in this order:
 Timers are therefore honoured by any event, not only by Tick; Tick is the
 event that carries nothing else.
 
-Prefetch (`pool.prefetch`, on by default): at ceil, with nothing IDLE and a
-request waiting, the queue head may be sent ahead into the pipe of a BUSY
-pipeline (`Dispatch(staged=True)`, at most one per pipeline) so that the
-pipeline starts it the moment its current call ends instead of idling for a
-round trip through the node. Only for endpoints whose mean run time is below
-PREFETCH_MAX_RUN_S (a slow call would hold the staged request behind it), never
-onto a pipeline that is retiring or told to stop, and only while HEALTHY. A
-staged request has a pipeline (rule 6 no longer applies to it). If its
-pipeline dies or is killed before starting it, it goes back into the queue in
-arrival order (it never ran), or gets QueueTimeout if its deadline has passed.
+Prefetch (`pool.prefetch`, on by default): at ceil, with nothing IDLE or
+STARTING and a request waiting, the queue head may be sent ahead into the
+pipe of a BUSY pipeline (`Dispatch(staged=True)`, at most one per pipeline)
+so that the pipeline starts it the moment its current call ends instead of
+idling for a round trip through the node. Only for endpoints whose mean run
+time is below PREFETCH_MAX_RUN_S (a slow call would hold the staged request
+behind it), never onto a pipeline that is retiring or told to stop, and only
+while HEALTHY. A staged request has a pipeline (rule 6 no longer applies to
+it). If its pipeline dies or is killed before starting it, it goes back into
+the queue in arrival order (it never ran), or gets QueueTimeout if its
+deadline has passed, or EndpointUnavailable while the endpoint is FAILED.
+While a request waits, no pipeline can take one ahead (checked with the
+invariants), which lets the hot path skip looking for one.
 
 Contract with the scheduler: after RequestCancelled for a request, no
 command names that request again (its result, crash or timeout is silent).
@@ -171,33 +174,60 @@ class PoolMachine:
                 return False  # a ceil decrease or a deadline of an earlier setting
         return self._workers.allocated() <= self._config.pool.ceil
 
+    # The two events of every request, without an event object or the generic
+    # checks: the same as handle(RequestArrived(...)) / handle(WorkerFinished(...)).
+
+    def request_arrived(self, request_id: int, now: float) -> list[Command]:
+        """handle(RequestArrived(request_id), now), faster in a steady pool."""
+        if request_id not in self._running and request_id not in self._queue and self._steady(now):
+            fast = self._fast_arrival(request_id, now)
+            if fast is not None:
+                self.only_queue_deadline_moved = True
+                return fast
+        return self.handle(RequestArrived(request_id), now)
+
+    def worker_finished(self, worker_id: int, now: float) -> list[Command]:
+        """handle(WorkerFinished(worker_id), now), faster in a steady pool."""
+        worker = self._workers.get(worker_id)
+        if worker is not None and worker.state is WorkerState.BUSY and self._steady(now):
+            fast = self._fast_finish(worker, now)
+            if fast is not None:
+                self.only_queue_deadline_moved = True
+                return fast
+        return self.handle(WorkerFinished(worker_id), now)
+
     def _fast_path(self, event: Event, now: float) -> list[Command] | None:
         if type(event) is RequestArrived:
             return self._fast_arrival(event.request_id, now)
         if type(event) is WorkerFinished:
             worker = self._workers.get(event.worker_id)
-            if worker is None or worker.state is not WorkerState.BUSY or worker.stop_when_free:
+            if worker is None or worker.state is not WorkerState.BUSY:
                 return None
-            max_requests = self._config.limits.max_requests
-            if max_requests and worker.served + 1 >= max_requests:
-                return None  # rule 10 retires it
-            staged = worker.staged_id is not None
-            if not staged:
-                pool = self._config.pool
-                if not self._queue and self._workers.allocated() > max(pool.cruise, pool.floor):
-                    return None  # rule 7 may stop it
-                if not self._queue and pool.scale_down_delay and self._shrink_candidates():
-                    return None
-            out: list[Command] = []
-            self._on_finished(worker, now, out)  # IDLE, or still BUSY with its staged request
-            if self._queue and not staged:
-                item = self._queue.pop_oldest()
-                out.append(self._start_call(worker, item.request_id, now, item.arrived_s))
-            self._prefetch_waiting(now, out)
-            if not self._queue:
-                self._queue_bound_relaxed = False
-            return out
+            return self._fast_finish(worker, now)
         return None
+
+    def _fast_finish(self, worker: WorkerRecord, now: float) -> list[Command] | None:
+        if worker.stop_when_free:
+            return None
+        max_requests = self._config.limits.max_requests
+        if max_requests and worker.served + 1 >= max_requests:
+            return None  # rule 10 retires it
+        staged = worker.staged_id is not None
+        if not staged:
+            pool = self._config.pool
+            if not self._queue and self._workers.allocated() > max(pool.cruise, pool.floor):
+                return None  # rule 7 may stop it
+            if not self._queue and pool.scale_down_delay and self._shrink_candidates():
+                return None
+        out: list[Command] = []
+        self._on_finished(worker, now, out)  # IDLE, or still BUSY with its staged request
+        if self._queue and not staged:
+            item = self._queue.pop_oldest()
+            out.append(self._start_call(worker, item.request_id, now, item.arrived_s))
+        self._prefetch_waiting(now, out)
+        if not self._queue:
+            self._queue_bound_relaxed = False
+        return out
 
     def _fast_arrival(self, request_id: int, now: float) -> list[Command] | None:
         workers = self._workers
@@ -212,12 +242,12 @@ class PoolMachine:
         if workers.allocated() < pool.ceil:
             return None  # rule 3 may start a pipeline for it
         # At ceil with every pipeline busy or starting: prefetch, queue (rule 4) or refuse.
+        # (While requests wait no pipeline can take one ahead: see check_invariants.)
         self._loaded = True
-        target = self._prefetch_target()
-        if target is not None:
-            if self._queue:
-                return None  # the head goes first: the general path stages it
-            return [self._stage_call(target, request_id, now, now, now + pool.timeout / 1000)]
+        if not self._queue:
+            target = self._prefetch_target()
+            if target is not None:
+                return [self._stage_call(target, request_id, now, now, now + pool.timeout / 1000)]
         out: list[Command] = []
         if sizing.admits(
             pool, allocated=workers.allocated(), starting=workers.count(WorkerState.STARTING),
@@ -264,11 +294,12 @@ class PoolMachine:
         mean_s = self._mean_run_time_s
         if mean_s is None or mean_s >= self._prefetch_max_run_s:
             return None
-        if self._workers.allocated() < pool.ceil:
-            return None  # below ceil rule 3 starts pipelines instead
+        workers = self._workers
+        if workers.allocated() < pool.ceil or workers.any_in(WorkerState.STARTING):
+            return None  # rule 3 starts pipelines instead, or one starting takes the queue head
         max_requests = self._config.limits.max_requests
         best: WorkerRecord | None = None
-        for worker in self._workers.busy_view():
+        for worker in workers.busy_view():
             if worker.staged_id is not None or worker.stop_when_free or worker.retiring:
                 continue
             if max_requests and worker.served + 1 >= max_requests:
@@ -328,7 +359,12 @@ class PoolMachine:
         return min(deadlines, default=None)
 
     def check_invariants(self) -> None:
-        """Raise InternalError if a pool invariant is broken (see `invariants.py`)."""
+        """Raise InternalError if a pool invariant is broken (see `invariants.py`).
+
+        Plus one of the prefetch rule: while a request waits, no pipeline may take one ahead.
+        """
+        if self._queue and self._prefetch_target() is not None:
+            raise InternalError("pool invariant 9 broken: a request waits while a pipeline could take it ahead")
         check_pool_invariants(
             config=self._config,
             workers=self._workers,

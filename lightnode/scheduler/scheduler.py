@@ -126,9 +126,13 @@ class EndpointPool(WorkerListener):
         """Accept a request; exactly one of the sink's methods will be called for it."""
         request_id = self._next_request_id
         self._next_request_id += 1
-        call = Call(request_id, body, monotonic(), exchange)
+        now = monotonic()
+        call = Call(request_id, body, now, exchange)
         self.calls[request_id] = call
-        self._feed(ev.RequestArrived(request_id))
+        if self._feeding:
+            self._backlog.append(ev.RequestArrived(request_id))
+        else:
+            self._carry_out(self.machine.request_arrived(request_id, now))
         return call
 
     def cancel(self, call: Call) -> None:
@@ -172,18 +176,21 @@ class EndpointPool(WorkerListener):
         if self._feeding:  # a command's side effect produced an event: run it after
             self._backlog.append(event)
             return
+        self._carry_out(self.machine.handle(event, monotonic()))
+
+    def _carry_out(self, commands: list[cmd.Command]) -> None:
+        """Run the commands of one event, then the events they caused, then arm the timer."""
         self._feeding = True
         machine = self.machine
-        only_queue = True
+        only_queue = machine.only_queue_deadline_moved
         try:
-            while True:
-                commands = machine.handle(event, monotonic())
+            for command in commands:
+                self._run(command)
+            while self._backlog:
+                commands = machine.handle(self._backlog.pop(0), monotonic())
                 only_queue = only_queue and machine.only_queue_deadline_moved
                 for command in commands:
                     self._run(command)
-                if not self._backlog:
-                    break
-                event = self._backlog.pop(0)
         finally:
             self._feeding = False
         if only_queue:
@@ -324,7 +331,10 @@ class EndpointPool(WorkerListener):
                 self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
             else:
                 self.sink.call_failed(self, call, _error_from_frame(body), exec_us, value)
-        self._feed(ev.WorkerFinished(worker_id))
+        if self._feeding:
+            self._backlog.append(ev.WorkerFinished(worker_id))
+        else:
+            self._carry_out(self.machine.worker_finished(worker_id, monotonic()))
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
         self.workers.pop(worker_id, None)

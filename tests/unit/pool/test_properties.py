@@ -133,7 +133,13 @@ class World:
             proc = self.procs[event.worker_id]
             crashed = proc.busy_with
         failed_before = self.machine.load_state is LoadState.FAILED
-        commands = self.machine.handle(event, self.now)
+        # The scheduler's entry points: the two per-request events have their own.
+        if isinstance(event, RequestArrived):
+            commands = self.machine.request_arrived(event.request_id, self.now)
+        elif isinstance(event, WorkerFinished):
+            commands = self.machine.worker_finished(event.worker_id, self.now)
+        else:
+            commands = self.machine.handle(event, self.now)
         self.machine.check_invariants()
         self._check_timer()
         self._before_commands(event)
