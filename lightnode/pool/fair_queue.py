@@ -29,13 +29,17 @@ class QueuedRequest:
 class FairQueue:
     """FIFO of waiting requests with absolute deadlines.
 
-    Deadlines need not follow arrival order (a hot reload may shorten the
-    timeout of later arrivals), so expiry uses a heap beside the FIFO.
+    Deadlines usually follow arrival order (one timeout for all), and then the
+    head holds the earliest one. A hot reload may shorten the timeout of later
+    arrivals: from the first push whose deadline is earlier than the tail's
+    until the queue is empty again, expiry uses a heap beside the FIFO.
     """
 
     def __init__(self) -> None:
         self._items: OrderedDict[int, tuple[int, QueuedRequest]] = OrderedDict()
-        self._heap: list[tuple[float, int, int]] = []  # (deadline_s, seq, request_id)
+        # None while deadlines are in FIFO order, else (deadline_s, seq, request_id).
+        self._heap: list[tuple[float, int, int]] | None = None
+        self._tail_deadline_s = float("-inf")
         self._seq = 0
 
     def __len__(self) -> int:
@@ -61,7 +65,17 @@ class FairQueue:
             raise ValueError(f"request {item.request_id} is already queued")
         self._seq += 1
         self._items[item.request_id] = (self._seq, item)
-        heapq.heappush(self._heap, (item.deadline_s, self._seq, item.request_id))
+        heap = self._heap
+        if heap is not None:
+            heapq.heappush(heap, (item.deadline_s, self._seq, item.request_id))
+        elif item.deadline_s >= self._tail_deadline_s:
+            self._tail_deadline_s = item.deadline_s
+        else:  # out of order: a heap until the queue empties
+            self._heap = [
+                (queued.deadline_s, seq, request_id)
+                for request_id, (seq, queued) in self._items.items()
+            ]
+            heapq.heapify(self._heap)
 
     def reinsert(self, item: QueuedRequest) -> None:
         """Put back a request that left the queue but never ran (a prefetched call
@@ -79,7 +93,7 @@ class FairQueue:
             position += 1
         items.insert(position, item)
         self._items.clear()
-        self._heap.clear()
+        self._compact()
         for queued in items:
             self.push(queued)
 
@@ -93,7 +107,8 @@ class FairQueue:
         if not self._items:
             raise IndexError("pop from an empty FairQueue")
         _, (_, item) = self._items.popitem(last=False)
-        self._compact()
+        if self._heap is not None or not self._items:
+            self._compact()
         return item
 
     def remove(self, request_id: int) -> QueuedRequest | None:
@@ -106,37 +121,59 @@ class FairQueue:
 
     def pop_expired(self, now: float) -> list[QueuedRequest]:
         """Remove and return every request whose deadline is <= now, oldest first."""
+        heap = self._heap
+        items = self._items
+        if heap is None:
+            expired_in_order: list[QueuedRequest] = []
+            while items:
+                _, head = next(iter(items.values()))
+                if head.deadline_s > now:
+                    break
+                items.popitem(last=False)
+                expired_in_order.append(head)
+            if not items:
+                self._compact()
+            return expired_in_order
         expired: list[tuple[int, QueuedRequest]] = []
-        while self._heap and self._heap[0][0] <= now:
-            _, seq, request_id = heapq.heappop(self._heap)
-            entry = self._items.get(request_id)
+        while heap and heap[0][0] <= now:
+            _, seq, request_id = heapq.heappop(heap)
+            entry = items.get(request_id)
             if entry is not None and entry[0] == seq:
-                del self._items[request_id]
+                del items[request_id]
                 expired.append(entry)
         expired.sort(key=lambda entry: entry[0])
+        self._compact()
         return [item for _, item in expired]
 
     def next_deadline(self) -> float | None:
         """Earliest deadline among waiting requests, None when empty."""
-        while self._heap:
-            deadline_s, seq, request_id = self._heap[0]
+        if not self._items:
+            return None
+        heap = self._heap
+        if heap is None:
+            for _, head in self._items.values():
+                return head.deadline_s
+        assert heap is not None
+        while heap:
+            deadline_s, seq, request_id = heap[0]
             entry = self._items.get(request_id)
             if entry is not None and entry[0] == seq:
                 return deadline_s
-            heapq.heappop(self._heap)
+            heapq.heappop(heap)
         return None
 
     def clear(self) -> list[QueuedRequest]:
         """Remove and return every waiting request, oldest first."""
         items = [item for _, item in self._items.values()]
         self._items.clear()
-        self._heap.clear()
+        self._compact()
         return items
 
     def _compact(self) -> None:
         if not self._items:
-            self._heap.clear()
-        elif len(self._heap) > _HEAP_SLACK_FACTOR * len(self._items) + 8:
+            self._heap = None  # empty: in order again
+            self._tail_deadline_s = float("-inf")
+        elif self._heap is not None and len(self._heap) > _HEAP_SLACK_FACTOR * len(self._items) + 8:
             self._heap = [
                 (item.deadline_s, seq, request_id)
                 for request_id, (seq, item) in self._items.items()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given
 
 from lightnode.pool.fair_queue import FairQueue, QueuedRequest
 
@@ -69,12 +71,72 @@ def test_removed_requests_do_not_expire_or_set_deadlines() -> None:
 
 def test_heap_stays_bounded_under_churn() -> None:
     q = FairQueue()
-    q.push(item(0, 0.0, 1000.0))
+    q.push(item(0, 0.0, 2000.0))
     for rid in range(1, 500):
-        q.push(item(rid, 0.0, 1000.0 + rid))
+        q.push(item(rid, 0.0, 1000.0 + rid))  # earlier than the tail's: heap mode
         q.remove(rid)
     assert len(q) == 1
-    assert len(q._heap) <= 16  # compaction dropped the stale entries
+    assert q._heap is not None and len(q._heap) <= 16  # compaction dropped the stale entries
+
+
+def test_deadlines_in_order_need_no_heap_until_one_is_out_of_order() -> None:
+    q = FairQueue()
+    for rid in range(3):
+        q.push(item(rid, float(rid), 10.0 + rid))
+    assert q._heap is None and q.next_deadline() == 10.0
+    q.push(item(3, 3.0, 5.0))  # a shorter timeout after a hot reload
+    assert q._heap is not None and q.next_deadline() == 5.0
+    q.clear()
+    q.push(item(4, 4.0, 1.0))  # empty again: in order again, whatever came before
+    assert q._heap is None and q.next_deadline() == 1.0
+
+
+class _Model:
+    """The queue's contract in the plainest terms: a list in FIFO order."""
+
+    def __init__(self) -> None:
+        self.items: list[QueuedRequest] = []
+
+    def next_deadline(self) -> float | None:
+        return min((i.deadline_s for i in self.items), default=None)
+
+    def pop_expired(self, now: float) -> list[QueuedRequest]:
+        expired = [i for i in self.items if i.deadline_s <= now]
+        self.items = [i for i in self.items if i.deadline_s > now]
+        return expired
+
+
+@given(st.lists(st.tuples(st.sampled_from(["push", "pop", "remove", "expire", "reinsert"]),
+                          st.integers(0, 6), st.integers(0, 20)), max_size=60))  # fmt: skip
+def test_matches_a_plain_list(ops: list[tuple[str, int, int]]) -> None:
+    q, model, clock, gone = FairQueue(), _Model(), 0.0, []
+    next_id = 0
+    for op, a, b in ops:
+        clock += 0.5
+        if op == "push":
+            next_id += 1
+            queued = item(next_id, clock, clock + b / 2)
+            q.push(queued)
+            model.items.append(queued)
+        elif op == "pop" and model.items:
+            assert q.pop_oldest() == model.items.pop(0)
+            gone.append(None)
+        elif op == "remove" and model.items:
+            victim = model.items[a % len(model.items)]
+            model.items.remove(victim)
+            assert q.remove(victim.request_id) == victim
+            gone.append(victim)
+        elif op == "expire":
+            assert q.pop_expired(clock + a) == model.pop_expired(clock + a)
+        elif op == "reinsert" and gone and gone[-1] is not None:
+            back = gone.pop()
+            assert back is not None
+            q.reinsert(back)
+            model.items.append(back)
+            model.items.sort(key=lambda i: (i.arrived_s, i.request_id))
+        assert list(q) == model.items
+        assert q.next_deadline() == model.next_deadline()
+        assert len(q) == len(model.items)
 
 
 def test_clear_returns_everything_in_order() -> None:
