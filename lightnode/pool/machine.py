@@ -239,7 +239,8 @@ class PoolMachine:
             self._loaded = True
             return [self._start_call(workers.idle_lru()[-1], request_id, now, now)]
         pool = self._config.pool
-        if workers.allocated() < pool.ceil:
+        allocated = workers.allocated()
+        if allocated < pool.ceil:
             return None  # rule 3 may start a pipeline for it
         # At ceil with every pipeline busy or starting: prefetch, queue (rule 4) or refuse.
         # (While requests wait no pipeline can take one ahead: see check_invariants.)
@@ -250,7 +251,7 @@ class PoolMachine:
                 return [self._stage_call(target, request_id, now, now, now + pool.timeout / 1000)]
         out: list[Command] = []
         if sizing.admits(
-            pool, allocated=workers.allocated(), starting=workers.count(WorkerState.STARTING),
+            pool, allocated=allocated, starting=workers.count(WorkerState.STARTING),
             waiting=len(self._queue),
         ):  # fmt: skip
             self._queue.push(QueuedRequest(request_id, now, now + pool.timeout / 1000))
@@ -397,6 +398,11 @@ class PoolMachine:
             rejections_total=dict(c.rejections_total),
             config=self._config,
         )
+
+    def is_busy(self, worker_id: int) -> bool:
+        """The pipeline runs a request (the scheduler's check before it starts a staged one)."""
+        worker = self._workers.get(worker_id)
+        return worker is not None and worker.state is WorkerState.BUSY
 
     def worker_state(self, worker_id: int) -> WorkerState:
         """State of a pipeline this machine started; GONE once it exited.

@@ -32,7 +32,6 @@ from lightnode.pool import commands as cmd
 from lightnode.pool import events as ev
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.snapshot import PoolSnapshot
-from lightnode.pool.states import WorkerState
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerListener, WorkerSpec
 from lightnode.worker import runtime
 
@@ -320,7 +319,7 @@ class EndpointPool(WorkerListener):
         call = self._running.pop(worker_id, None)
         # The worker has started its prefetched call, unless it was killed meanwhile (its
         # staged call then waits again in the machine's queue).
-        if worker_id in self._staged and self.machine.worker_state(worker_id) is WorkerState.BUSY:
+        if worker_id in self._staged and self.machine.is_busy(worker_id):
             staged = self._staged.pop(worker_id)
             staged.dispatched = now
             staged.wait_us = int((now - staged.arrived) * 1e6)
