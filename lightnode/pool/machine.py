@@ -120,6 +120,7 @@ class PoolMachine:
         # next_deadline() need only compare it with queue_deadline() (the hot path
         # skips the full next_deadline()).
         self.only_queue_deadline_moved = False
+        self._calm = False  # see _is_calm()
 
     # -- public API ---------------------------------------------------------
 
@@ -150,6 +151,7 @@ class PoolMachine:
         self._expire_queue(now, out)
         self._apply(event, now, out)
         self._reconcile(now, out)
+        self._calm = self._is_calm()  # the fast paths leave it as it is
         return out
 
     # -- the request hot path -------------------------------------------------------
@@ -162,10 +164,14 @@ class PoolMachine:
     # check both paths against the same model.
 
     def _steady(self, now: float) -> bool:
-        if self._load_state is not LoadState.HEALTHY or self._workers.has_retiring():
+        if not self._calm:
             return False
         deadline = self._queue.next_deadline()
-        if deadline is not None and deadline <= now:
+        return deadline is None or deadline > now
+
+    def _is_calm(self) -> bool:
+        """The part of _steady() that only the general path can change (kept in `_calm`)."""
+        if self._load_state is not LoadState.HEALTHY or self._workers.has_retiring():
             return False
         if self._config.limits.exec_timeout:
             return False  # exec deadlines use the general path
@@ -366,6 +372,8 @@ class PoolMachine:
         """
         if self._queue and self._prefetch_target() is not None:
             raise InternalError("pool invariant 9 broken: a request waits while a pipeline could take it ahead")
+        if self._calm != self._is_calm():
+            raise InternalError("the kept steady-state flag disagrees with the pool")
         check_pool_invariants(
             config=self._config,
             workers=self._workers,
