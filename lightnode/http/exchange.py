@@ -126,6 +126,11 @@ class Exchange:
         if self.done or self.cancelled:
             return
         self.done = True
+        # Cancelling is over: drop the references to the pool's call, which refers back
+        # to this exchange (no reference cycle left for the garbage collector).
+        self.on_cancel = None
+        self.canceller = None
+        self.cancel_token = None
         self.status = status
         self.response_body = body
         self.response_headers = headers
