@@ -109,12 +109,8 @@ class Pipelines:
             return []
         return [w for w in self._by_id.values() if w.state is state]
 
-    def busy(self) -> list[WorkerRecord]:
-        """The BUSY pipelines (kept as a set: no scan of the records)."""
-        return list(self._busy.values())
-
     def busy_view(self) -> ValuesView[WorkerRecord]:
-        """The BUSY pipelines without a copy: for loops that change no state."""
+        """The BUSY pipelines (kept as a set), without a copy: for loops that change no state."""
         return self._busy.values()
 
     def count(self, state: WorkerState) -> int:
