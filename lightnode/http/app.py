@@ -155,7 +155,7 @@ class NodeApp:
             body = exchange.body
         call = pool.submit(body, exchange)
         if not exchange.done:  # a client gone before the answer: pool.cancel(call)
-            exchange.canceller = pool
+            exchange.on_cancel = pool.cancel
             exchange.cancel_token = call
 
     def check_api_key(self, exchange: Exchange, service_id: str) -> None:

@@ -23,12 +23,6 @@ class Responder(Protocol):
     def exchange_done(self, exchange: Exchange) -> None: ...
 
 
-class Canceller(Protocol):
-    """Something that can cancel the work it started for a request (an endpoint pool)."""
-
-    def cancel(self, token: Any) -> None: ...
-
-
 class Exchange:
     """A parsed request waiting for its answer.
 
@@ -43,10 +37,9 @@ class Exchange:
         keep_alive: whether the connection may stay open after this answer.
         started: time.monotonic() when the request was complete.
     Attributes set by the app:
-        on_cancel: called once if the client goes away before the answer.
-        canceller, cancel_token: canceller.cancel(cancel_token) is called once
-            likewise (after on_cancel if both are set): the same as an on_cancel
-            lambda, without a closure per request.
+        on_cancel, cancel_token: on_cancel(cancel_token) is called once if the
+            client goes away before the answer (the app passes a bound method
+            and its argument: no closure per request).
     """
 
     __slots__ = (
@@ -60,7 +53,6 @@ class Exchange:
         "keep_alive",
         "started",
         "on_cancel",
-        "canceller",
         "cancel_token",
         "cancelled",
         "done",
@@ -95,8 +87,7 @@ class Exchange:
         self.request_id = request_id
         self.keep_alive = keep_alive
         self.started = started
-        self.on_cancel: Callable[[], None] | None = None
-        self.canceller: Canceller | None = None
+        self.on_cancel: Callable[[Any], None] | None = None
         self.cancel_token: Any = None
         self.cancelled = False
         self.done = False
@@ -129,7 +120,6 @@ class Exchange:
         # Cancelling is over: drop the references to the pool's call, which refers back
         # to this exchange (no reference cycle left for the garbage collector).
         self.on_cancel = None
-        self.canceller = None
         self.cancel_token = None
         self.status = status
         self.response_body = body
@@ -157,12 +147,9 @@ class Exchange:
             return
         self.cancelled = True
         callback, self.on_cancel = self.on_cancel, None
-        canceller, self.canceller = self.canceller, None
         token, self.cancel_token = self.cancel_token, None
         if callback is not None:
-            callback()
-        if canceller is not None:
-            canceller.cancel(token)
+            callback(token)
 
 
 class App(Protocol):

@@ -1,5 +1,5 @@
 """The per-request shortcuts of the HTTP side answer exactly as the general code does:
-the /run route cache, the precomputed JSON answer head, the exchange's canceller,
+the /run route cache, the precomputed JSON answer head, the exchange's cancel callback with its token,
 and the app wiring a pool's cancel without a closure."""
 
 from __future__ import annotations
@@ -98,36 +98,28 @@ class Responder:
     def exchange_done(self, exchange: Exchange) -> None: ...
 
 
-class Canceller:
-    def __init__(self, log: list[Any]) -> None:
-        self.log = log
-
-    def cancel(self, token: Any) -> None:
-        self.log.append(("canceller", token))
-
-
 def _exchange() -> Exchange:
     return Exchange(Responder(), b"POST", b"/p", b"", [], b"", "", "r", True, 0.0)
 
 
-def test_canceller_is_called_once_after_on_cancel() -> None:
+def test_on_cancel_gets_its_token_once() -> None:
     log: list[Any] = []
     exchange = _exchange()
-    exchange.on_cancel = lambda: log.append("on_cancel")
-    exchange.canceller, exchange.cancel_token = Canceller(log), 42
+    exchange.on_cancel, exchange.cancel_token = log.append, 42
     exchange.cancel()
     exchange.cancel()
-    assert log == ["on_cancel", ("canceller", 42)]
-    assert exchange.canceller is None and exchange.cancel_token is None
+    assert log == [42]
+    assert exchange.on_cancel is None and exchange.cancel_token is None
 
 
-def test_canceller_is_not_called_after_the_answer() -> None:
+def test_on_cancel_is_not_called_after_the_answer() -> None:
     log: list[Any] = []
     exchange = _exchange()
-    exchange.canceller, exchange.cancel_token = Canceller(log), 1
+    exchange.on_cancel, exchange.cancel_token = log.append, 1
     exchange.respond(200, b"{}")
     exchange.cancel()
     assert log == [] and not exchange.cancelled
+    assert exchange.on_cancel is None and exchange.cancel_token is None  # no reference kept
 
 
 # ---------------------------------------------------------------------- app

@@ -146,7 +146,7 @@ def test_answer_with_close_cancels_later_pending_requests() -> None:
     c.feed(req("/1") + req("/2") + req("/3"))
     cancelled: list[bytes] = []
     for ex in c.app.exchanges:
-        ex.on_cancel = lambda ex=ex: cancelled.append(ex.path)
+        ex.on_cancel = lambda _token, ex=ex: cancelled.append(ex.path)
     answer(c.app.exchanges[2])
     answer(c.app.exchanges[0], close=True)
     assert c.transport.closed
@@ -189,7 +189,7 @@ def test_client_gone_cancels_pending_exchanges() -> None:
     c.feed(req("/1") + req("/2"))
     fired: list[bytes] = []
     for ex in c.app.exchanges:
-        ex.on_cancel = lambda ex=ex: fired.append(ex.path)
+        ex.on_cancel = lambda _token, ex=ex: fired.append(ex.path)
     answer(c.app.exchanges[1])  # answered but not yet written (waits for /1)
     c.lose()
     assert all(ex.cancelled or ex.done for ex in c.app.exchanges)
@@ -204,7 +204,7 @@ def test_on_cancel_raising_does_not_stop_other_cancels() -> None:
     c = connect(FakeApp(auto=False))
     c.feed(req("/1") + req("/2"))
 
-    def boom() -> None:
+    def boom(_token: object) -> None:
         raise RuntimeError("bad callback")
 
     c.app.exchanges[0].on_cancel = boom
