@@ -333,7 +333,7 @@ class EndpointPool(WorkerListener):
         if self._feeding:
             self._backlog.append(ev.WorkerFinished(worker_id))
         else:
-            self._carry_out(self.machine.worker_finished(worker_id, monotonic()))
+            self._carry_out(self.machine.worker_finished(worker_id, now))
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
         self.workers.pop(worker_id, None)
