@@ -229,11 +229,17 @@ class WorkerHandle:
             self.kill(dump_stack=False)
 
     def send_call(self, body: bytes) -> None:
-        """Send one request to the (idle) worker."""
-        if self._writer is None or self._writer.is_closing():
+        """Send one request to the worker (idle, or busy for a prefetched call)."""
+        writer = self._writer
+        if writer is None:
             # Pipes not connected yet can only happen before READY, which precedes any call.
             raise RuntimeError(f"worker {self.worker_id} has no open pipe")
-        self._writer.write(encode_frame(runtime.CALL, body))
+        if writer.is_closing():
+            # The process died and the pipe broke before its exit was reported: the
+            # exit, reported next, settles the call (WorkerCrashed, or back in the
+            # queue if it was prefetched).
+            return
+        writer.write(encode_frame(runtime.CALL, body))
 
     def stop(self) -> None:
         """Close the call pipe: an idle worker exits at once; escalate if it lingers."""

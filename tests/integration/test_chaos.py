@@ -331,14 +331,20 @@ def load_and_kill(node: Node, duration_s: float, clients: int = 8) -> dict[str, 
     def client() -> None:
         sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
         buffer = b""
+        def receive() -> bytes:
+            chunk = sock.recv(65536)
+            if not chunk:  # the node closed the connection: never loop on it
+                raise ConnectionError("connection closed by the node")
+            return chunk
+
         while not stop.is_set():
             sock.sendall(request)
             while b"\r\n\r\n" not in buffer:
-                buffer += sock.recv(65536)
+                buffer += receive()
             head, _, buffer = buffer.partition(b"\r\n\r\n")
             length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
             while len(buffer) < length:
-                buffer += sock.recv(65536)
+                buffer += receive()
             answer, buffer = buffer[:length], buffer[length:]
             status = int(head.split()[1])
             kind = "ok" if status == 200 else f"{status} {json.loads(answer)['errorType']}"
@@ -403,6 +409,7 @@ def test_random_sigkills_under_load_fail_only_the_killed_requests(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 60 s of load plus start and checks: over the default 60 s
 def test_random_sigkills_long(node_factory: Any, tmp_path: Path) -> None:
     node = chaos_node(node_factory, tmp_path)
     check_kills(node, load_and_kill(node, duration_s=60.0, clients=16))
