@@ -90,8 +90,20 @@ class _FrameReader(asyncio.Protocol):
         self._decoder = FrameDecoder()
 
     def data_received(self, data: bytes) -> None:
-        for kind, value, body in self._decoder.feed(data):
-            self._handle._frame(kind, value, body)
+        frames = self._decoder.feed(data)
+        handle = self._handle
+        if len(frames) == 1:
+            kind, value, body = frames[0]
+            handle._frame(kind, value, body)
+            return
+        # Several answers in one read (a busy node reads about two per read): the calls
+        # their settling sends to this pipeline go out in one write after the last.
+        handle._hold_calls()
+        try:
+            for kind, value, body in frames:
+                handle._frame(kind, value, body)
+        finally:
+            handle._release_calls()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handle._answers_closed()
@@ -141,6 +153,7 @@ class WorkerHandle:
         self._answers_eof = False  # every frame it wrote has been read
         self._stopping = False
         self._timers: list[asyncio.TimerHandle] = []
+        self._held: list[bytes] | None = None  # call frames held while a batch of answers is settled
         self.started_at = time.monotonic()
         self.pid = 0
 
@@ -239,7 +252,20 @@ class WorkerHandle:
             # exit, reported next, settles the call (WorkerCrashed, or back in the
             # queue if it was prefetched).
             return
-        writer.write(encode_frame(runtime.CALL, body))
+        if self._held is not None:
+            self._held.append(encode_frame(runtime.CALL, body))
+        else:
+            writer.write(encode_frame(runtime.CALL, body))
+
+    def _hold_calls(self) -> None:
+        """Hold the calls sent from now on until _release_calls(): one write for all."""
+        self._held = []
+
+    def _release_calls(self) -> None:
+        """Write the held calls, in the order they were sent, with one system call."""
+        held, self._held = self._held, None
+        if held and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(held) if len(held) > 1 else held[0])
 
     def stop(self) -> None:
         """Close the call pipe: an idle worker exits at once; escalate if it lingers."""
@@ -247,6 +273,9 @@ class WorkerHandle:
             return
         self._stopping = True
         if self._writer is not None:
+            if self._held:  # calls sent before the stop are delivered before the EOF
+                self._release_calls()
+                self._held = []
             self._writer.close()
         else:
             self._signal(signal.SIGTERM)

@@ -1,8 +1,11 @@
-"""WorkerHandle with a real pipeline process: a call sent to a pipeline that just died.
+"""WorkerHandle: a call sent to a pipeline that just died, and calls batched per read.
 
 Between a pipeline's death and the report of its exit the node may still send it
 a call (a prefetched one, typically). The broken pipe must not raise out of the
-dispatch: the exit, reported next, settles the call.
+dispatch: the exit, reported next, settles the call (real pipeline process).
+
+When one read of the answer pipe holds several answers, the calls sent to that
+pipeline while they are settled go out in one write (fake pipe).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec
+from lightnode.worker import runtime
+from lightnode.worker.runtime import encode_frame
 
 
 class Listener:
@@ -58,3 +63,87 @@ def test_a_call_sent_to_a_dead_pipeline_is_settled_by_its_exit(tmp_path: Path) -
         handle.send_call(b"{}")  # after the exit too: nothing to write to, nothing raised
 
     asyncio.run(scenario())
+
+
+# -- calls sent while a batch of answers is settled go out in one write -------------
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Resender(Listener):
+    """Sends a call back to the pipeline for each answer, as the pool does under load."""
+
+    def __init__(self, stop_after: int = 0) -> None:
+        super().__init__()
+        self.handle: WorkerHandle | None = None
+        self.stop_after = stop_after
+
+    def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+        super().worker_answered(worker_id, kind, value, body)
+        assert self.handle is not None
+        answered = sum(1 for event in self.events if event[0] == "answered")
+        self.handle.send_call(b"next-" + body)
+        if answered == self.stop_after:
+            self.handle.stop()
+
+
+def _handle_with_fake_pipe(listener: Resender, loop: asyncio.AbstractEventLoop) -> tuple[Any, FakeWriter]:
+    from lightnode.scheduler.worker_handle import _FrameReader
+
+    spec = WorkerSpec("svc", "add", "v1", Path("."), "add.py", None)
+    handle = WorkerHandle(loop, 1, spec, listener)
+    writer = FakeWriter()
+    handle._writer = writer  # type: ignore[assignment]
+    listener.handle = handle
+    return _FrameReader(handle), writer
+
+
+def test_calls_sent_while_settling_several_answers_share_one_write() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        listener = Resender()
+        reader, writer = _handle_with_fake_pipe(listener, loop)
+        answers = b"".join(encode_frame(runtime.RESULT, body, 3) for body in (b"1", b"2", b"3"))
+        reader.data_received(answers)
+        assert [body for kind, body in listener.events] == [b"1", b"2", b"3"]
+        calls = b"".join(encode_frame(runtime.CALL, b"next-" + body) for body in (b"1", b"2", b"3"))
+        assert writer.writes == [calls]  # one write, in the order the calls were sent
+        reader.data_received(encode_frame(runtime.RESULT, b"4", 3))  # a lone answer: written at once
+        assert writer.writes[-1] == encode_frame(runtime.CALL, b"next-4")
+        handle = listener.handle
+        assert handle is not None
+        handle.send_call(b"direct")  # outside any batch: written at once too
+        assert writer.writes[-1] == encode_frame(runtime.CALL, b"direct")
+        assert len(writer.writes) == 3
+    finally:
+        loop.close()
+
+
+def test_a_stop_in_a_batch_delivers_the_calls_held_before_it() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        listener = Resender(stop_after=1)
+        reader, writer = _handle_with_fake_pipe(listener, loop)
+        handle = listener.handle
+        assert handle is not None
+        handle._proc = None  # no process: stop() only closes the pipe and arms its timers
+        reader.data_received(encode_frame(runtime.RESULT, b"1") + encode_frame(runtime.RESULT, b"2"))
+        # The call sent before stop() precedes the EOF; the one after finds the pipe closing.
+        assert writer.writes == [encode_frame(runtime.CALL, b"next-1")]
+        assert writer.closed
+    finally:
+        loop.close()
