@@ -145,7 +145,8 @@ def build(
     loop = asyncio.new_event_loop()
     app = NodeApp(root)
     factory = worker or InstantWorker
-    registry_module.EndpointPool = partial(EndpointPool, worker_factory=factory)  # type: ignore[misc]
+    # The registry builds its pools by this module-level name: swap in the fake pipelines.
+    vars(registry_module)["EndpointPool"] = partial(EndpointPool, worker_factory=factory)
     app.registry = Registry(loop, data, app)
     app.registry.load_all()
     if observers:
@@ -227,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             saturated = Saturated(Path(tmp), observers, args.connections)
             saturated.run(2000)  # warm up
             before = saturated.written
-            run = partial(saturated.run, args.requests)
             loop = saturated.loop
+
+            def run() -> None:
+                saturated.run(args.requests)
         else:
             protocol, transport, loop = build(Path(tmp), observers=observers)
             for _ in range(2000):  # warm up
