@@ -295,18 +295,25 @@ class PoolMachine:
 
         Of several, the one whose current call started first (likely to finish first).
         """
+        return self._prefetch_candidate() if self._may_prefetch() else None
+
+    def _may_prefetch(self) -> bool:
+        """The pool-wide conditions of prefetch (staging a request changes none of them)."""
         pool = self._config.pool
         if not pool.prefetch or self._load_state is not LoadState.HEALTHY:
-            return None
+            return False
         mean_s = self._mean_run_time_s
         if mean_s is None or mean_s >= self._prefetch_max_run_s:
-            return None
+            return False
         workers = self._workers
-        if workers.allocated() < pool.ceil or workers.any_in(WorkerState.STARTING):
-            return None  # rule 3 starts pipelines instead, or one starting takes the queue head
+        # Below ceil rule 3 starts pipelines instead; a STARTING one takes the queue head.
+        return workers.allocated() >= pool.ceil and not workers.any_in(WorkerState.STARTING)
+
+    def _prefetch_candidate(self) -> WorkerRecord | None:
+        """The per-pipeline part of _prefetch_target()."""
         max_requests = self._config.limits.max_requests
         best: WorkerRecord | None = None
-        for worker in workers.busy_view():
+        for worker in self._workers.busy_view():
             if worker.staged_id is not None or worker.stop_when_free or worker.retiring:
                 continue
             if max_requests and worker.served + 1 >= max_requests:
@@ -317,11 +324,14 @@ class PoolMachine:
 
     def _prefetch_waiting(self, now: float, out: list[Command]) -> None:
         """Stage waiting requests, oldest first, on pipelines that may take one ahead."""
-        while self._queue:
-            worker = self._prefetch_target()
+        queue = self._queue
+        if not queue or not self._may_prefetch():
+            return
+        while queue:
+            worker = self._prefetch_candidate()
             if worker is None:
                 return
-            item = self._queue.pop_oldest()
+            item = queue.pop_oldest()
             out.append(self._stage_call(worker, item.request_id, now, item.arrived_s, item.deadline_s))
 
     def _unstage(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:

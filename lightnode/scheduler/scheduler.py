@@ -179,9 +179,12 @@ class EndpointPool(WorkerListener):
 
     def _carry_out(self, commands: list[cmd.Command]) -> None:
         """Run the commands of one event, then the events they caused, then arm the timer."""
-        self._feeding = True
         machine = self.machine
         only_queue = machine.only_queue_deadline_moved
+        if not commands and only_queue:  # a request queued under load: nothing to run
+            self._arm_for_queue_head()
+            return
+        self._feeding = True
         try:
             for command in commands:
                 self._run(command)
@@ -193,13 +196,16 @@ class EndpointPool(WorkerListener):
         finally:
             self._feeding = False
         if only_queue:
-            # Hot path: the armed timer (if any) is still due no later than every deadline
-            # but the queue's; arm for the queue head if that comes first.
-            deadline = machine.queue_deadline()
-            if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
-                self._arm_timer(deadline)
+            self._arm_for_queue_head()
         else:
             self._arm_timer(machine.next_deadline())
+
+    def _arm_for_queue_head(self) -> None:
+        """Hot path: the armed timer (if any) is still due no later than every deadline
+        but the queue's; arm for the queue head if that comes first."""
+        deadline = self.machine.queue_deadline()
+        if deadline is not None and (self._timer_at is None or deadline < self._timer_at):
+            self._arm_timer(deadline)
 
     def _run(self, command: cmd.Command) -> None:
         try:
