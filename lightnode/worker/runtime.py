@@ -121,10 +121,14 @@ class FrameDecoder:
     def feed(self, data: bytes) -> List[Tuple[int, int, bytes]]:
         """Append `data`; return the list of complete (kind, value, body) frames."""
         buffer = self._buffer
+        size = HEADER.size
+        if not buffer and len(data) >= size:  # the usual read: exactly one whole frame
+            length, kind, value = HEADER.unpack_from(data)
+            if len(data) == size + length:
+                return [(kind, value, data[size:])]
         buffer += data
         frames = []
         offset = 0
-        size = HEADER.size
         while len(buffer) - offset >= size:
             length, kind, value = HEADER.unpack_from(buffer, offset)
             end = offset + size + length

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightnode.worker import runtime
 from lightnode.worker.runtime import (
@@ -67,6 +69,27 @@ def test_decoder_handles_any_split() -> None:
         for i in range(0, len(stream), step):
             frames.extend(decoder.feed(stream[i : i + step]))
         assert frames == [(READY, 0, b'{"pid":1}'), (RESULT, 7, b"[1,2]"), (ERROR, 0, b"")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([CALL, RESULT, ERROR]), st.binary(max_size=40)), max_size=6),
+    st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=8),
+)
+def test_decoder_matches_the_frames_for_any_cut(frames: list[tuple[int, bytes]], cuts: list[int]) -> None:
+    """Whole frames one per read (the decoder's fast path), and every other cut, give the same frames."""
+    encoded = [encode_frame(kind, body, 5) for kind, body in frames]
+    expected = [(kind, 5, body) for kind, body in frames]
+    decoder = FrameDecoder()
+    assert [frame for data in encoded for frame in decoder.feed(data)] == expected
+    stream = b"".join(encoded)
+    decoder, got, position, turn = FrameDecoder(), [], 0, 0
+    while position < len(stream):
+        step = cuts[turn % len(cuts)]
+        got.extend(decoder.feed(stream[position : position + step]))
+        position, turn = position + step, turn + 1
+    assert got == expected
+    assert all(type(body) is bytes for _, _, body in got)
 
 
 # ------------------------------------------------------------------- binding
