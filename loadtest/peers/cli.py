@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.peers",
         description="Benchmark lightnode against peer Python servers on the same functions.",
-        epilog=f"Servers: {', '.join(servers.SERVER_NAMES)}. Peers: {servers.PIP_LINE}",
+        epilog=f"Servers: {', '.join(servers.SERVER_NAMES)}; with --only also: "
+        f"{', '.join(servers.EXTRA_NAMES)}. Peers: {servers.PIP_LINE}",
     )
     parser.add_argument("--rounds", type=_positive(int), default=3, help="rounds (default 3)")
     parser.add_argument(

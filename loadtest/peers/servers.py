@@ -59,17 +59,28 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("uvicorn", "uvicorn, 1 process, raw ASGI app", ("uvicorn", "uvloop", "httptools")),
 )
 SERVER_NAMES: tuple[str, ...] = tuple(spec.name for spec in SERVERS)
+# Run only when named with --only: a reference, not a peer.
+EXTRA_SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec(
+        "floor",
+        f"lightnode's architecture without its features (loadtest/peers/floor.py), "
+        f"{PIPELINES} pipelines per endpoint",
+        ("uvloop", "httptools"),
+    ),
+)
+EXTRA_NAMES: tuple[str, ...] = tuple(spec.name for spec in EXTRA_SERVERS)
 
 
 def spec_named(name: str) -> ServerSpec:
-    for spec in SERVERS:
+    for spec in SERVERS + EXTRA_SERVERS:
         if spec.name == name:
             return spec
-    raise KeyError(f"unknown server {name!r} (known: {', '.join(SERVER_NAMES)})")
+    known = ", ".join(SERVER_NAMES + EXTRA_NAMES)
+    raise KeyError(f"unknown server {name!r} (known: {known})")
 
 
 def select(names: str | None) -> tuple[ServerSpec, ...]:
-    """`--only a,b` -> those specs in the canonical order; None -> all.
+    """`--only a,b` -> those specs in the canonical order; None -> all but the extras.
 
     Raises:
         KeyError: an unknown name.
@@ -79,7 +90,7 @@ def select(names: str | None) -> tuple[ServerSpec, ...]:
     wanted = {name.strip() for name in names.split(",") if name.strip()}
     for name in wanted:
         spec_named(name)
-    return tuple(spec for spec in SERVERS if spec.name in wanted)
+    return tuple(spec for spec in SERVERS + EXTRA_SERVERS if spec.name in wanted)
 
 
 def missing_packages(specs: tuple[ServerSpec, ...]) -> list[str]:
@@ -113,6 +124,9 @@ def server_command(
         return [*granian, "--interface", "wsgi", WSGI_APP]
     if name == "granian-asgi":
         return [*granian, "--interface", "asgi", ASGI_APP]
+    if name == "floor":
+        return [python, "-m", "loadtest.peers.floor", "--host", HOST, "--port", str(port),
+                "--pipelines", str(PIPELINES)]  # fmt: skip
     if name == "uvicorn":
         return [python, "-m", "uvicorn", ASGI_APP, "--host", HOST, "--port", str(port),
                 "--loop", "uvloop", "--http", "httptools", "--no-access-log",

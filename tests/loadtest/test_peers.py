@@ -21,7 +21,7 @@ PORT = 43210
 
 
 def test_every_server_binds_loopback_on_the_given_port(tmp_path: Path) -> None:
-    for name in servers.SERVER_NAMES:
+    for name in servers.SERVER_NAMES + servers.EXTRA_NAMES:
         argv = servers.server_command(name, PORT, data_dir=tmp_path, python="py")
         text = " ".join(argv)
         assert argv[:2] == ["py", "-m"]
@@ -71,6 +71,14 @@ def test_select_keeps_canonical_order_and_refuses_unknown_names() -> None:
     assert servers.select(None) == servers.SERVERS
     with pytest.raises(KeyError, match="unknown server"):
         servers.select("lightnode,tornado")
+
+
+def test_the_floor_runs_only_when_named() -> None:
+    assert "floor" not in [s.name for s in servers.select(None)]
+    assert [s.name for s in servers.select("floor,lightnode")] == ["lightnode", "floor"]
+    argv = servers.server_command("floor", PORT, python="py")
+    assert argv[:3] == ["py", "-m", "loadtest.peers.floor"]
+    assert argv[argv.index("--pipelines") + 1] == str(servers.PIPELINES)
 
 
 def test_harness_command_is_a_closed_loop_run_of_the_bench_service(tmp_path: Path) -> None:
