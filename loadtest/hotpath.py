@@ -69,13 +69,13 @@ class InstantWorker:
 class QueueingWorker(InstantWorker):
     """A pipeline that keeps the calls it is sent (prefetch included) until told to answer one."""
 
+    instances: list[QueueingWorker] = []  # in start order, for the driver
+
     def __init__(self, loop: Any, worker_id: int, spec: Any, listener: Any) -> None:
         super().__init__(loop, worker_id, spec, listener)
         self.calls: deque[bytes] = deque()
         self.decoder = runtime.FrameDecoder()
-        QueueingWorker.all.append(self)
-
-    all: list[QueueingWorker] = []
+        QueueingWorker.instances.append(self)
 
     def send_call(self, body: bytes) -> None:
         self.calls.append(runtime.encode_frame(runtime.CALL, body))
@@ -173,9 +173,9 @@ class Saturated:
     """C connections, each sending its next request once answered, over two queueing pipelines."""
 
     def __init__(self, root: Path, observers: bool, connections: int) -> None:
-        QueueingWorker.all = []
+        QueueingWorker.instances = []
         first, _, self.loop = build(root, observers, worker=QueueingWorker, pool_size=2)
-        self.workers = QueueingWorker.all
+        self.workers = QueueingWorker.instances
         self.answered: deque[HttpProtocol] = deque()
         self.protocols = [first]
         for _ in range(connections - 1):
