@@ -91,6 +91,8 @@ class _FrameReader(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         frames = self._decoder.feed(data)
+        if not frames:
+            return  # a frame still incomplete
         handle = self._handle
         if len(frames) == 1:
             kind, value, body = frames[0]
