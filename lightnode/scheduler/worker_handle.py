@@ -277,7 +277,6 @@ class WorkerHandle:
         if self._writer is not None:
             if self._held:  # calls sent before the stop are delivered before the EOF
                 self._release_calls()
-                self._held = []
             self._writer.close()
         else:
             self._signal(signal.SIGTERM)
