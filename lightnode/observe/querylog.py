@@ -86,6 +86,7 @@ class QueryLog:
         self._second = -1
         self._second_text = ""
         self._literals: dict[str, str] = {}
+        self._fragments: dict[tuple[str, str, str, int, str | None], str] = {}
         self._last_error_at = -ERROR_LOG_INTERVAL_S
         self.dropped_lines = 0
         self._open()
@@ -95,31 +96,29 @@ class QueryLog:
     def observe(self, record: RequestRecord) -> None:
         # Formatted by hand: twice as fast as building a dict for ujson.dumps, and
         # every string still goes through json_string(), so the line is valid JSON.
-        # This runs once per request: the common cases of _literal(), json_string()
-        # and _time_text() are inlined (a cache hit, an id needing no escape, the
-        # same second as the line before).
-        literals = self._literals
-        literal = self._literal
+        # This runs once per request, so the common cases are inlined: the keys from
+        # serviceId to errorType come from one cached fragment per (service,
+        # endpoint, generation, status, errorType), the client's literal is cached,
+        # the id needs no escape and the second is the line before's.
         millis = int(record.time * 1000)
-        second = millis // 1000
-        if second != self._second:
+        if millis // 1000 != self._second:
             self._time_text(record.time)  # sets _second and _second_text
         request_id = record.request_id
         if '"' not in request_id and "\\" not in request_id and request_id.isprintable():
             request_id = f'"{request_id}"'
         else:
             request_id = json_string(request_id)
-        error_type = record.error_type
+        key = (record.service_id, record.endpoint_id, record.generation, record.status,
+               record.error_type)  # fmt: skip
+        middle = self._fragments.get(key)
+        if middle is None:
+            middle = self._fragment(key)
+        client = self._literals.get(record.client) or self._literal(record.client)
         line = (
             f'{{"time":"{self._second_text}{_MILLIS[millis % 1000]}","requestId":{request_id},'
-            f'"serviceId":{literals.get(record.service_id) or literal(record.service_id)},'
-            f'"endpointId":{literals.get(record.endpoint_id) or literal(record.endpoint_id)},'
-            f'"generation":{literals.get(record.generation) or literal(record.generation)},'
-            f'"status":{int(record.status)},'
-            f'"errorType":{"null" if error_type is None else literal(error_type)},'
-            f'"wait":{int(record.wait_us)},"execution":{int(record.execution_us)},'
-            f'"functionInternal":{int(record.function_us)},"total":{int(record.total_us)},'
-            f'"client":{literals.get(record.client) or literal(record.client)}'
+            f'{middle}"wait":{record.wait_us},"execution":{record.execution_us},'
+            f'"functionInternal":{record.function_us},"total":{record.total_us},'
+            f'"client":{client}'
         )
         if self.log_params:
             line += ',"params":' + params_json(record.params)
@@ -130,6 +129,20 @@ class QueryLog:
             self.flush()
         elif self._timer is None and self._loop is not None:
             self._timer = self._loop.call_later(FLUSH_INTERVAL_S, self._on_timer)
+
+    def _fragment(self, key: tuple[str, str, str, int, str | None]) -> str:
+        """The keys serviceId .. errorType of a line, with a trailing comma (cached)."""
+        service_id, endpoint_id, generation, status, error_type = key
+        literal = self._literal
+        fragment = (
+            f'"serviceId":{literal(service_id)},"endpointId":{literal(endpoint_id)},'
+            f'"generation":{literal(generation)},"status":{int(status)},'
+            f'"errorType":{"null" if error_type is None else literal(error_type)},'
+        )
+        if len(self._fragments) >= LITERAL_CACHE_SIZE:
+            self._fragments.clear()
+        self._fragments[key] = fragment
+        return fragment
 
     def _literal(self, text: str) -> str:
         cached = self._literals.get(text)

@@ -266,3 +266,14 @@ def test_literal_cache_overflow_keeps_lines_right(tmp_path: Path, monkeypatch: A
     assert [(e["serviceId"], e["endpointId"], e["client"]) for e in entries] == [
         (f"s{i}", f"e{i}", f"10.0.0.{i}") for i in range(6)
     ]
+
+
+def test_cached_fragments_follow_status_error_type_and_generation(tmp_path: Path) -> None:
+    qlog = make(tmp_path)
+    cases = [(200, None, "g1"), (503, "QueueFull", "g1"), (200, None, "g1"), (404, "NotFound", ""),
+             (500, "FunctionError", "g2"), (503, "QueueFull", "g1")]  # fmt: skip
+    for status, error_type, generation in cases:
+        qlog.observe(record(status=status, error_type=error_type, generation=generation))
+    qlog.close()
+    entries = lines(tmp_path / "queries.log")
+    assert [(e["status"], e["errorType"], e["generation"]) for e in entries] == cases
