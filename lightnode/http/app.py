@@ -202,8 +202,25 @@ class NodeApp:
     ) -> None:
         exchange: Exchange = call.exchange
         exchange.respond(200, body)
-        if self.observers:
-            self._record_call(pool, call, 200, None, exec_us, function_us)
+        if self.observers:  # _record() inlined: this runs once per request
+            spec = pool.spec
+            self._notify(
+                RequestRecord(
+                    time.time(),
+                    exchange.request_id,
+                    spec.service_id,
+                    spec.endpoint_id,
+                    spec.generation,
+                    200,
+                    None,
+                    call.wait_us,
+                    exec_us,
+                    function_us,
+                    int((time.monotonic() - exchange.started) * 1e6),  # total_us
+                    exchange.client,
+                    call.body,
+                )
+            )
 
     def call_failed(
         self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
@@ -220,14 +237,10 @@ class NodeApp:
                 extra={"request_id": exchange.request_id},
             )
         if self.observers:
-            self._record_call(pool, call, error.status, error.error_type, exec_us, function_us)
-
-    def _record_call(
-        self, pool: EndpointPool, call: Call, status: int, error_type: str | None, exec_us: int, fn_us: int
-    ) -> None:
-        spec = pool.spec
-        self._record(call.exchange, spec.service_id, spec.endpoint_id, spec.generation, status,
-                     error_type, call.wait_us, exec_us, fn_us, call.body)  # fmt: skip
+            spec = pool.spec
+            self._record(exchange, spec.service_id, spec.endpoint_id, spec.generation,
+                         error.status, error.error_type, call.wait_us, exec_us, function_us,
+                         call.body)  # fmt: skip
 
     def _record(
         self,
@@ -258,6 +271,9 @@ class NodeApp:
             exchange.client,
             params,
         )
+        self._notify(record)
+
+    def _notify(self, record: RequestRecord) -> None:
         for observer in self.observers:
             try:
                 observer.observe(record)
