@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.requests} requests)"
         )
         if profiler:
-            pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats(os.environ.get("HOTPATH_SORT", "tottime")).print_stats(int(os.environ.get("HOTPATH_TOP", "25")))
         loop.close()
     return 0
 
