@@ -15,12 +15,15 @@ class SpawnWorker:
     worker_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dispatch:
     """Send the request to the (now BUSY) pipeline.
 
     `staged`: the pipeline is still running another request; this one is sent
     ahead into its pipe (prefetch) and starts when that one finishes.
+
+    Not frozen, unlike the other commands, though nobody changes one: it is made
+    for every request, and a frozen dataclass's __init__ costs three times as much.
     """
 
     request_id: int
