@@ -37,9 +37,15 @@ class FairQueue:
 
     def __init__(self) -> None:
         self._items: OrderedDict[int, tuple[int, QueuedRequest]] = OrderedDict()
+        # The ids of waiting requests, oldest first: a live read-only view for the pool's
+        # hot path, where `if queue.waiting` and `rid in queue.waiting` cost no Python call.
+        self.waiting = self._items.keys()
         # None while deadlines are in FIFO order, else (deadline_s, seq, request_id).
         self._heap: list[tuple[float, int, int]] | None = None
         self._tail_deadline_s = float("-inf")
+        # In FIFO order: the head's deadline (None when empty), kept so that
+        # next_deadline(), asked several times per request, is an attribute read.
+        self._head_deadline_s: float | None = None
         self._seq = 0
 
     def __len__(self) -> int:
@@ -70,6 +76,8 @@ class FairQueue:
             heapq.heappush(heap, (item.deadline_s, self._seq, item.request_id))
         elif item.deadline_s >= self._tail_deadline_s:
             self._tail_deadline_s = item.deadline_s
+            if len(self._items) == 1:
+                self._head_deadline_s = item.deadline_s
         else:  # out of order: a heap until the queue empties
             self._heap = [
                 (queued.deadline_s, seq, request_id)
@@ -107,8 +115,7 @@ class FairQueue:
         if not self._items:
             raise IndexError("pop from an empty FairQueue")
         _, (_, item) = self._items.popitem(last=False)
-        if self._heap is not None or not self._items:
-            self._compact()
+        self._compact()
         return item
 
     def remove(self, request_id: int) -> QueuedRequest | None:
@@ -118,6 +125,13 @@ class FairQueue:
             return None
         self._compact()
         return entry[1]
+
+    def _peek_head(self) -> None:
+        """FIFO order: keep `_head_deadline_s` after the head left."""
+        for _, head in self._items.values():
+            self._head_deadline_s = head.deadline_s
+            return
+        self._head_deadline_s = None
 
     def pop_expired(self, now: float) -> list[QueuedRequest]:
         """Remove and return every request whose deadline is <= now, oldest first."""
@@ -131,8 +145,7 @@ class FairQueue:
                     break
                 items.popitem(last=False)
                 expired_in_order.append(head)
-            if not items:
-                self._compact()
+            self._compact()
             return expired_in_order
         expired: list[tuple[int, QueuedRequest]] = []
         while heap and heap[0][0] <= now:
@@ -147,13 +160,9 @@ class FairQueue:
 
     def next_deadline(self) -> float | None:
         """Earliest deadline among waiting requests, None when empty."""
-        if not self._items:
-            return None
         heap = self._heap
         if heap is None:
-            for _, head in self._items.values():
-                return head.deadline_s
-        assert heap is not None
+            return self._head_deadline_s
         while heap:
             deadline_s, seq, request_id = heap[0]
             entry = self._items.get(request_id)
@@ -170,9 +179,13 @@ class FairQueue:
         return items
 
     def _compact(self) -> None:
+        """After removals: the heap dropped when empty or rebuilt when stale, the FIFO head kept."""
         if not self._items:
             self._heap = None  # empty: in order again
             self._tail_deadline_s = float("-inf")
+            self._head_deadline_s = None
+        elif self._heap is None:
+            self._peek_head()
         elif self._heap is not None and len(self._heap) > _HEAP_SLACK_FACTOR * len(self._items) + 8:
             self._heap = [
                 (item.deadline_s, seq, request_id)

@@ -102,6 +102,7 @@ class PoolMachine:
         self._prefetch_max_run_s = prefetch_max_run_s
         self._workers = Pipelines()
         self._queue = FairQueue()
+        self._waiting = self._queue.waiting  # ids, for cheap tests on the hot path
         self._running: dict[int, int] = {}  # request_id -> worker_id
         self._load_state = LoadState.LOADING
         self._loaded = False
@@ -185,7 +186,7 @@ class PoolMachine:
 
     def request_arrived(self, request_id: int, now: float) -> list[Command]:
         """handle(RequestArrived(request_id), now), faster in a steady pool."""
-        if request_id not in self._running and request_id not in self._queue and self._steady(now):
+        if request_id not in self._running and request_id not in self._waiting and self._steady(now):
             fast = self._fast_arrival(request_id, now)
             if fast is not None:
                 self.only_queue_deadline_moved = True
@@ -221,24 +222,24 @@ class PoolMachine:
         staged = worker.staged_id is not None
         if not staged:
             pool = self._config.pool
-            if not self._queue and self._workers.allocated() > max(pool.cruise, pool.floor):
+            if not self._waiting and self._workers.allocated() > max(pool.cruise, pool.floor):
                 return None  # rule 7 may stop it
-            if not self._queue and pool.scale_down_delay and self._shrink_candidates():
+            if not self._waiting and pool.scale_down_delay and self._shrink_candidates():
                 return None
         out: list[Command] = []
         self._on_finished(worker, now, out)  # IDLE, or still BUSY with its staged request
-        if self._queue and not staged:
+        if self._waiting and not staged:
             item = self._queue.pop_oldest()
             out.append(self._start_call(worker, item.request_id, now, item.arrived_s))
         self._prefetch_waiting(now, out)
-        if not self._queue:
+        if not self._waiting:
             self._queue_bound_relaxed = False
         return out
 
     def _fast_arrival(self, request_id: int, now: float) -> list[Command] | None:
         workers = self._workers
         if workers.any_in(WorkerState.IDLE):
-            if self._queue:
+            if self._waiting:
                 return None
             if self._config.pool.scale_down_delay and self._shrink_candidates():
                 return None  # an idle surplus pipeline may be due to stop now
@@ -251,19 +252,19 @@ class PoolMachine:
         # At ceil with every pipeline busy or starting: prefetch, queue (rule 4) or refuse.
         # (While requests wait no pipeline can take one ahead: see check_invariants.)
         self._loaded = True
-        if not self._queue:
+        if not self._waiting:
             target = self._prefetch_target()
             if target is not None:
                 return [self._stage_call(target, request_id, now, now, now + pool.timeout / 1000)]
         out: list[Command] = []
         if sizing.admits(
             pool, allocated=allocated, starting=workers.count(WorkerState.STARTING),
-            waiting=len(self._queue),
+            waiting=len(self._waiting),
         ):  # fmt: skip
             self._queue.push(QueuedRequest(request_id, now, now + pool.timeout / 1000))
         else:
             self._reject(out, request_id, "QueueFull", QUEUE_FULL_MESSAGE, self._retry_after())
-            if not self._queue:
+            if not self._waiting:
                 self._queue_bound_relaxed = False
         return out
 
@@ -324,10 +325,11 @@ class PoolMachine:
 
     def _prefetch_waiting(self, now: float, out: list[Command]) -> None:
         """Stage waiting requests, oldest first, on pipelines that may take one ahead."""
-        queue = self._queue
-        if not queue or not self._may_prefetch():
+        waiting = self._waiting
+        if not waiting or not self._may_prefetch():
             return
-        while queue:
+        queue = self._queue
+        while waiting:
             worker = self._prefetch_candidate()
             if worker is None:
                 return

@@ -135,6 +135,7 @@ def test_matches_a_plain_list(ops: list[tuple[str, int, int]]) -> None:
             model.items.append(back)
             model.items.sort(key=lambda i: (i.arrived_s, i.request_id))
         assert list(q) == model.items
+        assert list(q.waiting) == [i.request_id for i in model.items]
         assert q.next_deadline() == model.next_deadline()
         assert len(q) == len(model.items)
 
