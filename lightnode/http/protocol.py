@@ -249,7 +249,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._send_continue()
         elif self._continue_wanted:
             self._send_continue()
-        elif self._idle_since is None:  # else _flush() has just found it idle
+        elif self._idle_since is None and not self._pending:  # else _flush() has just found it idle
             self._check_idle()
 
     def _count_partial_head(self, seq: int, size: int) -> None:

@@ -27,7 +27,15 @@ from typing import Protocol
 import ujson
 
 from lightnode.worker import runtime
-from lightnode.worker.runtime import FrameDecoder, encode_frame
+from lightnode.worker.runtime import (
+    CALL,
+    ERROR,
+    INIT_ERROR,
+    READY,
+    RESULT,
+    FrameDecoder,
+    encode_frame,
+)
 
 log = logging.getLogger("lightnode.worker")
 user_log = logging.getLogger("lightnode.user")
@@ -255,9 +263,9 @@ class WorkerHandle:
             # queue if it was prefetched).
             return
         if self._held is not None:
-            self._held.append(encode_frame(runtime.CALL, body))
+            self._held.append(encode_frame(CALL, body))
         else:
-            writer.write(encode_frame(runtime.CALL, body))
+            writer.write(encode_frame(CALL, body))
 
     def _hold_calls(self) -> None:
         """Hold the calls sent from now on until _release_calls(): one write for all."""
@@ -316,15 +324,15 @@ class WorkerHandle:
             pass
 
     def _frame(self, kind: int, value: int, body: bytes) -> None:
-        if kind == runtime.READY:
+        if kind == RESULT or kind == ERROR:  # every answer: checked first
+            self._listener.worker_answered(self.worker_id, kind, value, body)
+        elif kind == READY:
             self._listener.worker_ready(self.worker_id, ujson.loads(body))
-        elif kind == runtime.INIT_ERROR:
+        elif kind == INIT_ERROR:
             info = ujson.loads(body)
             self._listener.worker_init_failed(
                 self.worker_id, str(info.get("message")), str(info.get("traceback"))
             )
-        elif kind in (runtime.RESULT, runtime.ERROR):
-            self._listener.worker_answered(self.worker_id, kind, value, body)
         else:
             log.error("%s: worker %d sent unknown frame kind %d", self.spec.tag, self.pid, kind)
             self.kill(dump_stack=False)
