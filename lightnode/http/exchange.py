@@ -30,7 +30,7 @@ class Exchange:
         method: b"GET", b"POST", ...
         path: the URL path, percent-encoding untouched, without the query.
         query: the raw query string (without "?"), or b"".
-        headers: (lower-cased name, value) pairs in arrival order.
+        headers: (name, value) pairs as received, in arrival order; read one with header().
         body: the whole request body (chunked bodies already joined).
         client: the peer's IP address as text ("" if unknown).
         request_id: the client's X-Request-Id when it sent a sane one, else generated.
@@ -98,10 +98,11 @@ class Exchange:
         self.close_after = False
 
     def header(self, name: bytes) -> bytes | None:
-        """The first value of header `name` (lower-case), or None."""
+        """The first value of header `name` (given in lower case; matched in any case),
+        without trailing whitespace, or None."""
         for key, value in self.headers:
-            if key == name:
-                return value
+            if key == name or key.lower() == name:
+                return value.rstrip(b" \t")  # llhttp drops leading whitespace only
         return None
 
     def respond(

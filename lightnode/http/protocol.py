@@ -10,7 +10,8 @@ Limits (SPEC §8) and refusals (SPEC §3.4), each answered after the requests
 before it, then the connection closes (after draining unread input briefly):
 - malformed HTTP, unsupported versions, a second Host, Transfer-Encoding in
   HTTP/1.0, framing trailers, bad request targets: 400 BadRequest;
-- `max_header_bytes` counts the URL plus, per field, name + value + 4: 431;
+- `max_header_bytes` counts the URL plus, per field, name + value + 4 (the
+  value as received: llhttp drops leading whitespace, trailing counts): 431;
 - a Content-Length over `max_body_bytes` is refused before its body is read,
   a chunked body when it grows past it: 413 PayloadTooLarge;
 - a connection beyond `max_connections` gets 503 TooManyConnections at once.
@@ -65,6 +66,11 @@ _SPECIAL_HEADERS = {
     b"expect": _EXPECT,
     b"x-request-id": _REQUEST_ID,
 }
+# The usual spellings too, found without lower-casing the name; another spelling
+# is lower-cased only when its length is one of theirs.
+_SPECIAL_HEADERS.update({name.title(): kind for name, kind in _SPECIAL_HEADERS.items()})
+_SPECIAL_HEADERS[b"X-Request-ID"] = _REQUEST_ID
+_SPECIAL_LENGTHS = frozenset(len(name) for name in _SPECIAL_HEADERS)
 
 _ID_PREFIX = os.urandom(4).hex()
 _id_counter = itertools.count(1)
@@ -329,31 +335,36 @@ class HttpProtocol(asyncio.Protocol):
             self._reject_in_parser(431, "HeadersTooLarge", "Request headers are too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        value = value.rstrip(b" \t")  # llhttp drops leading whitespace only (RFC 9110 §5.5)
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
             self._reject_in_parser(431, "HeadersTooLarge", "Request headers are too large")
-        name = name.lower()
         if self._in_head:
+            # Kept as received: Exchange.header() matches names case-insensitively and
+            # strips values; only the headers read here are lower-cased and stripped.
             self._headers.append((name, value))
             kind = _SPECIAL_HEADERS.get(name)
             if kind is None:
-                return
+                if len(name) not in _SPECIAL_LENGTHS:
+                    return
+                kind = _SPECIAL_HEADERS.get(name.lower())
+                if kind is None:
+                    return
             # The two in most requests inline, the others in _special_header().
             if kind == _HOST:
                 self._host_count += 1
             elif kind == _CONTENT_LENGTH:
                 try:
-                    self._content_length = int(value)
+                    self._content_length = int(value)  # llhttp checked the digits
                 except ValueError:
                     self._reject_in_parser(400, "BadRequest", "Invalid Content-Length")
             else:
                 self._special_header(kind, value)
-        elif name in _FORBIDDEN_TRAILERS:  # a trailer field: checked, then dropped
+        elif name.lower() in _FORBIDDEN_TRAILERS:  # a trailer field: checked, then dropped
             self._reject_in_parser(400, "BadRequest", "Forbidden trailer field")
 
     def _special_header(self, kind: int, value: bytes) -> None:
         """The headers of `_SPECIAL_HEADERS` but Host and Content-Length (see on_header)."""
+        value = value.rstrip(b" \t")  # llhttp drops leading whitespace only (RFC 9110 §5.5)
         if kind == _TRANSFER_ENCODING:
             self._has_transfer_encoding = True
         elif kind == _EXPECT:

@@ -38,8 +38,8 @@ def test_simple_get_builds_the_exchange() -> None:
     assert ex.method == b"GET"
     assert ex.path == b"/public/api/v1/ping"
     assert ex.query == b"a=1&b=x"
-    assert ex.headers == [(b"host", b"node"), (b"user-agent", b"t")]
-    assert ex.header(b"host") == b"node"
+    assert ex.headers == [(b"Host", b"node"), (b"User-Agent", b"t")]  # as received
+    assert (ex.header(b"host"), ex.header(b"user-agent"), ex.header(b"accept")) == (b"node", b"t", None)
     assert ex.body == b""
     assert ex.client == "127.0.0.1"
     assert ex.keep_alive is True
@@ -369,3 +369,18 @@ def test_http10_keep_alive_request_answered_with_close() -> None:
     assert response.headers.count(("connection", "close")) == 1
     assert response.header("connection") == "close"
     assert c.transport.closed
+
+
+def test_special_headers_are_found_in_any_spelling_and_values_lose_trailing_space() -> None:
+    c = connect()
+    body = b'{"a": 1}'
+    c.feed(
+        b"POST /p HTTP/1.1\r\nhOsT: node\r\ncOnTeNt-LeNgTh: %d  \r\nx-REQUEST-id: my-id \t\r\n"
+        b"Authorization: Basic abc  \r\n\r\n" % len(body) + body
+    )
+    (ex,) = c.app.exchanges
+    assert ex.body == body  # Content-Length read whatever its spelling
+    assert ex.request_id == "my-id"
+    assert ex.header(b"authorization") == b"Basic abc"
+    c.feed(b"GET /p HTTP/1.1\r\nHOST: a\r\nhost: b\r\n\r\n")
+    assert c.responses()[-1].status == 400  # a second Host, whatever the spelling
