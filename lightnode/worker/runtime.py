@@ -260,9 +260,13 @@ class Binder:
                 required.append(param.name)  # cannot be passed by name: always missing
         self.names = frozenset(names)
         self.required = tuple(required)
+        self._required_set = frozenset(required)
 
     def problems(self, params: Dict[str, Any]) -> Optional[str]:
         """Return an InvalidParameters message, or None when the call binds."""
+        keys = params.keys()
+        if self._required_set <= keys and (self.accepts_any or keys <= self.names):
+            return None  # the usual case, in two set comparisons
         missing = [name for name in self.required if name not in params]
         unexpected = [] if self.accepts_any else sorted(k for k in params if k not in self.names)
         if not missing and not unexpected:
