@@ -13,6 +13,9 @@ the pool is never busy. With C > 1, C connections each send their next
 request as soon as their answer is written, and two pipelines answer in turn,
 one call at a time, through the real frame encoder and decoder: the
 saturated steady state of a load test (queue, prefetch, pipe frames).
+
+`--profile` lists the top 25 functions by own time; HOTPATH_SORT (a pstats sort key,
+e.g. cumulative or ncalls) and HOTPATH_TOP (a count) change that listing.
 """
 
 from __future__ import annotations

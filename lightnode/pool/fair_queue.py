@@ -19,7 +19,7 @@ from dataclasses import dataclass
 _HEAP_SLACK_FACTOR = 2
 
 
-@dataclass(slots=True)  # not frozen: made for every queued request, and 3x cheaper so
+@dataclass(slots=True)  # not frozen: one per queued request, and a frozen __init__ costs 3x
 class QueuedRequest:
     request_id: int
     arrived_s: float  # monotonic time of arrival
@@ -186,7 +186,7 @@ class FairQueue:
             self._head_deadline_s = None
         elif self._heap is None:
             self._peek_head()
-        elif self._heap is not None and len(self._heap) > _HEAP_SLACK_FACTOR * len(self._items) + 8:
+        elif len(self._heap) > _HEAP_SLACK_FACTOR * len(self._items) + 8:
             self._heap = [
                 (item.deadline_s, seq, request_id)
                 for request_id, (seq, item) in self._items.items()
