@@ -6,7 +6,8 @@
         for function in (add, spin), concurrency in (8, 64):
           server CPU from /proc .. `python -m loadtest run URL ... --connections C
           --duration D` .. server CPU again -> one run record
-          (lightnode add at the highest concurrency: wrk as well, the cross-check)
+          (lightnode add at the highest concurrency: wrk just before and just after,
+          the cross-check)
         stop it (SIGTERM to the group, SIGKILL after a grace)
     -> peers.json (every run, the cross-check, medians, machine) and peers.md
 
@@ -266,6 +267,8 @@ class Bench:
         argv = harness_command(
             server.url, function, connections, config.duration_s, run_dir, procs=config.procs
         )
+        crosscheck = (server.name, function, connections) == crosscheck_case(config)
+        wrk_before = self._wrk(server, where, "before") if crosscheck else None
         before = server.cpu()
         finished = running.run_bounded(
             argv,
@@ -277,10 +280,8 @@ class Bench:
         record = self._record(finished, run_dir, where, before, after)
         self.results.runs.append(record)
         self.echo(_run_line(record))
-        if (server.name, function, connections) == crosscheck_case(
-            config
-        ) and "failed" not in record:
-            self._crosscheck(server, record)
+        if crosscheck and "failed" not in record:
+            self._crosscheck(server, record, wrk_before, self._wrk(server, where, "after"))
 
     def _record(
         self,
@@ -307,40 +308,58 @@ class Bench:
             record["failed"] = f"harness exit {finished.code}"
         return record
 
-    def _crosscheck(self, server: running.ServerProcess, record: dict[str, Any]) -> None:
-        connections = record["concurrency"]
-        stem = f"r{record['round']}-{server.name}-{record['function']}-c{connections}"
+    def _wrk(
+        self, server: running.ServerProcess, where: dict[str, Any], when: str
+    ) -> tuple[list[str], dict[str, Any] | str]:
+        """One wrk run of the case `where`: (argv, parsed output or why it failed)."""
+        function, connections = where["function"], where["concurrency"]
         wrk_dir = self.config.out_dir / "wrk"
         wrk_dir.mkdir(parents=True, exist_ok=True)
         script_path = wrk_dir / "post.lua"
-        script_path.write_text(wrk.script(BODIES[record["function"]]))
-        url = server.url + run_path(record["function"])
-        argv = wrk.command(url, connections, self.config.duration_s, script_path)
-        log_path = wrk_dir / f"{stem}.txt"
+        script_path.write_text(wrk.script(BODIES[function]))
+        argv = wrk.command(server.url + run_path(function), connections, self.config.duration_s,
+                           script_path)  # fmt: skip
+        log_path = wrk_dir / f"r{where['round']}-{server.name}-{function}-c{connections}-{when}.txt"
         finished = running.run_bounded(
             argv, timeout_s=self.config.duration_s + HARNESS_SLACK_S, log_path=log_path
         )
+        try:
+            return argv, wrk.parse(log_path.read_text(errors="replace"))
+        except (OSError, ValueError) as exc:
+            return argv, f"wrk exit {finished.code}: {exc}"
+
+    def _crosscheck(
+        self,
+        server: running.ServerProcess,
+        record: dict[str, Any],
+        before: tuple[list[str], dict[str, Any] | str] | None,
+        after: tuple[list[str], dict[str, Any] | str],
+    ) -> None:
         entry: dict[str, Any] = {
             "round": record["round"],
             "server": server.name,
             "function": record["function"],
-            "concurrency": connections,
-            "command": argv,
+            "concurrency": record["concurrency"],
+            "command": after[0],
             "harness_rps": record["throughput_rps"],
             "harness_p99_ms": record["latency_ms"]["p99"],
         }
-        try:
-            parsed = wrk.parse(log_path.read_text(errors="replace"))
-        except (OSError, ValueError) as exc:
-            entry.update(failed=f"wrk exit {finished.code}: {exc}", within_tolerance=False)
+        runs = {"before": before[1] if before else "not run", "after": after[1]}
+        parsed = {when: run for when, run in runs.items() if isinstance(run, dict)}
+        failures = [f"{when}: {run}" for when, run in runs.items() if isinstance(run, str)]
+        if failures:
+            entry["wrk_failures"] = failures
+        if parsed:
+            entry["wrk"] = parsed
+            entry.update(table.wrk_bracket(parsed.get("before"), parsed.get("after")))
+            entry.update(table.crosscheck_entry(record["throughput_rps"], entry["wrk_rps"]))
         else:
-            entry.update(wrk=parsed, wrk_rps=parsed["throughput_rps"])
-            entry["wrk_p99_ms"] = parsed["latency_ms"].get("p99")
-            entry.update(table.crosscheck_entry(record["throughput_rps"], parsed["throughput_rps"]))
+            entry.update(failed="; ".join(failures), within_tolerance=False)
         self.results.crosscheck.append(entry)
         self.echo(
             f"round {record['round']}  wrk cross-check: harness {_fmt(entry.get('harness_rps'))}"
-            f" req/s, wrk {_fmt(entry.get('wrk_rps'))} req/s"
+            f" req/s, wrk {_fmt(entry.get('wrk_before_rps'))} before and"
+            f" {_fmt(entry.get('wrk_after_rps'))} after"
         )
 
 

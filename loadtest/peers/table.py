@@ -146,21 +146,43 @@ def crosscheck_entry(harness_rps: float | None, wrk_rps: float | None) -> dict[s
     return {"harness_over_wrk": agreement, "within_tolerance": within}
 
 
+def wrk_bracket(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The wrk side of a cross-check from parsed wrk runs just before and just after the
+    harness run: their mean, so that a machine drifting during the three cancels out
+    (one run when the other failed)."""
+    runs = [run for run in (before, after) if run is not None]
+    p99s = [run["latency_ms"].get("p99") for run in runs]
+    known = [p99 for p99 in p99s if p99 is not None]
+    return {
+        "wrk_rps": sum(run["throughput_rps"] for run in runs) / len(runs) if runs else None,
+        "wrk_p99_ms": sum(known) / len(known) if known else None,
+        "wrk_before_rps": before["throughput_rps"] if before is not None else None,
+        "wrk_after_rps": after["throughput_rps"] if after is not None else None,
+    }
+
+
 def render_crosscheck(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         f"### generator cross-check against wrk (within {CROSSCHECK_TOLERANCE:.0%} wanted)",
         "",
-        "| round | case | harness req/s | wrk req/s | harness / wrk | harness p99 ms "
-        "| wrk p99 ms | agrees |",
+        "wrk runs just before and just after the harness; its req/s and p99 are their means.",
+        "",
+        "| round | case | harness req/s | wrk req/s (before / after) | harness / wrk "
+        "| harness p99 ms | wrk p99 ms | agrees |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for entry in entries:
         case = f"{entry['server']} {entry['function']} c={entry['concurrency']}"
+        wrk_cell = _num(entry.get("wrk_rps"), 0)
+        if "wrk_before_rps" in entry:
+            wrk_cell += (
+                f" ({_num(entry.get('wrk_before_rps'), 0)} / {_num(entry.get('wrk_after_rps'), 0)})"
+            )
         cells = [
             str(entry["round"]),
             case,
             _num(entry.get("harness_rps"), 0),
-            _num(entry.get("wrk_rps"), 0),
+            wrk_cell,
             _num(entry.get("harness_over_wrk"), 3),
             _num(entry.get("harness_p99_ms"), 2),
             _num(entry.get("wrk_p99_ms"), 2),

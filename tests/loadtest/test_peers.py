@@ -254,11 +254,24 @@ def test_crosscheck_tolerance_and_table() -> None:
         "harness_over_wrk": None,
         "within_tolerance": False,
     }
+    before = {"throughput_rps": 1100.0, "latency_ms": {"p99": 2.0}}
+    after = {"throughput_rps": 900.0, "latency_ms": {"p99": 3.0}}
     entry = {"round": 2, "server": "lightnode", "function": "add", "concurrency": 64,
-             "harness_rps": 950.0, "wrk_rps": 1000.0, "harness_p99_ms": 3.0, "wrk_p99_ms": 2.5,
+             "harness_rps": 950.0, "harness_p99_ms": 3.0, **table.wrk_bracket(before, after),
              **table.crosscheck_entry(950.0, 1000.0)}  # fmt: skip
+    assert (entry["wrk_rps"], entry["wrk_p99_ms"]) == (1000.0, 2.5)  # the means of both runs
     lines = table.render_crosscheck([entry])
-    assert lines[-2] == "| 2 | lightnode add c=64 | 950 | 1,000 | 0.950 | 3.00 | 2.50 | yes |"
+    assert lines[-2] == (
+        "| 2 | lightnode add c=64 | 950 | 1,000 (1,100 / 900) | 0.950 | 3.00 | 2.50 | yes |"
+    )
+
+
+def test_wrk_bracket_uses_the_run_that_worked() -> None:
+    after = {"throughput_rps": 900.0, "latency_ms": {"p99": None}}
+    assert table.wrk_bracket(None, after) == {
+        "wrk_rps": 900.0, "wrk_p99_ms": None, "wrk_before_rps": None, "wrk_after_rps": 900.0,
+    }  # fmt: skip
+    assert table.wrk_bracket(None, None)["wrk_rps"] is None
 
 
 def test_run_record_computes_cpu_per_request() -> None:
@@ -403,5 +416,6 @@ def test_one_second_round_against_lightnode(tmp_path: Path) -> None:
     if wrk.available():
         (check,) = result["crosscheck"]
         assert (check["function"], check["concurrency"]) == ("add", 64) and check["wrk_rps"] > 0
+        assert check["wrk_before_rps"] > 0 and check["wrk_after_rps"] > 0  # wrk brackets the harness
     assert "### add, c=64" in done.stdout and (tmp_path / "peers.md").exists()
     assert result["summary"][0]["server"] == "lightnode"
