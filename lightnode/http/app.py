@@ -202,25 +202,10 @@ class NodeApp:
     ) -> None:
         exchange: Exchange = call.exchange
         exchange.respond(200, body)
-        if self.observers:  # _record() inlined: this runs once per request
+        if self.observers:
             spec = pool.spec
-            self._notify(
-                RequestRecord(
-                    time.time(),
-                    exchange.request_id,
-                    spec.service_id,
-                    spec.endpoint_id,
-                    spec.generation,
-                    200,
-                    None,
-                    call.wait_us,
-                    exec_us,
-                    function_us,
-                    int((time.monotonic() - exchange.started) * 1e6),  # total_us
-                    exchange.client,
-                    call.body,
-                )
-            )
+            self._record(exchange, spec.service_id, spec.endpoint_id, spec.generation, 200, None,
+                         call.wait_us, exec_us, function_us, call.body)  # fmt: skip
 
     def call_failed(
         self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
@@ -271,9 +256,6 @@ class NodeApp:
             exchange.client,
             params,
         )
-        self._notify(record)
-
-    def _notify(self, record: RequestRecord) -> None:
         for observer in self.observers:
             try:
                 observer.observe(record)
