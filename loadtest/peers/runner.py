@@ -280,7 +280,7 @@ class Bench:
         record = self._record(finished, run_dir, where, before, after)
         self.results.runs.append(record)
         self.echo(_run_line(record))
-        if crosscheck and "failed" not in record:
+        if wrk_before is not None and "failed" not in record:
             self._crosscheck(server, record, wrk_before, self._wrk(server, where, "after"))
 
     def _record(
@@ -332,7 +332,7 @@ class Bench:
         self,
         server: running.ServerProcess,
         record: dict[str, Any],
-        before: tuple[list[str], dict[str, Any] | str] | None,
+        before: tuple[list[str], dict[str, Any] | str],
         after: tuple[list[str], dict[str, Any] | str],
     ) -> None:
         entry: dict[str, Any] = {
@@ -344,7 +344,7 @@ class Bench:
             "harness_rps": record["throughput_rps"],
             "harness_p99_ms": record["latency_ms"]["p99"],
         }
-        runs = {"before": before[1] if before else "not run", "after": after[1]}
+        runs = {"before": before[1], "after": after[1]}
         parsed = {when: run for when, run in runs.items() if isinstance(run, dict)}
         failures = [f"{when}: {run}" for when, run in runs.items() if isinstance(run, str)]
         if failures:
