@@ -4,11 +4,11 @@ Owns: `check_pool_invariants`, the precise statement of what must hold
 whenever `PoolMachine.handle()` has returned:
 
 1. Records: every kept pipeline is not GONE; a pipeline holds a request
-   exactly when BUSY, and a staged (prefetched) one only when BUSY; "stop
+   exactly when BUSY, and staged (prefetched) ones only when BUSY; "stop
    when free" never marks a STARTING or IDLE one.
 2. Requests: no request is both waiting and running; each running or
    staged request belongs to exactly one BUSY pipeline, each BUSY pipeline
-   runs one and stages at most one.
+   runs one and stages at most `max_staged`, each request once.
 3. Dispatch: no IDLE pipeline while a request waits.
 4. Ceil: allocated minus the BUSY pipelines already told to stop when free
    is <= ceil. (Starts happen only below ceil, so allocated exceeds ceil
@@ -48,11 +48,12 @@ def check_pool_invariants(
     loaded: bool,
     queue_bound_relaxed: bool,
     drained_sent: bool,
+    max_staged: int,
 ) -> None:
     """Raise InternalError naming the first broken invariant (numbered as above)."""
     workers.check_counts()  # the hot path reads kept counts: they must match the records
     _check_records(workers)
-    _check_requests(workers, queue, running)
+    _check_requests(workers, queue, running, max_staged)
     pool = config.pool
     allocated = workers.allocated()
     starting = workers.count(WorkerState.STARTING)
@@ -78,22 +79,29 @@ def _check_records(workers: Pipelines) -> None:
             _fail(1, f"bad record for worker {worker_id}: {worker.state.value}")
         if (worker.state is WorkerState.BUSY) != (worker.request_id is not None):
             _fail(1, f"worker {worker_id} is {worker.state.value} with request {worker.request_id}")
-        if worker.staged_id is not None and (
-            worker.state is not WorkerState.BUSY or worker.staged_id == worker.request_id
-        ):
-            _fail(1, f"worker {worker_id} is {worker.state.value} with staged {worker.staged_id}")
+        staged_ids = [item.request_id for item in worker.staged]
+        if staged_ids and (worker.state is not WorkerState.BUSY or worker.request_id in staged_ids):
+            _fail(1, f"worker {worker_id} is {worker.state.value} with staged {staged_ids}")
         if worker.stop_when_free and worker.state in (WorkerState.STARTING, WorkerState.IDLE):
             _fail(1, f"worker {worker_id} is {worker.state.value} but marked stop-when-free")
 
 
-def _check_requests(workers: Pipelines, queue: FairQueue, running: Mapping[int, int]) -> None:
+def _check_requests(
+    workers: Pipelines, queue: FairQueue, running: Mapping[int, int], max_staged: int
+) -> None:
     busy = workers.count(WorkerState.BUSY)
-    staged = sum(1 for worker in workers if worker.staged_id is not None)
+    staged = 0
+    for record in workers:
+        if len(record.staged) > max_staged:
+            _fail(2, f"worker {record.worker_id} stages {len(record.staged)} (at most {max_staged})")
+        staged += len(record.staged)
     if busy + staged != len(running):
         _fail(2, f"{busy} BUSY pipelines and {staged} staged but {len(running)} running requests")
     for request_id, worker_id in running.items():
         worker = workers.get(worker_id)
-        if worker is None or request_id not in (worker.request_id, worker.staged_id):
+        if worker is None or (
+            request_id != worker.request_id and all(i.request_id != request_id for i in worker.staged)
+        ):
             _fail(2, f"request {request_id} is not on worker {worker_id}")
         if request_id in queue:
             _fail(2, f"request {request_id} is both waiting and running")

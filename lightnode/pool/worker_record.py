@@ -8,8 +8,9 @@ PURE: imports only the standard library and `lightnode.pool.states`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightnode.pool.states import WORKER_TRANSITIONS, IllegalTransition, WorkerState
 
@@ -18,6 +19,16 @@ def check_transition(old: WorkerState, new: WorkerState, worker_id: int) -> None
     """Raise IllegalTransition unless `old -> new` is a listed edge."""
     if new not in WORKER_TRANSITIONS[old]:
         raise IllegalTransition(old, new, worker_id)
+
+
+@dataclass(slots=True)
+class StagedRequest:
+    """A request sent ahead into the pipe of a BUSY pipeline (prefetch)."""
+
+    request_id: int
+    arrived_s: float
+    deadline_s: float  # its queue deadline, should it have to wait again
+    cancelled: bool = False  # rule 9: its result will be dropped
 
 
 @dataclass(slots=True)
@@ -37,12 +48,10 @@ class WorkerRecord:
     exec_deadline_s: float | None = None
     exec_timeout_ms: int = 0  # the limit in force when the request was dispatched
     request_cancelled: bool = False  # rule 9: the result will be dropped
-    # Prefetch: the request sent ahead into the pipe of this BUSY pipeline; it
-    # starts when the current one finishes (never set unless BUSY).
-    staged_id: int | None = None
-    staged_arrived_s: float = 0.0
-    staged_deadline_s: float = 0.0  # its queue deadline, should it have to wait again
-    staged_cancelled: bool = False
+    # Prefetch: the requests sent ahead into the pipe of this BUSY pipeline, in
+    # the order it runs them; the first starts when the current one finishes
+    # (never any unless BUSY).
+    staged: deque[StagedRequest] = field(default_factory=deque)
     # Rule 10 and ceil decreases.
     retiring: bool = False  # marked for replacement (max_requests or RSS)
     successor_id: int | None = None  # the pipeline starting to replace this one
@@ -67,12 +76,6 @@ class WorkerRecord:
     def leaving(self) -> bool:
         """BUSY but told to stop after its request: counted in allocated, gets no new work."""
         return self.state is WorkerState.BUSY and self.stop_when_free
-
-    def clear_staged(self) -> None:
-        self.staged_id = None
-        self.staged_arrived_s = 0.0
-        self.staged_deadline_s = 0.0
-        self.staged_cancelled = False
 
     def clear_request(self) -> None:
         self.request_id = None

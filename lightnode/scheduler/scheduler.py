@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from time import monotonic
 from typing import Any, Protocol
@@ -94,7 +95,8 @@ class EndpointPool(WorkerListener):
         self.workers: dict[int, Any] = {}
         self.calls: dict[int, Call] = {}
         self._running: dict[int, Call] = {}  # worker id -> the call it runs
-        self._staged: dict[int, Call] = {}  # worker id -> the call prefetched behind it
+        # worker id -> the calls prefetched behind its running one, in the order it runs them
+        self._staged: dict[int, deque[Call]] = {}
         self._next_request_id = 1
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -266,11 +268,15 @@ class EndpointPool(WorkerListener):
     def _dispatch(self, command: cmd.Dispatch) -> None:
         call = self.calls[command.request_id]
         worker_id = command.worker_id
-        if call.worker_id and self._staged.get(call.worker_id) is call:
-            del self._staged[call.worker_id]  # staged on a killed pipeline, given to another
+        if call.worker_id:
+            self._drop_staged(call)  # staged on a killed pipeline, given to another
         call.worker_id = worker_id
         if command.staged:
-            self._staged[worker_id] = call  # its wait ends when the running call ends
+            staged = self._staged.get(worker_id)
+            if staged is None:
+                self._staged[worker_id] = deque((call,))  # its wait ends when it starts
+            else:
+                staged.append(call)
         else:
             call.wait_us = int(command.wait_s * 1e6)
             call.dispatched = monotonic()
@@ -287,8 +293,8 @@ class EndpointPool(WorkerListener):
             del self._running[worker_id]
             exec_us = int((monotonic() - call.dispatched) * 1e6)
         else:  # it waited (in the queue, or staged on a pipeline that stopped first)
-            if worker_id and self._staged.get(worker_id) is call:
-                del self._staged[worker_id]
+            if worker_id:
+                self._drop_staged(call)
             call.wait_us = int((monotonic() - call.arrived) * 1e6)
         headers: tuple[tuple[str, str], ...] = ()
         if command.retry_after_s is not None:
@@ -298,6 +304,14 @@ class EndpointPool(WorkerListener):
             detailed = f"{command.message}\n{self.last_load_traceback}"  # dev mode: show the traceback
         error = LightnodeError(command.error_type, command.message, detailed, headers=headers)
         self.sink.call_failed(self, call, error, exec_us, 0)
+
+    def _drop_staged(self, call: Call) -> None:
+        """Forget `call` as staged on the pipeline it was sent to, if it is."""
+        staged = self._staged.get(call.worker_id)
+        if staged is not None and call in staged:
+            staged.remove(call)
+            if not staged:
+                del self._staged[call.worker_id]
 
     # ---------------------------------------------------- worker notifications
 
@@ -323,10 +337,13 @@ class EndpointPool(WorkerListener):
     def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
         now = monotonic()
         call = self._running.pop(worker_id, None)
-        # The worker has started its prefetched call, unless it was killed meanwhile (its
-        # staged call then waits again in the machine's queue).
-        if worker_id in self._staged and self.machine.is_busy(worker_id):
-            staged = self._staged.pop(worker_id)
+        # The worker has started its next prefetched call, unless it was killed meanwhile
+        # (its staged calls then wait again in the machine's queue).
+        queue = self._staged.get(worker_id)
+        if queue is not None and self.machine.is_busy(worker_id):
+            staged = queue.popleft()
+            if not queue:
+                del self._staged[worker_id]
             staged.dispatched = now
             staged.wait_us = int((now - staged.arrived) * 1e6)
             self._running[worker_id] = staged
@@ -343,17 +360,18 @@ class EndpointPool(WorkerListener):
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
         self.workers.pop(worker_id, None)
-        # A prefetched call it never started waits again (or times out): the machine decides.
-        staged = self._staged.pop(worker_id, None)
-        if staged is not None:
-            staged.worker_id = 0
+        # Prefetched calls it never started wait again (or time out): the machine decides.
+        staged = self._staged.pop(worker_id, ())
+        for call in staged:
+            call.worker_id = 0
         self._feed(ev.WorkerExited(worker_id, detail))
         # A call still listed here was cancelled by its client: the machine names it no more.
-        call = self._running.pop(worker_id, None)
-        if call is not None:
-            self.calls.pop(call.request_id, None)
-        if staged is not None and staged.cancelled and not staged.worker_id:
-            self.calls.pop(staged.request_id, None)
+        running = self._running.pop(worker_id, None)
+        if running is not None:
+            self.calls.pop(running.request_id, None)
+        for call in staged:
+            if call.cancelled and not call.worker_id:
+                self.calls.pop(call.request_id, None)
 
     def _envelope(self, call: Call, result: bytes, exec_us: int, function_us: int) -> bytes:
         timing = b'"timing":{"wait":%d,"execution":%d,"functionInternal":%d},"apiContext":' % (

@@ -410,8 +410,9 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     info = {"pid": os.getpid(), "function": function.__name__, "signature": binder.signature_text}
     write_frame(fd_out, READY, _dumps(info).encode())
     dev = bool(spec.get("dev"))
-    # One read usually brings one call; with prefetch the next call may already be in
-    # the pipe (or in the same read), and it starts the moment this one is answered.
+    # One read usually brings one call; with prefetch the next calls may already be in
+    # the pipe (a fast endpoint's come several to a read), and each starts the moment
+    # the one before it is answered.
     decoder = FrameDecoder()
     frames = []  # type: List[Tuple[int, int, bytes]]
     while True:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lightnode.pool.machine import MAX_STAGED
 from lightnode.scheduler import registry as registry_module
 from loadtest import hotpath
 
@@ -27,16 +28,19 @@ def test_one_connection_answers_every_request(capsys: pytest.CaptureFixture[str]
 
 
 def test_saturated_mode_queues_and_prefetches(tmp_path: Path) -> None:
-    saturated = hotpath.Saturated(tmp_path, observers=True, connections=16)
-    saturated.run(400)
-    assert saturated.written >= 400
-    pool = saturated.protocols[0]._app.registry.resolve("bench", "add")  # type: ignore[attr-defined]
-    snapshot = pool.snapshot()
+    in_pipes = 2 * (1 + MAX_STAGED)  # two pipelines, each running one and holding MAX_STAGED
+    saturated = hotpath.Saturated(tmp_path, observers=True, connections=2 * in_pipes)
+    try:
+        saturated.run(400)
+        assert saturated.written >= 400
+        pool = saturated.protocols[0]._app.registry.resolve("bench", "add")  # type: ignore[attr-defined]
+        snapshot = pool.snapshot()
+    finally:
+        saturated.loop.close()
     assert snapshot.allocated == 2
-    assert snapshot.queue_length > 0  # 16 clients, two pipelines: requests wait in the queue
+    assert snapshot.queue_length > 0  # more clients than the pipes hold: some wait in the queue
     assert snapshot.prefetched_total > 0
     assert snapshot.served_total >= 400
-    saturated.loop.close()
 
 
 def test_saturated_main_prints_the_measure(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,7 @@ from lightnode.pool.events import (
     WorkerReady,
     WorkerStartFailed,
 )
-from lightnode.pool.machine import PREFETCH_MAX_RUN_S
+from lightnode.pool.machine import MAX_STAGED, PREFETCH_BUDGET_S, PREFETCH_MAX_RUN_S
 from lightnode.pool.states import WorkerState
 
 from ._script import Script
@@ -28,17 +28,21 @@ ARRIVE, CANCEL, READY, DONE, EXIT = (
 )  # fmt: skip
 BUSY, IDLE = WorkerState.BUSY, WorkerState.IDLE
 RUN_S = 2.0**-10  # a fast endpoint, well under PREFETCH_MAX_RUN_S (exact in binary)
+# About 1 ms: one staged request per pipeline (PREFETCH_BUDGET_S holds one such call).
+assert int(PREFETCH_BUDGET_S / RUN_S) == 1
+FAST_S = 2.0**-16  # a trivial function: MAX_STAGED such calls fit in PREFETCH_BUDGET_S
+assert FAST_S * MAX_STAGED <= PREFETCH_BUDGET_S
 
 
-def fixed_pool(n: int, **pool: int) -> Script:
-    """n pipelines at ceil, all IDLE at t=1, with one call of RUN_S served (the mean is known)."""
+def fixed_pool(n: int, run_s: float = RUN_S, **pool: int) -> Script:
+    """n pipelines at ceil, all IDLE at t=1, with one call of run_s served (the mean is known)."""
     settings = {"floor": n, "cruise": n, "ceil": n, "queue": 8, **pool}
     s = Script(**settings)
     assert s(Loaded()) == [SpawnWorker(i) for i in range(1, n + 1)]
     for i in range(1, n + 1):
         assert s(READY(i), at=1.0) == []
     assert s(ARRIVE(100), at=1.0) == [Dispatch(100, n, 0.0)]
-    assert s(DONE(n), at=1.0 + RUN_S) == []
+    assert s(DONE(n), at=1.0 + run_s) == []
     return s
 
 
@@ -177,3 +181,76 @@ def test_a_staged_request_is_unavailable_if_its_pipeline_is_killed_while_the_end
     assert isinstance(commands[0], KillWorker)
     rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
     assert rejected == {1: "ExecutionTimeout", 3: "EndpointUnavailable"}  # 3 never ran; nothing waits
+
+
+# -- several staged requests per pipeline (trivial functions) --------------------------
+
+
+def test_the_stage_limit_follows_the_mean_run_time() -> None:
+    assert fixed_pool(1, run_s=RUN_S).machine.stage_limit() == 1
+    assert fixed_pool(1, run_s=FAST_S).machine.stage_limit() == MAX_STAGED
+    assert fixed_pool(1, run_s=PREFETCH_BUDGET_S / 3).machine.stage_limit() == 3
+    assert fixed_pool(1, run_s=PREFETCH_BUDGET_S * 5).machine.stage_limit() == 1  # never below one
+
+
+def test_a_fast_pipeline_holds_up_to_the_limit_and_runs_them_in_order() -> None:
+    s = fixed_pool(1, run_s=FAST_S, queue=4)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    for rid in range(2, 2 + MAX_STAGED):
+        assert s(ARRIVE(rid), at=2.0) == [staged(rid, 1)]
+    last = 1 + MAX_STAGED
+    assert s(ARRIVE(last + 1), at=2.0) == []  # full: it waits in the queue
+    assert s.machine.snapshot(2.0).queue_length == 1
+    snapshot = s.machine.snapshot(2.0)
+    assert snapshot.prefetched_total == MAX_STAGED
+    # 1 ends: 2 starts, and the queue head takes the freed place in the pipe.
+    t = 2.0 + FAST_S
+    assert s(DONE(1), at=t) == [staged(last + 1, 1, FAST_S)]
+    for _ in range(MAX_STAGED + 1):  # 2 .. last + 1, one after the other
+        assert s.state(1) is BUSY
+        t += FAST_S
+        assert s(DONE(1), at=t) == []
+    assert s.state(1) is IDLE
+    assert s.machine.snapshot(t).served_total == 1 + MAX_STAGED + 2  # the warm-up call too
+
+
+def test_staged_requests_go_to_the_pipeline_holding_the_fewest() -> None:
+    s = fixed_pool(2, run_s=FAST_S)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]
+    assert s(ARRIVE(2), at=2.5) == [Dispatch(2, 1, 0.0)]
+    # Pipeline 2's call started first: it takes the first; then they alternate.
+    assert [s(ARRIVE(rid), at=2.6) for rid in range(3, 7)] == [
+        [staged(3, 2)], [staged(4, 1)], [staged(5, 2)], [staged(6, 1)],
+    ]  # fmt: skip
+
+
+def test_every_staged_request_waits_again_in_arrival_order_when_its_pipeline_dies() -> None:
+    s = fixed_pool(2, run_s=FAST_S, timeout=1000)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [Dispatch(2, 1, 0.0)]
+    assert [s(ARRIVE(rid), at=2.0) for rid in (3, 4, 5, 6)] == [
+        [staged(3, 2)], [staged(4, 1)], [staged(5, 2)], [staged(6, 1)],
+    ]  # fmt: skip
+    assert s(ARRIVE(7), at=2.25) == [staged(7, 2)]  # a later deadline than the others
+    assert s(CANCEL(5), at=2.3) == []  # its client left while it was staged
+    commands = s(EXIT(2, "killed by signal 9"), at=3.125)
+    # 1 crashed; 3 waited past its deadline (2.0 + 1 s); 5 leaves silently; 7 waits again.
+    rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
+    assert rejected == {1: "WorkerCrashed", 3: "QueueTimeout"}
+    assert s.machine.snapshot(3.125).queue_length == 1
+    # Pipeline 1 still runs 2 and holds 4 and 6; the replacement takes 7.
+    assert SpawnWorker(3) in commands
+    assert s(READY(3), at=3.1875) == [Dispatch(7, 3, 0.9375)]
+    assert s(DONE(1), at=3.3) == []  # 2 done, 4 starts
+    assert s(DONE(1), at=3.3) == []  # 4 done, 6 starts
+    assert s(DONE(1), at=3.3) == []  # 6 done
+    assert s.state(1) is IDLE
+
+
+def test_a_pipeline_near_max_requests_holds_only_what_it_may_still_serve() -> None:
+    s = fixed_pool(1, run_s=FAST_S, max_requests=4)  # the warm-up call was its first
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(ARRIVE(3), at=2.0) == [staged(3, 1)]  # its fourth and last call
+    assert s(ARRIVE(4), at=2.0) == []  # a fifth would be one too many: it waits
+    assert s.machine.snapshot(2.0).queue_length == 1

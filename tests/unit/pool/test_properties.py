@@ -6,8 +6,9 @@ events a real scheduler could deliver, carries out every command, and checks:
 - every admitted request gets exactly one terminal outcome (Reject, a finished
   call, or silence after its client left), and nothing names it afterwards;
 - queued requests are dispatched in arrival order, only to IDLE pipelines,
-  or staged (prefetch) on a BUSY one that has none staged; a staged request
-  starts when that pipeline finishes, or waits again if it dies first;
+  or staged (prefetch) on a BUSY one that holds fewer than the machine's
+  stage limit; staged requests start in the order they were staged as that
+  pipeline finishes, or wait again if it dies first;
 - timers are honoured on time (no waiting request past its deadline, no call
   past its exec timeout once handle() returns);
 - the machine's view of each pipeline matches the commands it gave;
@@ -100,7 +101,7 @@ class Proc:
 
     proc: str = "starting"  # starting, ready, failing, exited
     busy_with: int | None = None
-    staged: int | None = None  # prefetched behind busy_with
+    staged: list[int] = field(default_factory=list)  # prefetched behind busy_with, in order
     exec_deadline_s: float | None = None
     told_stop: bool = False  # StopWorker or KillWorker received
 
@@ -175,9 +176,9 @@ class World:
                 req = self.reqs[proc.busy_with]
                 req.state, req.worker = "done", None
                 proc.busy_with, proc.exec_deadline_s = None, None
-                if proc.staged is not None:  # the prefetched request starts now
-                    self.reqs[proc.staged].state = "running"
-                    proc.busy_with, proc.staged = proc.staged, None
+                if proc.staged:  # the first prefetched request starts now
+                    proc.busy_with = proc.staged.pop(0)
+                    self.reqs[proc.busy_with].state = "running"
                     exec_ms = self.machine.config.limits.exec_timeout
                     proc.exec_deadline_s = self.now + exec_ms / 1000 if exec_ms else None
         elif isinstance(event, WorkerExited):
@@ -195,11 +196,11 @@ class World:
             self.procs[event.worker_id].proc = "failing"
 
     def _unstage(self, proc: Proc) -> None:
-        """The pipeline stopped before its staged request started: it waits again."""
-        if proc.staged is not None:
-            req = self.reqs[proc.staged]
+        """The pipeline stopped before its staged requests started: they wait again."""
+        for request_id in proc.staged:
+            req = self.reqs[request_id]
             req.state, req.worker = ("done" if req.cancelled else "waiting"), None
-            proc.staged = None
+        proc.staged = []
 
     def _apply(self, command: Command, killed: list[int]) -> None:
         if isinstance(command, SpawnWorker):
@@ -239,12 +240,13 @@ class World:
         assert abs(command.wait_s - (self.now - req.arrived_s)) < 1e-9
         if command.staged:
             assert proc.proc == "ready" and not proc.told_stop
-            assert proc.busy_with is not None and proc.staged is None
+            assert proc.busy_with is not None
+            assert len(proc.staged) < self.machine.stage_limit()
             assert self.machine.config.pool.prefetch
             # Prefetch only when no pipeline is free and the pool cannot grow.
             assert not _live(self, proc="ready", busy=False)
             req.state, req.worker = "staged", command.worker_id
-            proc.staged = command.request_id
+            proc.staged.append(command.request_id)
             return
         assert proc.proc == "ready" and proc.busy_with is None and not proc.told_stop
         req.state, req.worker = "running", command.worker_id
@@ -337,8 +339,8 @@ DRAIN_AFTER_STEPS = 30
 
 
 class PoolWorld(RuleBasedStateMachine):
-    # The machine's prefetch threshold on the mean run time (None: its default).
-    prefetch_max_run_s: float | None = None
+    # The machine's prefetch settings (keyword arguments; empty: its defaults).
+    machine_options: dict[str, float] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -354,10 +356,7 @@ class PoolWorld(RuleBasedStateMachine):
 
     @initialize(config=configs())
     def start(self, config: EndpointConfig) -> None:
-        if self.prefetch_max_run_s is None:
-            self.world = World(PoolMachine(config))
-        else:
-            self.world = World(PoolMachine(config, prefetch_max_run_s=self.prefetch_max_run_s))
+        self.world = World(PoolMachine(config, **self.machine_options))  # type: ignore[arg-type]
 
     @precondition(lambda self: not self.loaded_sent)
     @rule()
@@ -513,11 +512,25 @@ TestPoolWorld = PoolWorld.TestCase
 class PoolWorldEagerPrefetch(PoolWorld):
     """Prefetch whatever the run time: staged requests, their crashes, kills and cancels."""
 
-    prefetch_max_run_s = float("inf")
+    machine_options = {"prefetch_max_run_s": float("inf")}
 
 
 PoolWorldEagerPrefetch.TestCase.settings = PoolWorld.TestCase.settings
 TestPoolWorldEagerPrefetch = PoolWorldEagerPrefetch.TestCase
+
+
+class PoolWorldDeepPrefetch(PoolWorld):
+    """Several staged requests per pipeline whatever the run time (up to 3 here)."""
+
+    machine_options = {
+        "prefetch_max_run_s": float("inf"),
+        "prefetch_budget_s": float("inf"),
+        "max_staged": 3,
+    }
+
+
+PoolWorldDeepPrefetch.TestCase.settings = PoolWorld.TestCase.settings
+TestPoolWorldDeepPrefetch = PoolWorldDeepPrefetch.TestCase
 
 
 class PoolWorldSoak(PoolWorld):

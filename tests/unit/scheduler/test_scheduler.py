@@ -11,6 +11,7 @@ import pytest
 
 from lightnode.config.model import EndpointConfig, PoolLimits
 from lightnode.errors import LightnodeError
+from lightnode.pool.machine import MAX_STAGED
 from lightnode.scheduler.scheduler import Call, EndpointPool
 from lightnode.scheduler.worker_handle import WorkerSpec
 from lightnode.worker import runtime
@@ -210,3 +211,47 @@ def test_drain_waits_for_running_call_then_stops_workers(setup: Any) -> None:
     assert worker.stopped
     worker.exit("exit code 0")
     loop.run_until_complete(asyncio.wait_for(drain, 1))
+
+
+def _fast_pool(make: Any, **pool: int) -> tuple[EndpointPool, FakeWorker]:
+    """ceil 1, one call answered at once: the mean run time allows MAX_STAGED staged calls."""
+    endpoint = make(floor=1, cruise=1, ceil=1, **pool)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    endpoint.submit(b"warm", exchange=None)
+    worker.answer(runtime.RESULT, b'"warm"')
+    assert endpoint.machine.stage_limit() == MAX_STAGED
+    worker.sent.clear()
+    return endpoint, worker
+
+
+def test_several_staged_calls_start_and_answer_in_order(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    calls = [pool.submit(b"%d" % i, exchange=None) for i in range(MAX_STAGED + 3)]
+    # One running, MAX_STAGED sent ahead into its pipe, the rest wait in the queue.
+    assert worker.sent == [b"%d" % i for i in range(MAX_STAGED + 1)]
+    assert pool.snapshot().queue_length == 2
+    for i in range(len(calls)):
+        worker.answer(runtime.RESULT, b"%d" % i)
+    assert [call for call, _ in sink.ok[1:]] == calls
+    assert [json.loads(body)["response"] for _, body in sink.ok[1:]] == list(range(len(calls)))
+    assert worker.sent == [b"%d" % i for i in range(len(calls))]
+    assert pool.calls == {} and pool._staged == {} and pool._running == {}
+
+
+def test_staged_calls_of_a_dead_pipeline_go_to_its_replacement(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    calls = [pool.submit(b"%d" % i, exchange=None) for i in range(4)]
+    assert worker.sent == [b"0", b"1", b"2", b"3"]  # 0 runs, 1-3 staged
+    pool.cancel(calls[2])  # its client leaves while it is staged
+    worker.exit("killed by signal SIGKILL")
+    assert [(call, error.error_type) for call, error in sink.failed] == [(calls[0], "WorkerCrashed")]
+    replacement = FakeWorker.instances[1]
+    replacement.ready()
+    assert replacement.sent == [b"1", b"3"]  # never ran on the dead one: in order, 2 left
+    replacement.answer(runtime.RESULT, b"1")
+    replacement.answer(runtime.RESULT, b"3")
+    assert [call for call, _ in sink.ok[1:]] == [calls[1], calls[3]]
+    assert pool.calls == {} and pool._staged == {} and pool._running == {}
