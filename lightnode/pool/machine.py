@@ -81,7 +81,19 @@ from lightnode.pool.fair_queue import FairQueue, QueuedRequest
 from lightnode.pool.invariants import check_pool_invariants
 from lightnode.pool.pipelines import SERVING, Pipelines
 from lightnode.pool.snapshot import PoolCounters, PoolSnapshot
-from lightnode.pool.states import LoadState, WorkerState
+from lightnode.pool.states import (
+    BUSY,
+    DRAINING,
+    FAILED,
+    GONE,
+    HEALTHY,
+    IDLE,
+    LOADING,
+    STARTING,
+    STOPPING,
+    LoadState,
+    WorkerState,
+)
 from lightnode.pool.worker_record import StagedRequest, WorkerRecord
 
 SHUTTING_DOWN_MESSAGE = "The endpoint is shutting down"
@@ -95,14 +107,14 @@ MAX_STAGED = 7
 UNKNOWN_LOAD_ERROR = "The endpoint's code failed to load"
 
 # Load states in which the pool starts pipelines for floor, queue and retirements.
-_SPAWNING = frozenset({LoadState.LOADING, LoadState.HEALTHY})
-_STALE = frozenset({WorkerState.STOPPING, WorkerState.GONE})
+_SPAWNING = frozenset({LOADING, HEALTHY})
+_STALE = frozenset({STOPPING, GONE})
 # The state a worker event requires; an event for a STOPPING/GONE worker is
 # stale (the scheduler raced a stop) and ignored.
 _EXPECTED_STATE: dict[type, WorkerState] = {
-    WorkerReady: WorkerState.STARTING,
-    WorkerStartFailed: WorkerState.STARTING,
-    WorkerFinished: WorkerState.BUSY,
+    WorkerReady: STARTING,
+    WorkerStartFailed: STARTING,
+    WorkerFinished: BUSY,
 }
 
 
@@ -125,7 +137,7 @@ class PoolMachine:
         self._queue = FairQueue()
         self._waiting = self._queue.waiting  # ids, for cheap tests on the hot path
         self._running: dict[int, int] = {}  # request_id -> worker_id
-        self._load_state = LoadState.LOADING
+        self._load_state = LOADING
         self._loaded = False
         self._last_load_error: str | None = None
         self._failures = 0  # consecutive failed start attempts (backoff exponent)
@@ -193,7 +205,7 @@ class PoolMachine:
 
     def _is_calm(self) -> bool:
         """The part of _steady() that only the general path can change (kept in `_calm`)."""
-        if self._load_state is not LoadState.HEALTHY or self._workers.has_retiring():
+        if self._load_state is not HEALTHY or self._workers.has_retiring():
             return False
         if self._config.limits.exec_timeout:
             return False  # exec deadlines use the general path
@@ -217,7 +229,7 @@ class PoolMachine:
     def worker_finished(self, worker_id: int, now: float) -> list[Command]:
         """handle(WorkerFinished(worker_id), now), faster in a steady pool."""
         worker = self._workers.get(worker_id)
-        if worker is not None and worker.state is WorkerState.BUSY and self._steady(now):
+        if worker is not None and worker.state is BUSY and self._steady(now):
             fast = self._fast_finish(worker, now)
             if fast is not None:
                 self.only_queue_deadline_moved = True
@@ -229,7 +241,7 @@ class PoolMachine:
             return self._fast_arrival(event.request_id, now)
         if type(event) is WorkerFinished:
             worker = self._workers.get(event.worker_id)
-            if worker is None or worker.state is not WorkerState.BUSY:
+            if worker is None or worker.state is not BUSY:
                 return None
             return self._fast_finish(worker, now)
         return None
@@ -259,7 +271,7 @@ class PoolMachine:
 
     def _fast_arrival(self, request_id: int, now: float) -> list[Command] | None:
         workers = self._workers
-        if workers.any_in(WorkerState.IDLE):
+        if workers.any_in(IDLE):
             if self._waiting:
                 return None
             if self._config.pool.scale_down_delay and self._shrink_candidates():
@@ -279,7 +291,7 @@ class PoolMachine:
                 return [self._stage_call(target, request_id, now, now, now + pool.timeout / 1000)]
         out: list[Command] = []
         if sizing.admits(
-            pool, allocated=allocated, starting=workers.count(WorkerState.STARTING),
+            pool, allocated=allocated, starting=workers.count(STARTING),
             waiting=len(self._waiting),
         ):  # fmt: skip
             self._queue.push(QueuedRequest(request_id, now, now + pool.timeout / 1000))
@@ -291,7 +303,7 @@ class PoolMachine:
 
     def _start_call(self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float) -> Dispatch:
         """IDLE -> BUSY with `request_id` (rules 2 and 5)."""
-        worker.set_state(WorkerState.BUSY)  # IDLE -> BUSY: request dispatched
+        worker.set_state(BUSY)  # IDLE -> BUSY: request dispatched
         worker.request_id = request_id
         worker.dispatched_s = now
         exec_timeout_ms = self._config.limits.exec_timeout
@@ -320,14 +332,14 @@ class PoolMachine:
     def _may_prefetch(self) -> bool:
         """The pool-wide conditions of prefetch (staging a request changes none of them)."""
         pool = self._config.pool
-        if not pool.prefetch or self._load_state is not LoadState.HEALTHY:
+        if not pool.prefetch or self._load_state is not HEALTHY:
             return False
         mean_s = self._mean_run_time_s
         if mean_s is None or mean_s >= self._prefetch_max_run_s:
             return False
         workers = self._workers
         # Below ceil rule 3 starts pipelines instead; a STARTING one takes the queue head.
-        return workers.allocated() >= pool.ceil and not workers.any_in(WorkerState.STARTING)
+        return workers.allocated() >= pool.ceil and not workers.any_in(STARTING)
 
     def stage_limit(self) -> int:
         """How many requests one pipeline may hold staged now (callers checked _may_prefetch)."""
@@ -376,7 +388,7 @@ class PoolMachine:
             del self._running[request_id]
             if item.cancelled:
                 continue  # rule 9: it leaves silently
-            if self._load_state is LoadState.FAILED:  # as the queue was when the endpoint failed
+            if self._load_state is FAILED:  # as the queue was when the endpoint failed
                 error = self._last_load_error or UNKNOWN_LOAD_ERROR
                 self._reject(out, request_id, "EndpointUnavailable", error)
                 continue
@@ -399,7 +411,7 @@ class PoolMachine:
         for worker in self._workers.busy_view():
             if worker.exec_deadline_s is not None:
                 deadlines.append(worker.exec_deadline_s)
-        if self._load_state is not LoadState.DRAINING:
+        if self._load_state is not DRAINING:
             delay_s = self._config.pool.scale_down_delay / 1000
             deadlines.extend(w.idle_since_s + delay_s for w in self._shrink_candidates())
         if self._probe_wanted():
@@ -429,7 +441,7 @@ class PoolMachine:
         )
 
     def snapshot(self, now: float) -> PoolSnapshot:
-        counts = {s.value: self._workers.count(s) for s in WorkerState if s is not WorkerState.GONE}
+        counts = {s.value: self._workers.count(s) for s in WorkerState if s is not GONE}
         oldest = self._queue.oldest()
         c = self._counters
         return PoolSnapshot(
@@ -453,7 +465,7 @@ class PoolMachine:
     def is_busy(self, worker_id: int) -> bool:
         """The pipeline runs a request (the scheduler's check before it starts a staged one)."""
         worker = self._workers.get(worker_id)
-        return worker is not None and worker.state is WorkerState.BUSY
+        return worker is not None and worker.state is BUSY
 
     def worker_state(self, worker_id: int) -> WorkerState:
         """State of a pipeline this machine started; GONE once it exited.
@@ -490,7 +502,7 @@ class PoolMachine:
             case RequestCancelled(request_id=rid):
                 self._on_cancelled(rid)
             case Loaded():
-                if self._load_state is not LoadState.DRAINING:
+                if self._load_state is not DRAINING:
                     self._loaded = True
             case Tick():
                 pass  # timers run in _expire_queue and _reconcile
@@ -509,7 +521,7 @@ class PoolMachine:
             case WorkerReady():
                 self._on_ready(worker, now)
             case WorkerStartFailed(error=error):
-                worker.set_state(WorkerState.STOPPING)  # STARTING -> STOPPING: init failed
+                worker.set_state(STOPPING)  # STARTING -> STOPPING: init failed
                 self._start_failure(worker, error, now, out)
             case WorkerFinished():
                 self._on_finished(worker, now, out)
@@ -525,18 +537,18 @@ class PoolMachine:
                 raise InternalError(f"unhandled event {event!r}")
 
     def _on_request(self, request_id: int, now: float, out: list[Command]) -> None:
-        if self._load_state is LoadState.DRAINING:
+        if self._load_state is DRAINING:
             self._reject(out, request_id, "ShuttingDown", SHUTTING_DOWN_MESSAGE)
             return
         self._loaded = True  # a request before Loaded means the endpoint is loaded
-        if self._load_state is LoadState.FAILED:
+        if self._load_state is FAILED:
             error = self._last_load_error or UNKNOWN_LOAD_ERROR
             self._reject(out, request_id, "EndpointUnavailable", error)
             return
-        if not self._workers.any_in(WorkerState.IDLE) and not sizing.admits(
+        if not self._workers.any_in(IDLE) and not sizing.admits(
             self._config.pool,
             allocated=self._workers.allocated(),
-            starting=self._workers.count(WorkerState.STARTING),
+            starting=self._workers.count(STARTING),
             waiting=len(self._queue),
         ):
             retry = self._retry_after()
@@ -565,17 +577,17 @@ class PoolMachine:
         self._config = config
 
     def _on_drain(self) -> None:
-        if self._load_state is LoadState.DRAINING:
+        if self._load_state is DRAINING:
             return
-        self._load_state = LoadState.DRAINING
+        self._load_state = DRAINING
         self._retry_at_s = None
         self._probe_id = None
 
     def _on_ready(self, worker: WorkerRecord, now: float) -> None:
-        worker.set_state(WorkerState.IDLE)  # STARTING -> IDLE: init code done
+        worker.set_state(IDLE)  # STARTING -> IDLE: init code done
         self._workers.mark_idle(worker, now)
-        if self._load_state in (LoadState.LOADING, LoadState.FAILED):
-            self._load_state = LoadState.HEALTHY
+        if self._load_state in (LOADING, FAILED):
+            self._load_state = HEALTHY
             self._failures = 0
             self._retry_at_s = None
             self._probe_id = None
@@ -594,12 +606,12 @@ class PoolMachine:
                 self._mark_retiring(worker)
             return
         if worker.stop_when_free:
-            worker.set_state(WorkerState.STOPPING)  # BUSY -> STOPPING: told to stop after this call
+            worker.set_state(STOPPING)  # BUSY -> STOPPING: told to stop after this call
             out.append(StopWorker(worker.worker_id))
             if worker.replace_on_stop and self._load_state in _SPAWNING and self._has_room():
                 self._spawn(out)  # rule 10 at ceil: the successor starts now
             return
-        worker.set_state(WorkerState.IDLE)  # BUSY -> IDLE: result received
+        worker.set_state(IDLE)  # BUSY -> IDLE: result received
         self._workers.mark_idle(worker, now)
         if max_requests > 0 and worker.served >= max_requests:
             self._mark_retiring(worker)
@@ -615,11 +627,11 @@ class PoolMachine:
         worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
 
     def _on_exited(self, worker: WorkerRecord, detail: str, now: float, out: list[Command]) -> None:
-        if worker.state is WorkerState.STARTING:
+        if worker.state is STARTING:
             self._start_failure(worker, detail, now, out)
-        elif worker.state is WorkerState.IDLE:
+        elif worker.state is IDLE:
             self._counters.crashes_total += 1
-        elif worker.state is WorkerState.BUSY:
+        elif worker.state is BUSY:
             self._counters.crashes_total += 1
             assert worker.request_id is not None
             del self._running[worker.request_id]
@@ -628,7 +640,7 @@ class PoolMachine:
                 self._reject(out, worker.request_id, "WorkerCrashed", message)
             worker.clear_request()
             self._unstage(worker, now, out)
-        worker.set_state(WorkerState.GONE)  # any -> GONE: the process exited
+        worker.set_state(GONE)  # any -> GONE: the process exited
         self._workers.drop(worker)
 
     def _start_failure(
@@ -640,14 +652,14 @@ class PoolMachine:
         was_probe = worker.worker_id == self._probe_id
         if was_probe:
             self._probe_id = None
-        if self._load_state is LoadState.FAILED:
+        if self._load_state is FAILED:
             # Only a failed retry doubles the delay; pipelines that were already
             # starting when the first one failed do not.
             if was_probe:
                 self._failures += 1
                 self._retry_at_s = now + sizing.backoff_s(self._failures)
-        elif self._load_state is not LoadState.DRAINING:
-            self._load_state = LoadState.FAILED
+        elif self._load_state is not DRAINING:
+            self._load_state = FAILED
             self._failures = 1
             self._retry_at_s = now + sizing.backoff_s(1)
         for item in self._queue.clear():
@@ -666,13 +678,13 @@ class PoolMachine:
         self._enforce_ceil(out)
         self._advance_retirements(out)
         self._dispatch_waiting(now, out)
-        if self._load_state is LoadState.DRAINING:
+        if self._load_state is DRAINING:
             self._stop_for_drain(out)
         self._grow(out)
         self._maybe_probe(now, out)
-        if self._load_state is not LoadState.DRAINING:
+        if self._load_state is not DRAINING:
             self._shrink(now, out)  # last: every start above counts against cruise
-        if self._load_state is LoadState.DRAINING and not self._drained_sent:
+        if self._load_state is DRAINING and not self._drained_sent:
             if not self._queue and not self._workers:
                 self._drained_sent = True
                 out.append(Drained())
@@ -683,7 +695,7 @@ class PoolMachine:
         """limits.exec_timeout: kill a pipeline whose call ran too long; 504 its request."""
         for worker in self._workers:
             deadline_s = worker.exec_deadline_s
-            if worker.state is not WorkerState.BUSY or deadline_s is None or deadline_s > now:
+            if worker.state is not BUSY or deadline_s is None or deadline_s > now:
                 continue
             assert worker.request_id is not None
             limit_ms = worker.exec_timeout_ms
@@ -694,7 +706,7 @@ class PoolMachine:
                 self._reject(out, worker.request_id, "ExecutionTimeout", message)
             worker.clear_request()
             self._unstage(worker, now, out)
-            worker.set_state(WorkerState.STOPPING)  # BUSY -> STOPPING: killed
+            worker.set_state(STOPPING)  # BUSY -> STOPPING: killed
 
     def _enforce_ceil(self, out: list[Command]) -> None:
         """After a ceil decrease: stop idle excess, then starting, then busy when free."""
@@ -704,11 +716,11 @@ class PoolMachine:
         if excess == 0:
             return
         idle = self._workers.idle_lru()
-        starting = sorted(self._workers.in_state(WorkerState.STARTING), key=lambda w: -w.worker_id)
-        busy = [w for w in self._workers.in_state(WorkerState.BUSY) if not w.stop_when_free]
+        starting = sorted(self._workers.in_state(STARTING), key=lambda w: -w.worker_id)
+        busy = [w for w in self._workers.in_state(BUSY) if not w.stop_when_free]
         busy.sort(key=lambda w: (not w.retiring, -w.dispatched_s))
         for worker in [*idle, *starting, *busy][:excess]:
-            if worker.state is WorkerState.BUSY:
+            if worker.state is BUSY:
                 worker.stop_when_free = True
             else:
                 self._stop(worker, out)
@@ -723,7 +735,7 @@ class PoolMachine:
                 worker.successor_id = None  # successor ready: the old one leaves
                 self._stop_when_free(worker, out)
                 continue
-            if successor is not None and successor.state is WorkerState.STARTING:
+            if successor is not None and successor.state is STARTING:
                 continue
             worker.successor_id = None
             if self._load_state not in _SPAWNING:
@@ -731,11 +743,11 @@ class PoolMachine:
             pool = self._config.pool
             allocated = self._workers.allocated()
             surplus = sizing.surplus(pool, allocated=self._workers.staying())
-            if worker.state is WorkerState.IDLE and not self._queue and surplus > 0:
+            if worker.state is IDLE and not self._queue and surplus > 0:
                 self._stop(worker, out)  # surplus anyway (rule 7): no successor needed
             elif allocated < pool.ceil:
                 worker.successor_id = self._spawn(out).worker_id
-            elif worker.state is WorkerState.IDLE:
+            elif worker.state is IDLE:
                 self._stop(worker, out)  # at ceil: stop first, then start the successor
                 if self._has_room():  # not above ceil after a decrease
                     self._spawn(out)
@@ -757,18 +769,18 @@ class PoolMachine:
         """DRAINING: stop every free pipeline and every start no waiting request needs."""
         for worker in self._workers.idle_lru():
             self._stop(worker, out)  # IDLE only exists when nothing waits
-        starting = sorted(self._workers.in_state(WorkerState.STARTING), key=lambda w: w.worker_id)
+        starting = sorted(self._workers.in_state(STARTING), key=lambda w: w.worker_id)
         for worker in starting[len(self._queue) :]:
             self._stop(worker, out)
 
     def _grow(self, out: list[Command]) -> None:
         """Rules 1 and 3 (rule 3 only while DRAINING; neither while FAILED)."""
-        if self._load_state is LoadState.FAILED:
+        if self._load_state is FAILED:
             return
         count = sizing.spawns_wanted(
             self._config.pool,
             allocated=self._workers.allocated(),
-            starting=self._workers.count(WorkerState.STARTING),
+            starting=self._workers.count(STARTING),
             waiting=len(self._queue),
             keep_floor=self._loaded and self._load_state in _SPAWNING,
         )
@@ -790,17 +802,17 @@ class PoolMachine:
 
     def _probe_wanted(self) -> bool:
         """A retry is pending and can start once due (there is room or an IDLE pipeline)."""
-        if self._load_state is not LoadState.FAILED or self._retry_at_s is None:
+        if self._load_state is not FAILED or self._retry_at_s is None:
             return False
         probe = self._workers.get(self._probe_id)
-        if probe is not None and probe.state is WorkerState.STARTING:
+        if probe is not None and probe.state is STARTING:
             return False  # one attempt at a time
         if self._has_room():
             return True
         # Stopping one IDLE pipeline makes room unless busy excess of a ceil
         # decrease still keeps the pool above ceil.
         return self._workers.allocated() == self._config.pool.ceil and self._workers.any_in(
-            WorkerState.IDLE
+            IDLE
         )
 
     def _shrink(self, now: float, out: list[Command]) -> None:
@@ -837,11 +849,11 @@ class PoolMachine:
         return worker
 
     def _stop(self, worker: WorkerRecord, out: list[Command]) -> None:
-        worker.set_state(WorkerState.STOPPING)  # IDLE/STARTING -> STOPPING: not needed
+        worker.set_state(STOPPING)  # IDLE/STARTING -> STOPPING: not needed
         out.append(StopWorker(worker.worker_id))
 
     def _stop_when_free(self, worker: WorkerRecord, out: list[Command]) -> None:
-        if worker.state is WorkerState.IDLE:
+        if worker.state is IDLE:
             self._stop(worker, out)
         else:
             worker.stop_when_free = True

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator, ValuesView
 
 from lightnode.errors import InternalError
-from lightnode.pool.states import WorkerState
+from lightnode.pool.states import BUSY, GONE, IDLE, STARTING, WorkerState
 from lightnode.pool.worker_record import WorkerRecord
 
-SERVING = frozenset({WorkerState.IDLE, WorkerState.BUSY})
+SERVING = frozenset({IDLE, BUSY})
 
 
 class Pipelines:
@@ -37,9 +37,9 @@ class Pipelines:
         counts[old] -= 1
         counts[new] += 1
         for state, members in ((old, None), (new, worker)):
-            if state is WorkerState.IDLE:
+            if state is IDLE:
                 table = self._idle
-            elif state is WorkerState.BUSY:
+            elif state is BUSY:
                 table = self._busy
             else:
                 continue
@@ -82,7 +82,7 @@ class Pipelines:
             actual = sum(1 for w in self._by_id.values() if w.state is state)
             if self._counts[state] != actual:
                 raise InternalError(f"{state.value}: counted {self._counts[state]}, actual {actual}")
-        for state, table in ((WorkerState.IDLE, self._idle), (WorkerState.BUSY, self._busy)):
+        for state, table in ((IDLE, self._idle), (BUSY, self._busy)):
             if set(table) != {w.worker_id for w in self._by_id.values() if w.state is state}:
                 raise InternalError(f"the {state.value} set disagrees with the records")
 
@@ -101,7 +101,7 @@ class Pipelines:
         if worker is not None:
             return worker.state
         if self.ever_started(worker_id):
-            return WorkerState.GONE
+            return GONE
         raise KeyError(worker_id)
 
     def in_state(self, state: WorkerState) -> list[WorkerRecord]:
@@ -122,7 +122,7 @@ class Pipelines:
     def allocated(self) -> int:
         """STARTING + IDLE + BUSY (SPEC §4)."""
         counts = self._counts
-        return counts[WorkerState.STARTING] + counts[WorkerState.IDLE] + counts[WorkerState.BUSY]
+        return counts[STARTING] + counts[IDLE] + counts[BUSY]
 
     def leaving(self) -> int:
         """BUSY pipelines told to stop after their current request."""
@@ -130,7 +130,7 @@ class Pipelines:
 
     def serving(self) -> int:
         """IDLE + BUSY: pipelines that can run requests now (rule 11)."""
-        return self._counts[WorkerState.IDLE] + self._counts[WorkerState.BUSY]
+        return self._counts[IDLE] + self._counts[BUSY]
 
     def idle_lru(self) -> list[WorkerRecord]:
         """IDLE pipelines, least recently used first (the last one is the MRU)."""
@@ -150,7 +150,7 @@ class Pipelines:
         if not worker.retiring or worker.state not in SERVING:
             return False
         successor = self.get(worker.successor_id)
-        return successor is not None and successor.state is WorkerState.STARTING
+        return successor is not None and successor.state is STARTING
 
     def staying(self) -> int:
         """Allocated pipelines that rule 7 weighs against cruise.
