@@ -33,6 +33,8 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Failures on the node's side of a call, logged with the request id so that the
 # pipeline's exit or stack dump in the server log can be tied to the request.
 LOGGED_FAILURES = frozenset({"WorkerCrashed", "ExecutionTimeout"})
+# A global name: on Python 3.11 reading an Enum member off its class is slow (see pool/states.py).
+_RUN = RouteKind.RUN
 
 
 def _is_loopback(client: str) -> bool:
@@ -100,7 +102,7 @@ class NodeApp:
                 exchange.respond_error(LightnodeError("NotFound", f"Not found: {path}"))
                 return
         try:
-            if route.kind is RouteKind.RUN:
+            if route.kind is _RUN:
                 self._run(exchange, route)
             elif route.kind is RouteKind.PING:
                 exchange.respond(200, b"{}")

@@ -327,7 +327,7 @@ class PoolMachine:
         Of several, the one with the fewest staged, then the one whose current call
         started first (likely to finish first).
         """
-        return self._prefetch_candidate() if self._may_prefetch() else None
+        return self._prefetch_candidate(self.stage_limit()) if self._may_prefetch() else None
 
     def _may_prefetch(self) -> bool:
         """The pool-wide conditions of prefetch (staging a request changes none of them)."""
@@ -349,10 +349,9 @@ class PoolMachine:
             return self._max_staged
         return max(1, int(self._prefetch_budget_s / mean_s))
 
-    def _prefetch_candidate(self) -> WorkerRecord | None:
-        """The per-pipeline part of _prefetch_target()."""
+    def _prefetch_candidate(self, limit: int) -> WorkerRecord | None:
+        """The per-pipeline part of _prefetch_target(); `limit` is stage_limit()."""
         max_requests = self._config.limits.max_requests
-        limit = self.stage_limit()
         best: WorkerRecord | None = None
         best_staged = limit
         for worker in self._workers.busy_view():
@@ -372,8 +371,9 @@ class PoolMachine:
         if not waiting or not self._may_prefetch():
             return
         queue = self._queue
+        limit = self.stage_limit()
         while waiting:
-            worker = self._prefetch_candidate()
+            worker = self._prefetch_candidate(limit)
             if worker is None:
                 return
             item = queue.pop_oldest()
