@@ -533,6 +533,16 @@ PoolWorldDeepPrefetch.TestCase.settings = PoolWorld.TestCase.settings
 TestPoolWorldDeepPrefetch = PoolWorldDeepPrefetch.TestCase
 
 
+class PoolWorldVaryingPrefetch(PoolWorld):
+    """The stage limit follows the mean run time: here between 1 and 3 as calls take 0-40 s."""
+
+    machine_options = {"prefetch_max_run_s": float("inf"), "prefetch_budget_s": 0.5, "max_staged": 3}
+
+
+PoolWorldVaryingPrefetch.TestCase.settings = PoolWorld.TestCase.settings
+TestPoolWorldVaryingPrefetch = PoolWorldVaryingPrefetch.TestCase
+
+
 class PoolWorldSoak(PoolWorld):
     pass
 
