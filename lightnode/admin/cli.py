@@ -143,7 +143,8 @@ def render_status(payload: dict[str, Any]) -> str:
                 f"  {ep['endpointId']}@{ep['generation']}: {ep['loadState']}"
                 f" pipelines starting={states.get('starting', 0)} idle={states.get('idle', 0)}"
                 f" busy={states.get('busy', 0)} stopping={states.get('stopping', 0)}"
-                f" queue={ep['queueLength']} oldest_wait={ep['oldestWaitMs']}ms"
+                f" queue={ep['queueLength']} staged={ep.get('stagedRequests', 0)}"
+                f" oldest_wait={ep['oldestWaitMs']}ms"
             )
             lines.append(
                 f"    config floor={pool['floor']} cruise={pool['cruise']} ceil={pool['ceil']}"

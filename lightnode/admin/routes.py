@@ -85,6 +85,7 @@ def pool_stats(pool: EndpointPool, registry: Registry) -> dict[str, Any]:
         "pipelines": pool.pipelines(),
         "allocated": snap.allocated,
         "queueLength": snap.queue_length,
+        "stagedRequests": snap.staged,
         "oldestWaitMs": round(snap.oldest_wait_s * 1000, 1),
         "lastStart": {
             "secondsAgo": started_ago,
@@ -138,6 +139,7 @@ def metrics_json(node: Node) -> dict[str, Any]:
                     "loadState": snap.load_state,
                     "pipelines": dict(snap.pipelines),
                     "queueLength": snap.queue_length,
+                    "stagedRequests": snap.staged,
                     **snapshot_counters(snap),
                 })
     return {

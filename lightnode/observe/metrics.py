@@ -220,10 +220,12 @@ class PoolTotals:
 @dataclass(slots=True)
 class _Gauges:
     queue_length: int = 0
+    staged: int = 0
     pipelines: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PIPELINE_STATES, 0))
 
     def add(self, snap: PoolSnapshot) -> None:
         self.queue_length += snap.queue_length
+        self.staged += snap.staged
         for state, count in snap.pipelines.items():
             self.pipelines[state] = self.pipelines.get(state, 0) + count
 
@@ -394,12 +396,19 @@ def _gauge_families(gauges: dict[Key, _Gauges]) -> Iterator[Metric]:
     queue = GaugeMetricFamily(
         "lightnode_queue_length", "Requests waiting for a pipeline", labels=labels
     )
+    staged = GaugeMetricFamily(
+        "lightnode_staged_requests",
+        "Requests sent ahead into busy pipelines' pipes (prefetch), not yet started",
+        labels=labels,
+    )
     pipelines = GaugeMetricFamily(
         "lightnode_pipelines", "Pipelines by state", labels=[*labels, "state"]
     )
     for key, gauge in sorted(gauges.items()):
         queue.add_metric(list(key), gauge.queue_length)
+        staged.add_metric(list(key), gauge.staged)
         for state, count in gauge.pipelines.items():
             pipelines.add_metric([*key, state], count)
     yield queue
+    yield staged
     yield pipelines

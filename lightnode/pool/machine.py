@@ -448,6 +448,7 @@ class PoolMachine:
             pipelines=counts,
             allocated=self._workers.allocated(),
             queue_length=len(self._queue),
+            staged=sum(len(worker.staged) for worker in self._workers.busy_view()),
             oldest_wait_s=max(0.0, now - oldest.arrived_s) if oldest is not None else 0.0,
             load_state=self._load_state.value,
             last_load_error=self._last_load_error,

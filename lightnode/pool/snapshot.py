@@ -34,6 +34,7 @@ class PoolSnapshot:
     pipelines: dict[str, int]  # keys: starting, idle, busy, stopping
     allocated: int  # STARTING + IDLE + BUSY
     queue_length: int
+    staged: int  # requests sent ahead into busy pipelines' pipes (prefetch), not yet started
     oldest_wait_s: float  # 0.0 when nothing waits
     load_state: str  # LoadState value
     last_load_error: str | None

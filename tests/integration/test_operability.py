@@ -163,6 +163,7 @@ def test_metrics_series_and_counters_across_reload_and_switch(
         "lightnode_request_duration_seconds_bucket",
         "lightnode_queue_wait_seconds_bucket",
         "lightnode_queue_length",
+        "lightnode_staged_requests",
         "lightnode_pipelines",
         "lightnode_pipeline_starts_total",
         "lightnode_pipeline_crashes_total",

@@ -197,6 +197,24 @@ def test_prefetched_request_outlives_an_exec_timeout_kill_and_runs_once(
     assert tags.count("next") == 1 and tags.count("slow") == 1
 
 
+def test_stats_show_requests_staged_in_a_busy_pipe(node_factory: Any, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    tuning = {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 4}}
+    node = _pool_node(node_factory, tmp_path, tuning, record=RECORD % str(calls))
+    for i in range(5):  # a fast endpoint: its mean run time allows prefetch
+        assert _call(node, {"tag": f"warm{i}"}, endpoint="record")[0] == 200
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(_call, node, {"ms": 1500, "tag": "slow"}, "record")
+        _until(lambda: _endpoint(node, "p", "record")["pipelinesByState"].get("busy") == 1)
+        following = pool.submit(_call, node, {"tag": "next"}, "record")
+        # Sent ahead into the busy pipeline's pipe (one at least, whatever the mean run
+        # time allows): staged, not waiting in the queue.
+        _until(lambda: _endpoint(node, "p", "record")["stagedRequests"] == 1)
+        assert _endpoint(node, "p", "record")["queueLength"] == 0
+        assert slow.result()[0] == 200 and following.result()[0] == 200
+    assert _endpoint(node, "p", "record")["stagedRequests"] == 0
+
+
 def test_max_requests_recycles_without_failures(node_factory: Any, tmp_path: Path) -> None:
     node = _pool_node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 2}, "limits": {"max_requests": 3}})
     pids = set()
@@ -268,7 +286,7 @@ def test_admin_tune_and_status_cli(node_factory: Any, tmp_path: Path) -> None:
     assert bad.returncode != 0 and "must be >= floor" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
     status = subprocess.run([*cli, "status", "--data-dir", str(node.data_dir)], capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
-    assert "sleep@v1" in status.stdout and "ceil=6" in status.stdout
+    assert "sleep@v1" in status.stdout and "ceil=6" in status.stdout and " staged=0 " in status.stdout
 
 
 def test_reload_delay_and_pipeline_start_time(node_factory: Any, tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def snapshot(**kw: object) -> PoolSnapshot:
         pipelines={"starting": 0, "idle": 1, "busy": 0, "stopping": 0},
         allocated=1,
         queue_length=0,
+        staged=0,
         oldest_wait_s=0.0,
         load_state="healthy",
         last_load_error=None,
@@ -222,19 +223,24 @@ def test_gauges_sum_the_generations_of_an_endpoint() -> None:
             "svc",
             "ep",
             snapshot(
-                queue_length=3, pipelines={"starting": 1, "idle": 0, "busy": 2, "stopping": 0}
+                queue_length=3,
+                staged=5,
+                pipelines={"starting": 1, "idle": 0, "busy": 2, "stopping": 0},
             ),
         ),
         FakePool(
             "svc",
             "ep",
             snapshot(
-                queue_length=1, pipelines={"starting": 0, "idle": 1, "busy": 1, "stopping": 1}
+                queue_length=1,
+                staged=2,
+                pipelines={"starting": 0, "idle": 1, "busy": 1, "stopping": 1},
             ),
         ),
     ]
     text = w.text()
     assert value(text, "lightnode_queue_length", service="svc", endpoint="ep") == 4
+    assert value(text, "lightnode_staged_requests", service="svc", endpoint="ep") == 7
     got = {
         s: value(text, "lightnode_pipelines", service="svc", endpoint="ep", state=s)
         for s in ("starting", "idle", "busy", "stopping")

@@ -203,6 +203,7 @@ def test_a_fast_pipeline_holds_up_to_the_limit_and_runs_them_in_order() -> None:
     assert s.machine.snapshot(2.0).queue_length == 1
     snapshot = s.machine.snapshot(2.0)
     assert snapshot.prefetched_total == MAX_STAGED
+    assert snapshot.staged == MAX_STAGED  # sent ahead, not yet started: not in queue_length
     # 1 ends: 2 starts, and the queue head takes the freed place in the pipe.
     t = 2.0 + FAST_S
     assert s(DONE(1), at=t) == [staged(last + 1, 1, FAST_S)]
@@ -210,7 +211,7 @@ def test_a_fast_pipeline_holds_up_to_the_limit_and_runs_them_in_order() -> None:
         assert s.state(1) is BUSY
         t += FAST_S
         assert s(DONE(1), at=t) == []
-    assert s.state(1) is IDLE
+    assert s.state(1) is IDLE and s.machine.snapshot(t).staged == 0
     assert s.machine.snapshot(t).served_total == 1 + MAX_STAGED + 2  # the warm-up call too
 
 
