@@ -205,9 +205,7 @@ class NodeApp:
         exchange: Exchange = call.exchange
         exchange.respond(200, body)
         if self.observers:
-            spec = pool.spec
-            self._record(exchange, spec.service_id, spec.endpoint_id, spec.generation, 200, None,
-                         call.wait_us, exec_us, function_us, call.body)  # fmt: skip
+            self._record_call(pool, call, 200, None, exec_us, function_us)
 
     def call_failed(
         self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
@@ -224,10 +222,15 @@ class NodeApp:
                 extra={"request_id": exchange.request_id},
             )
         if self.observers:
-            spec = pool.spec
-            self._record(exchange, spec.service_id, spec.endpoint_id, spec.generation,
-                         error.status, error.error_type, call.wait_us, exec_us, function_us,
-                         call.body)  # fmt: skip
+            self._record_call(pool, call, error.status, error.error_type, exec_us, function_us)
+
+    def _record_call(
+        self, pool: EndpointPool, call: Call, status: int, error_type: str | None, exec_us: int, function_us: int
+    ) -> None:
+        """Feed the observers one /run call's outcome (see _record)."""
+        spec = pool.spec
+        self._record(call.exchange, spec.service_id, spec.endpoint_id, spec.generation, status,
+                     error_type, call.wait_us, exec_us, function_us, call.body)  # fmt: skip
 
     def _record(
         self,
