@@ -94,8 +94,8 @@ class NodeApp:
         if route is None:
             try:
                 route = parse_path(exchange.path)
-            except BadId as exc:
-                exchange.respond_error(LightnodeError("NotFound", str(exc)))
+            except BadId as bad_id:
+                exchange.respond_error(LightnodeError("NotFound", str(bad_id)))
                 return
             if route is None:
                 path = exchange.path.decode("latin-1")

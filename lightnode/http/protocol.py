@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import httptools
 
@@ -88,6 +88,9 @@ def client_request_id(value: bytes) -> str | None:
         if text.isprintable() and " " not in text:
             return text
     return None
+
+
+_NOT_IDLE: float | None = None  # see data_received
 
 
 class ServerState:
@@ -230,7 +233,10 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._accepting or self._closed:
             return  # discarding input after a refusal or a closing request
-        self._idle_since = None  # the keep-alive timer sees it and does not close
+        # The keep-alive timer sees None and does not close. Assigned from a name typed
+        # `float | None`: a literal None would narrow the attribute to None for the rest
+        # of this method, but _dispatch() may set it (the compiled build trusts narrowing).
+        self._idle_since = _NOT_IDLE
         seq = self._seq
         try:
             self._parser.feed_data(data)
@@ -456,6 +462,9 @@ class HttpProtocol(asyncio.Protocol):
         if method == b"CONNECT":  # authority form; the upgrade path then closes
             self._path, self._query = url, b""
             return
+        # Any: httptools' stubs type the URL's fields as bytes, but absent ones are None
+        # (and the compiled build checks the declared types).
+        parsed: Any
         try:
             parsed = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:

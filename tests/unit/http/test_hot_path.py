@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_fakes import connect
 
 from lightnode.http import routing
 from lightnode.http.app import NodeApp
 from lightnode.http.exchange import Exchange
 from lightnode.http.responses import STATUS_LINES, render_response
 from lightnode.http.routing import BadId, Route, RouteKind, known_route, parse_path
+from lightnode.scheduler import registry as registry_module
+from loadtest import hotpath
 
 # ------------------------------------------------------------------ routing
 
@@ -125,44 +126,32 @@ def test_on_cancel_is_not_called_after_the_answer() -> None:
 # ---------------------------------------------------------------------- app
 
 
-class HoldingPool:
-    """A pool that keeps every call unanswered and records cancels."""
-
-    def __init__(self) -> None:
-        self.calls: list[object] = []
-        self.cancelled: list[object] = []
-
-    def submit(self, body: bytes, exchange: Exchange) -> object:
-        call = ("call", body)
-        self.calls.append(call)
-        return call
-
-    def cancel(self, call: object) -> None:
-        self.cancelled.append(call)
-
-
-class OnePoolRegistry:
-    def __init__(self, pool: HoldingPool) -> None:
-        self.pool = pool
-
-    def is_public(self, service_id: str) -> bool:
-        return True
-
-    def resolve(self, service_id: str, endpoint_id: str) -> HoldingPool:
-        return self.pool
-
-
-def test_client_gone_cancels_the_pool_call_once(tmp_path: Path) -> None:
-    app = NodeApp(tmp_path)
-    pool = HoldingPool()
-    app.registry = OnePoolRegistry(pool)  # type: ignore[assignment]
-    c = connect(app)  # type: ignore[arg-type]
-    c.feed(
-        b"POST /public/api/v1/svc/ep/run HTTP/1.1\r\nHost: n\r\nContent-Length: 2\r\n\r\n{}"
-        b"POST /public/api/v1/svc/ep/run HTTP/1.1\r\nHost: n\r\nContent-Length: 1\r\n\r\n1"
+def test_client_gone_cancels_its_pool_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real pool over pipelines that hold their calls: the app hands the pool's
+    cancel to each exchange, so a client that leaves cancels its running and staged calls."""
+    monkeypatch.setattr(registry_module, "EndpointPool", registry_module.EndpointPool)  # restored after
+    monkeypatch.setattr(hotpath.QueueingWorker, "instances", [])
+    protocol, transport, loop = hotpath.build(
+        tmp_path, observers=False, worker=hotpath.QueueingWorker, pool_size=1
     )
-    assert pool.calls == [("call", b"{}"), ("call", b"1")]
-    c.lose()
-    assert pool.cancelled == pool.calls
-    c.lose()
-    assert pool.cancelled == pool.calls
+    try:
+        protocol.data_received(
+            b"POST /public/api/v1/bench/add/run HTTP/1.1\r\nHost: n\r\nContent-Length: 2\r\n\r\n{}"
+            b"POST /public/api/v1/bench/add/run HTTP/1.1\r\nHost: n\r\nContent-Length: 1\r\n\r\n1"
+        )
+        app = protocol._app
+        assert isinstance(app, NodeApp) and app.registry is not None
+        pool = app.registry.resolve("bench", "add")
+        calls = list(pool.calls.values())
+        assert [(call.body, call.cancelled) for call in calls] == [(b"{}", False), (b"1", False)]
+        protocol.connection_lost(None)
+        assert [call.cancelled for call in calls] == [True, True]
+        protocol.connection_lost(None)  # a second loss finds nothing left to cancel
+        (worker,) = hotpath.QueueingWorker.instances
+        written = transport.written
+        while worker.answer_one():  # the pipeline finishes them: nobody is answered
+            pass
+        assert transport.written == written
+        assert pool.calls == {}
+    finally:
+        loop.close()
