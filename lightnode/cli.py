@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightnode import __version__
+from lightnode import __version__, hotbuild
 from lightnode.errors import ConfigError, IdError
 
 COMMANDS = ("serve", "init", "admin", "dev", "test", "package", "deploy")
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="An API node that serves Python functions over HTTP.",
         epilog="Without a command, `lightnode --data-dir DIR` serves DIR (the `serve` command).",
     )
-    parser.add_argument("--version", action="version", version=f"lightnode {__version__}")
+    parser.add_argument("--version", action="version", version=f"lightnode {__version__}, hot path {hotbuild.status()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_args(sub.add_parser("serve", help="run the node in the foreground"))
     init = sub.add_parser("init", help="lay out a data directory with the sample service")

@@ -28,9 +28,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
+from lightnode import hotbuild
 from lightnode.admin.keys import KeyStore
 from lightnode.admin.routes import AdminRoutes
 from lightnode.config.load import load_server_settings
@@ -147,7 +149,7 @@ class Node:
         listen = self.settings.listen
         self.keys.load()  # a keys.json that does not parse stops the start (ConfigError)
         self._server = await self.loop.create_server(
-            lambda: HttpProtocol(self.app, self.http_state, self.loop),
+            lambda: cast(asyncio.Protocol, HttpProtocol(self.app, self.http_state, self.loop)),
             listen.host,
             listen.port,
             backlog=2048,
@@ -165,6 +167,7 @@ class Node:
         self.registry.load_all()
         self.addr_file.write_text(f"http://{_url_host(listen.host)}:{port}\n")
         log.info("lightnode serving %s on http://%s:%d", self.data_dir.root, listen.host, port)
+        log.info("hot path: %s", hotbuild.status())
         self._watch_task = self.loop.create_task(self.watcher.run())
         self._not_alive_task = self.loop.create_task(self._watch_not_alive())
 

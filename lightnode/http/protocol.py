@@ -142,8 +142,13 @@ class _ServerExchange(Exchange):
     http10_keep_alive: bool
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One client connection: parse, hand requests to the app, answer in order."""
+class HttpProtocol:
+    """One client connection: parse, hand requests to the app, answer in order.
+
+    An asyncio protocol by its methods, not by inheritance: the event loop needs no
+    base class, and without one the compiled build makes this a native class (fast
+    attribute access) instead of a Python class with compiled methods.
+    """
 
     def __init__(self, app: App, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
         self._app = app

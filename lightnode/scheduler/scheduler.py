@@ -75,8 +75,12 @@ class CallSink(Protocol):
 WorkerFactory = Callable[[asyncio.AbstractEventLoop, int, WorkerSpec, WorkerListener], Any]
 
 
-class EndpointPool(WorkerListener):
-    """The pipelines of one endpoint of one service generation."""
+class EndpointPool:
+    """The pipelines of one endpoint of one service generation (a WorkerListener).
+
+    It implements WorkerListener without naming it as a base: the compiled build
+    makes a class native only if all its bases are compiled too.
+    """
 
     def __init__(
         self,

@@ -1,0 +1,203 @@
+"""The compiled hot path (lightnode.hotbuild): a build is used only while it matches its sources.
+
+The decision is tested on fake package trees (an extension file is only looked
+for, never loaded, until the decision is made). The import hook is tested on a
+package whose "extension" is not loadable at all: importing it without the hook
+fails, with the hook the source is used. When CI runs the suite against a real
+compiled build (LIGHTNODE_EXPECT_COMPILED=1), the last tests check that it is
+really loaded, and that editing a source makes a copy of it fall back to Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import lightnode
+from lightnode import hotbuild
+
+MODULES = ("lightnode.http.fast", "lightnode.core")
+EXT = importlib.machinery.EXTENSION_SUFFIXES[0]
+PACKAGE = Path(lightnode.__file__).parent
+
+
+def _tree(root: Path, *, compiled: bool = True, manifest: bool = True) -> Path:
+    """A fake `lightnode` package directory holding MODULES, optionally "compiled"."""
+    package = root / "lightnode"
+    (package / "http").mkdir(parents=True)
+    (package / "http" / "fast.py").write_text("VALUE = 1\n")
+    (package / "core.py").write_text("VALUE = 2\n")
+    if compiled:
+        for module in MODULES:
+            source = hotbuild.source_path(package, module)
+            source.with_name(source.stem + EXT).write_bytes(b"not an extension")
+    if manifest:
+        text = json.dumps({"modules": hotbuild.digests(package, MODULES)})
+        (package / hotbuild.MANIFEST).write_text(text)
+    return package
+
+
+def test_source_path_maps_dotted_names_under_the_package(tmp_path: Path) -> None:
+    assert hotbuild.source_path(tmp_path, "lightnode.http.protocol") == tmp_path / "http" / "protocol.py"
+    assert hotbuild.source_path(tmp_path, "lightnode.errors") == tmp_path / "errors.py"
+
+
+def test_every_hot_module_exists_and_the_worker_runtime_is_not_one() -> None:
+    for module in hotbuild.HOT_MODULES:
+        assert hotbuild.source_path(PACKAGE, module).is_file(), module
+    # The pipelines' runtime runs under the endpoint's own interpreter: never compiled.
+    assert not [m for m in hotbuild.HOT_MODULES if m.startswith("lightnode.worker")]
+
+
+def test_a_tree_without_extensions_runs_pure(tmp_path: Path) -> None:
+    package = _tree(tmp_path, compiled=False)
+    assert hotbuild.decide(package, {}, MODULES) == (False, "pure Python (not compiled)")
+
+
+def test_a_build_matching_its_sources_is_used(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    assert hotbuild.decide(package, {}, MODULES) == (True, "compiled (2 modules, mypyc)")
+    assert hotbuild.decide(package, {"LIGHTNODE_PURE": "0"}, MODULES)[0]
+
+
+def test_an_edited_source_turns_the_whole_build_off(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    (package / "core.py").write_text("VALUE = 3\n")
+    assert hotbuild.decide(package, {}, MODULES) == (
+        False,
+        "pure Python (compiled build not used: lightnode/core.py changed since the build)",
+    )
+
+
+def test_a_build_without_manifest_or_with_a_broken_one_is_not_used(tmp_path: Path) -> None:
+    package = _tree(tmp_path, manifest=False)
+    use, status = hotbuild.decide(package, {}, MODULES)
+    assert not use and f"no readable {hotbuild.MANIFEST}" in status
+    for text in ("{", '{"modules": [1]}', "[]"):
+        (package / hotbuild.MANIFEST).write_text(text)
+        use, status = hotbuild.decide(package, {}, MODULES)
+        assert not use and f"no readable {hotbuild.MANIFEST}" in status, text
+
+
+def test_a_partial_build_is_not_used(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    next(package.glob(f"core{EXT}")).unlink()
+    use, status = hotbuild.decide(package, {}, MODULES)
+    assert not use and "lacks some of the hot modules" in status
+
+
+def test_lightnode_pure_forces_the_sources(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    assert hotbuild.decide(package, {"LIGHTNODE_PURE": "1"}, MODULES) == (
+        False,
+        "pure Python (compiled build not used: LIGHTNODE_PURE is set)",
+    )
+
+
+def test_write_manifest_records_every_hot_source(tmp_path: Path) -> None:
+    package = tmp_path / "lightnode"
+    for module in hotbuild.HOT_MODULES:
+        source = hotbuild.source_path(package, module)
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(f"NAME = {module!r}\n")
+        source.with_name(source.stem + EXT).write_bytes(b"")
+    hotbuild.write_manifest(package)
+    assert hotbuild.stale_reason(package) is None
+    hotbuild.source_path(package, hotbuild.HOT_MODULES[-1]).write_text("NAME = 'edited'\n")
+    assert hotbuild.stale_reason(package) is not None
+
+
+@pytest.fixture
+def shadowed(tmp_path: Path) -> Iterator[Path]:
+    """A package `shadowpkg` whose module `mod` has a broken extension beside its source."""
+    package = tmp_path / "shadowpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("WHERE = 'source'\n")
+    (package / f"mod{EXT}").write_bytes(b"not an extension")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield package
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("shadowpkg.mod", "shadowpkg"):
+            sys.modules.pop(name, None)
+
+
+def test_an_extension_shadows_its_source_without_the_hook(shadowed: Path) -> None:
+    # Why the guard exists: Python imports the extension first.
+    with pytest.raises(ImportError):
+        importlib.import_module("shadowpkg.mod")
+
+
+def test_the_hook_loads_the_source_instead(shadowed: Path) -> None:
+    hook = hotbuild.SourceOnly({"shadowpkg.mod": shadowed / "mod.py"})
+    sys.meta_path.insert(0, hook)
+    try:
+        module = importlib.import_module("shadowpkg.mod")
+    finally:
+        sys.meta_path.remove(hook)
+    assert module.WHERE == "source"
+    assert module.__file__ == str(shadowed / "mod.py")
+    assert hook.find_spec("shadowpkg") is None  # other modules: the usual finders
+
+
+def test_this_process_reports_what_it_runs() -> None:
+    protocol = importlib.import_module("lightnode.http.protocol")
+    compiled = hotbuild.running_compiled(protocol)
+    assert hotbuild.status().startswith("compiled" if compiled else "pure Python")
+    for module in hotbuild.HOT_MODULES:  # all or none
+        assert hotbuild.running_compiled(importlib.import_module(module)) == compiled, module
+
+
+# -- a real compiled build (CI's second run) ---------------------------------------
+
+expect_compiled = pytest.mark.skipif(
+    os.environ.get("LIGHTNODE_EXPECT_COMPILED") != "1",
+    reason="runs against a compiled build (LIGHTNODE_EXPECT_COMPILED=1, see .ci/run)",
+)
+
+
+@expect_compiled
+def test_the_compiled_build_is_in_use() -> None:
+    assert hotbuild.status() == f"compiled ({len(hotbuild.HOT_MODULES)} modules, mypyc)"
+    for module in hotbuild.HOT_MODULES:
+        assert hotbuild.running_compiled(importlib.import_module(module)), module
+
+
+def _import_in(root: Path) -> list[str]:
+    code = (
+        "import lightnode.hotbuild as h, lightnode.http.routing as r, lightnode.http.protocol as p;"
+        "print(h.status()); print(p.__file__); print(getattr(r, 'EDITED', False))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "LIGHTNODE_PURE"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
+@expect_compiled
+def test_an_edit_after_the_build_runs_the_edited_source(tmp_path: Path) -> None:
+    # A copy of the built package and its shared library, imported from its own directory.
+    shutil.copytree(PACKAGE, tmp_path / "lightnode", ignore=shutil.ignore_patterns("__pycache__"))
+    for library in PACKAGE.parent.glob(f"{hotbuild.GROUP_NAME}__mypyc*"):
+        shutil.copy(library, tmp_path)
+    status, protocol_file, edited = _import_in(tmp_path)
+    assert status.startswith("compiled") and not protocol_file.endswith(".py") and edited == "False"
+    with (tmp_path / "lightnode" / "http" / "routing.py").open("a") as source:
+        source.write("\nEDITED = True\n")
+    status, protocol_file, edited = _import_in(tmp_path)
+    assert status == (
+        "pure Python (compiled build not used: lightnode/http/routing.py changed since the build)"
+    )
+    assert protocol_file.endswith("protocol.py") and edited == "True"
