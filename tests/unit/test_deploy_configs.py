@@ -288,7 +288,12 @@ def test_containerfile_structure() -> None:
     steps = containerfile()
     kinds = [kind for kind, _ in steps]
     froms = [arg for kind, arg in steps if kind == "FROM"]
-    assert len(froms) == 1 and re.fullmatch(r"python:3\.(1[0-9])-slim(-\w+)?", froms[0]), froms
+    # A build stage compiles the wheel; the node runs on the same Python image without gcc.
+    assert len(froms) == 2 and froms[0] == f"{froms[1]} AS build", froms
+    assert re.fullmatch(r"python:3\.(1[0-9])-slim(-\w+)?", froms[1]), froms
+    runs = [arg for kind, arg in steps if kind == "RUN"]
+    assert any("LIGHTNODE_COMPILE=1 pip wheel" in run for run in runs), runs
+    assert any(arg.startswith("--from=build /wheels") for kind, arg in steps if kind == "COPY")
     users = [arg for kind, arg in steps if kind == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN"), "RUN after USER"
@@ -304,8 +309,9 @@ def test_containerfile_structure() -> None:
 
 def test_containerfile_copies_what_the_package_needs() -> None:
     copied = " ".join(arg for kind, arg in containerfile() if kind == "COPY")
-    for needed in ("setup.cfg", "pyproject.toml", "README.md", "lightnode"):
+    for needed in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "lightnode"):
         assert needed in copied
     ignore = (CONFIG / "container" / "Containerfile.dockerignore").read_text().split()
-    for needed in ("setup.cfg", "pyproject.toml", "README.md", "lightnode/"):
+    for needed in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "lightnode/"):
         assert f"!{needed}" in ignore, f"{needed} is excluded from the build context"
+    assert "**/*.so" in ignore, "a local compiled build would enter the image"
