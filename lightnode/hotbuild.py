@@ -15,6 +15,13 @@ modules call each other directly and must not meet their Python twins.
 
 `status()` tells which path runs, and why (the daemon logs it at start).
 
+Where compiled code differs from Python (each seen here, each guarded in the code):
+an attribute narrowed by mypy (`x = None`, then `if x is None` after a call that
+sets it) is trusted, and the read is checked against the narrowed type; a value
+whose library stub is wrong (httptools' absent URL fields are None, typed bytes)
+fails its check; a bytes slice whose start is past its end raises SystemError
+instead of giving b"". CI runs every test on both builds to find the next one.
+
 Imports: standard library only (setup.py loads this file before anything is installed).
 """
 

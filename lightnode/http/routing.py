@@ -77,6 +77,10 @@ def parse_path(path: bytes) -> Route | None:
 
 
 def _parse_run(path: bytes) -> Route:
+    if len(path) < len(RUN_PREFIX) + len(b"/run"):  # "/public/api/v1/run": prefix and suffix overlap
+        # Checked, not sliced: the compiled build raises SystemError for a bytes slice
+        # whose start is past its end, where Python returns b"".
+        raise BadId("expected /public/api/v1/<service>/<endpoint>/run")
     middle = path[len(RUN_PREFIX) : -len(b"/run")]
     parts = middle.split(b"/")
     if len(parts) != 2:

@@ -40,6 +40,15 @@ def test_refused_and_unknown_paths_are_never_remembered() -> None:
     assert known_route(b"/admin/api/services") is None
 
 
+@pytest.mark.parametrize(
+    "path", [b"/public/api/v1/run", b"/public/api/v1//run", b"/public/api/v1/x/run", b"/public/api/v1/a/b/c/run"]
+)
+def test_run_paths_without_two_ids_are_refused(path: bytes) -> None:
+    # The first: prefix and suffix overlap (a slice that would start past its end).
+    with pytest.raises(BadId, match="expected /public/api/v1/<service>/<endpoint>/run"):
+        parse_path(path)
+
+
 def test_route_cache_is_bounded_and_keeps_the_fixed_routes() -> None:
     fixed = len(routing._FIXED)
     for i in range(routing.RUN_ROUTES_CACHED + 10):
