@@ -227,6 +227,41 @@ def test_max_requests_recycles_without_failures(node_factory: Any, tmp_path: Pat
     assert _endpoint(node, "p", "sleep")["counters"]["retirements"] >= 3
 
 
+GROW = (
+    "import os\n"
+    "KEPT = []\n"
+    "def grow(mb=0):\n"
+    "    KEPT.append(bytearray(mb * 1024 * 1024))  # touched: resident, not just reserved\n"
+    "    return {'pid': os.getpid(), 'held_mb': sum(len(b) for b in KEPT) >> 20}\n"
+)
+
+
+def test_max_rss_retires_a_pipeline_over_the_limit_without_failures(node_factory: Any, tmp_path: Path) -> None:
+    # limits.max_rss_mb (SPEC §5): the node reads each pipeline's RSS once a second and
+    # retires one over the limit after its current call; its successor starts fresh.
+    node = _pool_node(
+        node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 1}, "limits": {"max_rss_mb": 120}},
+        grow=GROW,
+    )
+    status, _, body = _call(node, {"mb": 0}, endpoint="grow")
+    assert status == 200, body
+    first = body["response"]["pid"]
+    status, _, body = _call(node, {"mb": 150}, endpoint="grow")  # now over the limit
+    assert status == 200 and body["response"] == {"pid": first, "held_mb": 150}, body
+
+    def replaced() -> int | None:
+        status, _, body = _call(node, {"mb": 0}, endpoint="grow")
+        assert status == 200, body  # no request fails while the pipeline is replaced
+        pid: int = body["response"]["pid"]
+        return pid if pid != first else None
+
+    successor = _until(replaced, timeout_s=15.0, interval_s=0.1)
+    status, _, body = _call(node, {"mb": 0}, endpoint="grow")
+    assert body["response"] == {"pid": successor, "held_mb": 0}  # a fresh process
+    assert _endpoint(node, "p", "grow")["counters"]["retirements"] >= 1
+    assert "over 120 MB RSS: retiring" in node.log()
+
+
 def test_init_failure_is_unavailable_then_recovers_with_backoff(node_factory: Any, tmp_path: Path) -> None:
     root = tmp_path / "flaky"
     gen = write_service(root, "p", {"flaky": FLAKY}, endpoint_extra={"flaky": {"folders": ["flag"]}})
