@@ -37,9 +37,7 @@ from typing import Any
 from lightnode.config.model import LoggingSettings, ServerLimits
 from lightnode.http.app import NodeApp
 from lightnode.http.protocol import HttpProtocol, ServerState
-from lightnode.scheduler import registry as registry_module
 from lightnode.scheduler.registry import Registry
-from lightnode.scheduler.scheduler import EndpointPool
 from lightnode.services.store import DataDir, MappingEntry, ServiceState
 from lightnode.worker import runtime
 from loadtest.node import write_tuning
@@ -148,10 +146,7 @@ def build(
         write_tuning(root, "bench", "add", {"pool": pool})
     loop = asyncio.new_event_loop()
     app = NodeApp(root)
-    factory = worker or InstantWorker
-    # The registry builds its pools by this module-level name: swap in the fake pipelines.
-    vars(registry_module)["EndpointPool"] = partial(EndpointPool, worker_factory=factory)
-    app.registry = Registry(loop, data, app)
+    app.registry = Registry(loop, data, app, worker_factory=worker or InstantWorker)
     app.registry.load_all()
     if observers:
         from lightnode.observe.metrics import RequestMetrics

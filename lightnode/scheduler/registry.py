@@ -20,8 +20,8 @@ from pathlib import Path
 from lightnode.config.load import load_endpoint_config
 from lightnode.config.model import EndpointConfig
 from lightnode.errors import ConfigError, LightnodeError
-from lightnode.scheduler.scheduler import CallSink, EndpointPool
-from lightnode.scheduler.worker_handle import WorkerSpec
+from lightnode.scheduler.scheduler import CallSink, EndpointPool, WorkerFactory
+from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec
 from lightnode.services.codeenv import CodeEnvError, interpreter_for
 from lightnode.services.model import EndpointDef, ServiceDef, load_service_dir
 from lightnode.services.store import DataDir, ServiceState
@@ -74,8 +74,10 @@ class Registry:
         *,
         port: int = 0,
         dev: bool = False,
+        worker_factory: WorkerFactory = WorkerHandle,
     ) -> None:
         self.loop = loop
+        self.worker_factory = worker_factory  # how pools start pipelines (tests: in-process fakes)
         self.data_dir = data_dir
         self.sink = sink
         self.port = port
@@ -146,7 +148,7 @@ class Registry:
                 gen.load_error = exc.message
                 continue
             config = self.endpoint_config(service_id, endpoint.id)
-            pool = EndpointPool(self.loop, spec, config, self.sink)
+            pool = EndpointPool(self.loop, spec, config, self.sink, worker_factory=self.worker_factory)
             gen.pools[endpoint.id] = pool
             pool.start()
 

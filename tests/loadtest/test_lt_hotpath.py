@@ -12,14 +12,7 @@ from pathlib import Path
 import pytest
 
 from lightnode.pool.machine import MAX_STAGED
-from lightnode.scheduler import registry as registry_module
 from loadtest import hotpath
-
-
-@pytest.fixture(autouse=True)
-def _restore_pool_class(monkeypatch: pytest.MonkeyPatch) -> None:
-    """hotpath.build() swaps the registry's pool class for one with fake pipelines."""
-    monkeypatch.setattr(registry_module, "EndpointPool", registry_module.EndpointPool)
 
 
 def test_one_connection_answers_every_request(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,6 @@ from lightnode.http.app import NodeApp
 from lightnode.http.exchange import Exchange
 from lightnode.http.responses import STATUS_LINES, render_response
 from lightnode.http.routing import BadId, Route, RouteKind, known_route, parse_path
-from lightnode.scheduler import registry as registry_module
 from loadtest import hotpath
 
 # ------------------------------------------------------------------ routing
@@ -138,7 +137,6 @@ def test_on_cancel_is_not_called_after_the_answer() -> None:
 def test_client_gone_cancels_its_pool_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real pool over pipelines that hold their calls: the app hands the pool's
     cancel to each exchange, so a client that leaves cancels its running and staged calls."""
-    monkeypatch.setattr(registry_module, "EndpointPool", registry_module.EndpointPool)  # restored after
     monkeypatch.setattr(hotpath.QueueingWorker, "instances", [])
     protocol, transport, loop = hotpath.build(
         tmp_path, observers=False, worker=hotpath.QueueingWorker, pool_size=1

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from lightnode.scheduler import registry as registry_module
 from lightnode.worker import runtime
 from loadtest import hotpath
 
@@ -30,7 +29,6 @@ class LaterWorker(hotpath.InstantWorker):
 
 
 def test_served_requests_leave_no_reference_cycles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "EndpointPool", registry_module.EndpointPool)  # restored after
     monkeypatch.setattr(hotpath, "InstantWorker", LaterWorker)
     protocol, transport, loop = hotpath.build(tmp_path, observers=True)
     LaterWorker.loop = loop
