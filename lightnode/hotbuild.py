@@ -151,13 +151,30 @@ def decide(
     return True, f"compiled ({len(modules)} modules, mypyc)"
 
 
+def extension_sources(package_dir: Path) -> dict[str, Path]:
+    """{module: its `.py`} for every extension under `package_dir` that has a source beside it.
+
+    Not only HOT_MODULES: a module dropped from the list after a build keeps its
+    stale extension, which must not load beside the Python twins of the others.
+    """
+    found = {}
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for extension in package_dir.rglob("*" + suffix):
+            source = extension.with_name(extension.name[: -len(suffix)] + ".py")
+            if source.exists():
+                parts = source.relative_to(package_dir).with_suffix("").parts
+                found[".".join((package_dir.name, *parts))] = source
+    return found
+
+
 def guard(package_dir: Path) -> str:
     """Decide compiled or pure for this process, before any hot module is imported."""
     global _status
     use_build, _status = decide(package_dir, dict(os.environ))
     if not use_build and compiled_files(package_dir):
-        hook = SourceOnly({module: source_path(package_dir, module) for module in HOT_MODULES})
-        sys.meta_path.insert(0, hook)
+        sources = {module: source_path(package_dir, module) for module in HOT_MODULES}
+        sources.update(extension_sources(package_dir))
+        sys.meta_path.insert(0, SourceOnly(sources))
     return _status
 
 

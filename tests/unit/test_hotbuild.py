@@ -116,6 +116,18 @@ def test_write_manifest_records_every_hot_source(tmp_path: Path) -> None:
     assert hotbuild.stale_reason(package) is not None
 
 
+def test_every_extension_with_a_source_is_found_for_the_hook(tmp_path: Path) -> None:
+    package = _tree(tmp_path)
+    (package / "dropped.py").write_text("")  # built once, then dropped from the list
+    (package / f"dropped{EXT}").write_bytes(b"")
+    (package / f"orphan{EXT}").write_bytes(b"")  # no source: nothing to load instead
+    assert hotbuild.extension_sources(package) == {
+        "lightnode.http.fast": package / "http" / "fast.py",
+        "lightnode.core": package / "core.py",
+        "lightnode.dropped": package / "dropped.py",
+    }
+
+
 @pytest.fixture
 def shadowed(tmp_path: Path) -> Iterator[Path]:
     """A package `shadowpkg` whose module `mod` has a broken extension beside its source."""
