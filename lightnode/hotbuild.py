@@ -64,7 +64,9 @@ MANIFEST = "hotbuild.json"  # in the package directory, written by setup.py
 GROUP_NAME = "lightnode_hot"  # mypyc's shared library: lightnode_hot__mypyc.<abi>.so
 PURE_ENV = "LIGHTNODE_PURE"
 
-_status = "pure Python (not compiled)"
+NOT_COMPILED = "pure Python (not compiled)"
+
+_status = NOT_COMPILED
 
 
 def source_path(package_dir: Path, module: str) -> Path:
@@ -81,9 +83,9 @@ def digests(package_dir: Path, modules: Sequence[str] = HOT_MODULES) -> dict[str
     }
 
 
-def write_manifest(package_dir: Path) -> None:
+def write_manifest(package_dir: Path, modules: Sequence[str] = HOT_MODULES) -> None:
     """Record the sources being compiled (setup.py, before mypyc runs)."""
-    text = json.dumps({"modules": digests(package_dir)}, indent=1, sort_keys=True) + "\n"
+    text = json.dumps({"modules": digests(package_dir, modules)}, indent=1, sort_keys=True) + "\n"
     (package_dir / MANIFEST).write_text(text)
 
 
@@ -101,15 +103,13 @@ def compiled_files(package_dir: Path, modules: Sequence[str] = HOT_MODULES) -> l
 
 
 def stale_reason(package_dir: Path, modules: Sequence[str] = HOT_MODULES) -> str | None:
-    """Why a build present in `package_dir` must not be used, or None if it matches its sources."""
+    """Why the manifest rules out the build in `package_dir`, or None if it matches the sources."""
     try:
         recorded = json.loads((package_dir / MANIFEST).read_text())["modules"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"no readable {MANIFEST} beside the build"
     if not isinstance(recorded, dict):
         return f"no readable {MANIFEST} beside the build"
-    if len(compiled_files(package_dir, modules)) != len(modules):
-        return "the build lacks some of the hot modules"
     try:
         current = digests(package_dir, modules)
     except OSError as exc:
@@ -140,10 +140,13 @@ def decide(
     package_dir: Path, environ: dict[str, str], modules: Sequence[str] = HOT_MODULES
 ) -> tuple[bool, str]:
     """(use the compiled build?, status text) for the package in `package_dir`."""
-    if not compiled_files(package_dir, modules):
-        return False, "pure Python (not compiled)"
+    built = len(compiled_files(package_dir, modules))
+    if not built:
+        return False, NOT_COMPILED
     if environ.get(PURE_ENV, "") not in ("", "0"):
         reason: str | None = f"{PURE_ENV} is set"
+    elif built != len(modules):
+        reason = "the build lacks some of the hot modules"
     else:
         reason = stale_reason(package_dir, modules)
     if reason is not None:
@@ -171,7 +174,7 @@ def guard(package_dir: Path) -> str:
     """Decide compiled or pure for this process, before any hot module is imported."""
     global _status
     use_build, _status = decide(package_dir, dict(os.environ))
-    if not use_build and compiled_files(package_dir):
+    if not use_build and _status != NOT_COMPILED:  # a build is there, and must not load
         sources = {module: source_path(package_dir, module) for module in HOT_MODULES}
         sources.update(extension_sources(package_dir))
         sys.meta_path.insert(0, SourceOnly(sources))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
-import json
 import os
 import shutil
 import subprocess
@@ -41,8 +40,7 @@ def _tree(root: Path, *, compiled: bool = True, manifest: bool = True) -> Path:
             source = hotbuild.source_path(package, module)
             source.with_name(source.stem + EXT).write_bytes(b"not an extension")
     if manifest:
-        text = json.dumps({"modules": hotbuild.digests(package, MODULES)})
-        (package / hotbuild.MANIFEST).write_text(text)
+        hotbuild.write_manifest(package, MODULES)
     return package
 
 
