@@ -98,22 +98,9 @@ class _FrameReader(asyncio.Protocol):
         self._decoder = FrameDecoder()
 
     def data_received(self, data: bytes) -> None:
-        frames = self._decoder.feed(data)
-        if not frames:
-            return  # a frame still incomplete
         handle = self._handle
-        if len(frames) == 1:
-            kind, value, body = frames[0]
+        for kind, value, body in self._decoder.feed(data):
             handle._frame(kind, value, body)
-            return
-        # Several answers in one read (a busy node reads about two per read): the calls
-        # their settling sends to this pipeline go out in one write after the last.
-        handle._hold_calls()
-        try:
-            for kind, value, body in frames:
-                handle._frame(kind, value, body)
-        finally:
-            handle._release_calls()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handle._answers_closed()
@@ -163,7 +150,8 @@ class WorkerHandle:
         self._answers_eof = False  # every frame it wrote has been read
         self._stopping = False
         self._timers: list[asyncio.TimerHandle] = []
-        self._held: list[bytes] | None = None  # call frames held while a batch of answers is settled
+        # Call frames sent during this pass of the event loop, written at its end (one write).
+        self._outbox: list[bytes] = []
         self.started_at = time.monotonic()
         self.pid = 0
 
@@ -262,20 +250,25 @@ class WorkerHandle:
             # exit, reported next, settles the call (WorkerCrashed, or back in the
             # queue if it was prefetched).
             return
-        if self._held is not None:
-            self._held.append(encode_frame(CALL, body))
-        else:
-            writer.write(encode_frame(CALL, body))
+        outbox = self._outbox
+        if not outbox:
+            self._loop.call_soon(self._flush_calls)
+        outbox.append(encode_frame(CALL, body))
 
-    def _hold_calls(self) -> None:
-        """Hold the calls sent from now on until _release_calls(): one write for all."""
-        self._held = []
+    def _flush_calls(self) -> None:
+        """Write the calls sent since the last flush, in order, with one system call.
 
-    def _release_calls(self) -> None:
-        """Write the held calls, in the order they were sent, with one system call."""
-        held, self._held = self._held, None
-        if held and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(b"".join(held) if len(held) > 1 else held[0])
+        The requests that one pass of the event loop admits (every connection that
+        was readable, every answer read) reach a pipeline together: one write, and
+        one wake-up of a sleeping pipeline instead of one per call.
+        """
+        outbox = self._outbox
+        if not outbox:
+            return  # flushed by stop() already
+        self._outbox = []
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
 
     def stop(self) -> None:
         """Close the call pipe: an idle worker exits at once; escalate if it lingers."""
@@ -283,8 +276,7 @@ class WorkerHandle:
             return
         self._stopping = True
         if self._writer is not None:
-            if self._held:  # calls sent before the stop are delivered before the EOF
-                self._release_calls()
+            self._flush_calls()  # calls sent before the stop are delivered before the EOF
             self._writer.close()
         else:
             self._signal(signal.SIGTERM)

@@ -1,11 +1,12 @@
-"""WorkerHandle: a call sent to a pipeline that just died, and calls batched per read.
+"""WorkerHandle: a call sent to a pipeline that just died, and calls batched per loop pass.
 
 Between a pipeline's death and the report of its exit the node may still send it
 a call (a prefetched one, typically). The broken pipe must not raise out of the
 dispatch: the exit, reported next, settles the call (real pipeline process).
 
-When one read of the answer pipe holds several answers, the calls sent to that
-pipeline while they are settled go out in one write (fake pipe).
+The calls sent to one pipeline during one pass of the event loop (several answers
+in one read, several connections readable at once) go out in one write at the end
+of the pass (fake pipe).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def test_a_call_sent_to_a_dead_pipeline_is_settled_by_its_exit(tmp_path: Path) -
     asyncio.run(scenario())
 
 
-# -- calls sent while a batch of answers is settled go out in one write -------------
+# -- calls sent during one pass of the event loop go out in one write -------------
 
 
 class FakeWriter:
@@ -112,6 +113,16 @@ def _handle_with_fake_pipe(listener: Resender, loop: asyncio.AbstractEventLoop) 
     return _FrameReader(handle), writer
 
 
+def _one_pass(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the callbacks due now (the flush the handle scheduled), then return."""
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def _calls(*bodies: bytes) -> bytes:
+    return b"".join(encode_frame(runtime.CALL, body) for body in bodies)
+
+
 def test_calls_sent_while_settling_several_answers_share_one_write() -> None:
     loop = asyncio.new_event_loop()
     try:
@@ -120,15 +131,33 @@ def test_calls_sent_while_settling_several_answers_share_one_write() -> None:
         answers = b"".join(encode_frame(runtime.RESULT, body, 3) for body in (b"1", b"2", b"3"))
         reader.data_received(answers)
         assert [body for kind, body in listener.events] == [b"1", b"2", b"3"]
-        calls = b"".join(encode_frame(runtime.CALL, b"next-" + body) for body in (b"1", b"2", b"3"))
-        assert writer.writes == [calls]  # one write, in the order the calls were sent
-        reader.data_received(encode_frame(runtime.RESULT, b"4", 3))  # a lone answer: written at once
-        assert writer.writes[-1] == encode_frame(runtime.CALL, b"next-4")
+        assert writer.writes == []  # nothing written before the pass ends
+        _one_pass(loop)
+        assert writer.writes == [_calls(b"next-1", b"next-2", b"next-3")]  # one write, in order
+        _one_pass(loop)
+        assert len(writer.writes) == 1  # the flush ran once
+    finally:
+        loop.close()
+
+
+def test_calls_sent_by_separate_callbacks_of_one_pass_share_one_write() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        listener = Resender()
+        reader, writer = _handle_with_fake_pipe(listener, loop)
         handle = listener.handle
         assert handle is not None
-        handle.send_call(b"direct")  # outside any batch: written at once too
-        assert writer.writes[-1] == encode_frame(runtime.CALL, b"direct")
-        assert len(writer.writes) == 3
+        # Two readable connections, then an answer read: three callbacks, one pass.
+        loop.call_soon(handle.send_call, b"a")
+        loop.call_soon(handle.send_call, b"b")
+        loop.call_soon(reader.data_received, encode_frame(runtime.RESULT, b"4", 3))
+        _one_pass(loop)
+        _one_pass(loop)
+        assert writer.writes == [_calls(b"a", b"b", b"next-4")]
+        handle.send_call(b"later")  # a lone call of a later pass: a write of its own
+        _one_pass(loop)
+        assert writer.writes[-1] == _calls(b"later")
+        assert len(writer.writes) == 2
     finally:
         loop.close()
 
@@ -143,7 +172,9 @@ def test_a_stop_in_a_batch_delivers_the_calls_held_before_it() -> None:
         handle._proc = None  # no process: stop() only closes the pipe and arms its timers
         reader.data_received(encode_frame(runtime.RESULT, b"1") + encode_frame(runtime.RESULT, b"2"))
         # The call sent before stop() precedes the EOF; the one after finds the pipe closing.
-        assert writer.writes == [encode_frame(runtime.CALL, b"next-1")]
+        assert writer.writes == [_calls(b"next-1")]
         assert writer.closed
+        _one_pass(loop)  # the flush scheduled by the first call finds nothing left to write
+        assert writer.writes == [_calls(b"next-1")]
     finally:
         loop.close()
