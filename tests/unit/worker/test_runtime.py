@@ -204,9 +204,61 @@ def test_call_once_bad_json(body: bytes) -> None:
     assert error["message"] == "Could not parse a JsonObject from request body"
 
 
-def test_call_once_empty_body_is_empty_object() -> None:
-    kind, body, _ = runtime.call_once(_binder("def f(z=0): return z"), b"", False)
-    assert (kind, body) == (RESULT, b"0")
+@pytest.mark.parametrize("body", [b"", b"  ", b"\r\n\t "])
+def test_call_once_empty_body_is_empty_object(body: bytes) -> None:
+    kind, answer, _ = runtime.call_once(_binder("def f(z=0): return z"), body, False)
+    assert (kind, answer) == (RESULT, b"0")
+
+
+# ----------------------------------------------------- ujson's positional arguments
+
+
+ujson = pytest.importorskip("ujson")
+
+
+def test_results_are_written_with_ujsons_positional_form_here() -> None:
+    # The ujson the tests install takes the fast form; its text is the keyword form's.
+    assert runtime._dumps is not runtime._dumps_by_name
+    for value in ({"url": "a/b", "name": "é✓", "html": "<&>"}, [0.1 + 0.2, 1e22, -0.0], "x", None):
+        assert runtime._dumps(value) == runtime._dumps_by_name(value)
+    with pytest.raises((OverflowError, ValueError)):
+        runtime._dumps({"x": float("nan")})
+
+
+def _slash_escaping_dumps(obj: object, *args: object, **kwargs: object) -> str:
+    """A ujson in whose order escape_forward_slashes comes later: positionally it keeps its default."""
+    if args:
+        return str(ujson.dumps(obj, ensure_ascii=False, allow_nan=False))
+    return str(ujson.dumps(obj, **kwargs))
+
+
+def _nan_writing_dumps(obj: object, *args: object, **kwargs: object) -> str:
+    """A ujson that takes the positional arguments but ignores allow_nan in them."""
+    if args:
+        return str(ujson.dumps(obj, *args[:-1], True))
+    return str(ujson.dumps(obj, **kwargs))
+
+
+def _fewer_arguments_dumps(obj: object, *args: object, **kwargs: object) -> str:
+    """An older ujson with fewer parameters."""
+    if len(args) > 3:
+        raise TypeError("function takes at most 4 arguments")
+    return str(ujson.dumps(obj, *args, **kwargs))
+
+
+@pytest.mark.parametrize("dumps", [_slash_escaping_dumps, _nan_writing_dumps, _fewer_arguments_dumps])
+def test_a_ujson_whose_positional_arguments_differ_keeps_the_keywords(
+    monkeypatch: pytest.MonkeyPatch, dumps: object
+) -> None:
+    class OtherUjson:
+        pass
+
+    other = OtherUjson()
+    other.dumps = dumps  # type: ignore[attr-defined]
+    monkeypatch.setattr(runtime, "_json", other)
+    assert runtime._positional_dumps_agrees() is False
+    monkeypatch.undo()
+    assert runtime._positional_dumps_agrees() is True
 
 
 def test_function_error_wording_and_http_status() -> None:
