@@ -99,8 +99,17 @@ class _FrameReader(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         handle = self._handle
-        for kind, value, body in self._decoder.feed(data):
-            handle._frame(kind, value, body)
+        # The calls sent while these answers are settled (the pool's next ones for this
+        # pipeline) go out in one write at the end of the read, not of the loop's pass:
+        # under load a pass is long, and the pipeline would wait for them.
+        handle._settling = True
+        try:
+            for kind, value, body in self._decoder.feed(data):
+                handle._frame(kind, value, body)
+        finally:
+            handle._settling = False
+            if handle._outbox:
+                handle._flush_calls()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handle._answers_closed()
@@ -150,8 +159,10 @@ class WorkerHandle:
         self._answers_eof = False  # every frame it wrote has been read
         self._stopping = False
         self._timers: list[asyncio.TimerHandle] = []
-        # Call frames sent during this pass of the event loop, written at its end (one write).
+        # Call frames not yet written: those of new requests wait for the end of this pass
+        # of the event loop, those sent while answers are settled for the end of the read.
         self._outbox: list[bytes] = []
+        self._settling = False  # answers of one read being settled (see _FrameReader)
         self.started_at = time.monotonic()
         self.pid = 0
 
@@ -251,7 +262,7 @@ class WorkerHandle:
             # queue if it was prefetched).
             return
         outbox = self._outbox
-        if not outbox:
+        if not outbox and not self._settling:
             self._loop.call_soon(self._flush_calls)
         outbox.append(encode_frame(CALL, body))
 
@@ -259,8 +270,8 @@ class WorkerHandle:
         """Write the calls sent since the last flush, in order, with one system call.
 
         The requests that one pass of the event loop admits (every connection that
-        was readable, every answer read) reach a pipeline together: one write, and
-        one wake-up of a sleeping pipeline instead of one per call.
+        was readable) reach a pipeline together: one write, and one wake-up of a
+        sleeping pipeline instead of one per call.
         """
         outbox = self._outbox
         if not outbox:

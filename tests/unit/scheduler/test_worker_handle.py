@@ -4,9 +4,10 @@ Between a pipeline's death and the report of its exit the node may still send it
 a call (a prefetched one, typically). The broken pipe must not raise out of the
 dispatch: the exit, reported next, settles the call (real pipeline process).
 
-The calls sent to one pipeline during one pass of the event loop (several answers
-in one read, several connections readable at once) go out in one write at the end
-of the pass (fake pipe).
+The calls of new requests sent to one pipeline during one pass of the event loop
+(several connections readable at once) go out in one write at the end of the pass;
+those sent while the answers of one read are settled, in one write at the end of
+that read (fake pipe).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _calls(*bodies: bytes) -> bytes:
     return b"".join(encode_frame(runtime.CALL, body) for body in bodies)
 
 
-def test_calls_sent_while_settling_several_answers_share_one_write() -> None:
+def test_calls_sent_while_settling_several_answers_share_one_write_at_the_end_of_the_read() -> None:
     loop = asyncio.new_event_loop()
     try:
         listener = Resender()
@@ -131,33 +132,51 @@ def test_calls_sent_while_settling_several_answers_share_one_write() -> None:
         answers = b"".join(encode_frame(runtime.RESULT, body, 3) for body in (b"1", b"2", b"3"))
         reader.data_received(answers)
         assert [body for kind, body in listener.events] == [b"1", b"2", b"3"]
-        assert writer.writes == []  # nothing written before the pass ends
+        # Written before the read returns (the pipeline waits for them), in one write, in order.
+        assert writer.writes == [_calls(b"next-1", b"next-2", b"next-3")]
+        reader.data_received(encode_frame(runtime.RESULT, b"4", 3))  # a lone answer: at once too
+        assert writer.writes[-1] == _calls(b"next-4")
         _one_pass(loop)
-        assert writer.writes == [_calls(b"next-1", b"next-2", b"next-3")]  # one write, in order
         _one_pass(loop)
-        assert len(writer.writes) == 1  # the flush ran once
+        assert len(writer.writes) == 2  # no flush was left scheduled
     finally:
         loop.close()
 
 
-def test_calls_sent_by_separate_callbacks_of_one_pass_share_one_write() -> None:
+def test_calls_of_new_requests_in_one_pass_share_one_write_at_its_end() -> None:
     loop = asyncio.new_event_loop()
     try:
         listener = Resender()
         reader, writer = _handle_with_fake_pipe(listener, loop)
         handle = listener.handle
         assert handle is not None
-        # Two readable connections, then an answer read: three callbacks, one pass.
+        # Two readable connections: two callbacks of one pass, one write after them.
         loop.call_soon(handle.send_call, b"a")
         loop.call_soon(handle.send_call, b"b")
-        loop.call_soon(reader.data_received, encode_frame(runtime.RESULT, b"4", 3))
         _one_pass(loop)
+        assert writer.writes == []
         _one_pass(loop)
-        assert writer.writes == [_calls(b"a", b"b", b"next-4")]
+        assert writer.writes == [_calls(b"a", b"b")]
         handle.send_call(b"later")  # a lone call of a later pass: a write of its own
         _one_pass(loop)
         assert writer.writes[-1] == _calls(b"later")
         assert len(writer.writes) == 2
+    finally:
+        loop.close()
+
+
+def test_an_answer_read_in_the_pass_writes_the_waiting_calls_first_in_order() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        listener = Resender()
+        reader, writer = _handle_with_fake_pipe(listener, loop)
+        handle = listener.handle
+        assert handle is not None
+        handle.send_call(b"a")  # a new request's call, waiting for the end of the pass
+        reader.data_received(encode_frame(runtime.RESULT, b"1", 3))
+        assert writer.writes == [_calls(b"a", b"next-1")]
+        _one_pass(loop)  # the flush scheduled for "a" finds nothing left
+        assert writer.writes == [_calls(b"a", b"next-1")]
     finally:
         loop.close()
 
