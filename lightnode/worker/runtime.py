@@ -44,7 +44,7 @@ try:  # optional speed-up; the standard library is enough
         return _json.dumps(obj, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
 
     # ujson parses keyword arguments slowly: about 0.5 µs of a 0.8 µs dumps of a small
-    # result. Its positional form (ujson 5: ensure_ascii, encode_html_chars,
+    # result. Its positional form (ujson 5.8 to 6.1: ensure_ascii, encode_html_chars,
     # escape_forward_slashes, sort_keys, indent, allow_nan) is used where this ujson
     # gives the same text for every probe and refuses NaN the same way; a ujson whose
     # arguments come in another order keeps the keywords.
