@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec
+import pytest
+
+from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec, _FrameReader
 from lightnode.worker import runtime
 from lightnode.worker.runtime import encode_frame
 
@@ -103,15 +107,31 @@ class Resender(Listener):
             self.handle.stop()
 
 
-def _handle_with_fake_pipe(listener: Resender, loop: asyncio.AbstractEventLoop) -> tuple[Any, FakeWriter]:
-    from lightnode.scheduler.worker_handle import _FrameReader
+@dataclass
+class FakePipe:
+    """A WorkerHandle whose call pipe is a FakeWriter, fed answers through its reader."""
 
+    listener: Resender
+    handle: WorkerHandle
+    reader: _FrameReader
+    writer: FakeWriter
+
+
+def _fake_pipe(loop: asyncio.AbstractEventLoop, stop_after: int = 0) -> FakePipe:
+    listener = Resender(stop_after)
     spec = WorkerSpec("svc", "add", "v1", Path("."), "add.py", None)
     handle = WorkerHandle(loop, 1, spec, listener)
     writer = FakeWriter()
     handle._writer = writer  # type: ignore[assignment]
     listener.handle = handle
-    return _FrameReader(handle), writer
+    return FakePipe(listener, handle, _FrameReader(handle), writer)
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
 def _one_pass(loop: asyncio.AbstractEventLoop) -> None:
@@ -124,76 +144,56 @@ def _calls(*bodies: bytes) -> bytes:
     return b"".join(encode_frame(runtime.CALL, body) for body in bodies)
 
 
-def test_calls_sent_while_settling_several_answers_share_one_write_at_the_end_of_the_read() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        listener = Resender()
-        reader, writer = _handle_with_fake_pipe(listener, loop)
-        answers = b"".join(encode_frame(runtime.RESULT, body, 3) for body in (b"1", b"2", b"3"))
-        reader.data_received(answers)
-        assert [body for kind, body in listener.events] == [b"1", b"2", b"3"]
-        # Written before the read returns (the pipeline waits for them), in one write, in order.
-        assert writer.writes == [_calls(b"next-1", b"next-2", b"next-3")]
-        reader.data_received(encode_frame(runtime.RESULT, b"4", 3))  # a lone answer: at once too
-        assert writer.writes[-1] == _calls(b"next-4")
-        _one_pass(loop)
-        _one_pass(loop)
-        assert len(writer.writes) == 2  # no flush was left scheduled
-    finally:
-        loop.close()
+def test_calls_sent_while_settling_several_answers_share_one_write_at_the_end_of_the_read(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    pipe = _fake_pipe(loop)
+    answers = b"".join(encode_frame(runtime.RESULT, body, 3) for body in (b"1", b"2", b"3"))
+    pipe.reader.data_received(answers)
+    assert [body for kind, body in pipe.listener.events] == [b"1", b"2", b"3"]
+    # Written before the read returns (the pipeline waits for them), in one write, in order.
+    assert pipe.writer.writes == [_calls(b"next-1", b"next-2", b"next-3")]
+    pipe.reader.data_received(encode_frame(runtime.RESULT, b"4", 3))  # a lone answer: at once too
+    assert pipe.writer.writes[-1] == _calls(b"next-4")
+    _one_pass(loop)
+    _one_pass(loop)
+    assert len(pipe.writer.writes) == 2  # no flush was left scheduled
 
 
-def test_calls_of_new_requests_in_one_pass_share_one_write_at_its_end() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        listener = Resender()
-        reader, writer = _handle_with_fake_pipe(listener, loop)
-        handle = listener.handle
-        assert handle is not None
-        # Two readable connections: two callbacks of one pass, one write after them.
-        loop.call_soon(handle.send_call, b"a")
-        loop.call_soon(handle.send_call, b"b")
-        _one_pass(loop)
-        assert writer.writes == []
-        _one_pass(loop)
-        assert writer.writes == [_calls(b"a", b"b")]
-        handle.send_call(b"later")  # a lone call of a later pass: a write of its own
-        _one_pass(loop)
-        assert writer.writes[-1] == _calls(b"later")
-        assert len(writer.writes) == 2
-    finally:
-        loop.close()
+def test_calls_of_new_requests_in_one_pass_share_one_write_at_its_end(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    pipe = _fake_pipe(loop)
+    # Two readable connections: two callbacks of one pass, one write after them.
+    loop.call_soon(pipe.handle.send_call, b"a")
+    loop.call_soon(pipe.handle.send_call, b"b")
+    _one_pass(loop)
+    assert pipe.writer.writes == []
+    _one_pass(loop)
+    assert pipe.writer.writes == [_calls(b"a", b"b")]
+    pipe.handle.send_call(b"later")  # a lone call of a later pass: a write of its own
+    _one_pass(loop)
+    assert pipe.writer.writes[-1] == _calls(b"later")
+    assert len(pipe.writer.writes) == 2
 
 
-def test_an_answer_read_in_the_pass_writes_the_waiting_calls_first_in_order() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        listener = Resender()
-        reader, writer = _handle_with_fake_pipe(listener, loop)
-        handle = listener.handle
-        assert handle is not None
-        handle.send_call(b"a")  # a new request's call, waiting for the end of the pass
-        reader.data_received(encode_frame(runtime.RESULT, b"1", 3))
-        assert writer.writes == [_calls(b"a", b"next-1")]
-        _one_pass(loop)  # the flush scheduled for "a" finds nothing left
-        assert writer.writes == [_calls(b"a", b"next-1")]
-    finally:
-        loop.close()
+def test_an_answer_read_in_the_pass_writes_the_waiting_calls_first_in_order(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    pipe = _fake_pipe(loop)
+    pipe.handle.send_call(b"a")  # a new request's call, waiting for the end of the pass
+    pipe.reader.data_received(encode_frame(runtime.RESULT, b"1", 3))
+    assert pipe.writer.writes == [_calls(b"a", b"next-1")]
+    _one_pass(loop)  # the flush scheduled for "a" finds nothing left
+    assert pipe.writer.writes == [_calls(b"a", b"next-1")]
 
 
-def test_a_stop_in_a_batch_delivers_the_calls_held_before_it() -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        listener = Resender(stop_after=1)
-        reader, writer = _handle_with_fake_pipe(listener, loop)
-        handle = listener.handle
-        assert handle is not None
-        handle._proc = None  # no process: stop() only closes the pipe and arms its timers
-        reader.data_received(encode_frame(runtime.RESULT, b"1") + encode_frame(runtime.RESULT, b"2"))
-        # The call sent before stop() precedes the EOF; the one after finds the pipe closing.
-        assert writer.writes == [_calls(b"next-1")]
-        assert writer.closed
-        _one_pass(loop)  # the flush scheduled by the first call finds nothing left to write
-        assert writer.writes == [_calls(b"next-1")]
-    finally:
-        loop.close()
+def test_a_stop_in_a_batch_delivers_the_calls_held_before_it(loop: asyncio.AbstractEventLoop) -> None:
+    pipe = _fake_pipe(loop, stop_after=1)
+    pipe.handle._proc = None  # no process: stop() only closes the pipe and arms its timers
+    pipe.reader.data_received(encode_frame(runtime.RESULT, b"1") + encode_frame(runtime.RESULT, b"2"))
+    # The call sent before stop() precedes the EOF; the one after finds the pipe closing.
+    assert pipe.writer.writes == [_calls(b"next-1")]
+    assert pipe.writer.closed
+    _one_pass(loop)  # the flush scheduled by the first call finds nothing left to write
+    assert pipe.writer.writes == [_calls(b"next-1")]
