@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import ujson
 
@@ -30,17 +30,23 @@ from lightnode.worker import runtime
 from lightnode.worker.runtime import (
     CALL,
     ERROR,
+    HEADER,
     INIT_ERROR,
     READY,
     RESULT,
-    FrameDecoder,
-    encode_frame,
 )
 
 log = logging.getLogger("lightnode.worker")
 user_log = logging.getLogger("lightnode.user")
 
 RUNTIME_PATH = str(Path(runtime.__file__).resolve())
+
+# The frame header of runtime.py's wire, packed and unpacked here rather than by its
+# encode_frame() and FrameDecoder: this module is compiled with the hot path and
+# those stay interpreted (runtime.py runs under the endpoint's own interpreter).
+_HEADER_SIZE: Final = HEADER.size
+_pack_header: Final = HEADER.pack
+_unpack_header: Final = HEADER.unpack_from
 
 # How long a stopped worker may take to exit after its pipe closed before SIGTERM,
 # and SIGTERM before SIGKILL. Short: an idle worker exits at once on EOF.
@@ -93,9 +99,16 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class _FrameReader(asyncio.Protocol):
+    """The answer pipe: frames to WorkerHandle._frame(), in order.
+
+    A read usually holds whole frames (a pipe takes a write of up to 64 KiB at
+    once), which are cut out of it directly. A frame cut across reads waits in
+    `_partial`, which grows by appending so that a large answer costs linear time.
+    """
+
     def __init__(self, handle: WorkerHandle) -> None:
         self._handle = handle
-        self._decoder = FrameDecoder()
+        self._partial = bytearray()
 
     def data_received(self, data: bytes) -> None:
         handle = self._handle
@@ -104,12 +117,35 @@ class _FrameReader(asyncio.Protocol):
         # under load a pass is long, and the pipeline would wait for them.
         handle._settling = True
         try:
-            for kind, value, body in self._decoder.feed(data):
-                handle._frame(kind, value, body)
+            partial = self._partial
+            if partial:
+                partial += data
+                if len(partial) < _HEADER_SIZE:
+                    return
+                if len(partial) < _HEADER_SIZE + _unpack_header(partial)[0]:
+                    return  # its first frame is still incomplete
+                data = bytes(partial)
+                self._partial = bytearray()
+            self._settle(data)
         finally:
             handle._settling = False
             if handle._outbox:
                 handle._flush_calls()
+
+    def _settle(self, data: bytes) -> None:
+        """Hand over the whole frames of `data`; keep the rest in `_partial`."""
+        handle = self._handle
+        size = len(data)
+        offset = 0
+        while size - offset >= _HEADER_SIZE:
+            length, kind, value = _unpack_header(data, offset)
+            end = offset + _HEADER_SIZE + length
+            if end > size:
+                break
+            handle._frame(kind, value, data[offset + _HEADER_SIZE : end])
+            offset = end
+        if offset < size:
+            self._partial += data[offset:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handle._answers_closed()
@@ -264,7 +300,7 @@ class WorkerHandle:
         outbox = self._outbox
         if not outbox and not self._settling:
             self._loop.call_soon(self._flush_calls)
-        outbox.append(encode_frame(CALL, body))
+        outbox.append(_pack_header(len(body), CALL, 0) + body)
 
     def _flush_calls(self) -> None:
         """Write the calls sent since the last flush, in order, with one system call.

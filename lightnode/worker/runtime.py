@@ -143,7 +143,11 @@ def read_frame(fd: int) -> Optional[Tuple[int, int, bytes]]:
 
 
 class FrameDecoder:
-    """Incremental decoder for the parent's side: feed bytes, get frames."""
+    """Incremental decoder: feed bytes, get frames (the call pipe, read here).
+
+    The node reads the answer pipe with its own reader (scheduler.worker_handle),
+    compiled with the hot path.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()

@@ -7,7 +7,8 @@ dispatch: the exit, reported next, settles the call (real pipeline process).
 The calls of new requests sent to one pipeline during one pass of the event loop
 (several connections readable at once) go out in one write at the end of the pass;
 those sent while the answers of one read are settled, in one write at the end of
-that read (fake pipe).
+that read (fake pipe). The answer pipe's reader cuts frames out of reads cut
+anywhere (fake pipe).
 """
 
 from __future__ import annotations
@@ -197,3 +198,53 @@ def test_a_stop_in_a_batch_delivers_the_calls_held_before_it(loop: asyncio.Abstr
     assert pipe.writer.closed
     _one_pass(loop)  # the flush scheduled by the first call finds nothing left to write
     assert pipe.writer.writes == [_calls(b"next-1")]
+
+
+# -- the answer pipe's reader: frames cut across reads anywhere --------------------
+
+
+class Recorder(Listener):
+    def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+        self.events.append(("answered", (kind, value, body)))
+
+
+ANSWERS = [
+    (runtime.RESULT, 3, b'{"sum":3}'),
+    (runtime.RESULT, 0, b""),  # None
+    (runtime.ERROR, -1, b'{"errorType":"X"}'),
+    (runtime.RESULT, 1 << 40, bytes(range(256)) * 800),  # 200 KiB: more than a pipe holds
+    (runtime.RESULT, 7, b"[1]"),
+]
+STREAM = b"".join(encode_frame(kind, body, value) for kind, value, body in ANSWERS)
+
+
+def _read_in(loop: asyncio.AbstractEventLoop, cuts: list[int]) -> list[tuple[int, int, bytes]]:
+    """Feed STREAM to a reader in reads that end at `cuts`; return the answers it gave."""
+    listener = Recorder()
+    spec = WorkerSpec("svc", "add", "v1", Path("."), "add.py", None)
+    handle = WorkerHandle(loop, 1, spec, listener)
+    reader = _FrameReader(handle)
+    start = 0
+    for end in [*cuts, len(STREAM)]:
+        reader.data_received(STREAM[start:end])
+        start = end
+    return [answer for _, answer in listener.events]
+
+
+def test_answers_in_one_read_or_cut_at_every_byte_of_headers_and_bodies(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    assert _read_in(loop, []) == ANSWERS
+    header = runtime.HEADER.size
+    second = header + len(ANSWERS[0][2])
+    # Each cut alone: inside the first header, at a boundary, inside a body, inside the
+    # big body, one byte before the end.
+    for cut in [*range(1, second + header + 2), len(STREAM) // 2, len(STREAM) - 1]:
+        assert _read_in(loop, [cut]) == ANSWERS, cut
+    assert _read_in(loop, list(range(1, len(STREAM), 4093))) == ANSWERS  # pipe-sized reads
+
+
+def test_a_byte_at_a_time(loop: asyncio.AbstractEventLoop) -> None:
+    stream_end = len(STREAM) - len(ANSWERS[-1][2]) - runtime.HEADER.size
+    small = [*range(1, 300), *range(stream_end, len(STREAM))]  # bytewise where frames are small
+    assert _read_in(loop, small) == ANSWERS
