@@ -11,8 +11,10 @@ the query log on: the number to drive down when optimising the hot path
 With `--connections 1` (the default) a pipeline answers each call at once, so
 the pool is never busy. With C > 1, C connections each send their next
 request as soon as their answer is written, and two pipelines answer in turn,
-one call at a time, through the real frame encoder and decoder: the
-saturated steady state of a load test (queue, prefetch, pipe frames).
+one call at a time, their answers framed and decoded by runtime.py's encoder
+and decoder (the node's own reader, in scheduler/worker_handle.py, costs a
+little less): the saturated steady state of a load test (queue, prefetch,
+pipe frames).
 
 `--profile` lists the top 25 functions by own time; HOTPATH_SORT (a pstats sort key,
 e.g. cumulative or ncalls) and HOTPATH_TOP (a count) change that listing.
