@@ -133,19 +133,26 @@ class _FrameReader(asyncio.Protocol):
                 handle._flush_calls()
 
     def _settle(self, data: bytes) -> None:
-        """Hand over the whole frames of `data`; keep the rest in `_partial`."""
+        """Hand over the whole frames of `data`; keep the rest in `_partial`.
+
+        Should a frame's handling raise, the frames after it stay too: the next read
+        hands them over, and the stream stays in step.
+        """
         handle = self._handle
         size = len(data)
         offset = 0
-        while size - offset >= _HEADER_SIZE:
-            length, kind, value = _unpack_header(data, offset)
-            end = offset + _HEADER_SIZE + length
-            if end > size:
-                break
-            handle._frame(kind, value, data[offset + _HEADER_SIZE : end])
-            offset = end
-        if offset < size:
-            self._partial += data[offset:]
+        try:
+            while size - offset >= _HEADER_SIZE:
+                length, kind, value = _unpack_header(data, offset)
+                start = offset + _HEADER_SIZE
+                end = start + length
+                if end > size:
+                    break
+                offset = end
+                handle._frame(kind, value, data[start:end])
+        finally:
+            if offset < size:
+                self._partial += data[offset:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handle._answers_closed()

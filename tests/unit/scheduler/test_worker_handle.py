@@ -248,3 +248,23 @@ def test_a_byte_at_a_time(loop: asyncio.AbstractEventLoop) -> None:
     stream_end = len(STREAM) - len(ANSWERS[-1][2]) - runtime.HEADER.size
     small = [*range(1, 300), *range(stream_end, len(STREAM))]  # bytewise where frames are small
     assert _read_in(loop, small) == ANSWERS
+
+
+class FailsOnce(Recorder):
+    def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+        super().worker_answered(worker_id, kind, value, body)
+        if len(self.events) == 1:
+            raise RuntimeError("the first answer's handling failed")
+
+
+def test_an_answer_whose_handling_raises_leaves_the_stream_in_step(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    listener = FailsOnce()
+    handle = WorkerHandle(loop, 1, WorkerSpec("svc", "add", "v1", Path("."), "add.py", None), listener)
+    reader = _FrameReader(handle)
+    with pytest.raises(RuntimeError):
+        reader.data_received(STREAM[:-2])  # the last frame incomplete too
+    assert [answer for _, answer in listener.events] == ANSWERS[:1]
+    reader.data_received(STREAM[-2:] + encode_frame(runtime.RESULT, b"[2]", 8))
+    assert [answer for _, answer in listener.events] == [*ANSWERS, (runtime.RESULT, 8, b"[2]")]
