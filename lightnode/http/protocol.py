@@ -451,7 +451,7 @@ class HttpProtocol:
             self._headers,
             (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
             self._client,
-            self._request_id or f"{_ID_PREFIX}-{hex(next(_id_counter))[2:]}",  # new_request_id()
+            self._request_id or new_request_id(),
             keep_alive,
             # time.monotonic(), not the loop's clock: that one has 1 ms steps, too coarse
             # for the latency histogram and the query log's `total`.
