@@ -118,14 +118,19 @@ class FakePipe:
     writer: FakeWriter
 
 
+def _reader(loop: asyncio.AbstractEventLoop, listener: Listener) -> tuple[WorkerHandle, _FrameReader]:
+    """A WorkerHandle without a process, and the reader of its answer pipe."""
+    handle = WorkerHandle(loop, 1, WorkerSpec("svc", "add", "v1", Path("."), "add.py", None), listener)
+    return handle, _FrameReader(handle)
+
+
 def _fake_pipe(loop: asyncio.AbstractEventLoop, stop_after: int = 0) -> FakePipe:
     listener = Resender(stop_after)
-    spec = WorkerSpec("svc", "add", "v1", Path("."), "add.py", None)
-    handle = WorkerHandle(loop, 1, spec, listener)
+    handle, reader = _reader(loop, listener)
     writer = FakeWriter()
     handle._writer = writer  # type: ignore[assignment]
     listener.handle = handle
-    return FakePipe(listener, handle, _FrameReader(handle), writer)
+    return FakePipe(listener, handle, reader, writer)
 
 
 @pytest.fixture
@@ -221,9 +226,7 @@ STREAM = b"".join(encode_frame(kind, body, value) for kind, value, body in ANSWE
 def _read_in(loop: asyncio.AbstractEventLoop, cuts: list[int]) -> list[tuple[int, int, bytes]]:
     """Feed STREAM to a reader in reads that end at `cuts`; return the answers it gave."""
     listener = Recorder()
-    spec = WorkerSpec("svc", "add", "v1", Path("."), "add.py", None)
-    handle = WorkerHandle(loop, 1, spec, listener)
-    reader = _FrameReader(handle)
+    _, reader = _reader(loop, listener)
     start = 0
     for end in [*cuts, len(STREAM)]:
         reader.data_received(STREAM[start:end])
@@ -261,8 +264,7 @@ def test_an_answer_whose_handling_raises_leaves_the_stream_in_step(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     listener = FailsOnce()
-    handle = WorkerHandle(loop, 1, WorkerSpec("svc", "add", "v1", Path("."), "add.py", None), listener)
-    reader = _FrameReader(handle)
+    _, reader = _reader(loop, listener)
     with pytest.raises(RuntimeError):
         reader.data_received(STREAM[:-2])  # the last frame incomplete too
     assert [answer for _, answer in listener.events] == ANSWERS[:1]
