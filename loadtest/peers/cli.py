@@ -2,7 +2,7 @@
 
     python -m loadtest.peers [--rounds 3] [--duration 10] [--concurrency 8,64]
         [--only NAMES] [--functions add,spin] [--warmup 1] [--procs 1]
-        [--no-wrk] [--out DIR]
+        [--no-wrk] [--generator harness|wrk] [--out DIR]
 
 Writes DIR/peers.json (every run, the wrk cross-check, medians, the machine)
 and DIR/peers.md (the tables), and prints the tables. Exit codes: 0 done,
@@ -26,6 +26,7 @@ from loadtest.peers import running, servers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 FUNCTIONS = ("add", "spin")
+GENERATORS = ("harness", "wrk")  # what loads the server in the measured runs
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -89,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk cross-check")
     parser.add_argument(
+        "--generator", choices=GENERATORS, default="harness",
+        help="what loads the server in the measured runs: the harness (default) or wrk -t1 "
+        "(a second opinion on the whole table; warm-ups still use the harness; no cross-check)",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, metavar="DIR",
         help="output directory (default ./loadtest-out/peers-<time>/)",
     )  # fmt: skip
@@ -132,8 +138,11 @@ def _run(args: argparse.Namespace, names: tuple[str, ...]) -> int:
     from loadtest.peers import runner, wrk
 
     out_dir = args.out or Path("loadtest-out") / datetime.now().strftime("peers-%Y%m%d-%H%M%S")
-    crosscheck = not args.no_wrk and wrk.available()
-    if not args.no_wrk and not crosscheck:
+    if args.generator == "wrk" and not wrk.available():
+        _echo("peers: --generator wrk needs wrk on PATH (apt-get install wrk)")
+        return EXIT_USAGE
+    crosscheck = args.generator == "harness" and not args.no_wrk and wrk.available()
+    if args.generator == "harness" and not args.no_wrk and not crosscheck:
         _echo("peers: wrk not found on PATH; the cross-check is skipped (apt-get install wrk)")
     config = runner.BenchConfig(
         out_dir=out_dir,
@@ -145,6 +154,7 @@ def _run(args: argparse.Namespace, names: tuple[str, ...]) -> int:
         warmup_s=args.warmup,
         procs=args.procs,
         crosscheck=crosscheck,
+        generator=args.generator,
     )
     result = runner.run_benchmark(config, _echo)
     json_path, md_path = runner.write_outputs(result, out_dir)

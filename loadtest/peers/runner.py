@@ -7,7 +7,8 @@
           server CPU from /proc .. `python -m loadtest run URL ... --connections C
           --duration D` .. server CPU again -> one run record
           (lightnode add at the highest concurrency: wrk just before and just after,
-          the cross-check)
+          the cross-check; with `generator="wrk"`, wrk makes every run's load instead
+          of the harness, and there is no cross-check)
         stop it (SIGTERM to the group, SIGKILL after a grace)
     -> peers.json (every run, the cross-check, medians, machine) and peers.md
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,6 +57,8 @@ class BenchConfig:
     warmup_s: float = 1.0
     procs: int = 1
     crosscheck: bool = True
+    # What loads the server in a measured run: "harness" (`python -m loadtest run`) or "wrk".
+    generator: str = "harness"
 
 
 @dataclass
@@ -102,8 +106,13 @@ def harness_command(
 
 
 def crosscheck_case(config: BenchConfig) -> tuple[str, str, int] | None:
-    """(server, function, concurrency) that wrk repeats: lightnode add at the top concurrency."""
-    if not config.crosscheck or "lightnode" not in config.servers or "add" not in config.functions:
+    """(server, function, concurrency) that wrk repeats: lightnode add at the top concurrency.
+
+    None without a cross-check, or when wrk makes every run's load anyway.
+    """
+    if not config.crosscheck or config.generator == "wrk":
+        return None
+    if "lightnode" not in config.servers or "add" not in config.functions:
         return None
     return ("lightnode", "add", max(config.concurrencies))
 
@@ -142,6 +151,56 @@ def run_record(
         "generator_cpu_pct": generator.get("cpu_pct"),
         "generator_saturated": bool(generator.get("saturated")),
     }
+
+
+def wrk_run_record(
+    parsed: dict[str, Any],
+    *,
+    seconds: int,
+    cpu_s: float,
+    server_procs: int,
+    root_cpu_s: float | None = None,
+    generator_cpu_s: float | None = None,
+    **where: Any,
+) -> dict[str, Any]:
+    """One measured run from wrk's parsed summary (`wrk.parse`), in run_record's shape.
+
+    wrk reports no p99.9, no maximum and no status counts: those stay None. Its
+    errors are its non-2xx/3xx answers plus its socket errors; `generator_cpu_s`
+    is wrk's own CPU time (user + system) over the run.
+    """
+    answered = int(parsed.get("requests") or 0)
+    rps = parsed.get("throughput_rps")
+    non_2xx = int(parsed.get("non_2xx") or 0)
+    latency = parsed.get("latency_ms") or {}
+    ok_rps = (
+        round(rps * (answered - non_2xx) / answered, 2) if rps is not None and answered else None
+    )
+    record = run_record(
+        {
+            "requests": answered,
+            "responses": answered,
+            "duration_s": seconds,
+            "throughput_rps": rps,
+            "ok_rps": ok_rps,
+            "latency_ms": {key: latency.get(key) for key in ("p50", "p90", "p99")},
+            "errors": parsed.get("errors"),
+        },
+        cpu_s=cpu_s,
+        server_procs=server_procs,
+        root_cpu_s=root_cpu_s,
+        **where,
+    )
+    record["generator"] = "wrk"
+    if generator_cpu_s is not None and seconds > 0:
+        record["generator_cpu_pct"] = round(generator_cpu_s * 100 / seconds, 1)
+    return record
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU of every child this process has waited for, so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def child_env() -> dict[str, str]:
@@ -264,6 +323,11 @@ class Bench:
         where = {"round": round_no, "server": server.name, "function": function}
         where["concurrency"] = connections
         run_dir = config.out_dir / "runs" / f"r{round_no}-{server.name}-{function}-c{connections}"
+        if config.generator == "wrk":
+            record = self._measure_with_wrk(server, where)
+            self.results.runs.append(record)
+            self.echo(_run_line(record))
+            return
         argv = harness_command(
             server.url, function, connections, config.duration_s, run_dir, procs=config.procs
         )
@@ -282,6 +346,28 @@ class Bench:
         self.echo(_run_line(record))
         if wrk_before is not None and "failed" not in record:
             self._crosscheck(server, record, wrk_before, self._wrk(server, where, "after"))
+
+    def _measure_with_wrk(
+        self, server: running.ServerProcess, where: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One measured run with wrk as the load: its summary and the server's CPU deltas."""
+        before = server.cpu()
+        children_before = _children_cpu_s()
+        argv, parsed = self._wrk(server, where, "run")
+        generator_cpu_s = _children_cpu_s() - children_before
+        after = server.cpu()
+        self.results.commands.setdefault("wrk", argv)
+        if isinstance(parsed, str):
+            return {**where, "failed": parsed}
+        return wrk_run_record(
+            parsed,
+            seconds=wrk.whole_seconds(self.config.duration_s),
+            cpu_s=after.total_s - before.total_s,
+            root_cpu_s=after.root_s - before.root_s,
+            server_procs=after.processes,
+            generator_cpu_s=generator_cpu_s,
+            **where,
+        )
 
     def _record(
         self,
@@ -391,6 +477,8 @@ def run_benchmark(config: BenchConfig, echo: Echo) -> dict[str, Any]:
     results = Bench(config, echo).run()
     machine["loadavg_end"] = list(os.getloadavg())
     summary = table.summarize(results.runs)
+    wrk_load = config.generator == "wrk"
+    run_s = wrk.whole_seconds(config.duration_s) if wrk_load else config.duration_s
     return {
         "version": 1,
         "started_at": started_at,
@@ -402,6 +490,7 @@ def run_benchmark(config: BenchConfig, echo: Echo) -> dict[str, Any]:
             "servers": list(config.servers),
             "functions": list(config.functions),
             "warmup_s": config.warmup_s,
+            "generator": config.generator,
             "generator_procs": config.procs,
             "bodies": BODIES,
         },
@@ -411,7 +500,11 @@ def run_benchmark(config: BenchConfig, echo: Echo) -> dict[str, Any]:
         "server_errors": results.server_errors,
         "summary": summary,
         "markdown": table.render_markdown(
-            summary, results.crosscheck, rounds=config.rounds, duration_s=config.duration_s
+            summary,
+            results.crosscheck,
+            rounds=config.rounds,
+            duration_s=run_s,
+            generator=config.generator,
         ),
     }
 

@@ -116,8 +116,13 @@ def render_markdown(
     *,
     rounds: int,
     duration_s: float,
+    generator: str = "harness",
 ) -> str:
-    """Every (function, concurrency) table, in the order the summary has them."""
+    """Every (function, concurrency) table, in the order the summary has them.
+
+    With `generator="wrk"` the headings say that wrk, not the harness, made the load.
+    """
+    load = ", load from wrk -t1" if generator == "wrk" else ""
     keys: list[tuple[str, int]] = []
     for row in summary:
         key = (row["function"], row["concurrency"])
@@ -128,7 +133,7 @@ def render_markdown(
         rows = [r for r in summary if (r["function"], r["concurrency"]) == (function, concurrency)]
         parts.append(
             f"### {function}, c={concurrency} "
-            f"(median of {rounds} round{'s' if rounds != 1 else ''} of {duration_s:g} s)"
+            f"(median of {rounds} round{'s' if rounds != 1 else ''} of {duration_s:g} s{load})"
         )
         parts.append("")
         parts.extend(_table(rows))

@@ -1,7 +1,7 @@
 """wrk as a second opinion on the harness's generator: its script, command and output.
 
-`wrk -t1 -cC -dDs --latency -s post.lua URL` on one case of the benchmark;
-the Lua script sets the method, the JSON body and the content type. All pure
+`wrk -t1 -cC -dDs --latency -s post.lua URL` on one case of the benchmark (the
+cross-check), or on every case with `--generator wrk`; the Lua script sets the method, the JSON body and the content type. All pure
 (the runner writes the script and runs the command). Must not import
 `lightnode`.
 """
@@ -43,11 +43,15 @@ def script(body: dict[str, Any]) -> str:
     )
 
 
+def whole_seconds(duration_s: float) -> int:
+    """How long wrk runs for `duration_s`: whole seconds (its unit), rounded up, at least 1."""
+    return max(1, math.ceil(duration_s))
+
+
 def command(url: str, connections: int, duration_s: float, script_path: Path) -> list[str]:
     """One thread, `connections` keep-alive connections, whole seconds (wrk's unit)."""
-    seconds = max(1, math.ceil(duration_s))
     return [
-        WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+        WRK, "-t1", f"-c{connections}", f"-d{whole_seconds(duration_s)}s", "--latency",
         "-s", str(script_path), url,
     ]  # fmt: skip
 

@@ -117,6 +117,8 @@ def test_crosscheck_case_is_lightnode_add_at_the_top_concurrency(tmp_path: Path)
     assert runner.crosscheck_case(no_wrk) is None
     peers_only = runner.BenchConfig(out_dir=tmp_path, servers=("uvicorn",))
     assert runner.crosscheck_case(peers_only) is None
+    wrk_load = runner.BenchConfig(out_dir=tmp_path, generator="wrk")
+    assert runner.crosscheck_case(wrk_load) is None  # wrk makes every run's load already
 
 
 def test_wrk_command_and_script() -> None:
@@ -126,6 +128,7 @@ def test_wrk_command_and_script() -> None:
     script = wrk.script({"a": 1, "b": 2})
     assert 'wrk.method = "POST"' in script and 'wrk.body = [[{"a":1,"b":2}]]' in script
     assert wrk.lua_quote("x]]y") == "[=[x]]y]=]"
+    assert (wrk.whole_seconds(10), wrk.whole_seconds(2.2), wrk.whole_seconds(0.3)) == (10, 3, 1)
 
 
 def test_child_env_puts_the_repo_first_on_pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -290,6 +293,30 @@ def test_run_record_computes_cpu_per_request() -> None:
     assert empty["cpu_us_per_request"] is None and empty["root_cpu_us_per_request"] is None
 
 
+def test_wrk_run_record_has_the_shape_of_a_harness_run() -> None:
+    parsed = wrk.parse(WRK_OUTPUT)  # 301,234 requests, 4 non-2xx, 3 socket errors
+    record = runner.wrk_run_record(
+        parsed, seconds=10, cpu_s=6.02468, root_cpu_s=3.01234, server_procs=3,
+        generator_cpu_s=4.5, server="lightnode", function="add", concurrency=64, round=2,
+    )  # fmt: skip
+    harness_shaped = runner.run_record({}, cpu_s=1.0, server_procs=1)
+    assert set(harness_shaped) <= set(record)
+    assert (record["server"], record["function"], record["concurrency"]) == ("lightnode", "add", 64)
+    assert (record["requests"], record["responses"], record["duration_s"]) == (301234, 301234, 10)
+    assert record["throughput_rps"] == 30123.4 and record["errors"] == 7
+    assert record["ok_rps"] == round(30123.4 * (301234 - 4) / 301234, 2)
+    assert record["latency_ms"] == {"p50": 0.85, "p90": 3.5, "p99": 1200.0, "p999": None, "max": None}
+    assert record["cpu_us_per_request"] == 20.0 and record["root_cpu_us_per_request"] == 10.0
+    assert record["generator"] == "wrk" and record["generator_cpu_pct"] == 45.0
+    assert record["generator_saturated"] is False
+    # Summarized and rendered like a harness run, its heading naming wrk as the load.
+    text = table.render_markdown(table.summarize([record]), rounds=1, duration_s=10, generator="wrk")
+    assert "### add, c=64 (median of 1 round of 10 s, load from wrk -t1)" in text
+    assert "| lightnode | 30,123 | 1.00× |" in text
+    assert "load from wrk" not in table.render_markdown(table.summarize([record]), rounds=1,
+                                                         duration_s=10)  # fmt: skip
+
+
 def test_cpu_model_from_cpuinfo() -> None:
     info = "processor\t: 0\nvendor_id\t: X\nmodel name\t: Some CPU @ 2.0GHz\n"
     assert runner.cpu_model(info) == "Some CPU @ 2.0GHz"
@@ -305,7 +332,11 @@ def test_cli_parses_lists_and_refuses_bad_values() -> None:
     assert (args.concurrency, args.functions, args.rounds) == ((1, 16), ("spin",), 2)
     defaults = parser.parse_args([])
     assert (defaults.rounds, defaults.duration, defaults.concurrency) == (3, 10.0, (8, 64))
-    for bad in (["--concurrency", "0"], ["--functions", "sleep"], ["--duration", "0"]):
+    assert defaults.generator == "harness"
+    assert parser.parse_args(["--generator", "wrk"]).generator == "wrk"
+    bad_values = (["--concurrency", "0"], ["--functions", "sleep"], ["--duration", "0"],
+                  ["--generator", "ab"])  # fmt: skip
+    for bad in bad_values:
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
 
@@ -419,3 +450,27 @@ def test_one_second_round_against_lightnode(tmp_path: Path) -> None:
         assert check["wrk_before_rps"] > 0 and check["wrk_after_rps"] > 0  # wrk brackets the harness
     assert "### add, c=64" in done.stdout and (tmp_path / "peers.md").exists()
     assert result["summary"][0]["server"] == "lightnode"
+
+
+@pytest.mark.load
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed")
+def test_one_second_round_against_lightnode_with_wrk_as_the_load(tmp_path: Path) -> None:
+    import subprocess
+
+    argv = [sys.executable, "-m", "loadtest.peers", "--only", "lightnode", "--rounds", "1",
+            "--duration", "1", "--concurrency", "8", "--warmup", "0.5", "--generator", "wrk",
+            "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=170, env=runner.child_env())
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "peers.json").read_text())
+    assert result["config"]["generator"] == "wrk" and result["crosscheck"] == []
+    runs = result["runs"]
+    assert {(r["function"], r["concurrency"]) for r in runs} == {("add", 8), ("spin", 8)}
+    for run in runs:
+        assert run["generator"] == "wrk" and "failed" not in run
+        assert run["errors"] == 0 and run["requests"] > 0 and run["throughput_rps"] > 0
+        assert run["cpu_us_per_request"] > run["root_cpu_us_per_request"] > 0
+        assert run["generator_cpu_pct"] > 0  # wrk's own CPU, from the children's rusage
+    assert list((tmp_path / "wrk").glob("r1-lightnode-*-run.txt"))  # wrk's own output, kept
+    assert "(median of 1 round of 1 s, load from wrk -t1)" in done.stdout
