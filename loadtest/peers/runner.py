@@ -322,12 +322,12 @@ class Bench:
         config = self.config
         where = {"round": round_no, "server": server.name, "function": function}
         where["concurrency"] = connections
-        run_dir = config.out_dir / "runs" / f"r{round_no}-{server.name}-{function}-c{connections}"
         if config.generator == "wrk":
             record = self._measure_with_wrk(server, where)
             self.results.runs.append(record)
             self.echo(_run_line(record))
             return
+        run_dir = config.out_dir / "runs" / f"r{round_no}-{server.name}-{function}-c{connections}"
         argv = harness_command(
             server.url, function, connections, config.duration_s, run_dir, procs=config.procs
         )
