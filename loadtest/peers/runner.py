@@ -356,10 +356,9 @@ class Bench:
         argv, parsed = self._wrk(server, where, "run")
         generator_cpu_s = _children_cpu_s() - children_before
         after = server.cpu()
-        self.results.commands.setdefault("wrk", argv)
         if isinstance(parsed, str):
-            return {**where, "failed": parsed}
-        return wrk_run_record(
+            return {**where, "failed": parsed, "command": argv}
+        record = wrk_run_record(
             parsed,
             seconds=wrk.whole_seconds(self.config.duration_s),
             cpu_s=after.total_s - before.total_s,
@@ -368,6 +367,8 @@ class Bench:
             generator_cpu_s=generator_cpu_s,
             **where,
         )
+        record["command"] = argv  # its URL is this server's, like a cross-check entry's
+        return record
 
     def _record(
         self,

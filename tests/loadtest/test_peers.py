@@ -469,6 +469,7 @@ def test_one_second_round_against_lightnode_with_wrk_as_the_load(tmp_path: Path)
     assert {(r["function"], r["concurrency"]) for r in runs} == {("add", 8), ("spin", 8)}
     for run in runs:
         assert run["generator"] == "wrk" and "failed" not in run
+        assert run["command"][0] == "wrk" and run["command"][-1].endswith(f"/{run['function']}/run")
         assert run["errors"] == 0 and run["requests"] > 0 and run["throughput_rps"] > 0
         assert run["cpu_us_per_request"] > run["root_cpu_us_per_request"] > 0
         assert run["generator_cpu_pct"] > 0  # wrk's own CPU, from the children's rusage
