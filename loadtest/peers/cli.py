@@ -163,7 +163,8 @@ def _run(args: argparse.Namespace, names: tuple[str, ...]) -> int:
     for entry in result["crosscheck"]:
         if not entry.get("within_tolerance"):
             _echo(
-                f"peers: WARNING: harness and wrk disagree by more than 10% in round {entry['round']}"
+                f"peers: WARNING: harness and wrk disagree by more than 10% in round"
+                f" {entry['round']} ({entry['function']} c={entry['concurrency']})"
             )
     failed = [run for run in result["runs"] if run.get("failed")]
     return EXIT_FAILED if failed or result["server_errors"] else EXIT_OK

@@ -6,7 +6,7 @@
         for function in (add, spin), concurrency in (8, 64):
           server CPU from /proc .. `python -m loadtest run URL ... --connections C
           --duration D` .. server CPU again -> one run record
-          (lightnode add at the highest concurrency: wrk just before and just after,
+          (lightnode add and spin at the highest concurrency: wrk just before and after,
           the cross-check; with `generator="wrk"`, wrk makes every run's load instead
           of the harness, and there is no cross-check)
         stop it (SIGTERM to the group, SIGKILL after a grace)
@@ -105,16 +105,22 @@ def harness_command(
     ]  # fmt: skip
 
 
-def crosscheck_case(config: BenchConfig) -> tuple[str, str, int] | None:
-    """(server, function, concurrency) that wrk repeats: lightnode add at the top concurrency.
+def crosscheck_cases(config: BenchConfig) -> tuple[tuple[str, str, int], ...]:
+    """The (server, function, concurrency) cases that wrk repeats: lightnode at the top
+    concurrency, on each of `add` and `spin` that the run measures.
 
-    None without a cross-check, or when wrk makes every run's load anyway.
+    They answer two questions. On `spin` the pipelines' 1 ms calls set the pace and a
+    generator needs a few per cent of a core: the two generators should count the same
+    throughput and latency (is the harness's measurement right?). On `add` the server
+    and the generator share two cores, each busy: the server gets what the generator
+    leaves, so the harness, costlier per request than wrk, measures less (what does
+    the harness's own CPU cost the server?). Empty without a cross-check, or when wrk
+    makes every run's load anyway.
     """
-    if not config.crosscheck or config.generator == "wrk":
-        return None
-    if "lightnode" not in config.servers or "add" not in config.functions:
-        return None
-    return ("lightnode", "add", max(config.concurrencies))
+    if not config.crosscheck or config.generator == "wrk" or "lightnode" not in config.servers:
+        return ()
+    top = max(config.concurrencies)
+    return tuple(("lightnode", f, top) for f in ("add", "spin") if f in config.functions)
 
 
 def run_record(
@@ -331,7 +337,7 @@ class Bench:
         argv = harness_command(
             server.url, function, connections, config.duration_s, run_dir, procs=config.procs
         )
-        crosscheck = (server.name, function, connections) == crosscheck_case(config)
+        crosscheck = (server.name, function, connections) in crosscheck_cases(config)
         wrk_before = self._wrk(server, where, "before") if crosscheck else None
         before = server.cpu()
         finished = running.run_bounded(
@@ -352,9 +358,7 @@ class Bench:
     ) -> dict[str, Any]:
         """One measured run with wrk as the load: its summary and the server's CPU deltas."""
         before = server.cpu()
-        children_before = _children_cpu_s()
         argv, parsed = self._wrk(server, where, "run")
-        generator_cpu_s = _children_cpu_s() - children_before
         after = server.cpu()
         if isinstance(parsed, str):
             return {**where, "failed": parsed, "command": argv}
@@ -364,7 +368,7 @@ class Bench:
             cpu_s=after.total_s - before.total_s,
             root_cpu_s=after.root_s - before.root_s,
             server_procs=after.processes,
-            generator_cpu_s=generator_cpu_s,
+            generator_cpu_s=parsed["cpu_s"],
             **where,
         )
         record["command"] = argv  # its URL is this server's, like a cross-check entry's
@@ -398,7 +402,10 @@ class Bench:
     def _wrk(
         self, server: running.ServerProcess, where: dict[str, Any], when: str
     ) -> tuple[list[str], dict[str, Any] | str]:
-        """One wrk run of the case `where`: (argv, parsed output or why it failed)."""
+        """One wrk run of the case `where`: (argv, parsed output or why it failed).
+
+        The parsed output also has `cpu_s`, wrk's own CPU time (user + system).
+        """
         function, connections = where["function"], where["concurrency"]
         wrk_dir = self.config.out_dir / "wrk"
         wrk_dir.mkdir(parents=True, exist_ok=True)
@@ -407,13 +414,17 @@ class Bench:
         argv = wrk.command(server.url + run_path(function), connections, self.config.duration_s,
                            script_path)  # fmt: skip
         log_path = wrk_dir / f"r{where['round']}-{server.name}-{function}-c{connections}-{when}.txt"
+        children_before = _children_cpu_s()
         finished = running.run_bounded(
             argv, timeout_s=self.config.duration_s + HARNESS_SLACK_S, log_path=log_path
         )
+        cpu_s = _children_cpu_s() - children_before
         try:
-            return argv, wrk.parse(log_path.read_text(errors="replace"))
+            parsed = wrk.parse(log_path.read_text(errors="replace"))
         except (OSError, ValueError) as exc:
             return argv, f"wrk exit {finished.code}: {exc}"
+        parsed["cpu_s"] = round(cpu_s, 3)
+        return argv, parsed
 
     def _crosscheck(
         self,
@@ -430,6 +441,9 @@ class Bench:
             "command": after[0],
             "harness_rps": record["throughput_rps"],
             "harness_p99_ms": record["latency_ms"]["p99"],
+            "harness_cpu_us_per_request": table.generator_cpu_us(
+                record.get("generator_cpu_pct"), record["throughput_rps"]
+            ),
         }
         runs = {"before": before[1], "after": after[1]}
         parsed = {when: run for when, run in runs.items() if isinstance(run, dict)}

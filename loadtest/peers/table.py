@@ -156,25 +156,43 @@ def wrk_bracket(before: Mapping[str, Any] | None, after: Mapping[str, Any] | Non
     harness run: their mean, so that a machine drifting during the three cancels out
     (one run when the other failed)."""
     runs = [run for run in (before, after) if run is not None]
-    p99s = [run["latency_ms"].get("p99") for run in runs]
-    known = [p99 for p99 in p99s if p99 is not None]
     return {
-        "wrk_rps": sum(run["throughput_rps"] for run in runs) / len(runs) if runs else None,
-        "wrk_p99_ms": sum(known) / len(known) if known else None,
+        "wrk_rps": _mean([run["throughput_rps"] for run in runs]),
+        "wrk_p99_ms": _mean([run["latency_ms"].get("p99") for run in runs]),
         "wrk_before_rps": before["throughput_rps"] if before is not None else None,
         "wrk_after_rps": after["throughput_rps"] if after is not None else None,
+        "wrk_cpu_us_per_request": _mean(
+            [_scaled(ratio(run.get("cpu_s"), run.get("requests")), 1e6) for run in runs]
+        ),
     }
+
+
+def generator_cpu_us(cpu_pct: float | None, throughput_rps: float | None) -> float | None:
+    """A generator's CPU per request in µs, from its share of a core and the throughput."""
+    return _scaled(ratio(cpu_pct, throughput_rps), 1e4)  # (pct / 100) / rps * 1e6
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) / len(known) if known else None
 
 
 def render_crosscheck(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         f"### generator cross-check against wrk (within {CROSSCHECK_TOLERANCE:.0%} wanted)",
         "",
-        "wrk runs just before and just after the harness; its req/s and p99 are their means.",
+        "wrk runs just before and just after the harness; its req/s, p99 and CPU are their means.",
+        "On `spin` the server sets the pace, so both generators should measure the same; on",
+        "`add` the server gets the CPU a generator leaves it, so a costlier generator measures",
+        "less (the generators' own CPU per request says by how much they differ).",
         "",
         "| round | case | harness req/s | wrk req/s (before / after) | harness / wrk "
-        "| harness p99 ms | wrk p99 ms | agrees |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| harness p99 ms | wrk p99 ms | generator CPU µs/req (harness / wrk) | agrees |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for entry in entries:
         case = f"{entry['server']} {entry['function']} c={entry['concurrency']}"
@@ -183,6 +201,10 @@ def render_crosscheck(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             wrk_cell += (
                 f" ({_num(entry.get('wrk_before_rps'), 0)} / {_num(entry.get('wrk_after_rps'), 0)})"
             )
+        cpu_cell = (
+            f"{_num(entry.get('harness_cpu_us_per_request'), 1)}"
+            f" / {_num(entry.get('wrk_cpu_us_per_request'), 1)}"
+        )
         cells = [
             str(entry["round"]),
             case,
@@ -191,6 +213,7 @@ def render_crosscheck(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             _num(entry.get("harness_over_wrk"), 3),
             _num(entry.get("harness_p99_ms"), 2),
             _num(entry.get("wrk_p99_ms"), 2),
+            cpu_cell,
             "yes" if entry.get("within_tolerance") else "NO",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -110,15 +110,17 @@ def test_rounds_rotate_the_server_order() -> None:
     assert runner.round_order([], 2) == []
 
 
-def test_crosscheck_case_is_lightnode_add_at_the_top_concurrency(tmp_path: Path) -> None:
+def test_crosscheck_cases_are_lightnode_add_and_spin_at_the_top_concurrency(tmp_path: Path) -> None:
     config = runner.BenchConfig(out_dir=tmp_path, concurrencies=(8, 64))
-    assert runner.crosscheck_case(config) == ("lightnode", "add", 64)
+    assert runner.crosscheck_cases(config) == (("lightnode", "add", 64), ("lightnode", "spin", 64))
+    add_only = runner.BenchConfig(out_dir=tmp_path, functions=("add",), concurrencies=(8,))
+    assert runner.crosscheck_cases(add_only) == (("lightnode", "add", 8),)
     no_wrk = runner.BenchConfig(out_dir=tmp_path, crosscheck=False)
-    assert runner.crosscheck_case(no_wrk) is None
+    assert runner.crosscheck_cases(no_wrk) == ()
     peers_only = runner.BenchConfig(out_dir=tmp_path, servers=("uvicorn",))
-    assert runner.crosscheck_case(peers_only) is None
+    assert runner.crosscheck_cases(peers_only) == ()
     wrk_load = runner.BenchConfig(out_dir=tmp_path, generator="wrk")
-    assert runner.crosscheck_case(wrk_load) is None  # wrk makes every run's load already
+    assert runner.crosscheck_cases(wrk_load) == ()  # wrk makes every run's load already
 
 
 def test_wrk_command_and_script() -> None:
@@ -257,22 +259,28 @@ def test_crosscheck_tolerance_and_table() -> None:
         "harness_over_wrk": None,
         "within_tolerance": False,
     }
-    before = {"throughput_rps": 1100.0, "latency_ms": {"p99": 2.0}}
-    after = {"throughput_rps": 900.0, "latency_ms": {"p99": 3.0}}
+    before = {"throughput_rps": 1100.0, "requests": 11000, "cpu_s": 0.11, "latency_ms": {"p99": 2.0}}
+    after = {"throughput_rps": 900.0, "requests": 9000, "cpu_s": 0.117, "latency_ms": {"p99": 3.0}}
     entry = {"round": 2, "server": "lightnode", "function": "add", "concurrency": 64,
-             "harness_rps": 950.0, "harness_p99_ms": 3.0, **table.wrk_bracket(before, after),
-             **table.crosscheck_entry(950.0, 1000.0)}  # fmt: skip
+             "harness_rps": 950.0, "harness_p99_ms": 3.0,
+             "harness_cpu_us_per_request": table.generator_cpu_us(1.33, 950.0),
+             **table.wrk_bracket(before, after), **table.crosscheck_entry(950.0, 1000.0)}  # fmt: skip
     assert (entry["wrk_rps"], entry["wrk_p99_ms"]) == (1000.0, 2.5)  # the means of both runs
+    assert entry["wrk_cpu_us_per_request"] == pytest.approx(11.5)  # 10 and 13 µs per request
+    assert entry["harness_cpu_us_per_request"] == pytest.approx(14.0)  # 1.33 % of a core / 950
     lines = table.render_crosscheck([entry])
     assert lines[-2] == (
-        "| 2 | lightnode add c=64 | 950 | 1,000 (1,100 / 900) | 0.950 | 3.00 | 2.50 | yes |"
+        "| 2 | lightnode add c=64 | 950 | 1,000 (1,100 / 900) | 0.950 | 3.00 | 2.50 "
+        "| 14.0 / 11.5 | yes |"
     )
+    assert table.generator_cpu_us(None, 950.0) is None and table.generator_cpu_us(50.0, 0) is None
 
 
 def test_wrk_bracket_uses_the_run_that_worked() -> None:
     after = {"throughput_rps": 900.0, "latency_ms": {"p99": None}}
     assert table.wrk_bracket(None, after) == {
         "wrk_rps": 900.0, "wrk_p99_ms": None, "wrk_before_rps": None, "wrk_after_rps": 900.0,
+        "wrk_cpu_us_per_request": None,  # no cpu_s: an older record, or a parse of its own
     }  # fmt: skip
     assert table.wrk_bracket(None, None)["wrk_rps"] is None
 
@@ -445,9 +453,13 @@ def test_one_second_round_against_lightnode(tmp_path: Path) -> None:
         assert run["server_procs"] >= 5  # the node and two pipelines for each of add and spin
         assert run["cpu_us_per_request"] > run["root_cpu_us_per_request"] > 0
     if wrk.available():
-        (check,) = result["crosscheck"]
-        assert (check["function"], check["concurrency"]) == ("add", 64) and check["wrk_rps"] > 0
-        assert check["wrk_before_rps"] > 0 and check["wrk_after_rps"] > 0  # wrk brackets the harness
+        checks = result["crosscheck"]
+        assert [(c["function"], c["concurrency"]) for c in checks] == [("add", 64), ("spin", 64)]
+        for check in checks:
+            assert check["wrk_rps"] > 0
+            assert check["wrk_before_rps"] > 0 and check["wrk_after_rps"] > 0  # brackets the harness
+            assert check["harness_cpu_us_per_request"] > 0 and check["wrk_cpu_us_per_request"] > 0
+            assert "| generator CPU µs/req (harness / wrk) |" in done.stdout
     assert "### add, c=64" in done.stdout and (tmp_path / "peers.md").exists()
     assert result["summary"][0]["server"] == "lightnode"
 
