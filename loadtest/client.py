@@ -64,8 +64,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.origin = 0.0  # latency origin
         self.due = 0.0  # intended time: decides the request's second and stage
-        self.sent_at = 0.0
-        self.body_parts: list[bytes] | None = None
+        self.body_parts: list[bytes] = []  # of a non-200 answer (its errorType)
         self.dead = False
 
     # -- asyncio callbacks
@@ -91,28 +90,29 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.generator.lost(self, "reset")
 
-    # -- httptools callbacks
-    def on_headers_complete(self) -> None:
-        self.body_parts = None if self.parser.get_status_code() == 200 else []
-
+    # -- httptools callbacks (no on_headers_complete: one Python call less per answer)
     def on_body(self, body: bytes) -> None:
-        if self.body_parts is not None:
+        if self.parser.get_status_code() != 200:
             self.body_parts.append(body)
 
     def on_message_complete(self) -> None:
+        now = monotonic()
+        parts = self.body_parts
+        if parts:
+            self.body_parts = []
         if not self.busy:
             return  # an answer nobody asked for; ignore it
         self.busy = False
-        status = self.parser.get_status_code()
-        error_type = None if self.body_parts is None else error_type_of(b"".join(self.body_parts))
-        self.generator.answered(self, status, error_type, self.parser.should_keep_alive())
+        parser = self.parser
+        status = parser.get_status_code()
+        error_type = None if status == 200 else error_type_of(b"".join(parts))
+        self.generator.answered(self, status, error_type, parser.should_keep_alive(), now)
 
     # -- generator side
     def send(self, request: bytes, origin: float, due: float) -> None:
         self.busy = True
         self.origin = origin
         self.due = due
-        self.sent_at = monotonic()
         self.transport.write(request)
 
     def close(self) -> None:
@@ -255,7 +255,7 @@ class Generator:
         whenever connects are slower than the arrival gap; an answer on an
         existing connection usually comes sooner than a new connection.
         """
-        wanted = len(self.backlog) + self._closed_deficit()
+        wanted = len(self.backlog) + self._closed_deficit(monotonic())
         max_connecting = max(MIN_CONNECTING, len(self.conns))
         while (
             wanted > self.connecting
@@ -265,35 +265,38 @@ class Generator:
             self._open()
 
     # -- closed loop
-    def _closed_deficit(self) -> int:
-        if self.closed_target == 0 or monotonic() >= self.stage_end:
+    def _closed_deficit(self, now: float) -> int:
+        if self.closed_target == 0 or now >= self.stage_end:
             return 0
         return max(0, self.closed_target - self.busy_count - len(self.backlog))
 
     def _fill_closed_loop(self) -> None:
-        while self.idle and self._closed_deficit() > 0:
+        while self.idle and self._closed_deficit(monotonic()) > 0:
             self._send_next_closed(self.idle.pop())
         self._grow()
 
     def _send_next_closed(self, conn: Connection) -> None:
+        """Send the next closed-loop request; its latency runs from now, its send lag is 0."""
         index = self.sequence * self.procs + self.proc_index
         self.sequence += 1
         origin = monotonic()
         self.recorder.issued(origin)
-        self._send(conn, origin, origin, index)
+        self.busy_count += 1
+        conn.send(self.requests[index % len(self.requests)], origin, origin)
 
     # -- connections
     def _send(self, conn: Connection, origin: float, due: float, index: int) -> None:
+        """Send a due request (open loop): its send lag runs from `origin` to now."""
         self.busy_count += 1
+        self.recorder.wrote(origin, due, monotonic())
         conn.send(self.requests[index % len(self.requests)], origin, due)
-        self.recorder.wrote(origin, due, conn.sent_at)
 
-    def _available(self, conn: Connection) -> None:
+    def _available(self, conn: Connection, now: float) -> None:
         """`conn` is connected and has nothing in flight: give it work or park it."""
         if self.backlog:
             origin, due, index = self.backlog.popleft()
             self._send(conn, origin, due, index)
-        elif self._closed_deficit() > 0:
+        elif self._closed_deficit(now) > 0:
             self._send_next_closed(conn)
         else:
             self.idle.append(conn)
@@ -321,7 +324,7 @@ class Generator:
             return
         self.conns.add(conn)
         self.peak_connections = max(self.peak_connections, len(self.conns))
-        self._available(conn)
+        self._available(conn, monotonic())
         self._grow()  # the next round of connects, if requests still wait for one
 
     def _retry_later(self) -> None:
@@ -333,12 +336,13 @@ class Generator:
         self._grow()
 
     def answered(
-        self, conn: Connection, status: int, error_type: str | None, keep_alive: bool
+        self, conn: Connection, status: int, error_type: str | None, keep_alive: bool, now: float
     ) -> None:
+        """An answer on `conn`, read at `now`."""
         self.busy_count -= 1
-        self.recorder.answered(conn.origin, conn.due, monotonic(), status, error_type)
+        self.recorder.answered(conn.origin, conn.due, now, status, error_type)
         if keep_alive:
-            self._available(conn)
+            self._available(conn, now)
         else:
             conn.dead = True
             self.conns.discard(conn)

@@ -124,6 +124,44 @@ def test_latency_counts_from_the_intended_time_when_the_server_stalls() -> None:
     assert lag["max"] > 200
 
 
+def test_error_type_of_a_body_in_pieces_and_no_leftovers_between_answers() -> None:
+    """An error body that arrives in two reads still gives its errorType; the bodies of
+    the 200 and of the errors after it on the same connection are read on their own."""
+    first = b'{"errorType": "QueueTimeout", "mess'
+    second = b'age": "x"}'
+    head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answers = 0
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                await reader.readexactly(7)  # the body, b'{"a":1}'
+                answers += 1
+                if answers == 1:
+                    writer.write(head % (len(first) + len(second)) + first)
+                    await writer.drain()
+                    await asyncio.sleep(0.05)  # the rest in a read of its own
+                    writer.write(second)
+                elif answers == 2:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                else:
+                    writer.write(b"HTTP/1.1 429 Slow Down\r\nContent-Length: 21\r\n\r\n")
+                    writer.write(b'{"errorType": "Slow"}')
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def scenario() -> Recorder:
+        server, url = await _silent_server(handler)
+        async with server:
+            recorder, _ = await _drive(url, [Stage(0.3, connections=1)])
+        return recorder
+
+    recorder = _run(scenario)
+    assert recorder.status_counts["503"] == 1 and recorder.status_counts["200"] == 1
+    slow = recorder.status_counts["429"]
+    assert slow >= 1 and recorder.error_types == {"QueueTimeout": 1, "Slow": slow}
+
+
 class _Rude(asyncio.Protocol):
     """Reads a request, then resets the connection."""
 
