@@ -38,6 +38,10 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             groups[key].append(run)
     rows = []
     for (function, concurrency, server), done in groups.items():
+        reference = groups.get((function, concurrency, REFERENCE), [])
+        per_round = (
+            round_ratios(done, reference, "throughput_rps") if server != REFERENCE else []
+        )
         rows.append(
             {
                 "function": function,
@@ -52,9 +56,28 @@ def summarize(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "root_cpu_us_per_request": _median(r.get("root_cpu_us_per_request") for r in done),
                 "errors": sum(int(r.get("errors") or 0) for r in done),
                 "generator_saturated": any(r.get("generator_saturated") for r in done),
+                "round_ratios": per_round,
             }
         )
     return rows
+
+
+def round_ratios(
+    runs: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], field: str
+) -> list[float]:
+    """`field` of each run ÷ that of the reference's run in the same round, in round order.
+
+    A round counts only when both ran it. Paired by round, these ratios compare two
+    servers measured minutes apart; a ratio of medians may pair different rounds, and
+    on a machine whose speed drifts between rounds that can move it across 1.0.
+    """
+    by_round = {r.get("round"): r.get(field) for r in reference}
+    ratios = []
+    for run in sorted(runs, key=lambda r: r.get("round") or 0):
+        value = ratio(run.get(field), by_round.get(run.get("round")))
+        if value is not None:
+            ratios.append(value)
+    return ratios
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:
@@ -71,13 +94,23 @@ def _times(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
+def _per_round(ratios: Sequence[float]) -> str:
+    """The median of per-round ratios, and their range when there are several."""
+    if not ratios:
+        return "–"
+    median = f"{statistics.median(ratios):.2f}×"
+    if len(ratios) == 1:
+        return median
+    return f"{median} ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     reference = next((row for row in rows if row["server"] == REFERENCE), None)
     ref = reference or {}
     lines = [
-        "| server | req/s | × lightnode | p50 ms | p99 ms | p99 × lightnode "
-        "| CPU µs/req | CPU × lightnode | errors | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | req/s | × lightnode | × lightnode per round | p50 ms | p99 ms "
+        "| p99 × lightnode | CPU µs/req | CPU × lightnode | errors | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         runs = f"{row['runs']}" + (f" ({row['failed_runs']} failed)" if row["failed_runs"] else "")
@@ -86,6 +119,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{row['server']}{saturated}",
             _num(row["throughput_rps"], 0),
             _times(ratio(row["throughput_rps"], ref.get("throughput_rps"))),
+            _per_round(row.get("round_ratios") or ()),
             _num(row["p50_ms"], 2),
             _num(row["p99_ms"], 2),
             _times(ratio(row["p99_ms"], ref.get("p99_ms"))),

@@ -237,12 +237,36 @@ def test_markdown_has_one_table_per_case_with_ratios_to_lightnode() -> None:
     assert "### spin, c=8" in text
     uvicorn = next(line for line in text.splitlines() if line.startswith("| uvicorn"))
     cells = [cell.strip() for cell in uvicorn.strip("|").split("|")]
-    assert cells[:8] == [
-        "uvicorn (generator saturated)", "500", "0.50×", "2.00", "8.00", "4.00×", "40.0", "2.00×",
+    assert cells[:9] == [
+        "uvicorn (generator saturated)", "500", "0.50×", "0.50×", "2.00", "8.00", "4.00×", "40.0",
+        "2.00×",
     ]  # fmt: skip
     lightnode = next(line for line in text.splitlines() if line.startswith("| lightnode | 1,000"))
-    assert lightnode.count("1.00×") == 3
+    assert lightnode.count("1.00×") == 3 and "| – |" in lightnode  # no ratio to itself per round
     assert "node process alone: 12.5 µs CPU per request" in text
+
+
+def test_ratios_per_round_pair_each_server_with_lightnode_in_the_same_round() -> None:
+    """A machine that is slow in one round: the ratio of medians pairs lightnode's slow
+    round with the peer's fast one; the per-round ratios do not."""
+    runs = [
+        _run("lightnode", 100, 1.0, 20.0, round=1),
+        _run("peer", 90, 1.0, 20.0, round=1),
+        _run("lightnode", 60, 1.0, 20.0, round=2),  # the slow round
+        _run("peer", 140, 1.0, 20.0, round=2),  # measured after the machine recovered
+        _run("lightnode", 110, 1.0, 20.0, round=3),
+        _run("peer", 100, 1.0, 20.0, round=3),
+        _run("peer", 500, 1.0, 20.0, round=4),  # no lightnode run in round 4: not paired
+    ]
+    rows = {row["server"]: row for row in table.summarize(runs)}
+    peer = rows["peer"]
+    assert peer["round_ratios"] == pytest.approx([0.9, 140 / 60, 100 / 110])
+    assert rows["lightnode"]["round_ratios"] == []
+    text = table.render_markdown(list(rows.values()), rounds=3, duration_s=10)
+    line = next(line for line in text.splitlines() if line.startswith("| peer"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    # ratio of medians (120 / 100), then the median of the three paired ratios and their range
+    assert cells[2:4] == ["1.20×", "0.91× (0.90–2.33)"]
 
 
 def test_ratios_are_blank_without_lightnode() -> None:
