@@ -110,7 +110,7 @@ def crosscheck_cases(config: BenchConfig) -> tuple[tuple[str, str, int], ...]:
     concurrency, on each of `add` and `spin` that the run measures.
 
     They answer two questions. On `spin` the pipelines' 1 ms calls set the pace and a
-    generator needs a few per cent of a core: the two generators should count the same
+    generator needs under a tenth of a core: the two generators should count the same
     throughput and latency (is the harness's measurement right?). On `add` the server
     and the generator share two cores, each busy: the server gets what the generator
     leaves, so the harness, costlier per request than wrk, measures less (what does
