@@ -92,29 +92,46 @@ async def _silent_server(
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-def test_latency_counts_from_the_intended_time_when_the_server_stalls() -> None:
-    """One slow answer holds the only connection: later requests wait in the
-    backlog, and that wait is in their latency (coordinated omission)."""
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def _drive_scripted(
+    answer: Callable[[int, asyncio.StreamWriter], Awaitable[None]],
+    stages: list[Stage],
+    **drive: Any,
+) -> Recorder:
+    """Drive a server that reads each request (its 7-byte body) and has `answer(n, writer)`
+    write the answer to the n-th request on the connection (n from 1)."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = True
+        served = 0
         try:
             while await reader.readuntil(b"\r\n\r\n"):
-                await reader.readexactly(7)  # the body, b'{"a":1}'
-                if first:
-                    await asyncio.sleep(0.3)
-                    first = False
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await reader.readexactly(7)  # the body, b'{"a":1}' or b'{"a":2}'
+                served += 1
+                await answer(served, writer)
         except asyncio.IncompleteReadError:
             writer.close()
 
     async def scenario() -> Recorder:
         server, url = await _silent_server(handler)
         async with server:
-            recorder, _ = await _drive(url, [Stage(0.3, rate_rps=50)], max_connections=1)
+            recorder, _ = await _drive(url, stages, **drive)
         return recorder
 
-    recorder = _run(scenario)
+    return _run(scenario)
+
+
+def test_latency_counts_from_the_intended_time_when_the_server_stalls() -> None:
+    """One slow answer holds the only connection: later requests wait in the
+    backlog, and that wait is in their latency (coordinated omission)."""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        if n == 1:
+            await asyncio.sleep(0.3)
+        writer.write(OK_EMPTY)
+
+    recorder = _drive_scripted(answer, [Stage(0.3, rate_rps=50)], max_connections=1)
     latency = histo.summary_ms(recorder.latency)
     assert recorder.sent_total == 15
     # Request 0 took 300 ms; request 1 was due at 20 ms and answered near 300 ms.
@@ -131,32 +148,19 @@ def test_error_type_of_a_body_in_pieces_and_no_leftovers_between_answers() -> No
     second = b'age": "x"}'
     head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\n\r\n"
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        answers = 0
-        try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                await reader.readexactly(7)  # the body, b'{"a":1}'
-                answers += 1
-                if answers == 1:
-                    writer.write(head % (len(first) + len(second)) + first)
-                    await writer.drain()
-                    await asyncio.sleep(0.05)  # the rest in a read of its own
-                    writer.write(second)
-                elif answers == 2:
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                else:
-                    writer.write(b"HTTP/1.1 429 Slow Down\r\nContent-Length: 21\r\n\r\n")
-                    writer.write(b'{"errorType": "Slow"}')
-        except asyncio.IncompleteReadError:
-            writer.close()
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        if n == 1:
+            writer.write(head % (len(first) + len(second)) + first)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the rest in a read of its own
+            writer.write(second)
+        elif n == 2:
+            writer.write(OK_EMPTY)
+        else:
+            writer.write(b"HTTP/1.1 429 Slow Down\r\nContent-Length: 21\r\n\r\n")
+            writer.write(b'{"errorType": "Slow"}')
 
-    async def scenario() -> Recorder:
-        server, url = await _silent_server(handler)
-        async with server:
-            recorder, _ = await _drive(url, [Stage(0.3, connections=1)])
-        return recorder
-
-    recorder = _run(scenario)
+    recorder = _drive_scripted(answer, [Stage(0.3, connections=1)])
     assert recorder.status_counts["503"] == 1 and recorder.status_counts["200"] == 1
     slow = recorder.status_counts["429"]
     assert slow >= 1 and recorder.error_types == {"QueueTimeout": 1, "Slow": slow}
