@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour; speed is measured in loadtest/. Hypothesis's default
+# 200 ms deadline per example and its too_slow health check would fail a test whose one
+# example was stalled by the machine (a full garbage collection, a cold import, a busy CI
+# neighbour), so no test here has either. Loaded before any test module is imported, so
+# a test's own @settings(...) inherits it.
+settings.register_profile("lightnode", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("lightnode")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
