@@ -13,8 +13,9 @@ def _settings_of(test: object) -> settings:
 
 
 def test_no_property_test_has_a_deadline_or_the_too_slow_check() -> None:
-    assert settings.default.deadline is None
-    assert HealthCheck.too_slow in settings.default.suppress_health_check
+    active = settings.default
+    assert active is not None and active.deadline is None
+    assert HealthCheck.too_slow in active.suppress_health_check
     # A test without @settings, and one whose @settings sets only max_examples:
     bare = test_fair_queue.test_matches_a_plain_list
     partial = test_config_load.test_anything_is_accepted_or_refused_with_config_error
