@@ -27,6 +27,10 @@ ASGI_APP = "loadtest.peers.apps:asgi_app"
 # Two pipelines each for the measured endpoints; a queue deep enough for c=64.
 PIPELINES = 2
 QUEUE = 256
+# Calls the floor keeps in each pipe: as many as lightnode holds in a fast endpoint's
+# pipeline, the running call and up to 7 prefetched (lightnode.pool.machine.MAX_STAGED;
+# tests/loadtest/test_peers.py keeps the two equal, as this module must not import lightnode).
+FLOOR_DEPTH = 8
 QUEUE_TIMEOUT_MS = 10_000
 MEASURED_ENDPOINTS = ("add", "spin")
 PEER_PACKAGES = ("gunicorn", "uvicorn", "granian")
@@ -64,7 +68,7 @@ EXTRA_SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec(
         "floor",
         f"lightnode's architecture without its features (loadtest/peers/floor.py), "
-        f"{PIPELINES} pipelines per endpoint",
+        f"{PIPELINES} pipelines per endpoint, up to {FLOOR_DEPTH} calls in each pipe",
         ("uvloop", "httptools"),
     ),
 )
@@ -126,7 +130,7 @@ def server_command(
         return [*granian, "--interface", "asgi", ASGI_APP]
     if name == "floor":
         return [python, "-m", "loadtest.peers.floor", "--host", HOST, "--port", str(port),
-                "--pipelines", str(PIPELINES)]  # fmt: skip
+                "--pipelines", str(PIPELINES), "--depth", str(FLOOR_DEPTH)]  # fmt: skip
     if name == "uvicorn":
         return [python, "-m", "uvicorn", ASGI_APP, "--host", HOST, "--port", str(port),
                 "--loop", "uvloop", "--http", "httptools", "--no-access-log",

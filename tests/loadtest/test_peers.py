@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lightnode.pool.machine import MAX_STAGED
 from loadtest.peers import apps, cli, procstat, runner, servers, table, wrk
 
 PORT = 43210
@@ -79,6 +80,8 @@ def test_the_floor_runs_only_when_named() -> None:
     argv = servers.server_command("floor", PORT, python="py")
     assert argv[:3] == ["py", "-m", "loadtest.peers.floor"]
     assert argv[argv.index("--pipelines") + 1] == str(servers.PIPELINES)
+    # As deep as lightnode's deepest pipe: the running call and the most it prefetches.
+    assert argv[argv.index("--depth") + 1] == str(servers.FLOOR_DEPTH) == str(MAX_STAGED + 1)
 
 
 def test_harness_command_is_a_closed_loop_run_of_the_bench_service(tmp_path: Path) -> None:
