@@ -85,7 +85,7 @@ STREAM = b"".join(SAMPLES[k] for k in ("get", "post", "chunked", "continue", "ge
 EXPECTED_STREAM = run(STREAM, "whole")
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=40))
 def test_random_cut_points_agree(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(STREAM)]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from http_fakes import Connection, connect
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightnode.config.model import ServerLimits
@@ -24,8 +24,8 @@ LIMITS = ServerLimits(
     max_body_bytes=256, max_header_bytes=512, header_timeout_ms=1000, keepalive_timeout_ms=2000
 )
 ALLOWED_STATUSES = {100, 200, 400, 413, 431}
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-LONG = settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150)  # no deadline, no too_slow check: tests/conftest.py
+LONG = settings(max_examples=5000)
 
 TOKEN = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -503,9 +503,7 @@ class PoolWorld(RuleBasedStateMachine):
 PoolWorld.TestCase.settings = settings(
     max_examples=150,
     stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+)  # no deadline, no too_slow check: the suite's profile (tests/conftest.py)
 TestPoolWorld = PoolWorld.TestCase
 
 

@@ -71,7 +71,7 @@ def test_decoder_handles_any_split() -> None:
         assert frames == [(READY, 0, b'{"pid":1}'), (RESULT, 7, b"[1,2]"), (ERROR, 0, b"")]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(st.tuples(st.sampled_from([CALL, RESULT, ERROR]), st.binary(max_size=40)), max_size=6),
     st.lists(st.integers(min_value=1, max_value=60), min_size=1, max_size=8),
