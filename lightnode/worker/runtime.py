@@ -179,10 +179,46 @@ class FrameDecoder:
 
 
 class NotSerializable(Exception):
-    def __init__(self, type_name: str, path: str) -> None:
-        Exception.__init__(self, type_name, path)
+    def __init__(self, type_name: str, path: str, reason: str = "") -> None:
+        Exception.__init__(self, type_name, path, reason)
         self.type_name = type_name
         self.path = path
+        self.reason = reason
+
+    def describe(self) -> str:
+        text = "%s at %s" % (self.type_name, self.path)
+        return "%s (%s)" % (text, self.reason) if self.reason else text
+
+
+# The exact types that ujson writes as they are. Anything else in a result goes
+# through to_jsonable(), which converts it or refuses it: given any other object,
+# ujson would call its toDict() or paste the text of its __json__() unchecked.
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain(obj: Any) -> bool:
+    """Whether `obj` holds only JSON's own types (and str keys): exact types, no subclasses.
+
+    A small dict or list is looked at item by item; a long list first by the set of
+    its items' types, at C speed. Raises RecursionError for a structure nested too
+    deeply (or containing itself).
+    """
+    kind = type(obj)
+    if kind is dict:
+        for key, value in obj.items():
+            if type(key) is not str or (type(value) not in _SCALARS and not _plain(value)):
+                return False
+        return True
+    if kind in _SCALARS:
+        return True
+    if kind is list or kind is tuple:
+        if len(obj) > 8 and set(map(type, obj)) <= _SCALARS:
+            return True
+        for value in obj:
+            if type(value) not in _SCALARS and not _plain(value):
+                return False
+        return True
+    return False
 
 
 def to_jsonable(obj: Any, path: str = "$") -> Any:
@@ -191,7 +227,14 @@ def to_jsonable(obj: Any, path: str = "$") -> Any:
     numpy/pandas values are recognised by duck typing (`tolist`, `to_dict`,
     `isoformat`) so that neither needs to be importable here.
     """
-    if obj is None or isinstance(obj, (str, bool, int)):
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, int):
+        if obj.bit_length() > 64:  # JSON has no limit, but Python's int -> text has one
+            try:
+                str(obj)
+            except ValueError:
+                raise NotSerializable(_type_name(obj), path, "an integer with too many digits") from None
         return obj
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
@@ -257,13 +300,26 @@ def _type_name(obj: Any) -> str:
 
 
 def encode_result(result: Any) -> bytes:
-    """JSON bytes of a result; b"" for None. Raises NotSerializable."""
+    """JSON bytes of a result; b"" for None. Raises NotSerializable.
+
+    A lone surrogate in a string (not valid Unicode, so not UTF-8) is written as
+    its JSON escape, `\\udXXX`: it can only occur inside a JSON string.
+    """
     if result is None:
         return b""
     try:
-        return _dumps(result).encode("utf-8")
-    except (TypeError, ValueError, OverflowError):
-        return _dumps(to_jsonable(result)).encode("utf-8")
+        if _plain(result):
+            try:
+                return _dumps(result).encode("utf-8", "backslashreplace")
+            except (TypeError, ValueError, OverflowError):
+                pass  # NaN or an infinity (null, as to_jsonable() writes them), or nested too deeply
+        return _dumps(to_jsonable(result)).encode("utf-8", "backslashreplace")
+    except NotSerializable:
+        raise
+    except RecursionError:
+        raise NotSerializable(_type_name(result), "$", "nested too deeply, or contains itself") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise NotSerializable(_type_name(result), "$", _exception_text(exc)) from exc
 
 
 # ------------------------------------------------------------------------ binding
@@ -373,14 +429,14 @@ def call_once(binder: Binder, body: bytes, dev: bool) -> Tuple[int, bytes, int]:
     started = time.perf_counter()
     try:
         result = binder.function(**params)
-    except Exception as exc:  # boundary: user code
+    except BaseException as exc:  # boundary: user code, SystemExit included (SPEC §3.4)
         elapsed = int((time.perf_counter() - started) * 1e6)
         return ERROR, _function_error(exc, dev), elapsed
     elapsed = int((time.perf_counter() - started) * 1e6)
     try:
         return RESULT, encode_result(result), elapsed
     except NotSerializable as exc:
-        message = "Result is not JSON-serializable: %s at %s" % (exc.type_name, exc.path)
+        message = "Result is not JSON-serializable: %s" % exc.describe()
         return ERROR, _error("ResultNotSerializable", message, 500), elapsed
 
 
@@ -391,17 +447,48 @@ def _error(error_type: str, message: str, status: int, detailed: Optional[str] =
         "detailedMessage": detailed if detailed is not None else message,
         "status": status,
     }
-    return _dumps(payload).encode("utf-8")
+    return _dumps(payload).encode("utf-8", "backslashreplace")  # see encode_result
+
+
+def _exception_text(exc: BaseException) -> str:
+    """str(exc), or a placeholder when the exception's own __str__ raises."""
+    try:
+        return str(exc)
+    except Exception as broken:
+        return "<str() of the exception raised %s>" % type(broken).__name__
+
+
+def _http_status(exc: BaseException) -> Tuple[int, str]:
+    """The status of a FunctionError, and a note for detailedMessage when one was refused.
+
+    An integer `http_status_code` of 400..599 sets it (SPEC §3.4), except 503: a 503
+    from lightnode means the function did not run, which a load balancer may retry
+    on another node (SPEC §12), while this function did run.
+    """
+    try:
+        status = getattr(exc, "http_status_code", None)
+    except Exception:  # a property that raises
+        return 500, ""
+    if not (isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599):
+        return 500, ""
+    if status == 503:
+        return 500, (
+            " (http_status_code 503 is answered as 500: a 503 from lightnode means"
+            " that the function did not run)"
+        )
+    return status, ""
 
 
 def _function_error(exc: BaseException, dev: bool) -> bytes:
-    message = "Failed to run function : %s : %s" % (type(exc), exc)
-    detailed = message
+    status, note = _http_status(exc)
+    message = "Failed to run function : %s : %s" % (type(exc), _exception_text(exc))
+    detailed = message + note
     if dev:
-        detailed = message + "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    status = getattr(exc, "http_status_code", None)
-    if not (isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599):
-        status = 500
+        try:
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception as broken:
+            trace = "(no traceback: formatting it raised %s)" % type(broken).__name__
+        detailed = detailed + "\n" + trace
     return _error("FunctionError", message, status, detailed)
 
 
@@ -422,6 +509,18 @@ def _die_with_parent(parent_pid: Optional[int]) -> None:
         os._exit(1)  # the node died before we could register
 
 
+def _leave_if_forked(pid: int) -> None:
+    """End a process that user code forked and that came back into this loop.
+
+    Only the pipeline itself may read calls and write answers: a child that returned
+    from os.fork() in the function (or in the initialization code) would answer a
+    call a second time, and the node would take its answer for the next call's.
+    """
+    if os.getpid() != pid:
+        os.write(2, b"lightnode worker: a process forked by user code returned to the pipeline's loop: it exits\n")
+        os._exit(0)
+
+
 _KILL_NOTICE = [False]  # set by SIGUSR1: the node is about to kill this worker
 
 
@@ -431,17 +530,24 @@ def _on_kill_notice(signum: int, frame: Any) -> None:
 
 def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     """Initialise, say READY (or INIT_ERROR), then answer CALL frames until EOF."""
+    pid = os.getpid()
     try:
         function = load_function(spec)
         binder = Binder(function)
     except BaseException as exc:  # boundary: user init code, SystemExit included
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        message = "%s: %s" % (type(exc).__name__, exc)
-        write_frame(fd_out, INIT_ERROR, _dumps({"message": message, "traceback": text}).encode())
+        _leave_if_forked(pid)
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception as broken:
+            text = "(no traceback: formatting it raised %s)\n" % type(broken).__name__
+        message = "%s: %s" % (type(exc).__name__, _exception_text(exc))
+        payload = _dumps({"message": message, "traceback": text}).encode("utf-8", "backslashreplace")
+        write_frame(fd_out, INIT_ERROR, payload)
         sys.stderr.write(text)
         sys.stderr.flush()
         return EXIT_INIT_FAILED
-    info = {"pid": os.getpid(), "function": function.__name__, "signature": binder.signature_text}
+    _leave_if_forked(pid)
+    info = {"pid": pid, "function": function.__name__, "signature": binder.signature_text}
     write_frame(fd_out, READY, _dumps(info).encode())
     dev = bool(spec.get("dev"))
     # One read usually brings one call; with prefetch the next calls may already be in
@@ -462,6 +568,7 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
             sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
             return 2
         answer_kind, answer, elapsed = call_once(binder, body, dev)
+        _leave_if_forked(pid)
         write_frame(fd_out, answer_kind, answer, elapsed)
 
 
