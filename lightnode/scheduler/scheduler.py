@@ -33,10 +33,15 @@ from lightnode.pool import commands as cmd
 from lightnode.pool import events as ev
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.snapshot import PoolSnapshot
+from lightnode.pool.states import WorkerState
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerListener, WorkerSpec
 from lightnode.worker import runtime
 
 log = logging.getLogger("lightnode.scheduler")
+
+# A pipeline in these states has said READY; in these it runs no call (see _broken).
+_SERVING = frozenset({WorkerState.IDLE, WorkerState.BUSY})
+_NO_CALL = frozenset({WorkerState.STARTING, WorkerState.IDLE})
 
 # How often pipelines' RSS is checked against limits.max_rss_mb.
 RSS_CHECK_INTERVAL_S = 1.0
@@ -320,6 +325,9 @@ class EndpointPool:
     # ---------------------------------------------------- worker notifications
 
     def worker_ready(self, worker_id: int, info: dict[str, object]) -> None:
+        if self._state_of(worker_id) in _SERVING:
+            self._broken(worker_id, "said READY a second time")
+            return
         worker = self.workers.get(worker_id)
         if worker is not None:
             self.last_start_at = worker.started_at
@@ -341,6 +349,9 @@ class EndpointPool:
     def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
         now = monotonic()
         call = self._running.pop(worker_id, None)
+        if call is None and self._state_of(worker_id) in _NO_CALL:
+            self._broken(worker_id, "answered with no call in flight")
+            return
         # The worker has started its next prefetched call, unless it was killed meanwhile
         # (its staged calls then wait again in the machine's queue).
         queue = self._staged.get(worker_id)
@@ -363,7 +374,18 @@ class EndpointPool:
             self._carry_out(self.machine.worker_finished(worker_id, now))
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
-        self.workers.pop(worker_id, None)
+        worker = self.workers.pop(worker_id, None)
+        state = self._state_of(worker_id)
+        pid = worker.pid if worker is not None else "?"
+        if state is WorkerState.STARTING:  # it died before READY or INIT_ERROR
+            detail = f"Failed to load endpoint: the pipeline exited during initialization ({detail})"
+            self.last_load_error = detail
+            self.last_load_traceback = None
+            log.error("%s: pipeline pid %s: %s", self.spec.tag, pid, detail)
+        elif state is WorkerState.IDLE:
+            log.warning("%s: pipeline pid %s died while idle (%s)", self.spec.tag, pid, detail)
+        elif state is WorkerState.BUSY:
+            log.warning("%s: pipeline pid %s died while running a request (%s)", self.spec.tag, pid, detail)
         # Prefetched calls it never started wait again (or time out): the machine decides.
         staged = self._staged.pop(worker_id, ())
         for call in staged:
@@ -376,6 +398,28 @@ class EndpointPool:
         for call in staged:
             if call.cancelled and not call.worker_id:
                 self.calls.pop(call.request_id, None)
+
+    def _state_of(self, worker_id: int) -> WorkerState | None:
+        try:
+            return self.machine.worker_state(worker_id)
+        except KeyError:
+            return None
+
+    def _broken(self, worker_id: int, what: str) -> None:
+        """A pipeline sent a frame that its state rules out: it is killed, never believed.
+
+        Its call in flight, if any, then fails with WorkerCrashed; a frame taken for
+        another call's answer would give one client another's result.
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        log.error(
+            "%s: pipeline pid %s %s: its pipes are not used as the runtime uses them"
+            " (a process forked by user code?): killing it",
+            self.spec.tag, worker.pid, what,
+        )  # fmt: skip
+        worker.kill(dump_stack=False)
 
     def _envelope(self, call: Call, result: bytes, exec_us: int, function_us: int) -> bytes:
         timing = b'"timing":{"wait":%d,"execution":%d,"functionInternal":%d},"apiContext":' % (

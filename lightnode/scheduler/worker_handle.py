@@ -172,12 +172,22 @@ class _LogReader(asyncio.Protocol):
             lines.append(self._partial)
             self._partial = b""
         for line in lines:
-            user_log.info("%s %s", self._prefix, line.decode("utf-8", "replace").rstrip("\r"))
+            user_log.info("%s %s", self._prefix, _printable(line.rstrip(b"\r")))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._partial:
-            user_log.info("%s %s", self._prefix, self._partial.decode("utf-8", "replace"))
+            user_log.info("%s %s", self._prefix, _printable(self._partial))
             self._partial = b""
+
+
+# Control characters (but tab) as escapes: a user's bytes must not write NULs or
+# terminal escape sequences into the node's log.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
+
+
+def _printable(line: bytes) -> str:
+    text = line.decode("utf-8", "replace")
+    return text if text.isprintable() else text.translate(_CONTROLS)
 
 
 class WorkerHandle:
@@ -394,6 +404,7 @@ class WorkerHandle:
     def _poll_exit(self, waited_s: float) -> None:
         if self._proc is None or self._exited:
             return
+        self._kill_leftovers()
         if self._proc.poll() is None:
             if waited_s > 2.0:
                 self._signal(signal.SIGKILL)
@@ -403,7 +414,10 @@ class WorkerHandle:
         self._finish()
 
     def _reap(self) -> None:
-        if self._proc is None or self._proc.poll() is None:
+        if self._proc is None:
+            return
+        self._kill_leftovers()
+        if self._proc.poll() is None:
             return
         self._reaped = True
         if self._pidfd is not None:
@@ -416,6 +430,21 @@ class WorkerHandle:
             # Read the frames it wrote before dying (an INIT_ERROR, say) before reporting
             # the exit; a grandchild holding the pipe open must not delay it for long.
             self._loop.call_later(0.2, self._finish)
+
+    def _kill_leftovers(self) -> None:
+        """Once the pipeline has exited, kill what is left of its process group.
+
+        The pipeline leads a session and a process group of its own (spawn()). A process
+        its user code started and left running (a fork, a pool) would outlive it, holding
+        its pipes open. The group is named by the pipeline's pid, which cannot name any
+        other group while the exited pipeline is not yet reaped: hence WNOWAIT.
+        """
+        try:
+            if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return  # still running
+            os.killpg(self.pid, signal.SIGKILL)
+        except (OSError, AttributeError):  # reaped already, or no waitid on this platform
+            pass
 
     def _finish(self) -> None:
         if self._exited:

@@ -138,6 +138,55 @@ def test_crash_answers_worker_crashed_and_replaces(setup: Any) -> None:
     assert pool.calls == {}
 
 
+def test_an_answer_with_no_call_in_flight_kills_the_pipeline(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # What a process forked by user code does when it answers too: never taken for a call's answer.
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    worker.answer(runtime.RESULT, b'{"stray":1}')
+    assert worker.killed and not sink.ok and not sink.failed
+    assert "answered with no call in flight" in caplog.text
+    worker.exit()  # the kill lands: a fresh pipeline takes the next call
+    FakeWorker.instances[1].ready()
+    call = pool.submit(b"{}", exchange=None)
+    FakeWorker.instances[1].answer(runtime.RESULT, b"1")
+    assert [done for done, _ in sink.ok] == [call] and not sink.failed
+
+
+def test_a_second_ready_kills_the_pipeline_and_fails_its_call(setup: Any) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    pool.submit(b"{}", exchange=None)
+    worker.ready()
+    assert worker.killed
+    worker.exit("killed by signal SIGKILL")
+    assert [error.error_type for _, error in sink.failed] == ["WorkerCrashed"]
+
+
+def test_an_exit_during_initialization_is_a_load_failure(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1)
+    pool.submit(b"{}", exchange=None)
+    FakeWorker.instances[0].exit("exit code 0")
+    error = sink.failed[0][1]
+    expected = "Failed to load endpoint: the pipeline exited during initialization (exit code 0)"
+    assert (error.error_type, error.message) == ("EndpointUnavailable", expected)
+    assert pool.last_load_error == expected
+    assert expected in caplog.text
+
+
+def test_a_pipeline_dying_while_idle_is_logged(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    make, _, _ = setup
+    make(floor=1, cruise=1, ceil=1)
+    FakeWorker.instances[0].ready()
+    FakeWorker.instances[0].exit("exit code 7")
+    assert "pipeline pid 1001 died while idle (exit code 7)" in caplog.text
+    assert len(FakeWorker.instances) == 2  # replaced
+
+
 def test_init_failure_rejects_waiting_with_endpoint_unavailable(setup: Any) -> None:
     make, sink, _ = setup
     pool = make(floor=1, cruise=1, ceil=1)

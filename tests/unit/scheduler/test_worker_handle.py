@@ -14,8 +14,10 @@ anywhere (fake pipe).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec, _FrameReader
+from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec, _FrameReader, _LogReader
 from lightnode.worker import runtime
 from lightnode.worker.runtime import encode_frame
 
@@ -70,6 +72,73 @@ def test_a_call_sent_to_a_dead_pipeline_is_settled_by_its_exit(tmp_path: Path) -
         handle.send_call(b"{}")  # after the exit too: nothing to write to, nothing raised
 
     asyncio.run(scenario())
+
+
+def _gone(pid: int) -> bool:
+    """Not running (a zombie waiting for init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_processes_left_by_user_code_die_with_their_pipeline(tmp_path: Path) -> None:
+    source = (
+        "import os, time\n"
+        "def spawn():\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        time.sleep(600)\n"
+        "        os._exit(0)\n"
+        "    return child\n"
+    )
+    (tmp_path / "spawn.py").write_text(source)
+    spec = WorkerSpec("svc", "spawn", "v1", tmp_path, "spawn.py", None)
+
+    class Answers(Listener):
+        def __init__(self) -> None:
+            super().__init__()
+            self.answered = asyncio.Event()
+
+        def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+            super().worker_answered(worker_id, kind, value, body)
+            self.answered.set()
+
+    async def scenario() -> int:
+        listener = Answers()
+        handle = WorkerHandle(asyncio.get_running_loop(), 1, spec, listener)
+        handle.spawn()
+        await asyncio.wait_for(listener.ready.wait(), 10)
+        handle.send_call(b"{}")
+        await asyncio.wait_for(listener.answered.wait(), 10)
+        child = int(listener.events[-1][1])
+        assert not _gone(child)
+        handle.stop()  # the pipeline exits at EOF; its child would sleep on
+        await asyncio.wait_for(listener.exited.wait(), 10)
+        return child
+
+    child = asyncio.run(scenario())
+    for _ in range(100):
+        if _gone(child):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError(f"pid {child}, forked by the function, outlived its pipeline")
+
+
+def test_user_output_reaches_the_log_without_control_characters(caplog: pytest.LogCaptureFixture) -> None:
+    reader = _LogReader("[svc/ep pid=1]")
+    with caplog.at_level(logging.INFO, logger="lightnode.user"):
+        reader.data_received(b"plain \xc3\xa9\tline\nnul\x00 and \x1b[31mred\r\nno end\x7f")
+        reader.connection_lost(None)
+    assert [record.getMessage() for record in caplog.records] == [
+        "[svc/ep pid=1] plain \u00e9\tline",
+        "[svc/ep pid=1] nul\\x00 and \\x1b[31mred",
+        "[svc/ep pid=1] no end\\x7f",
+    ]
 
 
 # -- calls sent during one pass of the event loop go out in one write -------------
