@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ def test_processes_left_by_user_code_die_with_their_pipeline(tmp_path: Path) -> 
             super().worker_answered(worker_id, kind, value, body)
             self.answered.set()
 
-    async def scenario() -> int:
+    async def scenario() -> None:
         listener = Answers()
         handle = WorkerHandle(asyncio.get_running_loop(), 1, spec, listener)
         handle.spawn()
@@ -117,16 +116,16 @@ def test_processes_left_by_user_code_die_with_their_pipeline(tmp_path: Path) -> 
         assert not _gone(child)
         handle.stop()  # the pipeline exits at EOF; its child would sleep on
         await asyncio.wait_for(listener.exited.wait(), 10)
-        return child
+        for _ in range(100):
+            if _gone(child):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError(f"pid {child}, forked by the function, outlived its pipeline")
+        await asyncio.sleep(0.1)  # the log pipe's EOF (the child held it too) closes its transport
 
-    child = asyncio.run(scenario())
-    for _ in range(100):
-        if _gone(child):
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(child, signal.SIGKILL)
-        raise AssertionError(f"pid {child}, forked by the function, outlived its pipeline")
+    asyncio.run(scenario())
 
 
 def test_user_output_reaches_the_log_without_control_characters(caplog: pytest.LogCaptureFixture) -> None:
