@@ -12,17 +12,18 @@ before it, then the connection closes (after draining unread input briefly):
   HTTP/1.0, framing trailers, bad request targets: 400 BadRequest;
 - `max_header_bytes` counts the URL plus, per field, name + value + 4 (the
   value as received: llhttp drops leading whitespace, trailing counts): 431;
+  it also bounds a chunked body's bytes that bring no body (trailer fields);
 - a Content-Length over `max_body_bytes` is refused before its body is read,
   a chunked body when it grows past it: 413 PayloadTooLarge;
 - a connection beyond `max_connections` gets 503 TooManyConnections at once.
 Upgrade and CONNECT are not supported: such a request goes to the app like
-any other, and the connection closes after its answer.
+any other, and the connection closes after its answer; one with a body gets 400.
 
 Timeouts: a connection that has connected or begun a request but has not
 completed its headers within `header_timeout_ms` is closed without an answer
-(SPEC §3.4 "disconnected"; requests already pending on it are cancelled); so
-is one whose request body stops making progress for that long (a slow body
-that keeps coming is fine). An idle keep-alive connection is closed after `keepalive_timeout_ms`. Draining
+(SPEC §3.4 "disconnected"); so is one whose request body stops making progress
+for that long (a slow body that keeps coming is fine). Requests read in full
+before the stalled one are answered first, the last answer closing the connection. An idle keep-alive connection is closed after `keepalive_timeout_ms`. Draining
 (SPEC §11) only closes connections once they are idle.
 
 Imports: standard library, httptools, `lightnode.config.model`,
@@ -198,6 +199,7 @@ class HttpProtocol:
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_bytes = 0
+        self._framing_bytes = 0
         self._content_length = 0
         self._host_count = 0
         self._has_transfer_encoding = False
@@ -250,6 +252,7 @@ class HttpProtocol:
         # of this method, but _dispatch() may set it (the compiled build trusts narrowing).
         self._idle_since = _NOT_IDLE
         seq = self._seq
+        body_before = self._body_bytes
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -265,6 +268,8 @@ class HttpProtocol:
         if self._in_head:
             self._arm_header_timer()  # no timer at all for a head that arrives in one read
         elif self._in_request:
+            if self._has_transfer_encoding:
+                self._count_chunk_framing(body_before, len(data))
             # A body still incomplete: the same limit holds for a client that stops
             # sending in the middle of it (slowloris on the body).
             self._body_progress_s = self._loop.time()
@@ -291,6 +296,20 @@ class HttpProtocol:
             self._head_partial = size
         if self._head_partial > 2 * self._max_head:
             self._refuse(431, "HeadersTooLarge", "Request headers are too large")
+
+    def _count_chunk_framing(self, body_before: int, size: int) -> None:
+        """Bytes of a chunked request that bring no body: chunk lines and trailer fields.
+
+        httptools buffers a trailer field whole, like a header, and max_body_bytes
+        does not see it: `max_header_bytes` bounds such bytes between two pieces of
+        body (twice over, as for a head still arriving; see _count_partial_head).
+        """
+        if self._body_bytes != body_before:
+            self._framing_bytes = 0
+            return
+        self._framing_bytes += size
+        if self._framing_bytes > 2 * self._max_head:
+            self._refuse(431, "HeadersTooLarge", "Request trailer fields are too large")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -340,6 +359,7 @@ class HttpProtocol:
         self._headers = []
         self._body = []
         self._body_bytes = 0
+        self._framing_bytes = 0
         self._content_length = 0
         self._host_count = 0
         self._has_transfer_encoding = False
@@ -502,8 +522,19 @@ class HttpProtocol:
         # else: bytes after a request that closes the connection; they are ignored
 
     def _on_upgrade(self) -> None:
-        """Upgrade and CONNECT are not supported: the request is answered, then the connection closes."""
+        """Upgrade and CONNECT are not supported: the request is answered, then the connection closes.
+
+        httptools ends an upgrade request at its head and hands back the bytes after
+        it as the new protocol's. A body the request declared would be lost, so such
+        a request is refused (400) instead of being run without it.
+        """
         if self._ready and not self._in_request:
+            if self._content_length > 0 or self._has_transfer_encoding:
+                exchange = self._ready.pop()  # not dispatched yet: the app never sees it
+                self._pending.remove(exchange)
+                self._accepting = True  # the request it read is undone: refuse it in its place
+                self._refuse(400, "BadRequest", "Protocol upgrade is not supported with a request body")
+                return
             self._ready[-1].keep_alive = False
             self._stop_reading()
         else:
@@ -662,6 +693,12 @@ class HttpProtocol:
             if left_s > 0:
                 self._header_timer = self._loop.call_later(left_s, self._on_header_timeout)
                 return
+        if self._pending:
+            # Requests read in full before the stalled one may have run: their answers
+            # are written first, the last one closing the connection.
+            self._pending[-1].keep_alive = False
+            self._stop_reading()
+            return
         self._close()  # SPEC §3.4: a client too slow with its request is disconnected
 
     def _cancel_header_timer(self) -> None:

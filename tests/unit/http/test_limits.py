@@ -176,6 +176,42 @@ def test_upgrade_is_answered_as_a_plain_request_then_closed() -> None:
     assert c.transport.closed
 
 
+@pytest.mark.parametrize(
+    "framing, body",
+    [(b"Content-Length: 13", b'{"x": "sent"}'), (b"Transfer-Encoding: chunked", b'd\r\n{"x": "sent"}\r\n0\r\n\r\n')],
+)
+def test_an_upgrade_request_with_a_body_is_refused_not_run_without_it(framing: bytes, body: bytes) -> None:
+    # httptools ends an upgrade request at its head: the body would be taken for the new protocol's.
+    c = connect()
+    c.feed(b"GET /0 HTTP/1.1\r\n\r\nPOST /run HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n" + framing + b"\r\n\r\n" + body)
+    assert [e.path for e in c.app.exchanges] == [b"/0"]  # the app never sees the body-less request
+    assert [r.status for r in c.responses()] == [200, 400]
+    refused_with(c, 400, "BadRequest")
+    assert b"upgrade" in c.responses()[1].body.lower()
+
+
+def test_trailer_fields_without_end_are_bounded_like_headers() -> None:
+    # httptools buffers a trailer field whole; max_body_bytes does not see it.
+    c = small()
+    c.feed(b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ")
+    sent = 0
+    while not c.responses() and sent < 100 * LIMITS.max_header_bytes:
+        c.feed(b"a" * 100)
+        sent += 100
+    refused_with(c, 431, "HeadersTooLarge")
+    assert sent <= 2 * LIMITS.max_header_bytes + 100
+    assert not c.app.exchanges
+
+
+def test_trailer_fields_within_the_limit_are_accepted() -> None:
+    c = small()
+    c.feed(b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
+    for _ in range(10):
+        c.feed(b"X-T: " + b"a" * 20 + b"\r\n")
+    c.feed(b"\r\n")
+    assert [e.body for e in c.app.exchanges] == [b"{}"]
+
+
 def test_connect_is_answered_then_closed() -> None:
     c = connect()
     c.feed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")

@@ -67,13 +67,28 @@ def test_slow_headers_are_disconnected_even_if_bytes_trickle() -> None:
     assert [r.status for r in c.responses()] == [200]  # the first request was answered
 
 
-def test_header_timeout_cancels_a_pending_request() -> None:
+def test_a_request_stalled_behind_a_complete_one_lets_that_one_be_answered_then_closes() -> None:
+    # The complete request may have run: its answer is written, the stalled one dropped.
     c = conn(auto=False)
     c.feed(REQUEST + b"GET /2 HT")
     c.loop.advance(2.01)
+    assert not c.transport.closed and not c.app.exchanges[0].cancelled
+    c.feed(b"TP/1.1\r\n\r\n")  # too late: not read any more
+    answer(c.app.exchanges[0])
+    (response,) = c.responses()
+    assert response.status == 200 and response.header("connection") == "close"
     assert c.transport.closed
-    c.loop.run_soon()
-    assert c.app.exchanges[0].cancelled
+    assert [e.path for e in c.app.exchanges] == [b"/p"]
+
+
+def test_a_body_stalled_behind_a_complete_request_lets_that_one_be_answered_then_closes() -> None:
+    c = conn(auto=False)
+    c.feed(REQUEST + b"POST /2 HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+    c.loop.advance(LIMITS.header_timeout_ms / 1000 + 0.01)
+    assert not c.transport.closed
+    answer(c.app.exchanges[0])
+    assert [r.status for r in c.responses()] == [200]
+    assert c.transport.closed
 
 
 def test_a_slow_body_that_keeps_coming_is_not_cut() -> None:

@@ -147,6 +147,13 @@ def test_a_lone_surrogate_is_written_as_its_json_escape() -> None:
     assert json.loads(answer) == {"s": "a\ud800b", "k": ["\udfff"]}
 
 
+def test_a_lone_surrogate_escape_in_the_request_comes_back_escaped() -> None:
+    namespace: dict[str, object] = {}
+    exec("def f(x):\n    return {'x': x}\n", namespace)
+    kind, answer, _ = runtime.call_once(Binder(namespace["f"]), b'{"x": "\\ud800"}', False)  # type: ignore[arg-type]
+    assert (kind, answer) == (RESULT, b'{"x":"\\ud800"}')
+
+
 def test_plain_results_take_ujsons_path_and_others_are_converted() -> None:
     assert runtime._plain({"a": [1, 2.5, "x", None, True, (1, 2)], "b": {"c": list(range(100))}})
     assert not runtime._plain({"a": {1, 2}})
