@@ -106,6 +106,9 @@ class ServerState:
 
     max_pipelined = 64  # pending requests per connection before reading pauses
     linger_s = 2.0  # after refusing a request: how long unread input is drained before close
+    # A client that reads none of its answers for this long is disconnected (nginx's
+    # send_timeout default): it would hold its connection, and a connection slot, forever.
+    send_timeout_s = 60.0
 
     def __init__(self, limits: ServerLimits) -> None:
         self.limits = limits
@@ -185,6 +188,7 @@ class HttpProtocol:
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None  # loop time the connection became idle
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._rejection: tuple[int, str, str] | None = None
         # The request being parsed.
         self._seq = 0
@@ -234,6 +238,9 @@ class HttpProtocol:
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_timers()
+        if self._send_timer is not None:  # the only timer that outlives _close(): see pause_writing
+            self._send_timer.cancel()
+            self._send_timer = None
         self._cancel_pending()
         self._state.forget(self)
 
@@ -314,10 +321,26 @@ class HttpProtocol:
     def pause_writing(self) -> None:
         self._write_paused = True
         self.pause_reading()
+        # Armed even once closing: a transport closed with unsent data waits for the client.
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._state.send_timeout_s, self._on_send_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self._update_reading()
+
+    def _on_send_stalled(self) -> None:
+        """The client has read nothing of its answers for send_timeout_s: drop it."""
+        self._send_timer = None
+        if self._write_paused and self._transport is not None:
+            logger.info(
+                "connection from %s: answers unread for %.0f s, disconnected",
+                self._client or "?", self._state.send_timeout_s,
+            )  # fmt: skip
+            self._transport.abort()
 
     # -- flow control (idempotent) ----------------------------------------
 

@@ -149,3 +149,32 @@ def test_one_keep_alive_timer_serves_many_requests() -> None:
         c.loop.advance(0.5)
     assert len(c.loop.timers) <= 2  # the connect-time header timer and one keep-alive timer
     assert not c.transport.closed
+
+
+def test_a_client_that_reads_no_answer_for_the_send_timeout_is_disconnected() -> None:
+    c = conn()
+    c.protocol.pause_writing()  # the kernel's buffer and the transport's are full
+    c.loop.advance(c.state.send_timeout_s - 1)
+    assert not c.transport.aborted
+    c.loop.advance(1.01)
+    assert c.transport.aborted and c.transport.closed
+
+
+def test_a_client_that_reads_slowly_is_not_cut() -> None:
+    c = conn()
+    for _ in range(5):  # each stall shorter than the limit, five of them longer in all
+        c.protocol.pause_writing()
+        c.loop.advance(c.state.send_timeout_s * 0.6)
+        c.protocol.resume_writing()
+    assert not c.transport.aborted and not c.transport.closed
+
+
+def test_the_send_timeout_holds_after_a_close_with_unsent_data() -> None:
+    c = conn()
+    c.protocol.pause_writing()
+    closes: list[bool] = []
+    c.transport.close = lambda: closes.append(True)  # type: ignore[method-assign]  # unsent data: it waits
+    c.feed(b"GET /p HTTP/1.1\r\nConnection: close\r\n\r\n")  # answered, then closed
+    assert closes and not c.transport.aborted
+    c.loop.advance(c.state.send_timeout_s + 0.01)
+    assert c.transport.aborted
