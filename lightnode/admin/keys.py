@@ -44,6 +44,7 @@ from typing import Any
 
 from lightnode.config.load import write_file_atomically
 from lightnode.config.model import is_valid_id
+from lightnode.config.validate import load_json_document, read_config_bytes
 from lightnode.errors import ConfigError, LightnodeError
 
 audit = logging.getLogger("lightnode.audit")
@@ -161,11 +162,14 @@ def normalize_expiry(value: object) -> str | None:
     if isinstance(value, bool):
         raise ValueError(f"expiry: must be epoch milliseconds or an ISO 8601 time (got {value!r})")
     if isinstance(value, (int, float)):
-        moment = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        try:
+            moment = datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):  # beyond datetime's years 1..9999, or NaN
+            raise ValueError(f"expiry: epoch milliseconds out of range (got {value!r})") from None
     elif isinstance(value, str):
         try:
             moment = datetime.fromtimestamp(_parse_time(value), tz=timezone.utc)
-        except ValueError:
+        except (OverflowError, OSError, ValueError):
             raise ValueError(f"expiry: not an ISO 8601 time: {value!r}") from None
     else:
         raise ValueError(f"expiry: must be epoch milliseconds or an ISO 8601 time (got {value!r})")
@@ -245,17 +249,10 @@ class KeyStore:
     # ------------------------------------------------------------ reading
 
     def _read_file(self) -> tuple[KeyEntry, ...]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        data = read_config_bytes(self.path)
+        if data is None:
             return ()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(self.path), [f"cannot read file: {exc}"]) from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(str(self.path), [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
-        return parse_keys_file(raw, source=str(self.path))
+        return parse_keys_file(load_json_document(data, str(self.path)), source=str(self.path))
 
     def load(self) -> KeyStore:
         """Read the file (a missing file means no keys). Raises ConfigError."""

@@ -45,6 +45,7 @@ from lightnode.config.validate import (
     non_empty_str,
     one_of,
     parse_document,
+    read_config_bytes,
 )
 from lightnode.errors import ConfigError
 
@@ -160,12 +161,7 @@ def decode_endpoint_config(data: bytes, *, source: str) -> EndpointConfig:
 
 def _read_optional(path: Path) -> bytes | None:
     """The file's bytes, None if it does not exist; other read errors -> ConfigError."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from None
+    return read_config_bytes(path)
 
 
 def load_endpoint_config(path: Path) -> EndpointConfig:

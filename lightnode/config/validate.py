@@ -14,8 +14,11 @@ Imports: standard library and `lightnode.errors` only.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lightnode.errors import ConfigError
@@ -26,6 +29,13 @@ ROOT_PATH = "(root)"
 # How much of a refused value is quoted back in a problem; files are hand-written,
 # so a short excerpt identifies the value without flooding the log.
 MAX_QUOTED_CHARS = 40
+
+# The largest integer any setting takes (2**31 - 1: 24 days in milliseconds). A larger
+# one is a typo, and it could overflow the float arithmetic of timers.
+MAX_SETTING_INT = 2**31 - 1
+
+# Configuration files are hand-written and small; a larger one is not read at all.
+MAX_CONFIG_FILE_BYTES = 1 << 20
 
 
 class Refused(Exception):
@@ -45,6 +55,8 @@ def describe(value: object) -> str:
         return "an object"
     if isinstance(value, (list, tuple)):
         return "a list"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"  # its digits may be too many to print
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -68,6 +80,8 @@ def int_at_least(minimum: int) -> Converter:
         number = _as_int(value)
         if number is None or number < minimum:
             raise Refused(f"must be an integer >= {minimum} (got {describe(value)})")
+        if number > MAX_SETTING_INT:
+            raise Refused(f"must be an integer <= {MAX_SETTING_INT} (got {describe(value)})")
         return number
 
     return convert
@@ -156,6 +170,64 @@ def decode_json(data: bytes, *, source: str) -> Any:
     except json.JSONDecodeError as exc:
         problem = f"line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})"
         raise ConfigError(source, [problem]) from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(source, [json_problem(exc)]) from None
+
+
+def load_json_document(data: bytes, source: str) -> Any:
+    """Plain json.loads of a file's bytes (UTF-8), every failure a ConfigError naming `source`."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc}"]) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            source, [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(source, [json_problem(exc)]) from None
+
+
+def json_problem(exc: ValueError | RecursionError) -> str:
+    """What json.loads refused beyond syntax: nesting too deep, an integer too long."""
+    if isinstance(exc, RecursionError):
+        return "invalid JSON (nested too deeply)"
+    return f"invalid JSON ({exc})"
+
+
+def read_config_bytes(path: Path) -> bytes | None:
+    """A configuration file's bytes, None if it does not exist.
+
+    Opened without blocking (a FIFO at the path must not stall the event loop) and
+    read only if it is a regular file of at most MAX_CONFIG_FILE_BYTES (through
+    symlinks).
+
+    Raises:
+        ConfigError: "cannot read the file (...)": unreadable, not a regular file, too large.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), ["cannot read the file (not a regular file)"])
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_FILE_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_FILE_BYTES + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise ConfigError(str(path), [f"cannot read the file (larger than {MAX_CONFIG_FILE_BYTES} bytes)"])
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from None
+    finally:
+        os.close(fd)
 
 
 def check_object(raw: object, path: str, problems: list[str]) -> Mapping[Any, Any] | None:

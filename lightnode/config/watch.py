@@ -47,6 +47,7 @@ from lightnode.config.load import (
     tuning_root,
 )
 from lightnode.config.model import EndpointConfig, is_valid_id
+from lightnode.config.validate import read_config_bytes
 from lightnode.errors import ConfigError
 
 logger = logging.getLogger("lightnode.config")
@@ -136,11 +137,10 @@ def _digest(data: bytes) -> bytes:
 def _read_digest(path: Path) -> bytes | None:
     """Hash of the file's bytes (through symlinks), None if it does not exist."""
     try:
-        return _digest(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
+        data = read_config_bytes(path)
+    except ConfigError as exc:
         return _digest(f"\0unreadable: {exc}".encode())
+    return None if data is None else _digest(data)
 
 
 class ConfigWatcher:
@@ -149,7 +149,7 @@ class ConfigWatcher:
     Args:
         data_dir: the node's DATA_DIR.
         on_changes: called by `run()` with each non-empty list of changes. It runs
-            on the event loop and must not raise (an exception ends `run()`).
+            on the event loop; an exception it raises is logged, and the watch goes on.
         debounce_ms: longest time file events are grouped before a scan.
         poll_interval_s: a scan happens at least this often, events or not.
     """
@@ -254,12 +254,14 @@ class ConfigWatcher:
     ) -> tuple[_TuningState | None, Change | None]:
         """(new state, change to report); state None if the file vanished meanwhile."""
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:  # deleted since listed, or a dangling link
+            data = read_config_bytes(path)
+        except ConfigError as exc:
+            digest = _digest(str(exc).encode())
+            if previous is not None and previous.digest == digest and not force:
+                return previous, None  # reported when it appeared
+            return self._refused(key, digest, exc)
+        if data is None:  # deleted since listed, or a dangling link
             return None, None
-        except OSError as exc:
-            problem = f"cannot read the file ({exc.strerror or exc})"
-            return self._refused(key, _digest(problem.encode()), ConfigError(str(path), [problem]))
         digest = _digest(data)
         if previous is not None and previous.digest == digest and not force:
             return previous, None
@@ -346,7 +348,10 @@ class ConfigWatcher:
     def _scan_and_report(self) -> None:
         changes = self.scan()
         if changes:
-            self._on_changes(changes)
+            try:
+                self._on_changes(changes)
+            except Exception:  # boundary: a change that cannot be applied must not end the watch
+                logger.exception("applying configuration changes failed: %s", changes)
 
     async def run(self) -> None:
         """Scan on file events and every `poll_interval_s` until cancelled.
@@ -354,7 +359,7 @@ class ConfigWatcher:
         Creates DATA_DIR/config and DATA_DIR/services if missing. If file events
         are unavailable (watch limit, unsupported filesystem) the periodic scan
         alone carries on, and the event watch is retried at each interval.
-        An exception raised by `on_changes` ends `run()`.
+        An exception raised by `on_changes` is logged; the watch goes on.
         """
         config_dir(self._data_dir).mkdir(parents=True, exist_ok=True)
         self.services_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lightnode.config.model import is_valid_id
+from lightnode.config.validate import load_json_document, read_config_bytes
 from lightnode.errors import ConfigError
 
 SUPPORTED_ENDPOINT_TYPES: tuple[str, ...] = ("python-function",)
@@ -99,18 +100,10 @@ def load_service_dir(root: Path, *, check_files: bool = True) -> ServiceDef:
     root = Path(os.path.abspath(root))
     path = root / SERVICE_FILE
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, ["file does not exist"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, [f"cannot read file: {exc}"]) from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            source, [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
-        ) from None
+    data = read_config_bytes(path)
+    if data is None:
+        raise ConfigError(source, ["file does not exist"])
+    raw = load_json_document(data, source)
     return parse_service_json(raw, source=source, root=root, check_files=check_files)
 
 

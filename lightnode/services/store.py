@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lightnode.config.model import check_id, is_valid_id
+from lightnode.config.validate import load_json_document, read_config_bytes
 from lightnode.errors import ConfigError
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -341,19 +342,10 @@ class DataDir:
             ConfigError: state.json is unreadable, not JSON, or invalid (names its path).
         """
         path = self.state_path(service_id)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        data = read_config_bytes(path)
+        if data is None:
             return ServiceState(enabled=False, entries=())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(path), [f"cannot read file: {exc}"]) from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                str(path), [f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]
-            ) from None
-        return ServiceState.from_json(raw, source=str(path))
+        return ServiceState.from_json(load_json_document(data, str(path)), source=str(path))
 
     def write_state(self, service_id: str, state: ServiceState) -> None:
         """Replace state.json atomically (readers see the old or the new file, whole).

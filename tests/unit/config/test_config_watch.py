@@ -465,15 +465,30 @@ def test_run_catches_up_on_changes_made_while_the_watch_starts(
     asyncio.run(main())
 
 
-def test_run_stops_when_on_changes_raises(tmp_path: Path) -> None:
+def test_a_change_that_cannot_be_applied_is_logged_and_the_watch_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_json(tuning(tmp_path), {})
+    recorder = Recorder()
+    calls: list[list[Change]] = []
 
-    def broken(changes: list[Change]) -> None:
-        raise ValueError("handler bug")
+    def fails_once(changes: list[Change]) -> None:
+        calls.append(changes)
+        if len(calls) == 1:
+            raise ValueError("handler bug")
+        recorder(changes)
 
-    w = ConfigWatcher(tmp_path, broken, poll_interval_s=30.0)
-    with pytest.raises(ValueError, match="handler bug"):
-        asyncio.run(asyncio.wait_for(w.run(), timeout=5))
+    w = ConfigWatcher(tmp_path, fails_once, poll_interval_s=30.0)
+
+    async def main() -> None:
+        async with running(w):
+            while not calls:
+                await asyncio.sleep(0.01)
+            write_json(tuning(tmp_path), {"pool": {"ceil": 4}})
+            await recorder.wait_for(ceil_is(4))
+
+    asyncio.run(main())
+    assert "applying configuration changes failed" in caplog.text and "handler bug" in caplog.text
 
 
 def test_run_follows_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
