@@ -306,9 +306,16 @@ async def serve(options: DaemonOptions) -> int:
     data_dir.ensure_layout()
     settings = settings_for(options)
     setup_logging(settings, data_dir.logs_dir)
-    lock = PidLock(options.pidfile or data_dir.run_dir / "lightnode.pid")
-    lock.acquire()
+    # The data directory's own lock always (one node per data dir, SPEC §12), and the
+    # operator's --pidfile besides: a pid file elsewhere must not let a second node in.
+    locks = [PidLock(data_dir.run_dir / "lightnode.pid")]
+    if options.pidfile is not None and options.pidfile.resolve() != locks[0].path.resolve():
+        locks.append(PidLock(options.pidfile))
+    held: list[PidLock] = []
     try:
+        for lock in locks:
+            lock.acquire()
+            held.append(lock)
         node = Node(options, settings)
         await node.start()
         # Objects alive after start-up live as long as the node: keep the collector off
@@ -323,7 +330,8 @@ async def serve(options: DaemonOptions) -> int:
         await node.wait()
         await node.shutdown()
     finally:
-        lock.release()
+        for lock in held:
+            lock.release()
     return 0
 
 

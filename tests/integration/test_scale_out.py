@@ -33,11 +33,19 @@ pytestmark = pytest.mark.integration
 SLOW = "import time\ndef slow(ms=300):\n    time.sleep(ms / 1000)\n    return {'slept': ms}\n"
 
 
-def start_second(root: Path) -> subprocess.CompletedProcess[str]:
+def start_second(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lightnode", "--data-dir", str(root), "--port", "0"],
+        [sys.executable, "-m", "lightnode", "--data-dir", str(root), "--port", "0", *extra],
         capture_output=True, text=True, timeout=30, cwd=REPO,
     )
+
+
+def test_a_pidfile_elsewhere_does_not_let_a_second_node_in(node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = node_factory(tmp_path / "data")
+    second = start_second(first.data_dir, "--pidfile", str(tmp_path / "other.pid"))
+    assert second.returncode == 1
+    assert second.stderr.strip().startswith("lightnode: another lightnode"), second.stderr
+    assert (first.data_dir / "run" / "lightnode.addr").read_text().strip() == first.url
 
 
 def test_a_second_node_on_a_held_data_dir_refuses_to_start(node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
