@@ -35,12 +35,13 @@ import uvloop
 from lightnode import hotbuild
 from lightnode.admin.keys import KeyStore
 from lightnode.admin.routes import AdminRoutes
-from lightnode.config.load import load_server_settings
+from lightnode.config.load import load_server_settings, server_settings_path
 from lightnode.config.model import EndpointConfig, ServerSettings
 from lightnode.config.watch import (
     Change,
     ConfigWatcher,
     KeysChanged,
+    ServerSettingsChanged,
     ServiceFilesChanged,
     TuningChanged,
     TuningInvalid,
@@ -229,6 +230,19 @@ class Node:
                 self.registry.service_changed(change.service_id)
             elif isinstance(change, KeysChanged) and self.keys.reload() is not None:
                 self.config_errors_total += 1  # refused whole: the last good keys stay
+            elif isinstance(change, ServerSettingsChanged):
+                self._server_settings_changed()
+
+    def _server_settings_changed(self) -> None:
+        """server.json is read at start only: a change is checked now and said to wait for a restart."""
+        path = server_settings_path(self.options.data_dir)
+        try:
+            load_server_settings(path)
+        except ConfigError as exc:
+            self.config_errors_total += 1
+            log.error("%s refused: the next start would fail; the running node keeps its settings: %s", path, exc)
+            return
+        log.warning("%s changed: its settings apply at the next start (the running node keeps its own)", path)
 
     def _apply_tuning_changes(self, changes: Sequence[Change]) -> None:
         assert self.registry is not None
@@ -245,7 +259,7 @@ class Node:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: re-read every configuration file."""
+        """SIGHUP: re-read the tuning files, keys.json and the services (server.json: at start only)."""
         if self.watcher is not None:
             log.info("SIGHUP: re-reading configuration")
             self._config_changed(self.watcher.rescan_all())

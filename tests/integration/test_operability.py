@@ -121,6 +121,22 @@ def test_health_endpoints_and_the_not_alive_file(node_factory: Any, tmp_path: Pa
     assert node.run("svc", "add", {"a": 1})[0] == 200
 
 
+def test_a_live_change_of_server_json_is_checked_and_said_to_wait_for_a_restart(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    root = tmp_path / "serverjson"
+    write_service(root, "svc", {"add": ADD})
+    write_server(root, {"limits": {"max_body_bytes": 4096}})
+    node = node_factory(root)
+    errors = metric(node, "lightnode_config_errors_total") or 0.0
+    (root / "config" / "server.json").write_text('{"limits": {"max_body_bytes": "big"}}')
+    wait_for(lambda: "refused: the next start would fail" in node.log(), what="the refusal logged")
+    wait_for(lambda: (metric(node, "lightnode_config_errors_total") or 0.0) == errors + 1, what="counted")
+    write_server(root, {"limits": {"max_body_bytes": 100}})
+    wait_for(lambda: "changed: its settings apply at the next start" in node.log(), what="the change logged")
+    assert node.run("svc", "add", {"a": 1, "b": 10**150})[0] == 200  # 170 bytes: still max_body_bytes 4096
+
+
 def test_readyz_waits_for_floor_and_counts_load_failures_as_settled(
     node_factory: Any, tmp_path: Path
 ) -> None:
