@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightnode import __version__, hotbuild
+from lightnode.devtools.cli import port_number
 from lightnode.errors import ConfigError, IdError
 
 COMMANDS = ("serve", "init", "admin", "dev", "test", "package", "deploy")
@@ -29,7 +30,7 @@ class CliError(Exception):
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="the node's data directory")
     parser.add_argument("--host", help="listen address (default 127.0.0.1, or server.json)")
-    parser.add_argument("--port", type=int, help="listen port (default 12000, or server.json; 0 = any free port)")
+    parser.add_argument("--port", type=port_number, help="listen port (default 12000, or server.json; 0 = any free port)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--pidfile", type=Path, help="lock file (default DATA_DIR/run/lightnode.pid)")
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightnode.admin.remote import RemoteAdmin, RemoteError
+from lightnode.admin.remote import RemoteAdmin, RemoteError, http_url
 from lightnode.config.load import endpoint_config_path
 from lightnode.config.model import check_id
 
@@ -37,7 +37,7 @@ def add_admin_parser(sub: Any) -> None:
     target = argparse.ArgumentParser(add_help=False)
     where = target.add_mutually_exclusive_group(required=True)
     where.add_argument("--data-dir", type=Path, help="act on this data directory")
-    where.add_argument("--url", help="act through a running node's admin API, e.g. http://127.0.0.1:12000")
+    where.add_argument("--url", type=http_url, help="act through a running node's admin API, e.g. http://127.0.0.1:12000")
     target.add_argument(
         "--key",
         default=os.environ.get("LIGHTNODE_ADMIN_KEY"),

@@ -10,6 +10,7 @@ Imports: standard library only.
 
 from __future__ import annotations
 
+import argparse
 import json
 import urllib.error
 import urllib.parse
@@ -25,6 +26,14 @@ READ_TIMEOUT_S = 30.0
 
 class RemoteError(Exception):
     """The node refused the request (or could not be reached)."""
+
+
+def http_url(text: str) -> str:
+    """argparse type of --url: an http:// or https:// URL with a host."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL with a host (got {text!r})")
+    return text
 
 
 def _quote(segment: str) -> str:
@@ -67,6 +76,8 @@ class RemoteAdmin:
             raise RemoteError(f"{method} {_public(path)}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise RemoteError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
+        except ValueError as exc:  # urllib's "unknown url type" and the like
+            raise RemoteError(f"cannot reach {self.url}: {exc}") from None
         return json.loads(raw) if raw else None
 
     # --- the ServiceLayer methods ------------------------------------------

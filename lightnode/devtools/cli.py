@@ -13,6 +13,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+
+def port_number(text: str) -> int:
+    """argparse type of --port: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number (got {text!r})") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535 (got {port})")
+    return port
+
+
 TEST_EPILOG = """\
 exit codes:
   0  every endpoint loads and every test query answers 200 and matches its expect
@@ -55,7 +67,7 @@ def add_dev_parsers(sub: Any) -> None:
                          description=DEV_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(dev)
     dev.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    dev.add_argument("--port", type=int, default=12000, help="listen port (default 12000; 0 = any free port)")
+    dev.add_argument("--port", type=port_number, default=12000, help="listen port (default 12000; 0 = any free port)")
     test = sub.add_parser(
         "test", help="play the test queries once (CI): exit 0 only if all load and pass",
         description="Play SRC_DIR's test queries once against real pipelines on a free loopback port.",

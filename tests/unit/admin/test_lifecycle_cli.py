@@ -101,3 +101,24 @@ def test_usage_errors_are_short(tmp_path: Path, data: Path, capsys: pytest.Captu
     assert code == 1 and "does not exist" in err
     with pytest.raises(SystemExit):
         main(["admin", "keys", "create", "--data-dir", str(data)])  # needs --service or --admin
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["serve", "--data-dir", "D", "--port", "70000"], "--port: must be between 0 and 65535 (got 70000)"),
+        (["serve", "--data-dir", "D", "--port", "-5"], "--port: must be between 0 and 65535 (got -5)"),
+        (["dev", "D", "--port", "65536"], "--port: must be between 0 and 65535 (got 65536)"),
+        (["admin", "status", "--url", "notaurl"], "--url: must be an http:// or https:// URL with a host"),
+        (["admin", "services", "--url", "ftp://host"], "--url: must be an http:// or https:// URL with a host"),
+    ],
+)
+def test_ports_and_urls_out_of_range_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    argv = [str(tmp_path / "d") if arg == "D" else arg for arg in argv]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # refused before anything was created
