@@ -116,6 +116,7 @@ def service_stats(registry: Registry, service_id: str) -> dict[str, Any]:
         "enabled": runtime.state.enabled,
         "mapping": [{"generation": e.generation, "proba": e.proba} for e in runtime.state.entries],
         "error": runtime.error,
+        "switchError": runtime.switch_error,
         "generationErrors": {
             name: gen.load_error for name, gen in runtime.generations.items() if gen.load_error
         },
@@ -278,8 +279,13 @@ class AdminRoutes:
         operation: Callable[[], Any],
         *,
         service_id: str | None = None,
+        switch: bool = False,
     ) -> None:
-        """Run `operation` on the admin thread, apply it to the registry, then answer."""
+        """Run `operation` on the admin thread, apply it to the registry, then answer.
+
+        With `switch` (an operation that sets the mapping), a mapping the registry does
+        not apply (a generation that fails to load) is answered as an error.
+        """
         who = p[WHO]
         what = f"{exchange.method.decode('latin-1')} {_public_path(exchange.path.decode('latin-1')[len('/admin/api/'):])}"
         future = self.node.loop.run_in_executor(self._executor, operation)
@@ -303,7 +309,15 @@ class AdminRoutes:
             if applied is None:
                 answer(result)
             else:
-                applied.add_done_callback(lambda _: answer(result))
+                applied.add_done_callback(lambda outcome: settled(outcome, result))
+
+        def settled(outcome: asyncio.Future[str | None], result: Any) -> None:
+            failure = None if outcome.cancelled() else outcome.result()
+            if failure is None or not switch:
+                answer(result)
+                return
+            audit.info("admin %s by %s from %s: not applied: %s", what, who, exchange.client, failure)
+            exchange.respond_error(LightnodeError("EndpointUnavailable", failure))
 
         future.add_done_callback(done)
 
@@ -349,17 +363,17 @@ class AdminRoutes:
         self._answer(exchange, lambda: self.layer.preload(p["S"], p["G"]))
 
     def _switch_newest(self, exchange: Exchange, p: Params) -> None:
-        self._mutate(exchange, p, lambda: self.layer.switch_to_newest(p["S"]), service_id=p["S"])
+        self._mutate(exchange, p, lambda: self.layer.switch_to_newest(p["S"]), service_id=p["S"], switch=True)
 
     def _switch_to(self, exchange: Exchange, p: Params) -> None:
-        self._mutate(exchange, p, lambda: self.layer.switch_to(p["S"], p["G"]), service_id=p["S"])
+        self._mutate(exchange, p, lambda: self.layer.switch_to(p["S"], p["G"]), service_id=p["S"], switch=True)
 
     def _set_mapping(self, exchange: Exchange, p: Params) -> None:
         mapping = _json_body(exchange)
-        self._mutate(exchange, p, lambda: self.layer.set_mapping(p["S"], mapping), service_id=p["S"])
+        self._mutate(exchange, p, lambda: self.layer.set_mapping(p["S"], mapping), service_id=p["S"], switch=True)
 
     def _enable(self, exchange: Exchange, p: Params) -> None:
-        self._mutate(exchange, p, lambda: self.layer.enable(p["S"]), service_id=p["S"])
+        self._mutate(exchange, p, lambda: self.layer.enable(p["S"]), service_id=p["S"], switch=True)
 
     def _disable(self, exchange: Exchange, p: Params) -> None:
         self._mutate(exchange, p, lambda: self.layer.disable(p["S"]), service_id=p["S"])

@@ -50,6 +50,8 @@ class ServiceRuntime:
     # (generation, cumulative probability) for routing
     routes: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    # Why the last change of state.json was not applied (see _switch_failure), if it was not.
+    switch_error: str | None = None
     # True when state.json was refused and this runtime is the disabled stand-in;
     # False for a runtime built from a good state.json (even if a later read failed).
     state_refused: bool = False
@@ -235,23 +237,25 @@ class Registry:
 
     # --------------------------------------------------------- live changes
 
-    def service_changed(self, service_id: str) -> asyncio.Future[None] | None:
+    def service_changed(self, service_id: str) -> asyncio.Future[str | None] | None:
         """state.json or the generations of a service changed on disk: apply it live.
 
         Returns a future done once new requests follow the new state (after
         the warm-up of a switch, before the old pools finish draining), or
         None while the node drains. Changes of one service apply in order.
+        Its result is None, or why the new state was not applied (a switch to a
+        generation that failed to load, away from one that serves).
         """
         if self.draining:
             return None
         previous = self._reloads.get(service_id)
-        applied: asyncio.Future[None] = self.loop.create_future()
+        applied: asyncio.Future[str | None] = self.loop.create_future()
         task = self.loop.create_task(self._reload(service_id, previous, applied))
         self._reloads[service_id] = task
         return applied
 
     async def _reload(
-        self, service_id: str, previous: asyncio.Task[None] | None, applied: asyncio.Future[None]
+        self, service_id: str, previous: asyncio.Task[None] | None, applied: asyncio.Future[str | None]
     ) -> None:
         try:
             if previous is not None and not previous.done():
@@ -263,7 +267,7 @@ class Registry:
             if not applied.done():
                 applied.set_result(None)
 
-    async def _apply_service(self, service_id: str, applied: asyncio.Future[None]) -> None:
+    async def _apply_service(self, service_id: str, applied: asyncio.Future[str | None]) -> None:
         """The zero-downtime switch (SPEC §6): warm the new pools to floor, flip, drain the old."""
         if self.draining:
             return
@@ -300,6 +304,14 @@ class Registry:
                 self._pending.pop(service_id, None)
             if self.draining:
                 return  # shutdown began meanwhile: drain_all() stops these pools too
+            failure = _switch_failure(old, new)
+            if failure is not None and old is not None:
+                # Zero downtime (SPEC §6): traffic never moves to pools that cannot serve.
+                old.switch_error = failure
+                applied.set_result(failure)
+                log.error("service %s: %s", service_id, failure)
+                await self._drain_runtime(new, keep={id(g) for g in old.generations.values()})
+                return
         self.services[service_id] = new  # new requests now go to the new mapping
         applied.set_result(None)
         log.info("service %s: now serving %s (enabled=%s)", service_id, new.state.entries, new.state.enabled)
@@ -346,6 +358,39 @@ class Registry:
     def kill_all(self) -> None:
         for pool in self.all_pools():
             pool.kill_all()
+
+
+def _failed(pool: EndpointPool) -> bool:
+    return pool.snapshot().load_state == "failed"
+
+
+def _switch_failure(old: ServiceRuntime | None, new: ServiceRuntime) -> str | None:
+    """Why `new` must not take the traffic of `old`, or None.
+
+    When a generation `new` adds cannot load (its service.json or an endpoint's code)
+    while `old` serves, `old` keeps the traffic: the switch is not applied, and
+    state.json names a mapping this node does not serve until the next change of
+    the service (or SIGHUP, which tries again). Nothing serving means nothing to
+    keep: a first deploy, a disabled or failing old state go ahead.
+    """
+    if old is None or not old.state.enabled or old.state_refused or old.error is not None:
+        return None
+    if any(g.load_error or any(_failed(p) for p in g.pools.values()) for g in old.generations.values()):
+        return None
+    kept = {id(g) for g in old.generations.values()}
+    for name, gen in new.generations.items():
+        if id(gen) in kept:
+            continue
+        problem = gen.load_error or next(
+            (p.last_load_error or "no pipeline started" for p in gen.pools.values() if _failed(p)), None
+        )
+        if problem is not None:
+            serving = ", ".join(sorted(old.generations)) or "the previous state"
+            return (
+                f"switch not applied: generation {name} failed to load ({problem});"
+                f" {serving} stays in service"
+            )
+    return None
 
 
 def _settled(pool: EndpointPool) -> bool:

@@ -8,6 +8,7 @@ import json
 import stat
 import threading
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from collections import Counter
@@ -159,6 +160,31 @@ def test_a_broken_state_json_never_takes_a_serving_service_down(node_factory: An
     assert "state.json" in (node.stats("svc")["error"] or "")
     state.write_text(good.replace("true", "false"))
     wait_until(lambda: node.run("svc", "e")[0] == 503)
+
+
+def test_a_switch_to_a_generation_that_cannot_load_is_not_applied(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory()
+    install(node, tmp_path, ["v1"])
+    admin_post(node, "services/svc/actions/switchToNewest")
+    broken = "raise RuntimeError('model file missing')\ndef e():\n    return 1\n"
+    archive = build_test_package(tmp_path, "svc", "bad", {"e": broken})
+    dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+    with Load(node, "svc") as load:
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            admin_post(node, "services/svc/actions/switchTo/bad")
+        time.sleep(0.3)
+    message = json.loads(info.value.read())["message"]
+    assert info.value.code == 503
+    assert message.startswith("switch not applied: generation bad failed to load (")
+    assert "model file missing" in message and message.endswith("v1 stays in service")
+    answers = load.since(started)
+    assert answers and {(status, generation) for _, _, status, generation, _ in answers} == {(200, "v1")}
+    assert node.stats("svc")["switchError"] == message
+    install(node, tmp_path, ["v3"])  # a good generation afterwards switches as usual
+    admin_post(node, "services/svc/actions/switchTo/v3")
+    assert node.run("svc", "e")[1]["apiContext"]["serviceGeneration"] == "v3"
+    assert node.stats("svc")["switchError"] is None
 
 
 def _zip(members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
