@@ -258,3 +258,14 @@ def test_expect_continue_not_sent_when_the_body_came_with_the_head() -> None:
     c = small()
     c.feed(b"POST /run HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}")
     assert [r.status for r in c.responses()] == [200]
+
+
+def test_a_body_in_one_byte_chunks_is_kept_in_few_pieces() -> None:
+    # Each chunk is one small bytes object: 64 at a time are folded into one.
+    c = connect()
+    c.feed(b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    data = bytes(range(256)) * 80  # 20,480 chunks of one byte
+    c.feed(b"".join(b"1\r\n%c\r\n" % byte for byte in data))
+    assert len(c.protocol._body) <= len(data) // 64 + 64
+    c.feed(b"0\r\n\r\n")
+    assert [e.body for e in c.app.exchanges] == [data]
