@@ -280,7 +280,7 @@ class HttpProtocol:
             self._arm_header_timer()  # no timer at all for a head that arrives in one read
         elif self._in_request:
             if self._has_transfer_encoding:
-                self._count_chunk_framing(body_before, len(data))
+                self._count_chunk_framing(seq, body_before, len(data))
             # A body still incomplete: the same limit holds for a client that stops
             # sending in the middle of it (slowloris on the body).
             self._body_progress_s = self._loop.time()
@@ -308,14 +308,16 @@ class HttpProtocol:
         if self._head_partial > 2 * self._max_head:
             self._refuse(431, "HeadersTooLarge", "Request headers are too large")
 
-    def _count_chunk_framing(self, body_before: int, size: int) -> None:
+    def _count_chunk_framing(self, seq: int, body_before: int, size: int) -> None:
         """Bytes of a chunked request that bring no body: chunk lines and trailer fields.
 
         httptools buffers a trailer field whole, like a header, and max_body_bytes
         does not see it: `max_header_bytes` bounds such bytes between two pieces of
         body (twice over, as for a head still arriving; see _count_partial_head).
+        Only reads wholly within this request's body count (`seq`: the request
+        number before the read).
         """
-        if self._body_bytes != body_before:
+        if self._seq != seq or self._body_bytes != body_before:
             self._framing_bytes = 0
             return
         self._framing_bytes += size

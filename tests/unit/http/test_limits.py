@@ -203,6 +203,18 @@ def test_trailer_fields_without_end_are_bounded_like_headers() -> None:
     assert not c.app.exchanges
 
 
+def test_a_large_read_that_begins_a_chunked_request_is_not_counted_as_trailers() -> None:
+    # A read with the head and a first chunk as long as the previous request's body: no
+    # body progress by count, but a new request began in it.
+    c = small()
+    head = b"POST /run HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    chunked = b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Pad: " + b"p" * 900 + b"\r\n\r\n"
+    c.feed(head)
+    c.feed(chunked + b"2\r\n{}\r\n" + b"1;" + b"e" * (2 * LIMITS.max_header_bytes) + b"\r\n")
+    c.feed(b"x\r\n0\r\n\r\n")
+    assert [e.body for e in c.app.exchanges] == [b"{}", b"{}x"]
+
+
 def test_trailer_fields_within_the_limit_are_accepted() -> None:
     c = small()
     c.feed(b"POST /run HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
