@@ -221,6 +221,32 @@ def _plain(obj: Any) -> bool:
     return False
 
 
+def _plain_deep(obj: Any) -> bool:
+    """_plain() without recursion, for a result nested deeper than Python's recursion limit
+    (ujson writes up to 1024 levels). A container met twice (shared, or containing itself)
+    is left to to_jsonable()."""
+    stack = [obj]
+    seen = set()
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind in _SCALARS:
+            continue
+        if kind is not dict and kind is not list and kind is not tuple:
+            return False
+        if id(value) in seen:
+            return False
+        seen.add(id(value))
+        if kind is dict:
+            for key, item in value.items():
+                if type(key) is not str:
+                    return False
+                stack.append(item)
+        else:
+            stack.extend(value)
+    return True
+
+
 def to_jsonable(obj: Any, path: str = "$") -> Any:
     """Convert a result to plain JSON types (SPEC §3.2), or raise NotSerializable.
 
@@ -308,7 +334,11 @@ def encode_result(result: Any) -> bytes:
     if result is None:
         return b""
     try:
-        if _plain(result):
+        try:
+            plain = _plain(result)
+        except RecursionError:
+            plain = _plain_deep(result)
+        if plain:
             try:
                 return _dumps(result).encode("utf-8", "backslashreplace")
             except (TypeError, ValueError, OverflowError):

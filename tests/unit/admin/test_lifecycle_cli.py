@@ -111,6 +111,8 @@ def test_usage_errors_are_short(tmp_path: Path, data: Path, capsys: pytest.Captu
         (["dev", "D", "--port", "65536"], "--port: must be between 0 and 65535 (got 65536)"),
         (["admin", "status", "--url", "notaurl"], "--url: must be an http:// or https:// URL with a host"),
         (["admin", "services", "--url", "ftp://host"], "--url: must be an http:// or https:// URL with a host"),
+        (["admin", "status", "--url", "http://127.0.0.1:abc"], "--url: bad port in 'http://127.0.0.1:abc'"),
+        (["admin", "status", "--url", "http://127.0.0.1:70000"], "--url: bad port in 'http://127.0.0.1:70000'"),
     ],
 )
 def test_ports_and_urls_out_of_range_are_usage_errors(

@@ -125,6 +125,21 @@ def test_results_nested_too_deeply_are_not_serializable(expression: str, reason:
     assert error["message"] == f"Result is not JSON-serializable: {reason}"
 
 
+@pytest.mark.parametrize("expression", ["[x]", "{'k': x}", "(x,)"])
+def test_results_nested_deeper_than_the_recursion_limit_but_within_ujsons_are_written(expression: str) -> None:
+    # ujson writes up to 1024 levels; Python's recursion limit (1000) must not refuse fewer.
+    ujson = pytest.importorskip("ujson")
+    namespace: dict[str, object] = {}
+    exec(f"def f():\n    x = 1\n    for _ in range(1020): x = {expression}\n    return x\n", namespace)
+    kind, body, _ = runtime.call_once(Binder(namespace["f"]), b"{}", False)  # type: ignore[arg-type]
+    assert kind == RESULT
+    answer, depth = ujson.loads(body), 0  # json.loads stops at its recursion limit
+    while isinstance(answer, (list, dict)):
+        answer = answer[0] if isinstance(answer, list) else answer["k"]
+        depth += 1
+    assert (depth, answer) == (1020, 1)
+
+
 @pytest.mark.skipif(
     not hasattr(sys, "get_int_max_str_digits"), reason="no limit on int -> text here"
 )
