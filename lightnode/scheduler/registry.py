@@ -304,7 +304,8 @@ class Registry:
                 self._pending.pop(service_id, None)
             if self.draining:
                 return  # shutdown began meanwhile: drain_all() stops these pools too
-            failure = _switch_failure(old, new)
+            # A dev server serves the code as it is now, broken or not (SPEC §7.1).
+            failure = None if self.dev else _switch_failure(old, new)
             if failure is not None and old is not None:
                 # Zero downtime (SPEC §6): traffic never moves to pools that cannot serve.
                 old.switch_error = failure

@@ -179,6 +179,14 @@ def test_dev_server_shows_a_load_error_with_traceback_then_recovers(tmp_path: Pa
     assert re.search(r"broken\s+ok\s+started in", server.output()[mark:])
     assert post(server.run_url("pricing", "broken"), {})[1]["response"] == {"fixed": True}
 
+    # Broken again while the fixed code serves: a dev server shows the code as it is now
+    # (a node out of dev mode would keep the working generation: test_generations.py).
+    mark = len(server.output())
+    (src / "broken.py").write_text(BROKEN)
+    server.wait_for(r"FAILED: 2 endpoint\(s\), 1 failing to load", start=mark)
+    status, body = post(server.run_url("pricing", "broken"), {})
+    assert status == 503 and body["errorType"] == "EndpointUnavailable"
+
 
 def test_dev_server_keeps_serving_through_an_invalid_service_json(tmp_path: Path, dev_server: Any) -> None:
     src = write_src(tmp_path / "src", {"quote.py": QUOTE_V1}, [{"id": "quote", "code": "quote.py"}])
