@@ -239,6 +239,10 @@ def _parse_entry(item: object, path: str, problems: list[str]) -> KeyEntry | Non
     )
 
 
+# keys.json grows with the keys (about 300 bytes each): room for some 200,000.
+MAX_KEYS_FILE_BYTES = 64 << 20
+
+
 class KeyStore:
     """The keys of one data directory, in memory, with the file as the truth."""
 
@@ -249,7 +253,7 @@ class KeyStore:
     # ------------------------------------------------------------ reading
 
     def _read_file(self) -> tuple[KeyEntry, ...]:
-        data = read_config_bytes(self.path)
+        data = read_config_bytes(self.path, MAX_KEYS_FILE_BYTES)
         if data is None:
             return ()
         return parse_keys_file(load_json_document(data, str(self.path)), source=str(self.path))

@@ -195,12 +195,11 @@ def json_problem(exc: ValueError | RecursionError) -> str:
     return f"invalid JSON ({exc})"
 
 
-def read_config_bytes(path: Path) -> bytes | None:
+def read_config_bytes(path: Path, max_bytes: int = MAX_CONFIG_FILE_BYTES) -> bytes | None:
     """A configuration file's bytes, None if it does not exist.
 
     Opened without blocking (a FIFO at the path must not stall the event loop) and
-    read only if it is a regular file of at most MAX_CONFIG_FILE_BYTES (through
-    symlinks).
+    read only if it is a regular file of at most `max_bytes` (through symlinks).
 
     Raises:
         ConfigError: "cannot read the file (...)": unreadable, not a regular file, too large.
@@ -217,13 +216,13 @@ def read_config_bytes(path: Path) -> bytes | None:
             raise ConfigError(str(path), ["cannot read the file (not a regular file)"])
         chunks: list[bytes] = []
         size = 0
-        while size <= MAX_CONFIG_FILE_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_FILE_BYTES + 1 - size)
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
             size += len(chunk)
-        raise ConfigError(str(path), [f"cannot read the file (larger than {MAX_CONFIG_FILE_BYTES} bytes)"])
+        raise ConfigError(str(path), [f"cannot read the file (larger than {max_bytes} bytes)"])
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from None
     finally:

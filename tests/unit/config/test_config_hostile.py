@@ -124,6 +124,15 @@ def test_an_expiry_out_of_range_is_a_value_error(expiry: object) -> None:
         normalize_expiry(expiry)
 
 
+def test_keys_json_may_be_larger_than_other_config_files(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    entry = {"hash": "sha256:" + "0" * 64, "serviceId": "svc", "label": "x" * 200}
+    keys = [{"id": f"k{i}", **entry} for i in range(MAX_CONFIG_FILE_BYTES // 250)]
+    path.write_text(json.dumps({"keys": keys}))
+    assert path.stat().st_size > MAX_CONFIG_FILE_BYTES
+    assert len(KeyStore(path).load().entries()) == len(keys)
+
+
 def test_keys_json_with_an_expiry_out_of_range_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     entry = {"id": "k1", "hash": "sha256:" + "0" * 64, "admin": True, "expiry": 1e30}
