@@ -488,6 +488,14 @@ def _exception_text(exc: BaseException) -> str:
         return "<str() of the exception raised %s>" % type(broken).__name__
 
 
+def _traceback_text(exc: BaseException) -> str:
+    """The exception's traceback as text (lines ending in newlines), or a placeholder line."""
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception as broken:  # its __str__ raised, say
+        return "(no traceback: formatting it raised %s)\n" % type(broken).__name__
+
+
 def _http_status(exc: BaseException) -> Tuple[int, str]:
     """The status of a FunctionError, and a note for detailedMessage when one was refused.
 
@@ -514,11 +522,7 @@ def _function_error(exc: BaseException, dev: bool) -> bytes:
     message = "Failed to run function : %s : %s" % (type(exc), _exception_text(exc))
     detailed = message + note
     if dev:
-        try:
-            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        except Exception as broken:
-            trace = "(no traceback: formatting it raised %s)" % type(broken).__name__
-        detailed = detailed + "\n" + trace
+        detailed = detailed + "\n" + _traceback_text(exc)
     return _error("FunctionError", message, status, detailed)
 
 
@@ -566,10 +570,7 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
         binder = Binder(function)
     except BaseException as exc:  # boundary: user init code, SystemExit included
         _leave_if_forked(pid)
-        try:
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        except Exception as broken:
-            text = "(no traceback: formatting it raised %s)\n" % type(broken).__name__
+        text = _traceback_text(exc)
         message = "%s: %s" % (type(exc).__name__, _exception_text(exc))
         payload = _dumps({"message": message, "traceback": text}).encode("utf-8", "backslashreplace")
         write_frame(fd_out, INIT_ERROR, payload)
