@@ -159,11 +159,6 @@ def decode_endpoint_config(data: bytes, *, source: str) -> EndpointConfig:
     return parse_endpoint_config(decode_json(data, source=source), source=source)
 
 
-def _read_optional(path: Path) -> bytes | None:
-    """The file's bytes, None if it does not exist; other read errors -> ConfigError."""
-    return read_config_bytes(path)
-
-
 def load_endpoint_config(path: Path) -> EndpointConfig:
     """Read a tuning file.
 
@@ -174,7 +169,7 @@ def load_endpoint_config(path: Path) -> EndpointConfig:
     Raises:
         ConfigError: unreadable, not JSON, or refused by `parse_endpoint_config`.
     """
-    data = _read_optional(path)
+    data = read_config_bytes(path)
     if data is None:
         return EndpointConfig()
     return decode_endpoint_config(data, source=str(path))
@@ -301,7 +296,7 @@ def load_server_settings(path: Path) -> ServerSettings:
     Raises:
         ConfigError: unreadable, not JSON, or refused by `parse_server_settings`.
     """
-    data = _read_optional(path)
+    data = read_config_bytes(path)
     if data is None:
         return ServerSettings()
     source = str(path)
