@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Node, write_service, write_tuning
+from tests.conftest import Node, process_gone, write_service, write_tuning
 
 pytestmark = pytest.mark.integration
 
@@ -105,11 +105,7 @@ def test_a_child_left_running_by_the_function_dies_with_its_pipeline(node_factor
     assert n.stop() == 0
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{child}/stat", "rb") as stat:
-                if stat.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    break
-        except FileNotFoundError:
+        if process_gone(child):
             break
         time.sleep(0.05)
     else:

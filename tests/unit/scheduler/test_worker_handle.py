@@ -27,6 +27,7 @@ import pytest
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec, _FrameReader, _LogReader
 from lightnode.worker import runtime
 from lightnode.worker.runtime import encode_frame
+from tests.conftest import process_gone
 
 
 class Listener:
@@ -73,15 +74,6 @@ def test_a_call_sent_to_a_dead_pipeline_is_settled_by_its_exit(tmp_path: Path) -
     asyncio.run(scenario())
 
 
-def _gone(pid: int) -> bool:
-    """Not running (a zombie waiting for init counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_processes_left_by_user_code_die_with_their_pipeline(tmp_path: Path) -> None:
     source = (
@@ -113,11 +105,11 @@ def test_processes_left_by_user_code_die_with_their_pipeline(tmp_path: Path) -> 
         handle.send_call(b"{}")
         await asyncio.wait_for(listener.answered.wait(), 10)
         child = int(listener.events[-1][1])
-        assert not _gone(child)
+        assert not process_gone(child)
         handle.stop()  # the pipeline exits at EOF; its child would sleep on
         await asyncio.wait_for(listener.exited.wait(), 10)
         for _ in range(100):
-            if _gone(child):
+            if process_gone(child):
                 break
             await asyncio.sleep(0.05)
         else:
