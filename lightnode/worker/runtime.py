@@ -550,10 +550,22 @@ def _leave_if_forked(pid: int) -> None:
     Only the pipeline itself may read calls and write answers: a child that returned
     from os.fork() in the function (or in the initialization code) would answer a
     call a second time, and the node would take its answer for the next call's.
+    Called once after initialization; after each call the loop checks the flag that
+    `_note_fork` sets instead (a getpid() per call is a system call per request).
     """
-    if os.getpid() != pid:
+    if _FORKED[0] or os.getpid() != pid:
         os.write(2, b"lightnode worker: a process forked by user code returned to the pipeline's loop: it exits\n")
         os._exit(0)
+
+
+# Set in a child of user code's os.fork(), os.forkpty() or multiprocessing's fork: each
+# runs the at-fork hooks. A fork made by C code that bypasses them (ctypes' libc.fork())
+# is not seen after a call: only a getpid() per call would see it.
+_FORKED = [False]
+
+
+def _note_fork() -> None:
+    _FORKED[0] = True
 
 
 _KILL_NOTICE = [False]  # set by SIGUSR1: the node is about to kill this worker
@@ -566,6 +578,7 @@ def _on_kill_notice(signum: int, frame: Any) -> None:
 def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
     """Initialise, say READY (or INIT_ERROR), then answer CALL frames until EOF."""
     pid = os.getpid()
+    os.register_at_fork(after_in_child=_note_fork)
     try:
         function = load_function(spec)
         binder = Binder(function)
@@ -600,7 +613,8 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
             sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
             return 2
         answer_kind, answer, elapsed = call_once(binder, body, dev)
-        _leave_if_forked(pid)
+        if _FORKED[0]:
+            _leave_if_forked(pid)
         write_frame(fd_out, answer_kind, answer, elapsed)
 
 
