@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Final
 
 import ujson
 
@@ -26,21 +27,21 @@ def _status_line(status: int) -> bytes:
 
 # Every status lightnode answers by itself, plus the standard table for statuses
 # an app may pick (e.g. a user exception's `http_status_code`, SPEC §3.4).
-STATUS_LINES: dict[int, bytes] = {
+STATUS_LINES: Final[dict[int, bytes]] = {
     status: _status_line(status)
     for status in sorted({*ERROR_STATUS.values(), 200, 201, 204, 431, *map(int, HTTPStatus)})
 }
 
-CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE_LINE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-_API_VERSION = b"dss-apinode-api-version: 1\r\n"
-_CONTENT_TYPE_LINES: dict[str, bytes] = {
+_API_VERSION: Final = b"dss-apinode-api-version: 1\r\n"
+_CONTENT_TYPE_LINES: Final[dict[str, bytes]] = {
     "application/json": b"content-type: application/json\r\n" + _API_VERSION,
 }
-_NO_BODY_STATUSES = frozenset({204, 304})
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
 # The most common answer's head up to the Content-Length value (JSON, no extra
 # header, connection kept), per status: render_response() joins six pieces.
-_JSON_HEADS: dict[int, bytes] = {
+_JSON_HEADS: Final[dict[int, bytes]] = {
     status: line + _CONTENT_TYPE_LINES["application/json"] + b"content-length: "
     for status, line in STATUS_LINES.items()
     if status >= 200 and status not in _NO_BODY_STATUSES

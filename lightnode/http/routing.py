@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote
 
 from lightnode.config.model import is_valid_id
 
-RUN_PREFIX = b"/public/api/v1/"
+RUN_PREFIX: Final = b"/public/api/v1/"
 
 
 class RouteKind(enum.Enum):
@@ -32,7 +33,7 @@ class Route:
     rest: str = ""  # for ADMIN: the path after /admin/api/
 
 
-_FIXED: dict[bytes, Route] = {
+_FIXED: Final[dict[bytes, Route]] = {
     b"/public/api/v1/ping": Route(RouteKind.PING),
     b"/isAlive": Route(RouteKind.IS_ALIVE),
     b"/healthz": Route(RouteKind.IS_ALIVE),
@@ -44,11 +45,11 @@ _FIXED: dict[bytes, Route] = {
 # handful in practice; emptied when it reaches RUN_ROUTES_CACHED run paths, so
 # that URLs made up by clients cannot grow it without bound). Routes are
 # immutable and depend on the path alone; refused paths are never cached.
-RUN_ROUTES_CACHED = 1024
-_KNOWN: dict[bytes, Route] = dict(_FIXED)
+RUN_ROUTES_CACHED: Final = 1024
+_KNOWN: Final[dict[bytes, Route]] = dict(_FIXED)
 # known_route(path): the Route of a fixed or already parsed /run path, else None.
 # A bare dict lookup for the hot path; anything else goes through parse_path().
-known_route = _KNOWN.get
+known_route: Final = _KNOWN.get
 
 
 class BadId(Exception):

@@ -27,26 +27,26 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import ujson
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightnode.http.app import RequestRecord
 
-log = logging.getLogger("lightnode.querylog")
+log: Final = logging.getLogger("lightnode.querylog")
 
 # Lines wait at most this long in memory: short enough for `tail -f`, long
 # enough that a busy node writes many lines per system call.
-FLUSH_INTERVAL_S = 0.2
+FLUSH_INTERVAL_S: Final = 0.2
 # A buffer this large is written at once (about 300 lines), bounding memory
 # under load without turning each request into a system call.
-FLUSH_BYTES = 64 * 1024
-ERROR_LOG_INTERVAL_S = 60.0
+FLUSH_BYTES: Final = 64 * 1024
+ERROR_LOG_INTERVAL_S: Final = 60.0
 # JSON literals of the strings that repeat from line to line (ids, client
 # addresses, errorTypes) are kept; the cache is emptied when it reaches this size.
 LITERAL_CACHE_SIZE = 4096
-_MILLIS = [f".{milli:03d}Z" for milli in range(1000)]
+_MILLIS: Final = [f".{milli:03d}Z" for milli in range(1000)]
 
 
 class QueryLog:

@@ -12,11 +12,12 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Final
 
 # The deadline heap drops stale entries lazily; it is rebuilt when stale
 # entries outnumber live ones by this factor, so cancellations cannot grow it
 # without bound while the common path stays O(log n).
-_HEAP_SLACK_FACTOR = 2
+_HEAP_SLACK_FACTOR: Final = 2
 
 
 # Not frozen: one per queued request, and a frozen __init__ costs 3x.

@@ -51,6 +51,8 @@ EndpointUnavailable (so the drain ends) but never retries.
 
 from __future__ import annotations
 
+from typing import Final
+
 from lightnode.config.model import EndpointConfig
 from lightnode.errors import QUEUE_FULL_MESSAGE, QUEUE_TIMEOUT_MESSAGE, InternalError
 from lightnode.pool import sizing
@@ -96,22 +98,22 @@ from lightnode.pool.states import (
 )
 from lightnode.pool.worker_record import StagedRequest, WorkerRecord
 
-SHUTTING_DOWN_MESSAGE = "The endpoint is shutting down"
+SHUTTING_DOWN_MESSAGE: Final = "The endpoint is shutting down"
 # Prefetch only for endpoints whose calls take less than this on average.
-PREFETCH_MAX_RUN_S = 0.02
+PREFETCH_MAX_RUN_S: Final = 0.02
 # A pipeline holds staged as many calls as it runs in this time on average
 # (at least one, at most MAX_STAGED): the longest a staged request waits in
 # one pipe while another pipeline might have taken it.
-PREFETCH_BUDGET_S = 0.001
-MAX_STAGED = 7
-UNKNOWN_LOAD_ERROR = "The endpoint's code failed to load"
+PREFETCH_BUDGET_S: Final = 0.001
+MAX_STAGED: Final = 7
+UNKNOWN_LOAD_ERROR: Final = "The endpoint's code failed to load"
 
 # Load states in which the pool starts pipelines for floor, queue and retirements.
-_SPAWNING = frozenset({LOADING, HEALTHY})
-_STALE = frozenset({STOPPING, GONE})
+_SPAWNING: Final = frozenset({LOADING, HEALTHY})
+_STALE: Final = frozenset({STOPPING, GONE})
 # The state a worker event requires; an event for a STOPPING/GONE worker is
 # stale (the scheduler raced a stop) and ignored.
-_EXPECTED_STATE: dict[type, WorkerState] = {
+_EXPECTED_STATE: Final[dict[type, WorkerState]] = {
     WorkerReady: STARTING,
     WorkerStartFailed: STARTING,
     WorkerFinished: BUSY,

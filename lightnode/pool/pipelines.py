@@ -10,12 +10,13 @@ PURE: imports only the standard library and `lightnode.pool`.
 from __future__ import annotations
 
 from collections.abc import Iterator, ValuesView
+from typing import Final
 
 from lightnode.errors import InternalError
 from lightnode.pool.states import BUSY, GONE, IDLE, STARTING, WorkerState
 from lightnode.pool.worker_record import WorkerRecord
 
-SERVING = frozenset({IDLE, BUSY})
+SERVING: Final = frozenset({IDLE, BUSY})
 
 
 class Pipelines:

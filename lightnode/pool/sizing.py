@@ -10,24 +10,25 @@ subprocess, os, socket, time or random.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from lightnode.config.model import PoolLimits
 
 # First retry delay after a failed pipeline start; doubles on each consecutive
 # failure of a retry. Short enough that a transient failure (a file being
 # replaced while it is imported) heals quickly, long enough not to spin.
-BACKOFF_FIRST_S = 0.5
+BACKOFF_FIRST_S: Final = 0.5
 # Upper bound of the retry delay: a broken endpoint costs one start per 30 s,
 # and a fixed one is noticed within 30 s without a code change.
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S: Final = 30.0
 
 # Weight of the newest sample in the run-time mean (exponentially weighted).
 # 0.2 follows a change of function speed within ~10 calls while one slow call
 # moves the mean by only a fifth.
-RUN_TIME_EWMA_ALPHA = 0.2
+RUN_TIME_EWMA_ALPHA: Final = 0.2
 
 # Assumed run time before any call has finished (rule 11 needs a figure).
-UNKNOWN_RUN_TIME_S = 1.0
+UNKNOWN_RUN_TIME_S: Final = 1.0
 
 
 def backoff_s(consecutive_failures: int) -> float:

@@ -16,6 +16,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from lightnode.config.load import load_endpoint_config
 from lightnode.config.model import EndpointConfig
@@ -26,11 +27,11 @@ from lightnode.services.codeenv import CodeEnvError, interpreter_for
 from lightnode.services.model import EndpointDef, ServiceDef, load_service_dir
 from lightnode.services.store import DataDir, ServiceState
 
-log = logging.getLogger("lightnode.registry")
+log: Final = logging.getLogger("lightnode.registry")
 
 # How long a switch waits for the new generation's pools to reach floor before it
 # routes to them anyway (a pool that failed to load counts as settled at once).
-SWITCH_WARMUP_TIMEOUT_S = 120.0
+SWITCH_WARMUP_TIMEOUT_S: Final = 120.0
 
 
 @dataclass

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from time import monotonic
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import ujson
 
@@ -34,17 +34,18 @@ from lightnode.pool import events as ev
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.pool.states import WorkerState
-from lightnode.scheduler.worker_handle import WorkerHandle, WorkerListener, WorkerSpec
-from lightnode.worker import runtime
+from lightnode.scheduler.worker_handle import RESULT, WorkerHandle, WorkerListener, WorkerSpec
 
-log = logging.getLogger("lightnode.scheduler")
+log: Final = logging.getLogger("lightnode.scheduler")
+# A Final name: the compiled build reads it from a C variable, not the module dict.
+monotonic: Final = time.monotonic
 
 # A pipeline in these states has said READY; in these it runs no call (see _broken).
-_SERVING = frozenset({WorkerState.IDLE, WorkerState.BUSY})
-_NO_CALL = frozenset({WorkerState.STARTING, WorkerState.IDLE})
+_SERVING: Final = frozenset({WorkerState.IDLE, WorkerState.BUSY})
+_NO_CALL: Final = frozenset({WorkerState.STARTING, WorkerState.IDLE})
 
 # How often pipelines' RSS is checked against limits.max_rss_mb.
-RSS_CHECK_INTERVAL_S = 1.0
+RSS_CHECK_INTERVAL_S: Final = 1.0
 
 
 class Call:
@@ -364,7 +365,7 @@ class EndpointPool:
             self._running[worker_id] = staged
         if call is not None and self.calls.pop(call.request_id, None) is not None:
             exec_us = int((now - call.dispatched) * 1e6)
-            if kind == runtime.RESULT:
+            if kind == RESULT:
                 self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
             else:
                 self.sink.call_failed(self, call, _error_from_frame(body), exec_us, value)

@@ -27,33 +27,32 @@ from typing import Final, Protocol
 import ujson
 
 from lightnode.worker import runtime
-from lightnode.worker.runtime import (
-    CALL,
-    ERROR,
-    HEADER,
-    INIT_ERROR,
-    READY,
-    RESULT,
-)
+from lightnode.worker.runtime import HEADER
 
-log = logging.getLogger("lightnode.worker")
-user_log = logging.getLogger("lightnode.user")
+log: Final = logging.getLogger("lightnode.worker")
+user_log: Final = logging.getLogger("lightnode.user")
 
-RUNTIME_PATH = str(Path(runtime.__file__).resolve())
+RUNTIME_PATH: Final = str(Path(runtime.__file__).resolve())
 
 # The frame header of runtime.py's wire, packed and unpacked here rather than by its
 # encode_frame() and FrameDecoder: this module is compiled with the hot path and
 # those stay interpreted (runtime.py runs under the endpoint's own interpreter).
+# Final names: the compiled build reads them from C variables, not from the module's dict.
+CALL: Final[int] = runtime.CALL
+RESULT: Final[int] = runtime.RESULT
+ERROR: Final[int] = runtime.ERROR
+READY: Final[int] = runtime.READY
+INIT_ERROR: Final[int] = runtime.INIT_ERROR
 _HEADER_SIZE: Final = HEADER.size
 _pack_header: Final = HEADER.pack
 _unpack_header: Final = HEADER.unpack_from
 
 # How long a stopped worker may take to exit after its pipe closed before SIGTERM,
 # and SIGTERM before SIGKILL. Short: an idle worker exits at once on EOF.
-STOP_TERM_AFTER_S = 5.0
-STOP_KILL_AFTER_S = 3.0
+STOP_TERM_AFTER_S: Final = 5.0
+STOP_KILL_AFTER_S: Final = 3.0
 # After SIGUSR1 (stack dump) the worker gets this long to write it before SIGKILL.
-STACK_DUMP_GRACE_S = 0.2
+STACK_DUMP_GRACE_S: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +181,7 @@ class _LogReader(asyncio.Protocol):
 
 # Control characters (but tab) as escapes: a user's bytes must not write NULs or
 # terminal escape sequences into the node's log.
-_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
+_CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
 
 
 def _printable(line: bytes) -> str:
