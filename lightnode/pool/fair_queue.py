@@ -9,7 +9,6 @@ PURE: imports only the standard library.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -42,13 +41,23 @@ class FairQueue:
     head holds the earliest one. A hot reload may shorten the timeout of later
     arrivals: from the first push whose deadline is earlier than the tail's
     until the queue is empty again, expiry uses a heap beside the FIFO.
+
+    The FIFO is a list read from a head index, of (seq, request) entries: every
+    operation of the hot path (push, pop the head, read its deadline) is a native
+    list operation in the compiled build. A removed request's entry stays in the
+    list, stale, until the head passes it; the list is compacted when the head
+    has passed half of it, and rebuilt when stale entries outnumber live ones.
+    The head entry is always live (its request waits, and the entry is its latest).
     """
 
     def __init__(self) -> None:
-        self._items: OrderedDict[int, tuple[int, QueuedRequest]] = OrderedDict()
-        # The ids of waiting requests, oldest first: a live read-only view for the pool's
-        # hot path, where `if queue.waiting` and `rid in queue.waiting` cost no Python call.
+        # id -> (seq, request), its entry in the FIFO: membership, removal, staleness.
+        self._items: dict[int, tuple[int, QueuedRequest]] = {}
+        # The ids of waiting requests: a live read-only view for the pool's hot path,
+        # where `if queue.waiting` and `rid in queue.waiting` cost no Python call.
         self.waiting = self._items.keys()
+        self._fifo: list[tuple[int, QueuedRequest]] = []
+        self._head = 0  # index of the head entry in _fifo (== len(_fifo) when empty)
         # None while deadlines are in FIFO order, else (deadline_s, seq, request_id).
         self._heap: list[tuple[float, int, int]] | None = None
         self._tail_deadline_s = float("-inf")
@@ -68,7 +77,19 @@ class FairQueue:
 
     def __iter__(self) -> Iterator[QueuedRequest]:
         """Waiting requests, oldest first."""
-        return (item for _, item in self._items.values())
+        return iter(self._live())
+
+    def _live(self) -> list[QueuedRequest]:
+        return [entry[1] for entry in self._fifo[self._head :] if self._is_live(entry)]
+
+    def _is_live(self, entry: tuple[int, QueuedRequest]) -> bool:
+        """Whether `entry` is its request's current one (not removed, not re-queued).
+
+        Compared by sequence number, not identity: compiled, a tuple is a C struct
+        and boxed anew each time it is stored or read.
+        """
+        current = self._items.get(entry[1].request_id)
+        return current is not None and current[0] == entry[0]
 
     def push(self, item: QueuedRequest) -> None:
         """Append a request at the tail.
@@ -76,21 +97,24 @@ class FairQueue:
         Raises:
             ValueError: the request id is already waiting.
         """
-        if item.request_id in self._items:
-            raise ValueError(f"request {item.request_id} is already queued")
+        request_id = item.request_id
+        if request_id in self._items:
+            raise ValueError(f"request {request_id} is already queued")
         self._seq += 1
-        self._items[item.request_id] = (self._seq, item)
+        entry = (self._seq, item)
+        self._items[request_id] = entry
+        self._fifo.append(entry)
         heap = self._heap
         if heap is not None:
-            heapq.heappush(heap, (item.deadline_s, self._seq, item.request_id))
+            heapq.heappush(heap, (item.deadline_s, self._seq, request_id))
         elif item.deadline_s >= self._tail_deadline_s:
             self._tail_deadline_s = item.deadline_s
             if len(self._items) == 1:
                 self._head_deadline_s = item.deadline_s
         else:  # out of order: a heap until the queue empties
             self._heap = [
-                (queued.deadline_s, seq, request_id)
-                for request_id, (seq, queued) in self._items.items()
+                (queued.deadline_s, seq, queued_id)
+                for queued_id, (seq, queued) in self._items.items()
             ]
             heapq.heapify(self._heap)
 
@@ -103,7 +127,7 @@ class FairQueue:
         """
         if item.request_id in self._items:
             raise ValueError(f"request {item.request_id} is already queued")
-        items = [queued for _, queued in self._items.values()]
+        items = self._live()
         key = (item.arrived_s, item.request_id)  # ids are issued in arrival order
         position = 0
         while position < len(items) and (items[position].arrived_s, items[position].request_id) < key:
@@ -115,15 +139,17 @@ class FairQueue:
             self.push(queued)
 
     def oldest(self) -> QueuedRequest | None:
-        for _, item in self._items.values():
-            return item
+        if self._items:
+            return self._fifo[self._head][1]
         return None
 
     def pop_oldest(self) -> QueuedRequest:
         """Remove and return the head (rule 5). Raises IndexError when empty."""
         if not self._items:
             raise IndexError("pop from an empty FairQueue")
-        _, (_, item) = self._items.popitem(last=False)
+        item = self._fifo[self._head][1]
+        del self._items[item.request_id]
+        self._head += 1
         self._compact()
         return item
 
@@ -135,25 +161,21 @@ class FairQueue:
         self._compact()
         return entry[1]
 
-    def _peek_head(self) -> None:
-        """FIFO order: keep `_head_deadline_s` after the head left."""
-        for _, head in self._items.values():
-            self._head_deadline_s = head.deadline_s
-            return
-        self._head_deadline_s = None
-
     def pop_expired(self, now: float) -> list[QueuedRequest]:
         """Remove and return every request whose deadline is <= now, oldest first."""
         heap = self._heap
         items = self._items
         if heap is None:
             expired_in_order: list[QueuedRequest] = []
+            fifo = self._fifo
             while items:
-                _, head = next(iter(items.values()))
+                head = fifo[self._head][1]
                 if head.deadline_s > now:
                     break
-                items.popitem(last=False)
+                del items[head.request_id]
                 expired_in_order.append(head)
+                self._head += 1
+                self._skip_stale()
             self._compact()
             return expired_in_order
         expired: list[tuple[int, QueuedRequest]] = []
@@ -182,22 +204,44 @@ class FairQueue:
 
     def clear(self) -> list[QueuedRequest]:
         """Remove and return every waiting request, oldest first."""
-        items = [item for _, item in self._items.values()]
+        items = self._live()
         self._items.clear()
         self._compact()
         return items
 
+    def _skip_stale(self) -> None:
+        """Move the head past removed requests' entries, so that it is live again."""
+        fifo = self._fifo
+        head = self._head
+        while head < len(fifo) and not self._is_live(fifo[head]):
+            head += 1
+        self._head = head
+
     def _compact(self) -> None:
-        """After removals: the heap dropped when empty or rebuilt when stale, the FIFO head kept."""
-        if not self._items:
+        """After removals: the head made live again, the passed part of the FIFO dropped,
+        stale entries pruned, the heap dropped when empty or rebuilt when stale."""
+        items = self._items
+        if not items:
+            self._fifo.clear()
+            self._head = 0
             self._heap = None  # empty: in order again
             self._tail_deadline_s = float("-inf")
             self._head_deadline_s = None
-        elif self._heap is None:
-            self._peek_head()
-        elif len(self._heap) > _HEAP_SLACK_FACTOR * len(self._items) + 8:
+            return
+        self._skip_stale()
+        fifo = self._fifo
+        if len(fifo) - self._head > _HEAP_SLACK_FACTOR * len(items) + 8:
+            self._fifo = [entry for entry in fifo[self._head :] if self._is_live(entry)]
+            self._head = 0
+        elif self._head > 32 and self._head * 2 > len(fifo):
+            del fifo[: self._head]
+            self._head = 0
+        heap = self._heap
+        if heap is None:
+            self._head_deadline_s = self._fifo[self._head][1].deadline_s
+        elif len(heap) > _HEAP_SLACK_FACTOR * len(items) + 8:
             self._heap = [
                 (item.deadline_s, seq, request_id)
-                for request_id, (seq, item) in self._items.items()
+                for request_id, (seq, item) in items.items()
             ]
             heapq.heapify(self._heap)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from lightnode.observe.metrics import (
     Histogram,
     MetricsCollector,
     RequestMetrics,
+    bucket_index,
 )
 from lightnode.pool.snapshot import PoolSnapshot
 
@@ -118,6 +120,13 @@ class World:
 
 
 # ---------------------------------------------------------------- histogram
+
+
+@pytest.mark.parametrize("bounds", [[], [5], [1, 2, 3], [round(b * 1e6) for b in DURATION_BUCKETS_S]])
+def test_bucket_index_is_bisect_left(bounds: list[int]) -> None:
+    values = [-1, 0, 1, 2, 3, 4, 5, 6, 10**12, *bounds, *(b - 1 for b in bounds), *(b + 1 for b in bounds)]
+    for value in values:
+        assert bucket_index(bounds, value) == bisect.bisect_left(bounds, value), (bounds, value)
 
 
 def test_histogram_bucket_bounds_are_inclusive_and_cumulative() -> None:

@@ -162,3 +162,27 @@ def test_reinsert_puts_a_request_back_in_arrival_order() -> None:
     assert [i.request_id for i in q] == [8, 9]
     with pytest.raises(ValueError):
         q.reinsert(item(9, 5.0, 15.0))
+
+
+def test_a_queue_that_streams_or_loses_requests_keeps_its_fifo_small() -> None:
+    """Removed and popped entries leave the FIFO list: its length follows the live
+    requests, not the requests ever queued."""
+    q = FairQueue()
+    rid = 0
+    for _ in range(5_000):  # steady state: five waiting, one in, one out
+        q.push(item(rid, float(rid), float(rid) + 10.0))
+        rid += 1
+        if len(q) > 5:
+            q.pop_oldest()
+    assert len(q) == 5 and len(q._fifo) <= 2 * 5 + 8 + 40
+    for _ in range(1_000):  # cancellations anywhere but the head
+        q.push(item(rid, float(rid), float(rid) + 10.0))
+        rid += 1
+        q.remove(rid - 3)
+    assert len(q._fifo) <= 2 * len(q) + 8 + 1
+    live = [i.request_id for i in q]
+    assert live == sorted(live) and len(live) == len(q)
+    assert q.next_deadline() == q.oldest().deadline_s  # type: ignore[union-attr]
+    while q:
+        q.pop_oldest()
+    assert q._fifo == [] and q.next_deadline() is None
