@@ -20,7 +20,15 @@ an attribute narrowed by mypy (`x = None`, then `if x is None` after a call that
 sets it) is trusted, and the read is checked against the narrowed type; a value
 whose library stub is wrong (httptools' absent URL fields are None, typed bytes)
 fails its check; a bytes slice whose start is past its end raises SystemError
-instead of giving b"". CI runs every test on both builds to find the next one.
+instead of giving b""; a fixed-length tuple is a C struct, boxed anew at each
+read, so `is` between two reads of one tuple is False (compare a field instead);
+a Final tuple read from the lambda of a dataclass field raised NameError ("value
+for final name ... was not set"). CI runs every test on both builds to find the
+next one.
+
+Cost, not behaviour: a module name that is not Final is a dict lookup at each
+use in compiled code, a Final one a C variable; tests/unit/test_hotbuild.py keeps
+the names the hot modules bind Final.
 
 Imports: standard library only (setup.py loads this file before anything is installed).
 """
