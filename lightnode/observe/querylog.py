@@ -105,24 +105,23 @@ class QueryLog:
             self._time_text(record.time)  # sets _second and _second_text
         request_id = record.request_id
         if '"' not in request_id and "\\" not in request_id and request_id.isprintable():
-            request_id = f'"{request_id}"'
+            quote = '"'  # the id as it is, quoted in the line's one f-string
         else:
-            request_id = json_string(request_id)
+            request_id, quote = json_string(request_id), ""
         key = (record.service_id, record.endpoint_id, record.generation, record.status,
                record.error_type)  # fmt: skip
         middle = self._fragments.get(key)
         if middle is None:
             middle = self._fragment(key)
         client = self._literals.get(record.client) or self._literal(record.client)
-        line = (
-            f'{{"time":"{self._second_text}{_MILLIS[millis % 1000]}","requestId":{request_id},'
+        end = ',"params":' + params_json(record.params) + "}\n" if self.log_params else "}\n"
+        data = (
+            f'{{"time":"{self._second_text}{_MILLIS[millis % 1000]}",'
+            f'"requestId":{quote}{request_id}{quote},'
             f'{middle}"wait":{record.wait_us},"execution":{record.execution_us},'
             f'"functionInternal":{record.function_us},"total":{record.total_us},'
-            f'"client":{client}'
-        )
-        if self.log_params:
-            line += ',"params":' + params_json(record.params)
-        data = (line + "}\n").encode()
+            f'"client":{client}{end}'
+        ).encode()
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered >= FLUSH_BYTES:
