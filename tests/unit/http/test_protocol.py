@@ -10,7 +10,7 @@ import pytest
 from http_fakes import FakeApp, answer, connect
 
 from lightnode.config.model import ServerLimits
-from lightnode.http.protocol import ServerState, client_request_id, new_request_id
+from lightnode.http.protocol import ServerState, _decimal, client_request_id, new_request_id
 
 GET = b"GET /public/api/v1/ping?a=1&b=x HTTP/1.1\r\nHost: node\r\nUser-Agent: t\r\n\r\n"
 
@@ -384,3 +384,20 @@ def test_special_headers_are_found_in_any_spelling_and_values_lose_trailing_spac
     assert ex.header(b"authorization") == b"Basic abc"
     c.feed(b"GET /p HTTP/1.1\r\nHOST: a\r\nhost: b\r\n\r\n")
     assert c.responses()[-1].status == 400  # a second Host, whatever the spelling
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"0", b"7", b"16", b"0016", b"123456789012345678", b"1234567890123456789", b"99999999999999999999",
+     b"12 ", b" 12", b"1_000", b"+5", b"-5", b"", b"1a", b"\xd9\xa3"],
+)  # fmt: skip
+def test_content_length_digits_read_as_int_does(value: bytes) -> None:
+    try:
+        expected: int | type[ValueError] = int(value)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: int | type[ValueError] = _decimal(value)
+    except ValueError:
+        got = ValueError
+    assert got == expected
