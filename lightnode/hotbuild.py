@@ -67,6 +67,7 @@ HOT_MODULES = (
     "lightnode.pool.states",
     "lightnode.observe.querylog",
     "lightnode.observe.metrics",
+    "lightnode.config.model",
 )
 MANIFEST = "hotbuild.json"  # in the package directory, written by setup.py
 GROUP_NAME = "lightnode_hot"  # mypyc's shared library: lightnode_hot__mypyc.<abi>.so
