@@ -68,6 +68,7 @@ HOT_MODULES = (
     "lightnode.observe.querylog",
     "lightnode.observe.metrics",
     "lightnode.config.model",
+    "lightnode.pool.snapshot",
 )
 MANIFEST = "hotbuild.json"  # in the package directory, written by setup.py
 GROUP_NAME = "lightnode_hot"  # mypyc's shared library: lightnode_hot__mypyc.<abi>.so
