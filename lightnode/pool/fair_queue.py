@@ -80,7 +80,11 @@ class FairQueue:
         return iter(self._live())
 
     def _live(self) -> list[QueuedRequest]:
-        return [entry[1] for entry in self._fifo[self._head :] if self._is_live(entry)]
+        return [entry[1] for entry in self._live_entries()]
+
+    def _live_entries(self) -> list[tuple[int, QueuedRequest]]:
+        """The FIFO's entries from the head on, without the stale ones."""
+        return [entry for entry in self._fifo[self._head :] if self._is_live(entry)]
 
     def _is_live(self, entry: tuple[int, QueuedRequest]) -> bool:
         """Whether `entry` is its request's current one (not removed, not re-queued).
@@ -231,7 +235,7 @@ class FairQueue:
         self._skip_stale()
         fifo = self._fifo
         if len(fifo) - self._head > _HEAP_SLACK_FACTOR * len(items) + 8:
-            self._fifo = [entry for entry in fifo[self._head :] if self._is_live(entry)]
+            self._fifo = self._live_entries()
             self._head = 0
         elif self._head > 32 and self._head * 2 > len(fifo):
             del fifo[: self._head]
