@@ -64,12 +64,15 @@ _HOST: Final = 1
 _TRANSFER_ENCODING: Final = 2
 _EXPECT: Final = 3
 _REQUEST_ID: Final = 4
+_CONNECTION: Final = 5  # llhttp reads both for keep-alive (see on_headers_complete)
 _SPECIAL_HEADERS: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"host": _HOST,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"expect": _EXPECT,
     b"x-request-id": _REQUEST_ID,
+    b"connection": _CONNECTION,
+    b"proxy-connection": _CONNECTION,
 }
 # The usual spellings too, found without lower-casing the name; another spelling
 # is lower-cased only when its length is one of theirs.
@@ -234,6 +237,7 @@ class HttpProtocol:
         self._content_length = 0
         self._host_count = 0
         self._has_transfer_encoding = False
+        self._has_connection = False  # a Connection or Proxy-Connection header
         self._expect_continue = False
         self._request_id: str | None = None
         self._http10 = False
@@ -416,6 +420,7 @@ class HttpProtocol:
         self._content_length = 0
         self._host_count = 0
         self._has_transfer_encoding = False
+        self._has_connection = False
         self._expect_continue = False
         self._request_id = None
 
@@ -460,6 +465,8 @@ class HttpProtocol:
             self._has_transfer_encoding = True
         elif kind == _EXPECT:
             self._expect_continue = value.lower() == b"100-continue"
+        elif kind == _CONNECTION:
+            self._has_connection = True
         elif self._request_id is None:
             self._request_id = client_request_id(value)
 
@@ -468,15 +475,23 @@ class HttpProtocol:
         if self._header_timer is not None:
             self._cancel_header_timer()
         self._body_progress_s = 0.0
-        version = self._parser.get_http_version()
-        if version != "1.1":
-            if version != "1.0":
-                self._reject_in_parser(400, "BadRequest", f"Unsupported HTTP version {version}")
-            if self._has_transfer_encoding:  # RFC 9112 §6.1: faulty framing
-                self._reject_in_parser(
-                    400, "BadRequest", "Transfer-Encoding in an HTTP/1.0 request"
-                )
-        self._http10 = version == "1.0"
+        parser = self._parser
+        if self._has_connection or not parser.should_keep_alive():
+            version = parser.get_http_version()
+            if version != "1.1":
+                if version != "1.0":
+                    self._reject_in_parser(400, "BadRequest", f"Unsupported HTTP version {version}")
+                if self._has_transfer_encoding:  # RFC 9112 §6.1: faulty framing
+                    self._reject_in_parser(
+                        400, "BadRequest", "Transfer-Encoding in an HTTP/1.0 request"
+                    )
+            self._http10 = version == "1.0"
+        else:
+            # HTTP/1.1 without asking: llhttp parses only the versions 0.9, 1.0, 1.1 and
+            # 2.0, and without a Connection (or Proxy-Connection) header keeps alive
+            # 1.1 alone (major > 0 and minor > 0). get_http_version() formats a string
+            # (about 4 % of the node's work per request), should_keep_alive() reads flags.
+            self._http10 = False
         if self._host_count > 1:  # RFC 9112 §3.2
             self._reject_in_parser(400, "BadRequest", "More than one Host header")
         pieces = self._url

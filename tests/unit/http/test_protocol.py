@@ -401,3 +401,51 @@ def test_content_length_digits_read_as_int_does(value: bytes) -> None:
     except ValueError:
         got = ValueError
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "http10", "keep_alive"),
+    [
+        (b"GET /v HTTP/1.1\r\n\r\n", False, True),
+        (b"GET /v HTTP/1.1\r\nConnection: close\r\n\r\n", False, False),
+        (b"GET /v HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", False, True),
+        (b"GET /v HTTP/1.0\r\n\r\n", True, False),
+        (b"GET /v HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True, True),
+        # llhttp reads Proxy-Connection as Connection: still HTTP/1.0
+        (b"GET /v HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n", True, True),
+        (b"GET /v HTTP/1.0\r\nPROXY-CONNECTION: Keep-Alive\r\n\r\n", True, True),
+    ],
+)
+def test_http_version_is_read_right_with_and_without_connection_headers(
+    raw: bytes, http10: bool, keep_alive: bool
+) -> None:
+    c = connect()
+    c.feed(raw)
+    (ex,) = c.app.exchanges
+    assert ex.keep_alive is keep_alive
+    assert ex.http10_keep_alive is (http10 and keep_alive)
+    (response,) = c.responses()
+    if http10 and keep_alive:
+        assert response.header("connection") == "keep-alive"  # only said to HTTP/1.0
+    elif not keep_alive:
+        assert response.header("connection") == "close"
+    else:
+        assert response.header("connection") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/2.0\r\nConnection: keep-alive\r\n\r\n",
+        b"GET / HTTP/0.9\r\nConnection: keep-alive\r\n\r\n",
+        b"GET / HTTP/2.0\r\nProxy-Connection: keep-alive\r\n\r\n",
+        b"GET / HTTP/0.9\r\n\r\n",
+    ],
+)
+def test_versions_other_than_1_0_and_1_1_are_refused_even_when_kept_alive(raw: bytes) -> None:
+    c = connect()
+    c.feed(raw)
+    assert c.app.exchanges == []
+    (response,) = c.responses()
+    assert response.status == 400
+    assert b"Unsupported HTTP version" in response.body
