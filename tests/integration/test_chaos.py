@@ -221,6 +221,7 @@ def test_ten_thousand_garbage_inputs_on_raw_sockets(node: Node) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 200,000 inputs, 96 s here: over the default 60 s
 def test_garbage_long(node: Node) -> None:
     for seed in range(10):
         run_garbage(node, 20_000, seed=seed)
