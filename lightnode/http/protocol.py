@@ -79,6 +79,15 @@ _SPECIAL_HEADERS: Final = {
 _SPECIAL_HEADERS.update({name.title(): kind for name, kind in _SPECIAL_HEADERS.items()})
 _SPECIAL_HEADERS[b"X-Request-ID"] = _REQUEST_ID
 _SPECIAL_LENGTHS: Final = frozenset(len(name) for name in _SPECIAL_HEADERS)
+# Headers of the usual clients whose length is one of theirs: found as ordinary at the
+# first lookup, not lower-cased and looked up again.
+_ORDINARY: Final = -1
+_SPECIAL_HEADERS.update(
+    (spelling, _ORDINARY)
+    for name in (b"accept", b"cookie", b"origin", b"content-type", b"user-agent", b"keep-alive",
+                 b"content-encoding")  # fmt: skip
+    for spelling in (name, name.title())
+)
 
 _HASH: Final = ord("#")
 _QUESTION: Final = ord("?")
@@ -445,7 +454,9 @@ class HttpProtocol:
                 kind = _SPECIAL_HEADERS.get(name.lower())
                 if kind is None:
                     return
-            # The two in most requests inline, the others in _special_header().
+            if kind == _ORDINARY:
+                return
+            # Host, Content-Length and Connection inline, the rarer ones in _special_header().
             if kind == _HOST:
                 self._host_count += 1
             elif kind == _CONTENT_LENGTH:
@@ -453,20 +464,20 @@ class HttpProtocol:
                     self._content_length = _decimal(value)  # llhttp checked the digits
                 except ValueError:
                     self._reject_in_parser(400, "BadRequest", "Invalid Content-Length")
+            elif kind == _CONNECTION:  # its value is llhttp's to read
+                self._has_connection = True
             else:
                 self._special_header(kind, value)
         elif name.lower() in _FORBIDDEN_TRAILERS:  # a trailer field: checked, then dropped
             self._reject_in_parser(400, "BadRequest", "Forbidden trailer field")
 
     def _special_header(self, kind: int, value: bytes) -> None:
-        """The headers of `_SPECIAL_HEADERS` but Host and Content-Length (see on_header)."""
+        """Transfer-Encoding, Expect and X-Request-ID (see on_header for the others)."""
         value = value.rstrip(b" \t")  # llhttp drops leading whitespace only (RFC 9110 §5.5)
         if kind == _TRANSFER_ENCODING:
             self._has_transfer_encoding = True
         elif kind == _EXPECT:
             self._expect_continue = value.lower() == b"100-continue"
-        elif kind == _CONNECTION:
-            self._has_connection = True
         elif self._request_id is None:
             self._request_id = client_request_id(value)
 

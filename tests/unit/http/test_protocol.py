@@ -10,7 +10,15 @@ import pytest
 from http_fakes import FakeApp, answer, connect
 
 from lightnode.config.model import ServerLimits
-from lightnode.http.protocol import ServerState, _decimal, client_request_id, new_request_id
+from lightnode.http.protocol import (
+    _ORDINARY,
+    _SPECIAL_HEADERS,
+    _SPECIAL_LENGTHS,
+    ServerState,
+    _decimal,
+    client_request_id,
+    new_request_id,
+)
 
 GET = b"GET /public/api/v1/ping?a=1&b=x HTTP/1.1\r\nHost: node\r\nUser-Agent: t\r\n\r\n"
 
@@ -449,3 +457,33 @@ def test_versions_other_than_1_0_and_1_1_are_refused_even_when_kept_alive(raw: b
     (response,) = c.responses()
     assert response.status == 400
     assert b"Unsupported HTTP version" in response.body
+
+
+ORDINARY_HEAD = (
+    b"User-Agent: agent-1\r\nAccept: */*\r\nContent-Type: application/json\r\n"
+    b"Keep-Alive: timeout=5\r\nCookie: c=1\r\nOrigin: http://o\r\n"
+    b"Content-Encoding: identity\r\nuser-agent: agent-2\r\nUSER-AGENT: agent-3\r\n"
+)
+
+
+def test_ordinary_headers_of_a_special_length_are_kept_and_read_as_nothing_else() -> None:
+    c = connect()
+    body = b'{"a": 1}'
+    c.feed(b"POST /p HTTP/1.1\r\nHost: h\r\n" + ORDINARY_HEAD
+           + b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+    (ex,) = c.app.exchanges
+    assert ex.body == body
+    assert ex.keep_alive is True and ex.http10_keep_alive is False
+    assert "agent" not in ex.request_id  # none of them was taken for X-Request-ID
+    assert ex.header(b"user-agent") == b"agent-1"
+    assert ex.header(b"content-type") == b"application/json"
+    assert len(ex.headers) == 11
+
+
+def test_the_ordinary_entries_collide_in_length_with_a_special_header_and_hide_none() -> None:
+    ordinary = {name for name, kind in _SPECIAL_HEADERS.items() if kind == _ORDINARY}
+    assert ordinary
+    for name in ordinary:
+        assert len(name) in _SPECIAL_LENGTHS  # otherwise the length test alone skips it
+    special = {name.lower() for name, kind in _SPECIAL_HEADERS.items() if kind != _ORDINARY}
+    assert not {name.lower() for name in ordinary} & special
