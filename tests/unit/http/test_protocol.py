@@ -487,3 +487,16 @@ def test_the_ordinary_entries_collide_in_length_with_a_special_header_and_hide_n
         assert len(name) in _SPECIAL_LENGTHS  # otherwise the length test alone skips it
     special = {name.lower() for name, kind in _SPECIAL_HEADERS.items() if kind != _ORDINARY}
     assert not {name.lower() for name in ordinary} & special
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.9", b"2.1", b"3.0", b"3.1", b"9.9", b"0.1"])
+def test_other_versions_are_refused_without_a_connection_header(version: bytes) -> None:
+    # on_headers_complete takes a kept-alive request without a Connection header for
+    # HTTP/1.1 because llhttp parses no other version that it would keep alive: were a
+    # newer llhttp to accept HTTP/1.2, say, this fails instead of serving it as 1.1.
+    c = connect()
+    c.feed(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n")
+    assert c.app.exchanges == []
+    (response,) = c.responses()
+    assert response.status == 400
+    assert b"HTTP version" in response.body
