@@ -143,6 +143,29 @@ def test_malformed_requests_get_400_and_close(raw: bytes) -> None:
     assert c.app.exchanges == []
 
 
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # Asking to be kept alive: the version is read and refused (on_headers_complete).
+        (b"GET / HTTP/2.0\r\nConnection: keep-alive\r\n\r\n", b"Unsupported HTTP version 2.0"),
+        (b"GET / HTTP/0.9\r\nConnection: keep-alive\r\n\r\n", b"Unsupported HTTP version 0.9"),
+        (b"GET / HTTP/2.0\r\nProxy-Connection: keep-alive\r\n\r\n", b"Unsupported HTTP version 2.0"),
+        (b"GET / HTTP/0.9\r\n\r\n", b"Unsupported HTTP version 0.9"),
+        # on_headers_complete takes a kept-alive request without a Connection header for
+        # HTTP/1.1 because llhttp parses no other version that it would keep alive: were
+        # a newer llhttp to accept HTTP/1.2, say, these fail instead of serving it as 1.1.
+        *((b"GET / HTTP/" + v + b"\r\nHost: h\r\n\r\n", b"HTTP version")
+          for v in (b"1.2", b"1.9", b"2.1", b"3.0", b"3.1", b"9.9", b"0.1")),
+    ],
+)  # fmt: skip
+def test_versions_other_than_1_0_and_1_1_are_refused(raw: bytes, message: bytes) -> None:
+    c = connect()
+    c.feed(raw)
+    refused_with(c, 400, "BadRequest")
+    assert message in c.responses()[-1].body
+    assert c.app.exchanges == []
+
 def test_asterisk_target_is_fine_for_options() -> None:
     c = connect()
     c.feed(b"OPTIONS * HTTP/1.1\r\n\r\n")

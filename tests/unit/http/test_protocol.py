@@ -441,24 +441,6 @@ def test_http_version_is_read_right_with_and_without_connection_headers(
         assert response.header("connection") is None
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"GET / HTTP/2.0\r\nConnection: keep-alive\r\n\r\n",
-        b"GET / HTTP/0.9\r\nConnection: keep-alive\r\n\r\n",
-        b"GET / HTTP/2.0\r\nProxy-Connection: keep-alive\r\n\r\n",
-        b"GET / HTTP/0.9\r\n\r\n",
-    ],
-)
-def test_versions_other_than_1_0_and_1_1_are_refused_even_when_kept_alive(raw: bytes) -> None:
-    c = connect()
-    c.feed(raw)
-    assert c.app.exchanges == []
-    (response,) = c.responses()
-    assert response.status == 400
-    assert b"Unsupported HTTP version" in response.body
-
-
 ORDINARY_HEAD = (
     b"User-Agent: agent-1\r\nAccept: */*\r\nContent-Type: application/json\r\n"
     b"Keep-Alive: timeout=5\r\nCookie: c=1\r\nOrigin: http://o\r\n"
@@ -488,15 +470,3 @@ def test_the_ordinary_entries_collide_in_length_with_a_special_header_and_hide_n
     special = {name.lower() for name, kind in _SPECIAL_HEADERS.items() if kind != _ORDINARY}
     assert not {name.lower() for name in ordinary} & special
 
-
-@pytest.mark.parametrize("version", [b"1.2", b"1.9", b"2.1", b"3.0", b"3.1", b"9.9", b"0.1"])
-def test_other_versions_are_refused_without_a_connection_header(version: bytes) -> None:
-    # on_headers_complete takes a kept-alive request without a Connection header for
-    # HTTP/1.1 because llhttp parses no other version that it would keep alive: were a
-    # newer llhttp to accept HTTP/1.2, say, this fails instead of serving it as 1.1.
-    c = connect()
-    c.feed(b"GET / HTTP/" + version + b"\r\nHost: h\r\n\r\n")
-    assert c.app.exchanges == []
-    (response,) = c.responses()
-    assert response.status == 400
-    assert b"HTTP version" in response.body
