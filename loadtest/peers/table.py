@@ -95,13 +95,16 @@ def _times(value: float | None) -> str:
 
 
 def _per_round(ratios: Sequence[float]) -> str:
-    """The median of per-round ratios, and their range when there are several."""
+    """The median of per-round ratios; with several, their range and how many rounds
+    lightnode won (a peer's ratio below 1.0): on a machine whose speed drifts, the count
+    tells a tie from a loss better than either median."""
     if not ratios:
         return "–"
     median = f"{statistics.median(ratios):.2f}×"
     if len(ratios) == 1:
         return median
-    return f"{median} ({min(ratios):.2f}–{max(ratios):.2f})"
+    won = sum(1 for value in ratios if value < 1.0)
+    return f"{median} ({min(ratios):.2f}–{max(ratios):.2f}; lightnode ahead {won}/{len(ratios)})"
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:

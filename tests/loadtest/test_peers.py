@@ -269,7 +269,8 @@ def test_ratios_per_round_pair_each_server_with_lightnode_in_the_same_round() ->
     line = next(line for line in text.splitlines() if line.startswith("| peer"))
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     # ratio of medians (120 / 100), then the median of the three paired ratios and their range
-    assert cells[2:4] == ["1.20×", "0.91× (0.90–2.33)"]
+    # and in how many rounds lightnode served more (the peer's ratio below 1.0)
+    assert cells[2:4] == ["1.20×", "0.91× (0.90–2.33; lightnode ahead 2/3)"]
 
 
 def test_ratios_are_blank_without_lightnode() -> None:
