@@ -123,3 +123,9 @@ def test_shipped_results_tally(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.skip("the 2026-11-28 results are not in this tree")
     assert tally.main(files) == tally.EXIT_OK
     assert "| spin c=64 | gunicorn-uvicorn |" in capsys.readouterr().out
+
+
+def test_a_round_the_peer_matches_is_not_won() -> None:
+    even = [_run("lightnode", 100, 1), _run("peer", 100, 1)]
+    (row,) = tally.pool_rounds([even])
+    assert (row["won"], len(row["ratios"])) == (0, 1)
