@@ -86,6 +86,11 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     return value / reference
 
 
+def rounds_won(ratios: Iterable[float]) -> int:
+    """The rounds lightnode won: those where the peer's ratio to it is below 1.0."""
+    return sum(1 for value in ratios if value < 1.0)
+
+
 def _num(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -103,7 +108,7 @@ def _per_round(ratios: Sequence[float]) -> str:
     median = f"{statistics.median(ratios):.2f}×"
     if len(ratios) == 1:
         return median
-    won = sum(1 for value in ratios if value < 1.0)
+    won = rounds_won(ratios)
     return f"{median} ({min(ratios):.2f}–{max(ratios):.2f}; lightnode ahead {won}/{len(ratios)})"
 
 

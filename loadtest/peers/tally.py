@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.peers.table import REFERENCE, summarize
+from loadtest.peers.table import REFERENCE, rounds_won, summarize
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -58,7 +58,7 @@ def pool_rounds(runs_per_file: Iterable[Sequence[Mapping[str, Any]]]) -> list[di
         rows.append(
             {
                 **entry,
-                "won": sum(1 for value in ratios if value < 1.0),
+                "won": rounds_won(ratios),
                 "median": statistics.median(ratios),
                 "low": min(ratios),
                 "high": max(ratios),
