@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import ujson
-
 from lightnode.errors import LightnodeError
+from lightnode.http.responses import json_bytes
 
 
 class Responder(Protocol):
@@ -132,12 +131,12 @@ class Exchange:
     def respond_json(
         self, status: int, payload: object, headers: Sequence[tuple[str, str]] = ()
     ) -> None:
-        self.respond(status, ujson.dumps(payload, ensure_ascii=False).encode(), headers)
+        self.respond(status, json_bytes(payload), headers)
 
     def respond_error(self, error: LightnodeError, *, close: bool = False) -> None:
         self.respond(
             error.status,
-            ujson.dumps(error.payload(), ensure_ascii=False).encode(),
+            json_bytes(error.payload()),
             error.headers,
             close=close,
         )

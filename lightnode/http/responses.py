@@ -116,6 +116,19 @@ def render_response(
     return b"".join(parts)
 
 
+def json_bytes(payload: object) -> bytes:
+    """`payload` as UTF-8 JSON for a response body.
+
+    Text the node did not write (a user exception's message, echoed client input) may
+    hold a lone surrogate, which UTF-8 cannot carry: then the body escapes non-ASCII as
+    `\\uXXXX`, still valid JSON, rather than failing the answer.
+    """
+    try:
+        return ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False).encode()
+    except UnicodeEncodeError:
+        return ujson.dumps(payload, escape_forward_slashes=False).encode()
+
+
 def error_body(error_type: str, message: str, detailed_message: str | None = None) -> bytes:
     """The SPEC §3.4 error body."""
     payload = {
@@ -123,7 +136,7 @@ def error_body(error_type: str, message: str, detailed_message: str | None = Non
         "message": message,
         "detailedMessage": message if detailed_message is None else detailed_message,
     }
-    return ujson.dumps(payload, ensure_ascii=False).encode()
+    return json_bytes(payload)
 
 
 def render_error(
