@@ -7,6 +7,7 @@ path such as `/public/api/v1/../x/run` can never reach the filesystem.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
@@ -73,8 +74,18 @@ def parse_path(path: bytes) -> Route | None:
         _KNOWN[path] = route
         return route
     if path.startswith(b"/admin/api/"):
-        return Route(RouteKind.ADMIN, rest=unquote(path[len(b"/admin/api/") :].decode("latin-1")))
+        return Route(RouteKind.ADMIN, rest=_admin_rest(path[len(b"/admin/api/") :]))
     return None
+
+
+def _admin_rest(raw: bytes) -> str:
+    """The admin path after /admin/api/, split before decoding as /run paths are.
+
+    An encoded slash stays in its segment, written `%2F` (the admin API splits `rest`
+    on "/"): `services/demo%2Fstats` names the service `demo/stats`, which id
+    validation refuses, never the stats route of `demo`.
+    """
+    return "/".join(unquote(segment).replace("/", "%2F") for segment in raw.decode("latin-1").split("/"))
 
 
 def _parse_run(path: bytes) -> Route:
@@ -95,6 +106,13 @@ def _parse_run(path: bytes) -> Route:
     return Route(RouteKind.RUN, service, endpoint)
 
 
+# A JSON number literal (RFC 8259 §6), ASCII digits only: what a query value must be,
+# whole, to become a number. int() and float() also take "01234", "1_000", " 42 ",
+# "+5", ".5", "inf" and non-ASCII digits, which stay strings.
+_JSON_NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_LITERALS: Final[dict[str, object]] = {"true": True, "false": False, "null": None}
+
+
 def query_to_object(query: bytes) -> dict[str, object]:
     """GET /run?a=1&b=x -> {"a": 1, "b": "x"} (SPEC §3.3): literals typed, the rest strings."""
     from urllib.parse import parse_qsl
@@ -106,15 +124,20 @@ def query_to_object(query: bytes) -> dict[str, object]:
 
 
 def _typed(text: str) -> object:
-    literals: dict[str, object] = {"true": True, "false": False, "null": None}
-    if text in literals:
-        return literals[text]
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
+    """`true`/`false`/`null` and JSON number literals typed; anything else is the string.
+
+    An integer literal is an int, one with a fraction or an exponent a float; one
+    that is no finite float (1e999) or longer than int() reads stays a string.
+    """
+    if text in _LITERALS:
+        return _LITERALS[text]
+    match = _JSON_NUMBER.fullmatch(text)
+    if match is None:
         return text
-    return number if number == number and abs(number) != float("inf") else text
+    try:
+        if match.group(1) is None and match.group(2) is None:
+            return int(text)
+        number = float(text)
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        return text
+    return number if abs(number) != float("inf") else text

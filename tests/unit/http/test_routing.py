@@ -59,3 +59,79 @@ def test_query_typing() -> None:
     assert query_to_object(b"a=1&b=x&c=true&d=false&e=null&f=2.5&g=&h=%20s&i=nan") == {
         "a": 1, "b": "x", "c": True, "d": False, "e": None, "f": 2.5, "g": "", "h": " s", "i": "nan",
     }
+
+
+@pytest.mark.parametrize(
+    ("query", "value"),
+    [
+        (b"v=0", 0),
+        (b"v=-7", -7),
+        (b"v=42", 42),
+        (b"v=12345678901234567890123", 12345678901234567890123),
+        (b"v=2.5", 2.5),
+        (b"v=-0.125", -0.125),
+        (b"v=1e3", 1000.0),
+        (b"v=1.5E-2", 0.015),
+        (b"v=2e%2B2", 200.0),
+        (b"v=true", True),
+        (b"v=false", False),
+        (b"v=null", None),
+    ],
+)
+def test_query_json_number_literals_are_typed(query: bytes, value: object) -> None:
+    (typed,) = query_to_object(query).values()
+    assert typed == value and type(typed) is type(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "01234",  # a zip code keeps its leading zero
+        "-01",
+        "00",
+        "1_000",  # int() accepts underscores; JSON does not
+        " 42 ",  # nor surrounding whitespace
+        "+5",
+        "1.",
+        ".5",
+        "1.e3",
+        "1e",
+        "0x10",
+        "inf",
+        "Infinity",
+        "NaN",
+        "1e999",  # a literal, but no finite number
+        "\u0661\u0662\u0663",  # Arabic-Indic digits: int() reads them as 123
+        "\uff11\uff12",  # fullwidth digits: int() reads them as 12
+        "True",
+        "NULL",
+        "1" * 5000,  # past int()'s digit limit
+    ],
+)
+def test_query_values_that_are_no_json_number_stay_strings(text: str) -> None:
+    from urllib.parse import quote
+
+    assert query_to_object(b"v=" + quote(text).encode()) == {"v": text}
+
+
+def test_query_typing_of_the_review_example() -> None:
+    query = b"zip=01234&u=1_000&sp=%2042%20&arab=%D9%A1%D9%A2%D9%A3&full=%EF%BC%91%EF%BC%92&n=5"
+    assert query_to_object(query) == {
+        "zip": "01234", "u": "1_000", "sp": " 42 ", "arab": "\u0661\u0662\u0663", "full": "\uff11\uff12", "n": 5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "rest"),
+    [
+        (b"/admin/api/services/demo%2Fstats", "services/demo%2Fstats"),
+        (b"/admin/api/services/demo%2fstats", "services/demo%2Fstats"),
+        (b"/admin/api/services/%2e%2e%2f%2e%2e%2fx/stats", "services/..%2F..%2Fx/stats"),
+        (b"/admin/api/services/d%65mo/stats", "services/demo/stats"),
+        (b"/admin/api/keys/a%20b", "keys/a b"),
+    ],
+)
+def test_admin_paths_are_split_before_decoding(path: bytes, rest: str) -> None:
+    # An encoded slash is part of its segment (an id the admin API then refuses),
+    # never a separator: /admin/api/services/demo%2Fstats is not the stats route.
+    assert parse_path(path) == Route(RouteKind.ADMIN, rest=rest)
