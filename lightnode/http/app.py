@@ -156,7 +156,10 @@ class NodeApp:
             else:
                 raise LightnodeError("NotFound", f"Not found: {exchange.path.decode('latin-1')}")
         except LightnodeError as exc:
-            exchange.respond_error(exc, close=self.draining)
+            # SPEC §11: a request that comes while the node shuts down gets 503 and
+            # `Connection: close`. Other refusals leave the connection to the protocol,
+            # which closes it once nothing is pending (no accepted call behind is dropped).
+            exchange.respond_error(exc, close=self.draining and exc.error_type == "ShuttingDown")
             if route.kind is RouteKind.RUN and self.observers:
                 self._record(
                     exchange,
@@ -197,6 +200,18 @@ class NodeApp:
         if not exchange.done:  # a client gone before the answer: pool.cancel(call)
             exchange.on_cancel = pool.cancel
             exchange.cancel_token = call
+
+    def client_closed(self, exchange: Exchange) -> None:
+        """Its client closed the connection before this answer: it is gone (SPEC §4 rule 9).
+
+        A call not yet handed to a pipeline leaves the queue (the pool's cancel, as for a
+        reset). One already handed over (running, or staged in a pipeline's pipe: it will
+        run) is left alone: it finishes, counts and logs as any call, and its answer is
+        written if the socket still takes it. Other requests (admin) are answered too.
+        """
+        call = exchange.cancel_token
+        if isinstance(call, Call) and not call.worker_id:
+            exchange.cancel()
 
     def check_api_key(self, exchange: Exchange, service_id: str) -> None:
         """SPEC §9: `api_key_check` (the key store) raises 401; without one a private service refuses everyone."""
@@ -249,7 +264,10 @@ class NodeApp:
         self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
     ) -> None:
         exchange: Exchange = call.exchange
-        exchange.respond_error(error, close=self.draining)
+        # An accepted call's answer, even while draining: it does not close the connection,
+        # which would drop the calls pipelined behind it (SPEC §11: they are answered). The
+        # protocol closes it, saying so, once nothing is pending.
+        exchange.respond_error(error)
         if error.error_type in LOGGED_FAILURES:
             log.warning(
                 "%s: %d %s: %s",

@@ -3,7 +3,8 @@
 The protocol (`http.protocol`) parses bytes into an `Exchange` and hands it to
 an `App`. The app answers, now or later, with `respond()`; the protocol writes
 answers in request order (pipelining) and calls `on_cancel` when the client
-goes away before its answer. The protocol never sees pools; the app never sees
+goes away before its answer (on a reset; on a close, the app's `client_closed`
+decides). The protocol never sees pools; the app never sees
 sockets. Imports: standard library and `lightnode.errors` only.
 """
 
@@ -38,7 +39,8 @@ class Exchange:
     Attributes set by the app:
         on_cancel, cancel_token: on_cancel(cancel_token) is called once if the
             client goes away before the answer (the app passes a bound method
-            and its argument: no closure per request).
+            and its argument: no closure per request). On a close (not a reset)
+            the app's `client_closed` decides whether to cancel.
     """
 
     __slots__ = (
@@ -156,3 +158,12 @@ class App(Protocol):
     """What the protocol hands each complete request to."""
 
     def handle(self, exchange: Exchange) -> None: ...
+
+    def client_closed(self, exchange: Exchange) -> None:
+        """The client closed its side of the connection (read EOF) before this answer.
+
+        The app cancels the exchange (`exchange.cancel()`) unless its work was handed
+        on; an exchange not cancelled is answered if the socket still takes the bytes.
+        (A reset cancels every pending exchange without asking.)
+        """
+        ...

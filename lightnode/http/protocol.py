@@ -23,8 +23,13 @@ Timeouts: a connection that has connected or begun a request but has not
 completed its headers within `header_timeout_ms` is closed without an answer
 (SPEC §3.4 "disconnected"); so is one whose request body stops making progress
 for that long (a slow body that keeps coming is fine). Requests read in full
-before the stalled one are answered first, the last answer closing the connection. An idle keep-alive connection is closed after `keepalive_timeout_ms`. Draining
-(SPEC §11) only closes connections once they are idle.
+before the stalled one are answered first, the last answer closing the connection.
+An idle keep-alive connection is closed after `keepalive_timeout_ms` (bytes that
+begin no request, such as bare CRLFs, do not make it busy). Draining (SPEC §11)
+only closes connections once they are idle, the last answer saying so.
+
+A client that closes its side (read EOF) is gone, as one that resets (SPEC §4
+rule 9): see eof_received.
 
 Imports: standard library, httptools, `lightnode.config.model`,
 `lightnode.http.exchange` and `lightnode.http.responses` only. Never routing,
@@ -285,11 +290,38 @@ class HttpProtocol:
         self._state.forget(self)
 
     def eof_received(self) -> bool:
-        """The client half-closed: answer what it asked, then close."""
+        """The client closed its side: it is gone (SPEC §4 rule 9), a FIN as a reset.
+
+        Behind a proxy every client abort closes the upstream connection this way. Each
+        request not yet answered goes to the app's `client_closed`, which cancels what
+        has not started (a queued call leaves its queue); work already handed on (a
+        running call) is answered if the socket still takes the bytes, as are answers
+        already done. The last of them closes the connection.
+        """
         self._read_eof = True
         self._stop_reading()
         self._cancel_timers()
-        return bool(self._pending) and not self._closed
+        if self._closed:
+            return False
+        pending = self._pending
+        if pending:
+            self._dispatching = True  # answers given meanwhile are written below, in order
+            try:
+                for exchange in list(pending):
+                    if not exchange.done and not exchange.cancelled:
+                        try:
+                            self._app.client_closed(exchange)
+                        except Exception:
+                            logger.exception("request %s: client_closed raised", exchange.request_id)
+            finally:
+                self._dispatching = False
+            # A cancelled exchange is never answered: it no longer holds the ones behind it.
+            self._pending = pending = deque(exchange for exchange in pending if not exchange.cancelled)
+        if pending and pending[0].done:
+            self._flush()
+        elif not pending:
+            self._close()
+        return not self._closed
 
     def data_received(self, data: bytes) -> None:
         if not self._accepting or self._closed:
@@ -297,6 +329,7 @@ class HttpProtocol:
         # The keep-alive timer sees None and does not close. Assigned from a name typed
         # `float | None`: a literal None would narrow the attribute to None for the rest
         # of this method, but _dispatch() may set it (the compiled build trusts narrowing).
+        idle_since = self._idle_since
         self._idle_since = _NOT_IDLE
         seq = self._seq
         body_before = self._body_bytes
@@ -326,7 +359,12 @@ class HttpProtocol:
         elif self._continue_wanted:
             self._send_continue()
         elif self._idle_since is None and not self._pending:  # else _flush() has just found it idle
-            self._check_idle()
+            if idle_since is not None and self._seq == seq:
+                # Idle before, and these bytes began no request (CRLFs, which llhttp skips
+                # between messages): the keep-alive clock runs on, it does not restart.
+                self._idle_since = idle_since
+            else:
+                self._check_idle()
 
     def _count_partial_head(self, seq: int, size: int) -> None:
         """A head still incomplete after a read of `size` bytes, `seq` the request number before it.
@@ -675,16 +713,27 @@ class HttpProtocol:
             self._flush()
 
     def _flush(self) -> None:
-        """Write the answers done at the head of `_pending` (callers check the first is)."""
+        """Write the answers done at the head of `_pending` (callers check the first is).
+
+        An answer that leaves nothing pending, on a connection that closes once idle
+        (the client's EOF, or the node draining; see _check_idle), says `Connection:
+        close` and closes it (SPEC §11): a keep-alive client told nothing would send
+        its next request on a connection about to close. Not while a request is being
+        read: that one is answered first.
+        """
         pending = self._pending
         exchange = pending.popleft()
         close = exchange.close_after or not exchange.keep_alive
+        if not pending and not close:  # the last answer for now
+            close = (self._read_eof or self._state.draining) and not self._in_request
         data = self._render(exchange, close)
         if not close and pending and pending[0].done:  # pipelined answers ready together
             out = [data]
             while not close and pending and pending[0].done:
                 exchange = pending.popleft()
                 close = exchange.close_after or not exchange.keep_alive
+                if not pending and not close:
+                    close = (self._read_eof or self._state.draining) and not self._in_request
                 out.append(self._render(exchange, close))
             data = b"".join(out)
         transport = self._transport

@@ -148,6 +148,8 @@ def garbage_inputs(count: int, seed: int) -> Iterator[tuple[str, bytes]]:
 async def send_one(port: int, data: bytes, half_close: bool) -> tuple[str, bytes]:
     """Send one input on a new connection; return (outcome, first status or b"").
 
+    A half-closing client is gone (SPEC §4 rule 9): a call of its that still waits
+    for a pipeline is cancelled and gets no answer; what runs or is done is answered.
     Outcomes: "closed" (the node closed after its answer, or without one),
     "reset", "internal" (an InternalError answer: the app raised), "timeout".
     """

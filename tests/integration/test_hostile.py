@@ -202,6 +202,30 @@ def test_keepalive_timeout_closes_idle_connections_only(node: Node) -> None:
         assert 0.2 <= time.monotonic() - started <= 1.2
 
 
+def test_bare_crlfs_do_not_keep_an_idle_connection_open(node: Node) -> None:
+    # CRLFs between requests start no request: the keep-alive clock runs on.
+    with connect(node) as sock:
+        sock.sendall(request("GET", "/isAlive"))
+        assert read_response(sock)[0] == 200
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < 4.0:
+            try:
+                sock.sendall(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            closed = closed_within(sock, 0.2)
+        assert closed, "a connection sending only CRLFs was kept past keepalive_timeout_ms"
+        assert time.monotonic() - started <= 2.0  # keepalive_timeout_ms is 600
+
+
+def test_an_encoded_slash_in_an_admin_path_is_part_of_an_id(node: Node) -> None:
+    status, _, body = exchange(node, request("GET", "/admin/api/services/svc%2Fstats"))
+    assert (status, json.loads(body)["errorType"]) == (404, "NotFound")
+    assert exchange(node, request("GET", "/admin/api/services/svc/stats"))[0] == 200
+
+
 # --------------------------------------------------------------- ids
 
 

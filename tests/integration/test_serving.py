@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Node, write_service
+from tests.conftest import Node, write_service, write_tuning
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +134,13 @@ def test_empty_body_is_empty_object(node: Node) -> None:
 def test_get_with_query_parameters(node: Node) -> None:
     status, raw = node.get("/public/api/v1/svc/kw/run?z=3&flag=true&name=x&n=null")
     assert (status, json.loads(raw)["response"]) == (200, {"z": 3, "data": {"flag": True, "name": "x", "n": None}})
+
+
+def test_get_query_types_json_number_literals_only(node: Node) -> None:
+    status, raw = node.get("/public/api/v1/svc/kw/run?zip=01234&u=1_000&sp=%2042%20&f=-2.5e1&full=%EF%BC%91")
+    assert (status, json.loads(raw)["response"]["data"]) == (
+        200, {"zip": "01234", "u": "1_000", "sp": " 42 ", "f": -25.0, "full": "\uff11"}
+    )
 
 
 def test_not_found_rows(node: Node) -> None:
@@ -288,3 +295,131 @@ def test_sigterm_finishes_running_requests_and_exits_zero(node_factory, tmp_path
     assert results and results[0][0] == 200
     assert n.proc is not None and n.proc.wait(10) == 0
     assert not (root / "run" / "lightnode.addr").exists()
+
+
+# -------------------------------------------- clients that leave, drain (SPEC §4 rule 9, §11)
+
+# Appends its tag to RUNS_FILE when it starts, so a test knows what ran and when.
+RECORD = (
+    "import os, time\n"
+    "def record(tag='', ms=0, fail=False):\n"
+    "    with open(os.environ['RUNS_FILE'], 'a') as runs:\n"
+    "        runs.write(tag + '\\n')\n"
+    "    time.sleep(ms / 1000)\n"
+    "    if fail:\n"
+    "        raise ValueError('failed ' + tag)\n"
+    "    return {'tag': tag}\n"
+)
+
+
+def _record_node(node_factory, tmp_path: Path, queue: int) -> tuple[Node, Path]:  # type: ignore[no-untyped-def]
+    """A node whose endpoint svc/record runs one call at a time and records each run."""
+    root = tmp_path / "data"
+    runs = tmp_path / "runs.log"
+    write_service(root, "svc", {"record": RECORD}, endpoint_extra={"record": {"env": {"RUNS_FILE": str(runs)}}})
+    pool = {"floor": 1, "cruise": 1, "ceil": 1, "queue": queue, "timeout": 30000}
+    write_tuning(root, "svc", "record", {"pool": pool})
+    return node_factory(root), runs
+
+
+def _call(payload: dict[str, object]) -> bytes:
+    body = json.dumps(payload).encode()
+    return b"POST /public/api/v1/svc/record/run HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body
+    )
+
+
+def _runs(runs: Path) -> list[str]:
+    return runs.read_text().split() if runs.exists() else []
+
+
+def _wait_for(what: str, condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _queue_length(node: Node) -> int:
+    (endpoint,) = node.stats("svc")["endpoints"]
+    return int(endpoint["queueLength"])
+
+
+def _answers(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The (status, headers, body) of each answer in `data` (Content-Length framed)."""
+    answers = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        answers.append((int(lines[0].split()[1]), headers, data[:length]))
+        data = data[length:]
+    return answers
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_that_closes_its_connection_takes_its_queued_calls_out(node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A plain close() (FIN, what any HTTP client or nginx does on abort) is a client
+    # gone like a reset: its queued calls leave the queue and never run.
+    node, runs = _record_node(node_factory, tmp_path, queue=4)
+    with socket.create_connection(("127.0.0.1", node.port), timeout=20) as blocker:
+        blocker.sendall(_call({"tag": "blocker", "ms": 3000}))
+        _wait_for("the blocker to run", lambda: _runs(runs) == ["blocker"])
+        gone = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(4)]
+        for index, sock in enumerate(gone):
+            sock.sendall(_call({"tag": f"gone{index}"}))
+        _wait_for("a full queue", lambda: _queue_length(node) == 4)
+        for sock in gone:
+            sock.close()
+        _wait_for("the queue to empty", lambda: _queue_length(node) == 0)
+        # The blocker's client half-closes too, but its call runs: it is not cancelled,
+        # and its answer is written while the socket takes it.
+        blocker.shutdown(socket.SHUT_WR)
+        status, body = node.run("svc", "record", {"tag": "after"})  # the queue has room again
+        assert (status, body["response"]) == (200, {"tag": "after"})
+        ((status, headers, raw),) = _answers(_read_to_close(blocker))
+        assert (status, json.loads(raw)["response"]) == (200, {"tag": "blocker"})
+        assert headers["connection"] == "close"
+    assert _runs(runs) == ["blocker", "after"]
+    assert "Traceback" not in node.log()
+
+
+def test_sigterm_answers_a_call_pipelined_behind_a_failing_one(node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    node, runs = _record_node(node_factory, tmp_path, queue=10)
+    with socket.create_connection(("127.0.0.1", node.port), timeout=20) as sock:
+        sock.sendall(_call({"tag": "X", "ms": 1000, "fail": True}) + _call({"tag": "Y", "ms": 100}))
+        _wait_for("X to run", lambda: _runs(runs) == ["X"])
+        node.signal(signal.SIGTERM)  # X runs, Y waits behind it
+        answers = _answers(_read_to_close(sock))
+    assert [(status, json.loads(raw).get("errorType")) for status, _, raw in answers] == [
+        (500, "FunctionError"), (200, None)
+    ]
+    assert [headers.get("connection") for _, headers, _ in answers] == [None, "close"]
+    assert _runs(runs) == ["X", "Y"]
+    assert node.proc is not None and node.proc.wait(15) == 0
+
+
+def test_sigterm_last_answer_of_a_keep_alive_connection_says_close(node_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A keep-alive client reuses its connection unless told: the answer that the node
+    # closes after carries `Connection: close`.
+    import http.client
+
+    node, runs = _record_node(node_factory, tmp_path, queue=10)
+    client = http.client.HTTPConnection("127.0.0.1", node.port, timeout=20)
+    try:
+        client.request("POST", "/public/api/v1/svc/record/run", json.dumps({"tag": "A", "ms": 800}))
+        _wait_for("A to run", lambda: _runs(runs) == ["A"])
+        node.signal(signal.SIGTERM)
+        answer = client.getresponse()
+        assert (answer.status, json.loads(answer.read())["response"]) == (200, {"tag": "A"})
+        assert answer.getheader("connection") == "close" and answer.will_close
+    finally:
+        client.close()
+    assert node.proc is not None and node.proc.wait(15) == 0

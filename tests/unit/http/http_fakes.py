@@ -140,6 +140,8 @@ class FakeApp:
         self.auto = auto
         self.raises = raises
         self.exchanges: list[Exchange] = []
+        self.running: set[bytes] = set()  # paths whose work was handed on (see client_closed)
+        self.closed_before_answer: list[bytes] = []
 
     def handle(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)
@@ -147,6 +149,12 @@ class FakeApp:
             answer(exchange)
         if self.raises:
             raise RuntimeError("app failure")
+
+    def client_closed(self, exchange: Exchange) -> None:
+        """As NodeApp: the exchange is cancelled unless its work was handed on (its path in `running`)."""
+        self.closed_before_answer.append(exchange.path)
+        if exchange.path not in self.running:
+            exchange.cancel()
 
 
 def answer(exchange: Exchange, status: int = 200, **kwargs: Any) -> None:

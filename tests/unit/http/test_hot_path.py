@@ -12,8 +12,10 @@ import pytest
 from lightnode.http import routing
 from lightnode.http.app import NodeApp
 from lightnode.http.exchange import Exchange
+from lightnode.http.protocol import HttpProtocol
 from lightnode.http.responses import STATUS_LINES, render_response
 from lightnode.http.routing import BadId, Route, RouteKind, known_route, parse_path
+from lightnode.scheduler.scheduler import EndpointPool
 from loadtest import hotpath
 
 # ------------------------------------------------------------------ routing
@@ -160,5 +162,126 @@ def test_client_gone_cancels_its_pool_calls(tmp_path: Path, monkeypatch: pytest.
             pass
         assert transport.written == written
         assert pool.calls == {}
+    finally:
+        loop.close()
+
+
+class _RecordingTransport(hotpath.SinkTransport):
+    """A SinkTransport that keeps what is written and whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def answers(self) -> list[bytes]:
+        return [b"HTTP/1.1 " + part for part in self.data.split(b"HTTP/1.1 ")[1:]]
+
+
+_CALL = b"POST /public/api/v1/bench/add/run HTTP/1.1\r\nHost: n\r\nContent-Length: %d\r\n\r\n%s"
+
+
+def _connect(first: HttpProtocol) -> tuple[HttpProtocol, _RecordingTransport]:
+    """Another connection to the app and server state of `first`, on a recording transport."""
+    protocol = HttpProtocol(first._app, first._state, first._loop)
+    transport = _RecordingTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+def _one_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[HttpProtocol, _RecordingTransport, Any, EndpointPool]:
+    """A real app and pool of one QueueingWorker pipeline, one connection on a recording transport."""
+    monkeypatch.setattr(hotpath.QueueingWorker, "instances", [])
+    first, _, loop = hotpath.build(tmp_path, observers=False, worker=hotpath.QueueingWorker, pool_size=1)
+    protocol, transport = _connect(first)
+    app = protocol._app
+    assert isinstance(app, NodeApp) and app.registry is not None
+    return protocol, transport, loop, app.registry.resolve("bench", "add")
+
+
+def test_client_eof_takes_its_queued_calls_out_and_answers_the_running_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §4 rule 9 for a FIN: a call not yet handed to a pipeline leaves the queue at
+    once; the running one finishes and is answered (the socket may still take it),
+    with `connection: close`, and the connection closes."""
+    protocol, transport, loop, pool = _one_pipeline(tmp_path, monkeypatch)
+    try:
+        protocol.data_received(b"".join(_CALL % (len(b), b) for b in (b"{}", b"1", b"2", b"3")))
+        calls = list(pool.calls.values())
+        assert [bool(call.worker_id) for call in calls] == [True, False, False, False]
+        assert pool.snapshot().queue_length == 3
+        assert protocol.eof_received() is True  # open for the running call's answer
+        assert pool.snapshot().queue_length == 0
+        assert [call.cancelled for call in calls] == [False, True, True, True]
+        assert list(pool.calls.values()) == calls[:1]
+        assert not transport.closed
+        (worker,) = hotpath.QueueingWorker.instances
+        assert worker.answer_one() and not worker.answer_one()  # nothing else was sent to it
+        (answer,) = transport.answers()
+        assert answer.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in answer
+        assert transport.closed and pool.calls == {}
+    finally:
+        loop.close()
+
+
+def test_client_eof_with_only_queued_calls_closes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    protocol, transport, loop, pool = _one_pipeline(tmp_path, monkeypatch)
+    try:
+        other, other_transport = _connect(protocol)
+        other.data_received(_CALL % (2, b"{}"))  # another client's call holds the pipeline
+        protocol.data_received(_CALL % (1, b"1") + _CALL % (1, b"2"))
+        assert pool.snapshot().queue_length == 2
+        assert protocol.eof_received() is False
+        assert transport.closed and transport.data == b""
+        assert pool.snapshot().queue_length == 0
+        (worker,) = hotpath.QueueingWorker.instances
+        assert worker.answer_one() and not worker.answer_one()
+        assert other_transport.answers()[0].startswith(b"HTTP/1.1 200")
+    finally:
+        loop.close()
+
+
+def test_a_failed_call_while_draining_leaves_the_calls_behind_it_to_be_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §11: accepted requests are answered. A call that fails while the node drains
+    does not close its connection while calls pipelined behind it are pending; the last
+    answer says `connection: close`."""
+    protocol, transport, loop, pool = _one_pipeline(tmp_path, monkeypatch)
+    try:
+        protocol.data_received(_CALL % (2, b"{}") + _CALL % (1, b"1"))
+        app = protocol._app
+        assert isinstance(app, NodeApp)
+        app.draining = True
+        protocol._state.draining = True
+        protocol._state.close_idle_connections()
+        (worker,) = hotpath.QueueingWorker.instances
+        worker.calls.popleft()
+        error = b'{"errorType": "FunctionError", "message": "Failed to run function : boom"}'
+        frame = hotpath.runtime.encode_frame(hotpath.runtime.ERROR, error, 0)
+        for kind, value, body in worker.decoder.feed(frame):
+            worker.listener.worker_answered(worker.worker_id, kind, value, body)
+        (failed,) = transport.answers()
+        assert failed.startswith(b"HTTP/1.1 500") and b"connection: close" not in failed
+        assert not transport.closed
+        (behind,) = pool.calls.values()
+        assert not behind.cancelled
+        assert worker.answer_one()
+        answers = transport.answers()
+        assert len(answers) == 2 and answers[1].startswith(b"HTTP/1.1 200")
+        assert b"\r\nconnection: close\r\n" in answers[1]
+        assert transport.closed
     finally:
         loop.close()

@@ -282,14 +282,61 @@ def test_write_pause_holds_reading_even_when_pipeline_drains() -> None:
     assert c.transport.reading
 
 
-def test_half_close_answers_pending_then_closes() -> None:
+def test_client_eof_cancels_waiting_requests_and_answers_running_ones() -> None:
+    # SPEC §4 rule 9: a client whose connection is closed is gone, FIN as RST. What
+    # still waits is cancelled (a queued call leaves the queue); what the app handed on
+    # (a running call) is answered if the socket takes it, and the last answer closes.
     c = connect(FakeApp(auto=False))
-    c.feed(req("/1"))
+    c.feed(req("/1") + req("/2") + req("/3") + req("/4"))
+    c.app.running.add(b"/2")
+    fired: list[bytes] = []
+    for ex in c.app.exchanges:
+        ex.on_cancel = lambda _token, ex=ex: fired.append(ex.path)
+    answer(c.app.exchanges[3])  # answered, not yet written (waits for /1.. /3)
     assert c.protocol.eof_received() is True
-    assert not c.transport.closed
-    answer(c.app.exchanges[0])
+    assert c.app.closed_before_answer == [b"/1", b"/2", b"/3"]  # /4 was answered already
+    assert fired == [b"/1", b"/3"]
+    assert [ex.cancelled for ex in c.app.exchanges] == [True, False, True, False]
+    assert not c.transport.closed and c.responses() == []
+    answer(c.app.exchanges[2])  # too late: ignored
+    answer(c.app.exchanges[1])
+    responses = c.responses()
+    assert [r.json()["path"] for r in responses] == ["/2", "/4"]
+    assert [r.header("connection") for r in responses] == [None, "close"]
     assert c.transport.closed
-    assert [r.status for r in c.responses()] == [200]
+
+
+def test_client_eof_with_only_waiting_requests_closes_at_once() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2"))
+    c.eof()
+    assert [ex.cancelled for ex in c.app.exchanges] == [True, True]
+    assert c.transport.closed and c.responses() == []
+    assert c.protocol not in c.state.connections
+
+
+def test_client_eof_writes_an_answer_done_behind_a_cancelled_one_and_closes() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2"))
+    answer(c.app.exchanges[1])
+    c.eof()
+    assert [ex.cancelled for ex in c.app.exchanges] == [True, False]
+    assert [(r.json()["path"], r.header("connection")) for r in c.responses()] == [("/2", "close")]
+    assert c.transport.closed
+
+
+def test_client_eof_writes_answers_already_done() -> None:
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2"))
+    c.app.running.add(b"/1")
+    answer(c.app.exchanges[1])
+    c.eof()
+    assert not c.transport.closed and c.app.exchanges[1].done
+    answer(c.app.exchanges[0])
+    assert [(r.json()["path"], r.header("connection")) for r in c.responses()] == [
+        ("/1", None), ("/2", "close")
+    ]
+    assert c.transport.closed
 
 
 def test_half_close_when_idle_closes() -> None:
@@ -332,9 +379,43 @@ def test_draining_closes_idle_connections_now_and_busy_ones_after_their_answer()
     assert not busy.transport.closed and not partial.transport.closed
     answer(busy.app.exchanges[0])  # a keep-alive answer, but the node drains
     assert busy.transport.closed
-    assert [r.status for r in busy.responses()] == [200]
+    assert [(r.status, r.header("connection")) for r in busy.responses()] == [(200, "close")]
     partial.feed(b"st: n\r\n\r\n")
     assert partial.transport.closed
+    assert partial.responses()[-1].header("connection") == "close"
+
+
+def test_draining_keeps_the_connection_until_pipelined_requests_are_answered() -> None:
+    # SPEC §11: accepted requests are answered; the last answer says it closes, so a
+    # keep-alive client does not send its next request on a connection about to close.
+    state = ServerState(ServerLimits())
+    c = connect(FakeApp(auto=False), state=state)
+    c.feed(req("/1") + req("/2") + req("/3"))
+    state.draining = True
+    state.close_idle_connections()
+    answer(c.app.exchanges[0])
+    answer(c.app.exchanges[2])
+    assert not c.transport.closed
+    assert [r.header("connection") for r in c.responses()] == [None]
+    answer(c.app.exchanges[1])
+    responses = c.responses()
+    assert [r.json()["path"] for r in responses] == ["/1", "/2", "/3"]
+    assert [r.header("connection") for r in responses] == [None, None, "close"]
+    assert c.transport.closed
+
+
+def test_draining_answer_with_a_request_being_read_keeps_the_connection() -> None:
+    state = ServerState(ServerLimits())
+    c = connect(FakeApp(auto=False), state=state)
+    c.feed(req("/1") + b"GET /2 HTTP/1.1\r\nHo")
+    state.draining = True
+    answer(c.app.exchanges[0])
+    assert not c.transport.closed
+    assert c.responses()[0].header("connection") is None
+    c.feed(b"st: n\r\n\r\n")  # answered by the app (a real node: 503 ShuttingDown)
+    answer(c.app.exchanges[1])
+    assert c.responses()[-1].header("connection") == "close"
+    assert c.transport.closed
 
 
 def test_wait_closed_and_abort_all() -> None:

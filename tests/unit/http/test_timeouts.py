@@ -37,6 +37,43 @@ def test_new_data_cancels_the_keep_alive_timer() -> None:
     assert c.transport.closed
 
 
+def test_bare_crlfs_do_not_keep_an_idle_connection_open() -> None:
+    # llhttp skips CRLFs between messages without starting one: they are no request,
+    # and the keep-alive clock runs on from the last answer.
+    c = conn()
+    c.feed(REQUEST)
+    for _ in range(4):
+        c.loop.advance(1)
+        c.feed(b"\r\n")
+    assert not c.transport.closed
+    c.loop.advance(1.01)
+    assert c.transport.closed
+    assert [r.status for r in c.responses()] == [200]
+
+
+def test_a_request_after_crlfs_restarts_the_keep_alive_clock() -> None:
+    c = conn()
+    c.feed(REQUEST)
+    c.loop.advance(4)
+    c.feed(b"\r\n" + REQUEST)
+    c.loop.advance(4)
+    assert not c.transport.closed
+    assert [r.status for r in c.responses()] == [200, 200]
+    c.loop.advance(1.01)
+    assert c.transport.closed
+
+
+def test_crlfs_then_a_partial_head_are_held_to_the_header_timeout() -> None:
+    c = conn()
+    c.feed(REQUEST)
+    c.loop.advance(4)
+    c.feed(b"\r\nGET /2 HT")  # a request has begun: the header timeout governs
+    c.loop.advance(1.5)
+    assert not c.transport.closed
+    c.loop.advance(0.51)
+    assert c.transport.closed
+
+
 def test_no_keep_alive_timeout_while_an_answer_is_pending() -> None:
     c = conn(auto=False)
     c.feed(REQUEST)
