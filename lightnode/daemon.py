@@ -54,6 +54,7 @@ from lightnode.observe import logsetup
 from lightnode.observe.metrics import MetricsCollector, RequestMetrics
 from lightnode.observe.querylog import QueryLog
 from lightnode.scheduler.registry import Registry
+from lightnode.scheduler.worker_handle import flush_user_output
 from lightnode.services.store import DataDir
 
 log = logging.getLogger("lightnode")
@@ -289,6 +290,7 @@ class Node:
                 await asyncio.wait_for(self.registry.drain_all(), timeout=5)
             except asyncio.TimeoutError:
                 log.error("pipelines did not exit after SIGKILL")
+        await flush_user_output(timeout_s=2)  # what the pipelines printed last
         try:  # 4. connections close after their last answer; abort the rest
             await asyncio.wait_for(self.http_state.wait_closed(), timeout=1)
         except asyncio.TimeoutError:
