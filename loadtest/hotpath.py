@@ -59,8 +59,11 @@ class InstantWorker:
     def spawn(self) -> None:
         self.listener.worker_ready(self.worker_id, {})
 
-    def send_call(self, body: bytes) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
         self.listener.worker_answered(self.worker_id, runtime.RESULT, 3, b'{"sum":3}')
+
+    def read_answers(self) -> None:
+        """Answers are reported as they are made: none is ever written and unread."""
 
     def stop(self) -> None: ...
 
@@ -81,8 +84,8 @@ class QueueingWorker(InstantWorker):
         self.decoder = runtime.FrameDecoder()
         QueueingWorker.instances.append(self)
 
-    def send_call(self, body: bytes) -> None:
-        self.calls.append(runtime.encode_frame(runtime.CALL, body))
+    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+        self.calls.append(runtime.encode_frame(runtime.CALL, body, start_by_ns))
 
     def answer_one(self) -> bool:
         if not self.calls:

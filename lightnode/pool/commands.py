@@ -5,7 +5,7 @@ PURE: imports only the standard library.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,10 @@ class Dispatch:
 
     `staged`: the pipeline is still running another request; this one is sent
     ahead into its pipe (prefetch) and starts when that one finishes.
+    `start_by_s` (staged only; 0.0 otherwise): the monotonic time after which the
+    pipeline must not start it (the CALL frame's value, in ns: see the machine's
+    docstring, "Taking a staged request back"). Left out of ==: tests compare
+    commands by what the rules decide and check this derived time on its own.
 
     Not frozen, unlike the other commands, though nobody changes one: it is made
     for every request, and a frozen dataclass's __init__ costs three times as much.
@@ -32,12 +36,26 @@ class Dispatch:
     worker_id: int
     wait_s: float  # how long the request waited in the queue
     staged: bool
+    start_by_s: float = field(compare=False)
 
-    def __init__(self, request_id: int, worker_id: int, wait_s: float, staged: bool = False) -> None:
+    def __init__(
+        self, request_id: int, worker_id: int, wait_s: float, staged: bool = False, start_by_s: float = 0.0
+    ) -> None:
         self.request_id = request_id
         self.worker_id = worker_id
         self.wait_s = wait_s
         self.staged = staged
+        self.start_by_s = start_by_s
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """A request staged on `worker_id` was taken back before it could start: it waits
+    again (or has been answered). The pipeline's NOT_STARTED answer for it, still to
+    come unless the pipeline is gone, is expected and dropped."""
+
+    request_id: int
+    worker_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +91,4 @@ class Drained:
     """After DrainRequested: nothing runs, nothing waits, every pipeline is GONE."""
 
 
-Command = SpawnWorker | Dispatch | StopWorker | KillWorker | Reject | Drained
+Command = SpawnWorker | Dispatch | Withdraw | StopWorker | KillWorker | Reject | Drained

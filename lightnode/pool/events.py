@@ -52,6 +52,30 @@ class WorkerFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerNotStarted:
+    """The pipeline answered its current request NOT_STARTED: it never ran it.
+
+    Either the request's start-by time had passed when the pipeline came to it
+    (a staged request the scheduler did not take back in time), or, with
+    `stopping`, the pipeline is being killed and starts no call any more (it
+    exits without answering the calls behind this one).
+    """
+
+    worker_id: int
+    stopping: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AnswersRead:
+    """The scheduler read, at or after monotonic time `read_s`, every answer that the
+    pipelines `worker_ids` had written (and reported each as an event before this one):
+    any of their staged requests whose start-by is <= `read_s` can be taken back."""
+
+    worker_ids: tuple[int, ...]
+    read_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerExited:
     """The pipeline's process is gone, for whatever reason.
 
@@ -92,6 +116,8 @@ Event = (
     | WorkerReady
     | WorkerStartFailed
     | WorkerFinished
+    | WorkerNotStarted
+    | AnswersRead
     | WorkerExited
     | WorkerOverLimit
     | Tick

@@ -4,11 +4,13 @@ Owns: `check_pool_invariants`, the precise statement of what must hold
 whenever `PoolMachine.handle()` has returned:
 
 1. Records: every kept pipeline is not GONE; a pipeline holds a request
-   exactly when BUSY, and staged (prefetched) ones only when BUSY; "stop
-   when free" never marks a STARTING or IDLE one.
+   exactly when BUSY, and staged (prefetched) ones only when BUSY or, killed
+   for an exec timeout, STOPPING; only a STOPPING pipeline awaits a killed
+   call's answer; "stop when free" never marks a STARTING or IDLE one.
 2. Requests: no request is both waiting and running; each running or
-   staged request belongs to exactly one BUSY pipeline, each BUSY pipeline
-   runs one and stages at most `max_staged`, each request once.
+   staged request belongs to exactly one pipeline (BUSY, or STOPPING after
+   a kill), each BUSY pipeline runs one and stages at most `max_staged`,
+   each request once.
 3. Dispatch: no IDLE pipeline while a request waits.
 4. Ceil: allocated minus the BUSY pipelines already told to stop when free
    is <= ceil. (Starts happen only below ceil, so allocated exceeds ceil
@@ -80,8 +82,11 @@ def _check_records(workers: Pipelines) -> None:
         if (worker.state is WorkerState.BUSY) != (worker.request_id is not None):
             _fail(1, f"worker {worker_id} is {worker.state.value} with request {worker.request_id}")
         staged_ids = [item.request_id for item in worker.staged]
-        if staged_ids and (worker.state is not WorkerState.BUSY or worker.request_id in staged_ids):
+        holds = (WorkerState.BUSY, WorkerState.STOPPING)
+        if staged_ids and (worker.state not in holds or worker.request_id in staged_ids):
             _fail(1, f"worker {worker_id} is {worker.state.value} with staged {staged_ids}")
+        if worker.killed_answer_due and worker.state is not WorkerState.STOPPING:
+            _fail(1, f"worker {worker_id} is {worker.state.value} awaiting a killed call's answer")
         if worker.stop_when_free and worker.state in (WorkerState.STARTING, WorkerState.IDLE):
             _fail(1, f"worker {worker_id} is {worker.state.value} but marked stop-when-free")
 

@@ -32,15 +32,51 @@ pipe that another pipeline might have emptied sooner. A fast function then
 gets its calls and answers in batches: fewer pipe writes and reads, and
 fewer wake-ups of sleeping processes, per request. Of the pipelines that may
 take one, the one with the fewest staged takes it (then the one whose
-current call started first). A staged request has a pipeline (rule 6 no
-longer applies to it). If its pipeline dies or is killed before starting it,
-it goes back into the queue in arrival order (it never ran), or gets
-QueueTimeout if its deadline has passed, or EndpointUnavailable while the
-endpoint is FAILED. While a request waits, no pipeline can take one ahead
-(checked with the invariants), which lets the hot path skip looking for one.
+current call started first), but never one that is `overdue` (below). While
+a request waits, no pipeline can take one ahead (checked with the
+invariants), which lets the hot path skip looking for one.
+
+Taking a staged request back (rules 2 and 6 for staged requests). A staged
+request carries a start-by time, `start_by_s` (`Dispatch.start_by_s`, sent
+in its CALL frame as CLOCK_MONOTONIC nanoseconds, the clock of
+`time.monotonic()` in the node and of `time.monotonic_ns()` in the worker,
+system-wide on Linux): staging time + max(START_BY_RUNS x the mean run time
+x the calls ahead of it, START_BY_MIN_S), never later than its queue
+deadline. The worker, after it has written the answer of the call before
+it, reads its clock; past a non-zero start-by it does not run the call and
+answers NOT_STARTED (WorkerNotStarted: it waits again). The scheduler, once
+a start-by has passed (`overdue_pipelines()`, `next_start_by()`), reads
+every answer already in that pipeline's answer pipe, reports them, then
+sends AnswersRead(read_s = a time taken before that read): each staged
+request still staged there with start_by_s <= read_s is taken back
+(Withdraw), waits again with its arrival time (so its queue deadline still
+counts from arrival, rule 6), and goes to the next free pipeline, oldest
+first (rule 5); the pipeline becomes `overdue` until its current call is
+answered. Why this is safe: the call before it was not answered when the
+scheduler read the pipe at or after read_s >= start-by; the worker writes
+that answer before it reads its clock for the staged call, so that clock
+read comes after start-by and the worker will not run the call: its later
+NOT_STARTED answer is expected and dropped. If that answer was there, the
+request was promoted (it may be running): it is no longer staged, and
+nothing changes.
+
+If a pipeline dies (a crash) before starting its staged requests, they go
+back into the queue in arrival order (they never ran), or get QueueTimeout if
+their deadline has passed, or EndpointUnavailable while the endpoint is
+FAILED. A pipeline killed for an exec timeout may already have finished the
+killed call and started the next (its answer unread), or ignore the stack-dump
+signal that tells it to start nothing more: its staged requests stay attached
+to it (STOPPING, `killed_answer_due`) until it has exited and its answer pipe
+has been read to the end. Answers read meanwhile are delivered (the killed
+call's is dropped: it was answered 504 at once); a NOT_STARTED answer puts
+that request back in the queue, and NOT_STARTED with `stopping` (the worker
+saw the kill notice) all of them; at the exit, the first request after the
+last answer may have been running and gets WorkerCrashed, and those after it
+(certainly never started) go back to the queue.
 
 Contract with the scheduler: after RequestCancelled for a request, no
-command names that request again (its result, crash or timeout is silent).
+command names that request again (its result, crash or timeout is silent),
+but a Withdraw (so that the scheduler expects its NOT_STARTED answer).
 A pipeline killed for an exec timeout is STOPPING (not allocated), so rules 1
 and 3 may start its replacement at once, before its WorkerExited arrives.
 Events for a STOPPING or GONE pipeline (a result or ready that raced a stop)
@@ -51,6 +87,7 @@ EndpointUnavailable (so the drain ends) but never retries.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Final
 
 from lightnode.config.model import EndpointConfig
@@ -64,8 +101,10 @@ from lightnode.pool.commands import (
     Reject,
     SpawnWorker,
     StopWorker,
+    Withdraw,
 )
 from lightnode.pool.events import (
+    AnswersRead,
     DrainRequested,
     Event,
     LimitsChanged,
@@ -75,6 +114,7 @@ from lightnode.pool.events import (
     Tick,
     WorkerExited,
     WorkerFinished,
+    WorkerNotStarted,
     WorkerOverLimit,
     WorkerReady,
     WorkerStartFailed,
@@ -106,6 +146,18 @@ PREFETCH_MAX_RUN_S: Final = 0.02
 # one pipe while another pipeline might have taken it.
 PREFETCH_BUDGET_S: Final = 0.001
 MAX_STAGED: Final = 7
+# A staged request's start-by (see "Taking a staged request back"): it is taken back
+# once it has waited START_BY_RUNS mean run times per call ahead of it, and never
+# sooner than START_BY_MIN_S. The cost of a larger bound: a request staged behind a
+# call that hangs waits that much longer than it would have in the queue (once per
+# hang: the pipeline is then overdue). Of a smaller one: a pipeline that is merely
+# slow to be scheduled (a loaded 2-core machine deschedules a process for a few ms;
+# the node's own event loop pass can take a few ms) refuses calls it would have run
+# at once, each refusal costing a round trip through the node. 10 ms is about one
+# scheduler time slice under load; 4 mean run times leave room for the spread of a
+# function's run times around its mean.
+START_BY_RUNS: Final = 4.0
+START_BY_MIN_S: Final = 0.010
 UNKNOWN_LOAD_ERROR: Final = "The endpoint's code failed to load"
 
 # Load states in which the pool starts pipelines for floor, queue and retirements.
@@ -117,6 +169,7 @@ _EXPECTED_STATE: Final[dict[type, WorkerState]] = {
     WorkerReady: STARTING,
     WorkerStartFailed: STARTING,
     WorkerFinished: BUSY,
+    WorkerNotStarted: BUSY,
 }
 
 
@@ -265,7 +318,7 @@ class PoolMachine:
         self._on_finished(worker, now, out)  # IDLE, or still BUSY with its staged request
         if self._waiting and not staged:
             item = self._queue.pop_oldest()
-            out.append(self._start_call(worker, item.request_id, now, item.arrived_s))
+            out.append(self._start_call(worker, item.request_id, now, item.arrived_s, item.deadline_s))
         self._prefetch_waiting(now, out)
         if not self._waiting:
             self._queue_bound_relaxed = False
@@ -279,7 +332,8 @@ class PoolMachine:
             if self._config.pool.scale_down_delay and self._shrink_candidates():
                 return None  # an idle surplus pipeline may be due to stop now
             self._loaded = True
-            return [self._start_call(workers.idle_lru()[-1], request_id, now, now)]
+            deadline_s = now + self._config.pool.timeout / 1000
+            return [self._start_call(workers.idle_lru()[-1], request_id, now, now, deadline_s)]
         pool = self._config.pool
         allocated = workers.allocated()
         if allocated < pool.ceil:
@@ -303,11 +357,15 @@ class PoolMachine:
                 self._queue_bound_relaxed = False
         return out
 
-    def _start_call(self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float) -> Dispatch:
+    def _start_call(
+        self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float, deadline_s: float
+    ) -> Dispatch:
         """IDLE -> BUSY with `request_id` (rules 2 and 5)."""
         worker.set_state(BUSY)  # IDLE -> BUSY: request dispatched
         worker.request_id = request_id
         worker.dispatched_s = now
+        worker.request_arrived_s = arrived_s
+        worker.request_deadline_s = deadline_s
         exec_timeout_ms = self._config.limits.exec_timeout
         worker.exec_timeout_ms = exec_timeout_ms
         worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
@@ -318,10 +376,14 @@ class PoolMachine:
         self, worker: WorkerRecord, request_id: int, now: float, arrived_s: float, deadline_s: float
     ) -> Dispatch:
         """Prefetch: send `request_id` ahead to BUSY `worker`; it starts after those before it."""
-        worker.staged.append(StagedRequest(request_id, arrived_s, deadline_s))
+        mean_s = self._mean_run_time_s
+        assert mean_s is not None  # prefetch waits for the first call's run time
+        ahead = 1 + len(worker.staged)  # the running call and those staged before it
+        start_by_s = min(now + max(START_BY_RUNS * mean_s * ahead, START_BY_MIN_S), deadline_s)
+        worker.staged.append(StagedRequest(request_id, arrived_s, deadline_s, start_by_s))
         self._running[request_id] = worker.worker_id
         self._counters.prefetched_total += 1
-        return Dispatch(request_id, worker.worker_id, now - arrived_s, staged=True)
+        return Dispatch(request_id, worker.worker_id, now - arrived_s, True, start_by_s)
 
     def _prefetch_target(self) -> WorkerRecord | None:
         """The BUSY pipeline that may take a request ahead (see the module docstring), or None.
@@ -358,7 +420,7 @@ class PoolMachine:
         best_staged = limit
         for worker in self._workers.busy_view():
             staged = len(worker.staged)
-            if staged > best_staged or worker.stop_when_free or worker.retiring:
+            if staged > best_staged or worker.stop_when_free or worker.retiring or worker.overdue:
                 continue
             if staged == best_staged and (best is None or worker.dispatched_s >= best.dispatched_s):
                 continue  # full, or no better than the best so far
@@ -386,19 +448,74 @@ class PoolMachine:
         staged = worker.staged
         while staged:
             item = staged.popleft()
-            request_id = item.request_id
-            del self._running[request_id]
-            if item.cancelled:
-                continue  # rule 9: it leaves silently
-            if self._load_state is FAILED:  # as the queue was when the endpoint failed
-                error = self._last_load_error or UNKNOWN_LOAD_ERROR
-                self._reject(out, request_id, "EndpointUnavailable", error)
+            del self._running[item.request_id]
+            self._requeue(item.request_id, item.arrived_s, item.deadline_s, item.cancelled, now, out)
+
+    def _withdraw_staged(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:
+        """Take back every request staged on `worker` (it will start none of them)."""
+        for item in worker.staged:
+            out.append(Withdraw(item.request_id, worker.worker_id))
+        self._unstage(worker, now, out)
+
+    def _requeue(
+        self, request_id: int, arrived_s: float, deadline_s: float, cancelled: bool, now: float,
+        out: list[Command],
+    ) -> None:  # fmt: skip
+        """A request that left the queue but never ran waits again, with its arrival time."""
+        if cancelled:
+            return  # rule 9: it leaves silently
+        if self._load_state is FAILED:  # as the queue was when the endpoint failed
+            error = self._last_load_error or UNKNOWN_LOAD_ERROR
+            self._reject(out, request_id, "EndpointUnavailable", error)
+            return
+        if deadline_s <= now:
+            self._reject(out, request_id, "QueueTimeout", QUEUE_TIMEOUT_MESSAGE, self._retry_after())
+            return
+        self._queue.reinsert(QueuedRequest(request_id, arrived_s, deadline_s))
+        self._queue_bound_relaxed = True  # it was admitted once; it may exceed the bound
+
+    def _take_back(self, worker_ids: tuple[int, ...], read_s: float, now: float, out: list[Command]) -> None:
+        """AnswersRead: staged requests whose start-by passed by `read_s` wait again.
+
+        See "Taking a staged request back" in the module docstring for why the pipeline
+        cannot have started them: every request still in `worker.staged` has a
+        predecessor that was unanswered when the scheduler read the pipe at `read_s`.
+        """
+        for worker_id in worker_ids:
+            worker = self._workers.get(worker_id)
+            if worker is None or not worker.staged:
                 continue
-            if item.deadline_s <= now:
-                self._reject(out, request_id, "QueueTimeout", QUEUE_TIMEOUT_MESSAGE, self._retry_after())
+            if all(item.start_by_s > read_s for item in worker.staged):
                 continue
-            self._queue.reinsert(QueuedRequest(request_id, item.arrived_s, item.deadline_s))
-            self._queue_bound_relaxed = True  # it was admitted once; it may exceed the bound
+            kept: deque[StagedRequest] = deque()
+            for item in worker.staged:
+                if item.start_by_s > read_s:
+                    kept.append(item)
+                    continue
+                del self._running[item.request_id]
+                out.append(Withdraw(item.request_id, worker_id))
+                self._requeue(item.request_id, item.arrived_s, item.deadline_s, item.cancelled, now, out)
+            worker.staged = kept
+            worker.overdue = True  # no more staged onto it until its current call is answered
+
+    def next_start_by(self) -> float | None:
+        """The earliest start-by of a staged request, None if none is staged."""
+        earliest: float | None = None
+        if len(self._running) == self._workers.count(BUSY):
+            return None  # nothing staged (the usual case: no scan)
+        for worker in self._workers:
+            for item in worker.staged:
+                if earliest is None or item.start_by_s < earliest:
+                    earliest = item.start_by_s
+        return earliest
+
+    def overdue_pipelines(self, now: float) -> list[int]:
+        """The pipelines holding a staged request whose start-by is <= now (to read, then AnswersRead)."""
+        return [
+            worker.worker_id
+            for worker in self._workers
+            if any(item.start_by_s <= now for item in worker.staged)
+        ]
 
     def queue_deadline(self) -> float | None:
         """The earliest deadline of a waiting request (see `only_queue_deadline_moved`)."""
@@ -450,7 +567,7 @@ class PoolMachine:
             pipelines=counts,
             allocated=self._workers.allocated(),
             queue_length=len(self._queue),
-            staged=sum(len(worker.staged) for worker in self._workers.busy_view()),
+            staged=sum(len(worker.staged) for worker in self._workers),
             oldest_wait_s=max(0.0, now - oldest.arrived_s) if oldest is not None else 0.0,
             load_state=self._load_state.value,
             last_load_error=self._last_load_error,
@@ -504,6 +621,8 @@ class PoolMachine:
                 self._on_request(rid, now, out)
             case RequestCancelled(request_id=rid):
                 self._on_cancelled(rid)
+            case AnswersRead(worker_ids=worker_ids, read_s=read_s):
+                self._take_back(worker_ids, read_s, now, out)
             case Loaded():
                 if self._load_state is not DRAINING:
                     self._loaded = True
@@ -518,8 +637,15 @@ class PoolMachine:
 
     def _apply_worker_event(self, event: Event, now: float, out: list[Command]) -> None:
         worker = self._workers.get(getattr(event, "worker_id", None))
-        if worker is None or (worker.state in _STALE and not isinstance(event, WorkerExited)):
-            return  # stale: the pipeline was already stopped or is gone
+        if worker is None:
+            return  # gone
+        if worker.state in _STALE and not isinstance(event, WorkerExited):
+            if worker.killed_answer_due or worker.staged:  # killed, its calls still attached
+                if isinstance(event, WorkerFinished):
+                    self._on_killed_answer(worker, False, False, now, out)
+                elif isinstance(event, WorkerNotStarted):
+                    self._on_killed_answer(worker, True, event.stopping, now, out)
+            return  # else stale: the pipeline was already stopped
         match event:
             case WorkerReady():
                 self._on_ready(worker, now)
@@ -528,6 +654,8 @@ class PoolMachine:
                 self._start_failure(worker, error, now, out)
             case WorkerFinished():
                 self._on_finished(worker, now, out)
+            case WorkerNotStarted(stopping=stopping):
+                self._on_not_started(worker, stopping, now, out)
             case WorkerExited(detail=detail):
                 self._on_exited(worker, detail, now, out)
             case WorkerOverLimit():
@@ -608,6 +736,11 @@ class PoolMachine:
             if max_requests > 0 and worker.served >= max_requests:
                 self._mark_retiring(worker)
             return
+        self._free(worker, now, out)
+
+    def _free(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:
+        """`worker` (BUSY, nothing staged) has no call any more: stop it or make it IDLE."""
+        max_requests = self._config.limits.max_requests
         if worker.stop_when_free:
             worker.set_state(STOPPING)  # BUSY -> STOPPING: told to stop after this call
             out.append(StopWorker(worker.worker_id))
@@ -619,12 +752,50 @@ class PoolMachine:
         if max_requests > 0 and worker.served >= max_requests:
             self._mark_retiring(worker)
 
+    def _on_not_started(self, worker: WorkerRecord, stopping: bool, now: float, out: list[Command]) -> None:
+        """The pipeline did not run its current request (a start-by passed, or it is being
+        stopped): the request waits again with its arrival time; the pipeline goes on."""
+        request_id = worker.request_id
+        assert request_id is not None
+        del self._running[request_id]
+        arrived_s, deadline_s = worker.request_arrived_s, worker.request_deadline_s
+        cancelled = worker.request_cancelled
+        worker.clear_request()
+        self._requeue(request_id, arrived_s, deadline_s, cancelled, now, out)
+        if stopping:  # it starts nothing more and exits: what it holds goes elsewhere
+            self._withdraw_staged(worker, now, out)
+            worker.set_state(STOPPING)  # BUSY -> STOPPING: it stops of itself
+            out.append(StopWorker(worker.worker_id))
+        elif worker.staged:
+            self._promote(worker, now)
+        else:
+            self._free(worker, now, out)
+
+    def _on_killed_answer(
+        self, worker: WorkerRecord, not_started: bool, stopping: bool, now: float, out: list[Command]
+    ) -> None:
+        """An answer of a pipeline killed for an exec timeout, in the order of its calls:
+        first the killed call's (dropped), then those of its staged requests."""
+        if worker.killed_answer_due:
+            worker.killed_answer_due = False  # answered 504 already
+        elif worker.staged:
+            item = worker.staged.popleft()
+            del self._running[item.request_id]
+            if not_started:
+                self._requeue(item.request_id, item.arrived_s, item.deadline_s, item.cancelled, now, out)
+            else:
+                self._counters.served_total += 1  # it ran: the scheduler delivers its answer
+        if stopping:
+            self._withdraw_staged(worker, now, out)
+
     def _promote(self, worker: WorkerRecord, now: float) -> None:
         """The first staged request of `worker` becomes its running one (it starts now)."""
         item = worker.staged.popleft()
         worker.request_id = item.request_id
         worker.request_cancelled = item.cancelled
         worker.dispatched_s = now
+        worker.request_arrived_s = item.arrived_s
+        worker.request_deadline_s = item.deadline_s
         exec_timeout_ms = self._config.limits.exec_timeout
         worker.exec_timeout_ms = exec_timeout_ms
         worker.exec_deadline_s = now + exec_timeout_ms / 1000 if exec_timeout_ms > 0 else None
@@ -643,6 +814,18 @@ class PoolMachine:
                 self._reject(out, worker.request_id, "WorkerCrashed", message)
             worker.clear_request()
             self._unstage(worker, now, out)
+        elif worker.staged:  # killed for an exec timeout; every answer it wrote has been read
+            if not worker.killed_answer_due:
+                # The killed call was answered: the first staged request may have started.
+                item = worker.staged.popleft()
+                del self._running[item.request_id]
+                if not item.cancelled:
+                    message = (
+                        "The pipeline was killed for the execution timeout of an earlier request"
+                        f" and may have started this one ({detail})"
+                    )
+                    self._reject(out, item.request_id, "WorkerCrashed", message)
+            self._unstage(worker, now, out)  # never started
         worker.set_state(GONE)  # any -> GONE: the process exited
         self._workers.drop(worker)
 
@@ -708,7 +891,8 @@ class PoolMachine:
                 message = f"The function ran past the execution timeout of {limit_ms} ms"
                 self._reject(out, worker.request_id, "ExecutionTimeout", message)
             worker.clear_request()
-            self._unstage(worker, now, out)
+            # Its staged requests stay attached until it has exited (see the module docstring).
+            worker.killed_answer_due = True
             worker.set_state(STOPPING)  # BUSY -> STOPPING: killed
 
     def _enforce_ceil(self, out: list[Command]) -> None:
@@ -765,7 +949,7 @@ class PoolMachine:
             if not idle:
                 break
             item = self._queue.pop_oldest()
-            out.append(self._start_call(idle[-1], item.request_id, now, item.arrived_s))
+            out.append(self._start_call(idle[-1], item.request_id, now, item.arrived_s, item.deadline_s))
         self._prefetch_waiting(now, out)
 
     def _stop_for_drain(self, out: list[Command]) -> None:

@@ -30,14 +30,21 @@ class StagedRequest:
     request_id: int
     arrived_s: float
     deadline_s: float  # its queue deadline, should it have to wait again
+    start_by_s: float  # the pipeline does not start it after this time (it may be taken back)
     cancelled: bool  # rule 9: its result will be dropped
 
     def __init__(
-        self, request_id: int, arrived_s: float, deadline_s: float, cancelled: bool = False
+        self,
+        request_id: int,
+        arrived_s: float,
+        deadline_s: float,
+        start_by_s: float = float("inf"),
+        cancelled: bool = False,
     ) -> None:
         self.request_id = request_id
         self.arrived_s = arrived_s
         self.deadline_s = deadline_s
+        self.start_by_s = start_by_s
         self.cancelled = cancelled
 
 
@@ -58,10 +65,21 @@ class WorkerRecord:
     exec_deadline_s: float | None = None
     exec_timeout_ms: int = 0  # the limit in force when the request was dispatched
     request_cancelled: bool = False  # rule 9: the result will be dropped
+    # When the request in flight arrived and its queue deadline: it waits again with
+    # them if the pipeline answers NOT_STARTED for it.
+    request_arrived_s: float = 0.0
+    request_deadline_s: float = 0.0
+    # Its current call ran past the start-by of a request staged behind it (which was
+    # taken back): it takes no staged request until that call is answered.
+    overdue: bool = False
     # Prefetch: the requests sent ahead into the pipe of this BUSY pipeline, in
     # the order it runs them; the first starts when the current one finishes
-    # (never any unless BUSY).
+    # (never any unless BUSY, or STOPPING after an exec-timeout kill: they stay
+    # attached until its answers are read and it has exited).
     staged: deque[StagedRequest] = field(default_factory=deque)
+    # Killed for an exec timeout (STOPPING): the killed call's answer (dropped: it
+    # was answered 504) may still come before those of its staged requests.
+    killed_answer_due: bool = False
     # Rule 10 and ceil decreases.
     retiring: bool = False  # marked for replacement (max_requests or RSS)
     successor_id: int | None = None  # the pipeline starting to replace this one
@@ -93,3 +111,4 @@ class WorkerRecord:
         self.exec_deadline_s = None
         self.exec_timeout_ms = 0
         self.request_cancelled = False
+        self.overdue = False

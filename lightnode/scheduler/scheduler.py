@@ -34,18 +34,29 @@ from lightnode.pool import events as ev
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.pool.states import WorkerState
-from lightnode.scheduler.worker_handle import RESULT, WorkerHandle, WorkerListener, WorkerSpec
+from lightnode.scheduler.worker_handle import (
+    NOT_STARTED,
+    NOT_STARTED_STOPPING,
+    RESULT,
+    WorkerHandle,
+    WorkerListener,
+    WorkerSpec,
+)
 
 log: Final = logging.getLogger("lightnode.scheduler")
 # A Final name: the compiled build reads it from a C variable, not the module dict.
 monotonic: Final = time.monotonic
 
-# A pipeline in these states has said READY; in these it runs no call (see _broken).
+# A pipeline in these states has said READY.
 _SERVING: Final = frozenset({WorkerState.IDLE, WorkerState.BUSY})
-_NO_CALL: Final = frozenset({WorkerState.STARTING, WorkerState.IDLE})
 
 # How often pipelines' RSS is checked against limits.max_rss_mb.
 RSS_CHECK_INTERVAL_S: Final = 1.0
+# A staged call's start-by goes into its CALL frame this much earlier than the machine's
+# (in ns): the float seconds of time.monotonic() round the clock's ns by up to ~1 ns at
+# any realistic uptime, and the worker must refuse a call whenever the machine may take
+# it back (refusing one it will not take back costs a round trip, nothing else).
+START_BY_MARGIN_NS: Final = 1000
 
 
 class Call:
@@ -64,6 +75,14 @@ class Call:
         self.wait_us = 0
         self.dispatched = 0.0
         self.cancelled = False
+
+
+# Placeholders in a pipeline's sequence of calls (`_running` and `_staged`), whose
+# answers come in the order the calls were sent: a call the machine took back (its
+# answer must be NOT_STARTED), and a call already answered by the machine (an exec
+# timeout's 504; its answer, should it come, is dropped). Never in `calls`: id 0.
+_WITHDRAWN: Final = Call(0, b"", 0.0, None)
+_DROPPED: Final = Call(0, b"", 0.0, None)
 
 
 class CallSink(Protocol):
@@ -104,14 +123,19 @@ class EndpointPool:
         self._factory = worker_factory
         self.workers: dict[int, Any] = {}
         self.calls: dict[int, Call] = {}
-        self._running: dict[int, Call] = {}  # worker id -> the call it runs
-        # worker id -> the calls prefetched behind its running one, in the order it runs them
+        # A pipeline's calls in the order it answers them: the first not answered yet
+        # (worker id -> call), and those sent behind it (prefetched, or sent to a pipeline
+        # IDLE for the machine that still owes a NOT_STARTED); either may be a placeholder.
+        self._running: dict[int, Call] = {}
         self._staged: dict[int, deque[Call]] = {}
         self._next_request_id = 1
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._feeding = False
         self._backlog: list[ev.Event] = []
+        # The timer of the earliest start-by of a staged call (see _check_start_by).
+        self._start_by_timer: asyncio.TimerHandle | None = None
+        self._start_by_at: float | None = None
         self._drained = loop.create_future()
         self._rss_timer: asyncio.TimerHandle | None = None
         self.last_start_s: float | None = None  # duration of the last successful start
@@ -147,12 +171,25 @@ class EndpointPool:
         return call
 
     def cancel(self, call: Call) -> None:
-        """The client went away (SPEC §4 rule 9)."""
-        if call.request_id in self.calls:
+        """The client went away (SPEC §4 rule 9).
+
+        A cancel made while commands are carried out (a Reject whose answer closes the
+        connection that carried another request, say) waits until they are: a command
+        of the same list may still name the request, and must find it.
+        """
+        if call.request_id in self.calls and not call.cancelled:
             call.cancelled = True
+            if self._feeding:
+                self._backlog.append(ev.RequestCancelled(call.request_id))
+                return
             self._feed(ev.RequestCancelled(call.request_id))
-            if not call.worker_id:  # queued: it leaves now; running or staged: dropped later
-                self.calls.pop(call.request_id, None)
+            self._forget_if_queued(call.request_id)
+
+    def _forget_if_queued(self, request_id: int) -> None:
+        """After RequestCancelled: a queued call leaves now; a running or staged one when answered."""
+        call = self.calls.get(request_id)
+        if call is not None and not call.worker_id:
+            del self.calls[request_id]
 
     def apply_config(self, config: EndpointConfig) -> None:
         self._feed(ev.LimitsChanged(config))
@@ -201,10 +238,13 @@ class EndpointPool:
             for command in commands:
                 self._run(command)
             while self._backlog:
-                commands = machine.handle(self._backlog.pop(0), monotonic())
+                event = self._backlog.pop(0)
+                commands = machine.handle(event, monotonic())
                 only_queue = only_queue and machine.only_queue_deadline_moved
                 for command in commands:
                     self._run(command)
+                if isinstance(event, ev.RequestCancelled):
+                    self._forget_if_queued(event.request_id)
         finally:
             self._feeding = False
         if only_queue:
@@ -223,6 +263,8 @@ class EndpointPool:
         try:
             if isinstance(command, cmd.Dispatch):
                 self._dispatch(command)
+            elif isinstance(command, cmd.Withdraw):
+                self._withdraw(command)
             elif isinstance(command, cmd.Reject):
                 self._reject(command)
             elif isinstance(command, cmd.SpawnWorker):
@@ -263,6 +305,35 @@ class EndpointPool:
         self._timer_at = None
         self._feed(ev.Tick())
 
+    def _arm_start_by(self, at: float) -> None:
+        """Have _check_start_by run at `at`, unless it is due sooner already."""
+        if self._start_by_at is not None and self._start_by_at <= at:
+            return  # the usual case under load: one comparison per staged call
+        if self._start_by_timer is not None:
+            self._start_by_timer.cancel()
+        self._start_by_at = at
+        self._start_by_timer = self.loop.call_later(max(0.0, at - monotonic()), self._check_start_by)
+
+    def _check_start_by(self) -> None:
+        """Staged calls past their start-by: read their pipelines' answers, then let the
+        machine take back those still staged (see "Taking a staged request back" in
+        pool/machine.py). `read_s` is taken before the reads: every answer written
+        before it is reported first, so a call still staged had an unanswered
+        predecessor at read_s, and its pipeline will not start it."""
+        self._start_by_timer = None
+        self._start_by_at = None
+        read_s = monotonic()
+        overdue = self.machine.overdue_pipelines(read_s)
+        if overdue:
+            for worker_id in overdue:
+                worker = self.workers.get(worker_id)
+                if worker is not None:
+                    worker.read_answers()
+            self._feed(ev.AnswersRead(tuple(overdue), read_s))
+        earliest = self.machine.next_start_by()
+        if earliest is not None:
+            self._arm_start_by(earliest)
+
     # ---------------------------------------------------------------- commands
 
     def _spawn(self, worker_id: int) -> None:
@@ -278,20 +349,39 @@ class EndpointPool:
     def _dispatch(self, command: cmd.Dispatch) -> None:
         call = self.calls[command.request_id]
         worker_id = command.worker_id
-        if call.worker_id:
-            self._drop_staged(call)  # staged on a killed pipeline, given to another
+        if call.worker_id:  # never: the machine withdraws a call before it sends it again
+            self._replace(call, _WITHDRAWN)
         call.worker_id = worker_id
+        start_by_ns = 0
         if command.staged:
+            start_by_ns = int(command.start_by_s * 1e9) - START_BY_MARGIN_NS
+            self._arm_start_by(command.start_by_s)
+        if command.staged or worker_id in self._running:
+            # Behind the call it runs, or behind a NOT_STARTED it still owes: its wait
+            # ends when the answers before it are in.
             staged = self._staged.get(worker_id)
             if staged is None:
-                self._staged[worker_id] = deque((call,))  # its wait ends when it starts
+                self._staged[worker_id] = deque((call,))
             else:
                 staged.append(call)
         else:
             call.wait_us = int(command.wait_s * 1e6)
             call.dispatched = monotonic()
             self._running[worker_id] = call
-        self.workers[worker_id].send_call(call.body)
+        if start_by_ns:
+            self.workers[worker_id].send_call(call.body, start_by_ns)
+        else:
+            self.workers[worker_id].send_call(call.body)
+
+    def _withdraw(self, command: cmd.Withdraw) -> None:
+        """The machine took a staged call back: its place in the pipe becomes a placeholder."""
+        call = self.calls.get(command.request_id)
+        if call is None or call.worker_id != command.worker_id:
+            return
+        self._replace(call, _WITHDRAWN)
+        call.worker_id = 0
+        if call.cancelled:
+            del self.calls[call.request_id]  # the machine names it no more
 
     def _reject(self, command: cmd.Reject) -> None:
         call = self.calls.pop(command.request_id, None)
@@ -300,11 +390,11 @@ class EndpointPool:
         exec_us = 0
         worker_id = call.worker_id
         if worker_id and self._running.get(worker_id) is call:
-            del self._running[worker_id]
+            self._running[worker_id] = _DROPPED  # its answer, should it still come
             exec_us = int((monotonic() - call.dispatched) * 1e6)
-        else:  # it waited (in the queue, or staged on a pipeline that stopped first)
+        else:  # it waited, or had not started here yet
             if worker_id:
-                self._drop_staged(call)
+                self._replace(call, _DROPPED)
             call.wait_us = int((monotonic() - call.arrived) * 1e6)
         headers: tuple[tuple[str, str], ...] = ()
         if command.retry_after_s is not None:
@@ -315,13 +405,18 @@ class EndpointPool:
         error = LightnodeError(command.error_type, command.message, detailed, headers=headers)
         self.sink.call_failed(self, call, error, exec_us, 0)
 
-    def _drop_staged(self, call: Call) -> None:
-        """Forget `call` as staged on the pipeline it was sent to, if it is."""
-        staged = self._staged.get(call.worker_id)
-        if staged is not None and call in staged:
-            staged.remove(call)
-            if not staged:
-                del self._staged[call.worker_id]
+    def _replace(self, call: Call, placeholder: Call) -> None:
+        """Put `placeholder` in the place of `call` in its pipeline's sequence of calls."""
+        worker_id = call.worker_id
+        if self._running.get(worker_id) is call:
+            self._running[worker_id] = placeholder
+            return
+        staged = self._staged.get(worker_id)
+        if staged is not None:
+            for index, sent in enumerate(staged):
+                if sent is call:
+                    staged[index] = placeholder
+                    return
 
     # ---------------------------------------------------- worker notifications
 
@@ -350,20 +445,35 @@ class EndpointPool:
     def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
         now = monotonic()
         call = self._running.pop(worker_id, None)
-        if call is None and self._state_of(worker_id) in _NO_CALL:
+        if call is None:
             self._broken(worker_id, "answered with no call in flight")
             return
-        # The worker has started its next prefetched call, unless it was killed meanwhile
-        # (its staged calls then wait again in the machine's queue).
+        # The answers come in the order of the calls: the next one it holds starts now.
         queue = self._staged.get(worker_id)
-        if queue is not None and self.machine.is_busy(worker_id):
+        if queue is not None:
             staged = queue.popleft()
             if not queue:
                 del self._staged[worker_id]
             staged.dispatched = now
             staged.wait_us = int((now - staged.arrived) * 1e6)
             self._running[worker_id] = staged
-        if call is not None and self.calls.pop(call.request_id, None) is not None:
+        if call is _WITHDRAWN:  # taken back at its start-by: the machine expects nothing
+            if kind != NOT_STARTED:  # never (see pool/machine.py): the clocks would disagree
+                log.error("%s: pipeline %d ran a call taken back from it; its answer is dropped",
+                          self.spec.tag, worker_id)  # fmt: skip
+            return
+        if kind == NOT_STARTED:  # it never ran: the machine makes it wait again
+            if call is not _DROPPED:
+                call.worker_id = 0
+            event: ev.Event = ev.WorkerNotStarted(worker_id, value == NOT_STARTED_STOPPING)
+            if self._feeding:
+                self._backlog.append(event)
+            else:
+                self._feed(event)
+            if call.cancelled and call.request_id in self.calls:
+                del self.calls[call.request_id]  # the machine names it no more
+            return
+        if self.calls.pop(call.request_id, None) is not None:
             exec_us = int((now - call.dispatched) * 1e6)
             if kind == RESULT:
                 self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
@@ -387,14 +497,16 @@ class EndpointPool:
             log.warning("%s: pipeline pid %s died while idle (%s)", self.spec.tag, pid, detail)
         elif state is WorkerState.BUSY:
             log.warning("%s: pipeline pid %s died while running a request (%s)", self.spec.tag, pid, detail)
-        # Prefetched calls it never started wait again (or time out): the machine decides.
+        # The calls it held but never answered: the machine decides what becomes of each
+        # (WorkerCrashed for the one that may have run; the others wait again).
         staged = self._staged.pop(worker_id, ())
         for call in staged:
-            call.worker_id = 0
+            if call.worker_id == worker_id:
+                call.worker_id = 0
         self._feed(ev.WorkerExited(worker_id, detail))
         # A call still listed here was cancelled by its client: the machine names it no more.
         running = self._running.pop(worker_id, None)
-        if running is not None:
+        if running is not None and running.worker_id == worker_id:
             self.calls.pop(running.request_id, None)
         for call in staged:
             if call.cancelled and not call.worker_id:

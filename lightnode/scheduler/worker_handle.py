@@ -41,6 +41,8 @@ RUNTIME_PATH: Final = str(Path(runtime.__file__).resolve())
 CALL: Final[int] = runtime.CALL
 RESULT: Final[int] = runtime.RESULT
 ERROR: Final[int] = runtime.ERROR
+NOT_STARTED: Final[int] = runtime.NOT_STARTED
+NOT_STARTED_STOPPING: Final[int] = runtime.NOT_STARTED_STOPPING
 READY: Final[int] = runtime.READY
 INIT_ERROR: Final[int] = runtime.INIT_ERROR
 _HEADER_SIZE: Final = HEADER.size
@@ -331,6 +333,10 @@ class WorkerHandle:
         # of the event loop, those sent while answers are settled for the end of the read.
         self._outbox: list[bytes] = []
         self._settling = False  # answers of one read being settled (see _FrameReader)
+        self._answers = _FrameReader(self)
+        # A duplicate of the answer pipe's read end, for read_answers(): owned here, so it
+        # cannot name another file once the transport has closed its own.
+        self._answer_fd: int | None = None
         self.started_at = time.monotonic()
         self.pid = 0
 
@@ -370,6 +376,8 @@ class WorkerHandle:
         for fd in (call_r, answer_w, out_w):
             os.close(fd)
         self.pid = self._proc.pid
+        self._answer_fd = os.dup(answer_r)
+        os.set_blocking(self._answer_fd, False)  # the transport makes it so too (one file)
         self._connect(call_w, answer_r, out_r)
 
     def _environment(self) -> dict[str, str]:
@@ -401,7 +409,7 @@ class WorkerHandle:
 
         async def connect() -> None:
             self._writer, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, write_pipe)
-            await loop.connect_read_pipe(lambda: _FrameReader(self), read_pipe)
+            await loop.connect_read_pipe(lambda: self._answers, read_pipe)
             await loop.connect_read_pipe(lambda: _LogReader(prefix, loop), log_pipe)
 
         task = loop.create_task(connect())
@@ -418,8 +426,11 @@ class WorkerHandle:
             log.error("%s: cannot connect worker pipes: %s", self.spec.tag, task.exception())
             self.kill(dump_stack=False)
 
-    def send_call(self, body: bytes) -> None:
-        """Send one request to the worker (idle, or busy for a prefetched call)."""
+    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+        """Send one request to the worker (idle, or busy for a prefetched call).
+
+        `start_by_ns`: CLOCK_MONOTONIC ns after which the worker must not start it (0: none).
+        """
         writer = self._writer
         if writer is None:
             # Pipes not connected yet can only happen before READY, which precedes any call.
@@ -432,7 +443,7 @@ class WorkerHandle:
         outbox = self._outbox
         if not outbox and not self._settling:
             self._loop.call_soon(self._flush_calls)
-        outbox.append(_pack_header(len(body), CALL, 0) + body)
+        outbox.append(_pack_header(len(body), CALL, start_by_ns) + body)
 
     def _flush_calls(self) -> None:
         """Write the calls sent since the last flush, in order, with one system call.
@@ -473,6 +484,28 @@ class WorkerHandle:
         else:
             self._signal(signal.SIGKILL)
 
+    def read_answers(self) -> None:
+        """Read now, without waiting, every answer the worker has written, and report them.
+
+        Every answer written before this call starts is reported before it returns
+        (the scheduler relies on it to take back a staged call: see the pool machine's
+        "Taking a staged request back"). The pipe is non-blocking; the transport that
+        reads it otherwise then finds it empty, which it takes in its stride.
+        """
+        fd = self._answer_fd
+        if fd is None:
+            return
+        while True:
+            try:
+                data = os.read(fd, runtime.READ_CHUNK_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not data:
+                return  # EOF: the worker has exited
+            self._answers.data_received(data)
+
     def rss_bytes(self) -> int:
         """Resident set size of the worker, 0 when unknown."""
         try:
@@ -495,7 +528,7 @@ class WorkerHandle:
             pass
 
     def _frame(self, kind: int, value: int, body: bytes) -> None:
-        if kind == RESULT or kind == ERROR:  # every answer: checked first
+        if kind == RESULT or kind == ERROR or kind == NOT_STARTED:  # every answer: checked first
             self._listener.worker_answered(self.worker_id, kind, value, body)
         elif kind == READY:
             self._listener.worker_ready(self.worker_id, ujson.loads(body))
@@ -569,5 +602,11 @@ class WorkerHandle:
             timer.cancel()
         if self._writer is not None:
             self._writer.close()
+        # Every answer it wrote is reported before its exit (the scheduler settles its
+        # staged calls by what was answered), even if a grandchild holds the pipe open.
+        self.read_answers()
+        if self._answer_fd is not None:
+            os.close(self._answer_fd)
+            self._answer_fd = None
         assert self._proc is not None
         self._listener.worker_exited(self.worker_id, describe_exit(self._proc.returncode))

@@ -9,11 +9,14 @@ The wire (defined here once; the daemon imports these names):
 
     frame  = HEADER (length: u32, kind: u8, value: i64, big-endian) + body (length bytes)
 
-    parent -> worker   CALL        body: the request's JSON object (raw bytes)
+    parent -> worker   CALL        body: the request's JSON object (raw bytes), value: its start-by,
+                                   CLOCK_MONOTONIC ns (0: none; see serve())
     worker -> parent   READY       body: {"pid", "function", "signature"}     (after init code ran)
                        INIT_ERROR  body: {"message", "traceback"}             (then exit EXIT_INIT_FAILED)
                        RESULT      body: the result as JSON (empty: None), value: µs in the function
                        ERROR       body: {"errorType", "message", "detailedMessage", "status"}, value: µs
+                       NOT_STARTED body: empty, value: 0 (its start-by had passed) or
+                                   NOT_STARTED_STOPPING (being killed: it starts no call any more)
 
 Frames travel on two dedicated pipe fds, never on stdout/stderr, so `print()`
 in user code cannot corrupt the channel; stdout and stderr go to the node's log.
@@ -87,6 +90,11 @@ READY = 10
 INIT_ERROR = 11
 RESULT = 12
 ERROR = 13
+NOT_STARTED = 14
+NOT_STARTED_STOPPING = 1
+
+# The most nested JSON a request body may be: ujson's own limit (JSON_MAX_OBJECT_DEPTH).
+UJSON_MAX_DEPTH = 1024
 
 # Exit status of a worker whose initialization failed (gunicorn's WORKER_BOOT_ERROR idea):
 # the scheduler backs off instead of respawning in a storm.
@@ -450,10 +458,16 @@ def call_once(binder: Binder, body: bytes, dev: bool) -> Tuple[int, bytes, int]:
     """Run one request; return (kind, body, µs in the function)."""
     try:
         params = _loads(body)
-    except ValueError:
+    except RecursionError:  # the standard library's json: as deep as the interpreter's stack
+        message = "%s: nested too deep for this interpreter's json module" % _BAD_BODY
+        return ERROR, _error("BadRequest", message, 400), 0
+    except ValueError as exc:
+        if "depth limit" in str(exc):  # ujson: "Reached object decoding depth limit"
+            message = "%s: nested too deep: more than %d levels" % (_BAD_BODY, UJSON_MAX_DEPTH)
+            return ERROR, _error("BadRequest", message, 400), 0
         params = None if body.strip() else {}  # an empty body: no parameters
     if not isinstance(params, dict):
-        return ERROR, _error("BadRequest", "Could not parse a JsonObject from request body", 400), 0
+        return ERROR, _error("BadRequest", _BAD_BODY, 400), 0
     problem = binder.problems(params)
     if problem is not None:
         return ERROR, _error("InvalidParameters", problem, 400), 0
@@ -469,6 +483,9 @@ def call_once(binder: Binder, body: bytes, dev: bool) -> Tuple[int, bytes, int]:
     except NotSerializable as exc:
         message = "Result is not JSON-serializable: %s" % exc.describe()
         return ERROR, _error("ResultNotSerializable", message, 500), elapsed
+
+
+_BAD_BODY = "Could not parse a JsonObject from request body"
 
 
 def _error(error_type: str, message: str, status: int, detailed: Optional[str] = None) -> bytes:
@@ -606,12 +623,21 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
             if not data:
                 return 0
             frames = decoder.feed(data)
-        kind, _value, body = frames.pop(0)
-        if _KILL_NOTICE[0]:
-            return 0  # being killed: a prefetched call is left to another pipeline
+        kind, start_by, body = frames.pop(0)
         if kind != CALL:
             sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
             return 2
+        if _KILL_NOTICE[0]:
+            # Being killed: this call and those behind it are left to another pipeline.
+            write_frame(fd_out, NOT_STARTED, b"", NOT_STARTED_STOPPING)
+            return 0
+        # A staged call's start-by, read after the previous answer was written: the node
+        # takes a call back only when, at or after its start-by, it found that answer
+        # missing, so this clock read comes later and the call is refused here
+        # (scheduler: "Taking a staged request back"). monotonic_ns() is a vDSO call.
+        if start_by and time.monotonic_ns() >= start_by:
+            write_frame(fd_out, NOT_STARTED)
+            continue
         answer_kind, answer, elapsed = call_once(binder, body, dev)
         if _FORKED[0]:
             _leave_if_forked(pid)

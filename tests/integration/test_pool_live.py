@@ -169,14 +169,19 @@ def test_exec_timeout_kills_logs_stack_and_replaces(node_factory: Any, tmp_path:
 
 
 # 10 s: still running at SIGKILL. 750 ms: ends between the stack-dump signal (600 ms) and
-# SIGKILL (+200 ms), so the worker would go on to the prefetched call unless it checks.
-@pytest.mark.parametrize("slow_ms", [10_000, 750])
+# SIGKILL (+200 ms), so the worker would go on to the prefetched call unless it checks;
+# and user code that ignores that signal (the worker never hears of the kill) would run
+# it while the node gave it to the replacement too, unless the node kept it or took it back.
+@pytest.mark.parametrize(("slow_ms", "ignores_notice"), [(10_000, False), (750, False), (750, True)])
 def test_prefetched_request_outlives_an_exec_timeout_kill_and_runs_once(
-    node_factory: Any, tmp_path: Path, slow_ms: int
+    node_factory: Any, tmp_path: Path, slow_ms: int, ignores_notice: bool
 ) -> None:
     calls = tmp_path / "calls.log"
     tuning = {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 4}, "limits": {"exec_timeout": 600}}
-    node = _pool_node(node_factory, tmp_path, tuning, record=RECORD % str(calls))
+    source = RECORD % str(calls)
+    if ignores_notice:
+        source = "import signal\nsignal.signal(signal.SIGUSR1, signal.SIG_IGN)\n" + source
+    node = _pool_node(node_factory, tmp_path, tuning, record=source)
     for i in range(5):  # a fast endpoint: its mean run time allows prefetch
         assert _call(node, {"tag": f"warm{i}"}, endpoint="record")[0] == 200
     with ThreadPoolExecutor(2) as pool:

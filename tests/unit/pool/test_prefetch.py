@@ -6,19 +6,36 @@ when its pipeline dies, is killed, retires or its client leaves.
 
 from __future__ import annotations
 
-from lightnode.pool.commands import Dispatch, KillWorker, Reject, SpawnWorker, StopWorker
+from lightnode.pool.commands import (
+    Command,
+    Dispatch,
+    KillWorker,
+    Reject,
+    SpawnWorker,
+    StopWorker,
+    Withdraw,
+)
 from lightnode.pool.events import (
+    AnswersRead,
     Loaded,
     RequestArrived,
     RequestCancelled,
     Tick,
     WorkerExited,
     WorkerFinished,
+    WorkerNotStarted,
     WorkerOverLimit,
     WorkerReady,
     WorkerStartFailed,
 )
-from lightnode.pool.machine import MAX_STAGED, PREFETCH_BUDGET_S, PREFETCH_MAX_RUN_S
+from lightnode.pool.machine import (
+    MAX_STAGED,
+    PREFETCH_BUDGET_S,
+    PREFETCH_MAX_RUN_S,
+    START_BY_MIN_S,
+    START_BY_RUNS,
+    PoolMachine,
+)
 from lightnode.pool.states import WorkerState
 
 from ._script import Script
@@ -34,10 +51,16 @@ FAST_S = 2.0**-16  # a trivial function: MAX_STAGED such calls fit in PREFETCH_B
 assert FAST_S * MAX_STAGED <= PREFETCH_BUDGET_S
 
 
-def fixed_pool(n: int, run_s: float = RUN_S, **pool: int) -> Script:
-    """n pipelines at ceil, all IDLE at t=1, with one call of run_s served (the mean is known)."""
+def fixed_pool(n: int, run_s: float = RUN_S, *, fast: bool = False, max_staged: int = MAX_STAGED, **pool: int) -> Script:
+    """n pipelines at ceil, all IDLE at t=1, with one call of run_s served (the mean is known).
+
+    `fast`: prefetch and stage up to `max_staged` whatever the run time.
+    """
     settings = {"floor": n, "cruise": n, "ceil": n, "queue": 8, **pool}
     s = Script(**settings)
+    if fast:
+        options = {"prefetch_max_run_s": float("inf"), "prefetch_budget_s": float("inf"), "max_staged": max_staged}
+        s.machine = PoolMachine(s.machine.config, **options)  # type: ignore[arg-type]
     assert s(Loaded()) == [SpawnWorker(i) for i in range(1, n + 1)]
     for i in range(1, n + 1):
         assert s(READY(i), at=1.0) == []
@@ -121,17 +144,71 @@ def test_a_staged_request_past_its_deadline_times_out_when_its_pipeline_dies() -
     assert commands[1] == Reject(2, "QueueTimeout", commands[1].message, commands[1].retry_after_s)  # type: ignore[union-attr]
 
 
-def test_exec_timeout_kill_puts_the_staged_request_back() -> None:
-    s = fixed_pool(1, exec_timeout=500)
+def _killed_with_staged(*staged_ids: int) -> Script:
+    """Pipeline 1 (ceil 1) runs 1 and holds `staged_ids` when its exec timeout kills it at 2.5."""
+    s = fixed_pool(1, exec_timeout=500, max_staged=len(staged_ids), fast=True)
     assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
-    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    for rid in staged_ids:
+        assert s(ARRIVE(rid), at=2.0) == [staged(rid, 1)]
     commands = s(Tick(), at=2.5)
     assert isinstance(commands[0], KillWorker)
     assert [(type(c), getattr(c, "error_type", None)) for c in commands[1:]] == [
         (Reject, "ExecutionTimeout"),
         (SpawnWorker, None),
     ]
-    assert s.machine.snapshot(2.5).queue_length == 1
+    return s
+
+
+def test_an_exec_timeout_kill_keeps_the_staged_requests_until_the_pipeline_exited() -> None:
+    # The killed call may have ended, its answer unread, and the next one started:
+    # nothing staged waits again before the pipeline is gone and its answers read.
+    s = _killed_with_staged(2, 3)
+    assert s.machine.snapshot(2.5).queue_length == 0
+    assert s(READY(2), at=2.625) == []  # the replacement takes nothing yet
+    # Its answers, in order: the killed call's (dropped, 504 already), then 2's (delivered).
+    assert s(DONE(1), at=2.625) == []
+    assert s(DONE(1), at=2.625) == []
+    # Exited: 3 may have been running (WorkerCrashed); nothing after it.
+    commands = s(EXIT(1, "killed by signal SIGKILL"), at=2.75)
+    assert [(type(c), getattr(c, "request_id", None)) for c in commands] == [(Reject, 3)]
+    assert commands[0].error_type == "WorkerCrashed"  # type: ignore[union-attr]
+    assert "may have started this one (killed by signal SIGKILL)" in commands[0].message  # type: ignore[union-attr]
+
+
+def test_after_a_kill_only_the_first_unanswered_request_may_have_run() -> None:
+    s = _killed_with_staged(2, 3)
+    assert s(READY(2), at=2.625) == []
+    assert s(DONE(1), at=2.625) == []  # the killed call's answer: 2 may start
+    commands = s(EXIT(1, "killed by signal SIGKILL"), at=2.75)
+    assert [(type(c), getattr(c, "request_id", None)) for c in commands] == [
+        (Reject, 2), (Dispatch, 3),
+    ]  # fmt: skip
+    assert commands[1] == Dispatch(3, 2, 0.75)  # never started: the replacement runs it
+
+
+def test_after_a_kill_nothing_staged_ran_if_the_killed_call_was_never_answered() -> None:
+    s = _killed_with_staged(2, 3)
+    assert s(READY(2), at=2.625) == []
+    assert s(EXIT(1, "killed by signal SIGKILL"), at=2.75) == [Dispatch(2, 2, 0.75), staged(3, 2, 0.75)]
+
+
+def test_a_killed_pipeline_that_saw_the_kill_notice_gives_back_what_it_holds() -> None:
+    s = _killed_with_staged(2, 3)
+    assert s(READY(2), at=2.625) == []
+    assert s(DONE(1), at=2.625) == []  # the killed call's answer
+    # NOT_STARTED(stopping) for 2: it starts nothing more, so 3 is taken back too.
+    commands = s(WorkerNotStarted(1, stopping=True), at=2.6875)
+    assert commands == [Withdraw(3, 1), Dispatch(2, 2, 0.6875), staged(3, 2, 0.6875)]
+    assert s(EXIT(1, "exit code 0"), at=2.75) == []
+
+
+def test_a_start_by_passed_on_a_killed_pipeline_takes_the_request_back_before_it_exits() -> None:
+    s = _killed_with_staged(2)
+    assert s(READY(2), at=2.625) == []
+    assert s.machine.overdue_pipelines(2.625) == [1]
+    assert s(AnswersRead((1,), 2.625), at=2.625) == [Withdraw(2, 1), Dispatch(2, 2, 0.625)]
+    assert s(DONE(1), at=2.75) == []  # the killed call's answer, then NOT_STARTED for 2: dropped
+    assert s(EXIT(1, "killed by signal SIGKILL"), at=2.75) == []
 
 
 def test_the_exec_timeout_of_a_staged_request_runs_from_its_start() -> None:
@@ -180,7 +257,10 @@ def test_a_staged_request_is_unavailable_if_its_pipeline_is_killed_while_the_end
     commands = s(Tick(), at=2.5)  # pipeline 2's call runs past its exec timeout
     assert isinstance(commands[0], KillWorker)
     rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
-    assert rejected == {1: "ExecutionTimeout", 3: "EndpointUnavailable"}  # 3 never ran; nothing waits
+    assert rejected == {1: "ExecutionTimeout"}  # 3 stays with pipeline 2 until it exited
+    commands = s(EXIT(2, "killed by signal SIGKILL"), at=2.75)
+    rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
+    assert rejected == {3: "EndpointUnavailable"}  # 3 never ran; nothing waits
 
 
 # -- several staged requests per pipeline (trivial functions) --------------------------
@@ -255,3 +335,105 @@ def test_a_pipeline_near_max_requests_holds_only_what_it_may_still_serve() -> No
     assert s(ARRIVE(3), at=2.0) == [staged(3, 1)]  # its fourth and last call
     assert s(ARRIVE(4), at=2.0) == []  # a fifth would be one too many: it waits
     assert s.machine.snapshot(2.0).queue_length == 1
+
+
+# -- taking a staged request back (its start-by passed, its predecessor unanswered) --
+
+
+def _routes(commands: list[Command]) -> list[tuple[int, int, bool]]:
+    return [(c.request_id, c.worker_id, c.staged) for c in commands if isinstance(c, Dispatch)]
+
+
+def test_a_staged_request_carries_a_start_by_bounded_by_its_queue_deadline() -> None:
+    s = fixed_pool(1, timeout=1000)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    (command,) = s(ARRIVE(2), at=2.0)
+    assert command == staged(2, 1)
+    assert command.start_by_s == 2.0 + max(START_BY_RUNS * RUN_S, START_BY_MIN_S)  # type: ignore[union-attr]
+    assert s.machine.next_start_by() == command.start_by_s  # type: ignore[union-attr]
+    assert s(DONE(1), at=2.0 + RUN_S) == []  # 2 starts: no longer staged
+    assert s.machine.next_start_by() is None
+
+
+def test_a_start_by_is_never_later_than_the_queue_deadline() -> None:
+    s = fixed_pool(1, timeout=1000, fast=True, max_staged=1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(ARRIVE(3), at=2.0) == []
+    (command,) = s(DONE(1), at=2.875)
+    assert command == staged(3, 1, 0.875)
+    assert command.start_by_s == 3.0  # type: ignore[union-attr]
+    # Taken back at its queue deadline: QueueTimeout (rule 6 counts from its arrival).
+    commands = s(AnswersRead((1,), 3.0), at=3.0)
+    assert [(type(c), getattr(c, "error_type", None)) for c in commands] == [
+        (Withdraw, None), (Reject, "QueueTimeout"),
+    ]  # fmt: skip
+
+
+def test_a_staged_request_behind_a_hung_call_is_taken_back_and_served_elsewhere() -> None:
+    s = fixed_pool(2)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]  # 1 will hang
+    assert s(ARRIVE(2), at=2.0005) == [Dispatch(2, 1, 0.0)]
+    (command,) = s(ARRIVE(3), at=2.001)
+    assert command == staged(3, 2)  # the call that started first is expected to end first
+    start_by = command.start_by_s  # type: ignore[union-attr]
+    assert s.machine.overdue_pipelines(start_by - 1e-6) == []
+    assert s.machine.overdue_pipelines(start_by) == [2]
+    # Pipeline 1 finished meanwhile: 3 stays where it is until the pipe of 2 is read.
+    assert s(DONE(1), at=2.002) == []
+    assert s(ARRIVE(4), at=2.003) == [Dispatch(4, 1, 0.0)]
+    # Read at start_by with no answer from 2: 3 is taken back, and pipeline 1 (busy
+    # with 4) takes it ahead; 2, overdue, takes no staged request any more.
+    commands = s(AnswersRead((2,), start_by), at=start_by + 0.001)
+    assert commands[0] == Withdraw(3, 2) and _routes(commands[1:]) == [(3, 1, True)]
+    assert s(ARRIVE(5), at=start_by + 0.002) == []  # waits: 1 holds one, 2 is overdue
+    # 1 runs 4, then 3, then 5: none waits behind the hung call.
+    assert _routes(s(DONE(1), at=start_by + 0.003)) == [(5, 1, True)]
+    # When the hung call ends, 2 is free again and may take requests ahead.
+    assert s(DONE(2), at=9.0) == []
+    assert s.state(2) is IDLE
+
+
+def test_a_staged_request_whose_predecessor_was_answered_is_not_taken_back() -> None:
+    s = fixed_pool(1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    (command,) = s(ARRIVE(2), at=2.0)
+    start_by = command.start_by_s  # type: ignore[union-attr]
+    # The read at start_by found 1's answer: 2 may be running; nothing changes.
+    assert s(DONE(1), at=start_by) == []
+    assert s(AnswersRead((1,), start_by), at=start_by) == []
+    assert s.state(1) is BUSY and s.machine.snapshot(start_by).queue_length == 0
+
+
+def test_a_taken_back_request_keeps_its_arrival_time_and_times_out_from_it() -> None:
+    s = fixed_pool(1, timeout=1000)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(AnswersRead((1,), 2.5), at=2.5) == [Withdraw(2, 1)]  # waits: ceil 1, 1 is overdue
+    assert s.machine.snapshot(2.5).queue_length == 1
+    commands = s(Tick(), at=3.0)
+    assert [(type(c), getattr(c, "error_type", None)) for c in commands] == [(Reject, "QueueTimeout")]
+
+
+def test_a_taken_back_request_that_was_cancelled_leaves_silently() -> None:
+    s = fixed_pool(1)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 1, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [staged(2, 1)]
+    assert s(CANCEL(2), at=2.0) == []
+    assert s(AnswersRead((1,), 2.5), at=2.5) == [Withdraw(2, 1)]
+    assert s.machine.snapshot(2.5).queue_length == 0
+
+
+def test_a_request_the_pipeline_did_not_start_waits_again() -> None:
+    # The scheduler read the pipe too late: the pipeline refused the staged request itself.
+    s = fixed_pool(2)
+    assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]
+    assert s(ARRIVE(2), at=2.0) == [Dispatch(2, 1, 0.0)]
+    assert s(ARRIVE(3), at=2.0) == [staged(3, 2)]
+    assert s(ARRIVE(4), at=2.0) == [staged(4, 1)]
+    assert s(DONE(2), at=2.5) == []  # 3 promoted...
+    assert s(DONE(1), at=2.5) == []  # 4 promoted
+    # ... but 2 answers NOT_STARTED for 3: 3 waits again, first, and 2 is free.
+    assert s(WorkerNotStarted(2), at=2.625) == [Dispatch(3, 2, 0.625)]
+    assert s(DONE(2), at=2.75) == []
+    assert s.state(2) is IDLE

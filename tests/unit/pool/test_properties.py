@@ -8,7 +8,8 @@ events a real scheduler could deliver, carries out every command, and checks:
 - queued requests are dispatched in arrival order, only to IDLE pipelines,
   or staged (prefetch) on a BUSY one that holds fewer than the machine's
   stage limit; staged requests start in the order they were staged as that
-  pipeline finishes, or wait again if it dies first;
+  pipeline finishes, or wait again if it dies first (once it has exited, if
+  it was killed for an exec timeout);
 - timers are honoured on time (no waiting request past its deadline, no call
   past its exec timeout once handle() returns);
 - the machine's view of each pipeline matches the commands it gave;
@@ -221,7 +222,8 @@ class World:
             req = self.reqs[proc.busy_with]
             req.state = "done" if req.cancelled else "killed"
             proc.told_stop, proc.busy_with, proc.exec_deadline_s = True, None, None
-            self._unstage(proc)
+            # Its staged requests stay with it until it has exited (the killed call's
+            # answer, never delivered here, may come first): then they wait again.
         elif isinstance(command, Reject):
             self._on_reject(command)
         else:

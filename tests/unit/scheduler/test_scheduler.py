@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lightnode.config.model import EndpointConfig, PoolLimits
+from lightnode.config.model import EndpointConfig, ExecLimits, PoolLimits
 from lightnode.errors import LightnodeError
 from lightnode.pool.machine import MAX_STAGED
+from lightnode.pool.states import WorkerState
 from lightnode.scheduler.scheduler import Call, EndpointPool
 from lightnode.scheduler.worker_handle import WorkerSpec
 from lightnode.worker import runtime
@@ -26,6 +28,7 @@ class FakeWorker:
         self.pid = 1000 + worker_id
         self.started_at = 0.0
         self.sent: list[bytes] = []
+        self.start_by_ns: list[int] = []
         self.stopped = False
         self.killed = False
         self.fail_spawn = False
@@ -35,8 +38,12 @@ class FakeWorker:
         if self.fail_spawn:
             raise OSError("no interpreter")
 
-    def send_call(self, body: bytes) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
         self.sent.append(body)
+        self.start_by_ns.append(start_by_ns)
+
+    def read_answers(self) -> None:
+        pass  # the test delivers answers itself
 
     def stop(self) -> None:
         self.stopped = True
@@ -62,12 +69,15 @@ class Sink:
     def __init__(self) -> None:
         self.ok: list[tuple[Call, bytes]] = []
         self.failed: list[tuple[Call, LightnodeError]] = []
+        self.on_failed: Any = None  # called with the call, as the app may close its connection
 
     def call_succeeded(self, pool: Any, call: Call, body: bytes, exec_us: int, function_us: int) -> None:
         self.ok.append((call, body))
 
     def call_failed(self, pool: Any, call: Call, error: LightnodeError, exec_us: int, function_us: int) -> None:
         self.failed.append((call, error))
+        if self.on_failed is not None:
+            self.on_failed(call)
 
 
 SPEC = WorkerSpec("svc", "ep", "v1", Path("/tmp"), "ep.py", "f")
@@ -79,8 +89,8 @@ def setup() -> Any:
     loop = asyncio.new_event_loop()
     sink = Sink()
 
-    def make(**pool: int) -> EndpointPool:
-        config = EndpointConfig(pool=PoolLimits(**pool))
+    def make(exec_timeout: int = 0, **pool: int) -> EndpointPool:
+        config = EndpointConfig(pool=PoolLimits(**pool), limits=ExecLimits(exec_timeout=exec_timeout))
         endpoint = EndpointPool(loop, SPEC, config, sink, worker_factory=FakeWorker)
         endpoint.start()
         return endpoint
@@ -271,6 +281,7 @@ def _fast_pool(make: Any, **pool: int) -> tuple[EndpointPool, FakeWorker]:
     worker.answer(runtime.RESULT, b'"warm"')
     assert endpoint.machine.stage_limit() == MAX_STAGED
     worker.sent.clear()
+    worker.start_by_ns.clear()
     return endpoint, worker
 
 
@@ -304,3 +315,107 @@ def test_staged_calls_of_a_dead_pipeline_go_to_its_replacement(setup: Any) -> No
     replacement.answer(runtime.RESULT, b"3")
     assert [call for call, _ in sink.ok[1:]] == [calls[1], calls[3]]
     assert pool.calls == {} and pool._staged == {} and pool._running == {}
+
+
+def test_a_cancel_made_while_commands_run_waits_for_them(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Rejecting X closes the connection that also carried Y, which the same list of
+    # commands dispatches: Y must still reach the pipeline, which must not stay BUSY.
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1, queue=10, timeout=1000)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    pool.submit(b"A", exchange=None)
+    x = pool.submit(b"X", exchange=None)
+    time.sleep(0.6)
+    y = pool.submit(b"Y", exchange=None)
+    sink.on_failed = lambda call: pool.cancel(y) if call is x else None
+    time.sleep(0.5)  # X is past its deadline, Y is not; the loop's timer has not run
+    worker.answer(runtime.RESULT, b"1")  # A done: [Reject(X, QueueTimeout), Dispatch(Y)]
+    assert [(call, error.error_type) for call, error in sink.failed] == [(x, "QueueTimeout")]
+    assert worker.sent == [b"A", b"Y"] and "failed" not in caplog.text
+    worker.answer(runtime.RESULT, b"2")  # Y's answer: dropped by the app (its client left)
+    assert pool.machine.worker_state(worker.worker_id) is WorkerState.IDLE
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def _killed_holding_two(make: Any) -> tuple[EndpointPool, FakeWorker, list[Call]]:
+    """ceil 1: `slow` runs, `first` and `second` are staged, and the exec timeout kills it."""
+    pool, worker = _fast_pool(make, queue=8, exec_timeout=5)
+    calls = [pool.submit(name, exchange=None) for name in (b"slow", b"first", b"second")]
+    assert worker.sent == [b"slow", b"first", b"second"]
+    time.sleep(0.02)
+    pool._tick()  # the exec timeout (the start-by check, also due, is left to the loop)
+    assert worker.killed
+    assert [(call, error.error_type) for call, error in pool.sink.failed] == [(calls[0], "ExecutionTimeout")]
+    FakeWorker.instances[1].ready()  # the replacement
+    return pool, worker, calls
+
+
+def test_an_exec_timeout_kill_delivers_what_the_killed_pipeline_answered(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker, (_, first, second) = _killed_holding_two(make)
+    # It had finished the killed call and run `first` (their answers were unread).
+    worker.answer(runtime.RESULT, b'"slow"')  # dropped: answered 504 already
+    worker.answer(runtime.RESULT, b'"first"')
+    worker.exit("killed by signal SIGKILL")
+    assert [call for call, _ in sink.ok[1:]] == [first]
+    # `second` may have started after `first` was answered: it ran at most once, there.
+    assert [(call, error.error_type) for call, error in sink.failed[1:]] == [(second, "WorkerCrashed")]
+    assert FakeWorker.instances[1].sent == []
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def test_an_exec_timeout_kill_fails_the_call_that_may_have_been_running(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker, (_, first, second) = _killed_holding_two(make)
+    worker.answer(runtime.RESULT, b'"slow"')  # then `first` started, and the kill came
+    worker.exit("killed by signal SIGKILL")
+    assert [(call, error.error_type) for call, error in sink.failed[1:]] == [(first, "WorkerCrashed")]
+    replacement = FakeWorker.instances[1]
+    assert replacement.sent == [b"second"]
+    replacement.answer(runtime.RESULT, b'"second"')
+    assert [call for call, _ in sink.ok[1:]] == [second]
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def test_a_staged_call_behind_a_hung_one_is_taken_back_at_its_start_by(setup: Any) -> None:
+    make, sink, loop = setup
+    pool = make(floor=2, cruise=2, ceil=2, queue=8)
+    for worker in FakeWorker.instances:
+        worker.ready()
+    warm = pool.submit(b"warm", exchange=None)  # a fast endpoint: prefetch allowed
+    (warmed,) = [w for w in FakeWorker.instances if w.sent]
+    warmed.answer(runtime.RESULT, b"0")
+    hung_call = pool.submit(b"hung", exchange=None)
+    busy_call = pool.submit(b"busy", exchange=None)
+    hung, busy = sorted(FakeWorker.instances, key=lambda w: w.sent[-1] != b"hung")
+    staged_call = pool.submit(b"staged", exchange=None)
+    assert hung.sent[-1] == b"staged" and hung.start_by_ns[-1] > 0  # behind the older call
+    # Its start-by passes with no answer from `hung`: taken back, staged on `busy`.
+    time.sleep(0.05)
+    pool._check_start_by()  # what its timer runs (run here, once: the next start-by is not due)
+    assert busy.sent[-2:] == [b"busy", b"staged"]
+    busy.answer(runtime.RESULT, b'"busy"')
+    busy.answer(runtime.RESULT, b'"staged"')
+    assert [call for call, _ in sink.ok] == [warm, busy_call, staged_call]
+    # The hung call ends; the pipeline refuses the call taken back from it (dropped).
+    hung.answer(runtime.RESULT, b'"hung"')
+    hung.answer(runtime.NOT_STARTED, b"")
+    assert [call for call, _ in sink.ok] == [warm, busy_call, staged_call, hung_call]
+    assert not sink.failed and not hung.killed
+    assert pool.machine.worker_state(hung.worker_id) is WorkerState.IDLE
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def test_a_call_its_pipeline_did_not_start_is_dispatched_again(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    first = pool.submit(b"first", exchange=None)
+    late = pool.submit(b"late", exchange=None)
+    assert worker.sent == [b"first", b"late"]
+    worker.answer(runtime.RESULT, b"1")
+    worker.answer(runtime.NOT_STARTED, b"")  # its start-by passed before the node took it back
+    assert worker.sent == [b"first", b"late", b"late"] and worker.start_by_ns[-1] == 0
+    worker.answer(runtime.RESULT, b"2")
+    assert [call for call, _ in sink.ok[1:]] == [first, late] and not sink.failed
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}

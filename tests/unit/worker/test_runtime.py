@@ -7,6 +7,7 @@ import decimal
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,19 @@ def test_call_once_bad_json(body: bytes) -> None:
     assert error["message"] == "Could not parse a JsonObject from request body"
 
 
+def test_call_once_body_nested_too_deep_says_so() -> None:
+    depth = runtime.UJSON_MAX_DEPTH + 1
+    body = b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+    kind, answer, _ = runtime.call_once(_binder("def f(**k): return k"), body, False)
+    error = json.loads(answer)
+    assert (kind, error["errorType"]) == (ERROR, "BadRequest")
+    assert error["message"] == (
+        "Could not parse a JsonObject from request body: nested too deep: more than 1024 levels"
+    )
+    ok = b'{"a":' + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}"  # 1024 levels: parsed
+    assert runtime.call_once(_binder("def f(a): return 1"), ok, False)[:2] == (RESULT, b"1")
+
+
 @pytest.mark.parametrize("body", [b"", b"  ", b"\r\n\t "])
 def test_call_once_empty_body_is_empty_object(body: bytes) -> None:
     kind, answer, _ = runtime.call_once(_binder("def f(z=0): return z"), body, False)
@@ -322,6 +336,39 @@ def test_serve_ready_call_and_eof(tmp_path: Path) -> None:
     thread.join(5)
     os.close(ans_r)
     assert result == [0]
+
+
+def test_serve_refuses_a_call_whose_start_by_passed_and_runs_the_next(tmp_path: Path) -> None:
+    thread, call_w, ans_r, result = _serve(tmp_path, "def f(n):\n    return n\n", "f")
+    assert read_frame(ans_r)[0] == READY
+    now_ns = time.monotonic_ns()
+    write_frame(call_w, CALL, b'{"n": 1}', now_ns - 1)  # start-by passed: not run
+    write_frame(call_w, CALL, b'{"n": 2}', now_ns + 60 * 10**9)  # start-by to come: run
+    write_frame(call_w, CALL, b'{"n": 3}', 0)  # no start-by: run
+    assert read_frame(ans_r) == (runtime.NOT_STARTED, 0, b"")
+    for expected in (b"2", b"3"):
+        kind, _, body = read_frame(ans_r)
+        assert (kind, body) == (RESULT, expected)
+    os.close(call_w)
+    thread.join(5)
+    os.close(ans_r)
+    assert result == [0]
+
+
+def test_serve_being_killed_starts_nothing_and_says_so(tmp_path: Path) -> None:
+    thread, call_w, ans_r, result = _serve(tmp_path, "def f(n):\n    return n\n", "f")
+    assert read_frame(ans_r)[0] == READY
+    runtime._KILL_NOTICE[0] = True  # what SIGUSR1 sets before an exec-timeout kill
+    try:
+        write_frame(call_w, CALL, b'{"n": 1}')
+        write_frame(call_w, CALL, b'{"n": 2}')
+        assert read_frame(ans_r) == (runtime.NOT_STARTED, runtime.NOT_STARTED_STOPPING, b"")
+        thread.join(5)
+        assert result == [0] and read_frame(ans_r) is None  # exited: nothing else answered
+    finally:
+        runtime._KILL_NOTICE[0] = False
+        os.close(call_w)
+        os.close(ans_r)
 
 
 def test_serve_init_error(tmp_path: Path) -> None:
