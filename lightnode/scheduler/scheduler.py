@@ -475,14 +475,31 @@ class EndpointPool:
             return
         if self.calls.pop(call.request_id, None) is not None:
             exec_us = int((now - call.dispatched) * 1e6)
-            if kind == RESULT:
-                self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
-            else:
-                self.sink.call_failed(self, call, _error_from_frame(body), exec_us, value)
+            try:
+                if kind == RESULT:
+                    self.sink.call_succeeded(self, call, self._envelope(call, body, exec_us, value), exec_us, value)
+                else:
+                    self.sink.call_failed(self, call, _error_from_frame(body), exec_us, value)
+            except Exception:  # a bug answering one call must not take the pipeline with it
+                self._answer_failed(call, exec_us, value)
         if self._feeding:
             self._backlog.append(ev.WorkerFinished(worker_id))
         else:
             self._carry_out(self.machine.worker_finished(worker_id, now))
+
+    def _answer_failed(self, call: Call, exec_us: int, function_us: int) -> None:
+        """Answering `call` raised: log it, and answer InternalError if that still can be.
+
+        The pipeline's answer reader must not see the exception: the pipe would be
+        closed with the pipeline still BUSY for the machine, and every later call of
+        the endpoint would wait for it.
+        """
+        log.exception("%s: answering request %d failed", self.spec.tag, call.request_id)
+        error = LightnodeError("InternalError", "The node failed to answer this request; see the node's log")
+        try:
+            self.sink.call_failed(self, call, error, exec_us, function_us)
+        except Exception:
+            log.exception("%s: answering request %d with InternalError failed too", self.spec.tag, call.request_id)
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
         worker = self.workers.pop(worker_id, None)

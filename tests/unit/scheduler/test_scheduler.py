@@ -419,3 +419,22 @@ def test_a_call_its_pipeline_did_not_start_is_dispatched_again(setup: Any) -> No
     worker.answer(runtime.RESULT, b"2")
     assert [call for call, _ in sink.ok[1:]] == [first, late] and not sink.failed
     assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def test_an_answer_that_fails_to_be_delivered_leaves_the_pipeline_serving(setup: Any) -> None:
+    """A bug in answering one call (the sink raises) is logged and answered InternalError;
+    the pipeline goes on to its next call instead of staying BUSY for good."""
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=1, ceil=1, queue=4)
+    worker = FakeWorker.instances[0]
+    worker.ready()
+    first = pool.submit(b"1", exchange=None)
+    pool.submit(b"2", exchange=None)
+
+    def broken(pool: Any, call: Call, body: bytes, exec_us: int, function_us: int) -> None:
+        raise UnicodeEncodeError("utf-8", "\udfff", 0, 1, "surrogates not allowed")
+
+    sink.call_succeeded = broken  # type: ignore[method-assign]
+    worker.answer(runtime.RESULT, b"1")
+    assert [(call, error.error_type) for call, error in sink.failed] == [(first, "InternalError")]
+    assert worker.sent == [b"1", b"2"]  # the next call went to the pipeline
