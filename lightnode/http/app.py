@@ -4,25 +4,35 @@ It is the one place where HTTP meets the scheduler: it resolves the route
 (ids validated by `http.routing` before any lookup), checks the method and
 the service's state, submits the body to the endpoint's pool, and turns each
 call's outcome into the answer plus one record for the observers (metrics,
-query log). Imports: http.*, scheduler.*, errors, config.model.
+query log). Every /run request gets exactly one record: refused here, answered
+by its pool, refused by the protocol (`refused`: 413), or gone with its client
+before the answer (`_client_gone`: 499 ClientGone).
+Imports: http.*, scheduler.*, errors, config.model.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import ujson
 
 from lightnode.errors import LightnodeError
 from lightnode.http.exchange import Exchange
-from lightnode.http.routing import BadId, Route, RouteKind, known_route, parse_path, query_to_object
+from lightnode.http.routing import (
+    RUN_PREFIX,
+    BadId,
+    Route,
+    RouteKind,
+    known_route,
+    parse_path,
+    query_to_object,
+)
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.scheduler import Call, EndpointPool
 
@@ -33,6 +43,10 @@ METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Failures on the node's side of a call, logged with the request id so that the
 # pipeline's exit or stack dump in the server log can be tied to the request.
 LOGGED_FAILURES: Final = frozenset({"WorkerCrashed", "ExecutionTimeout"})
+# A /run request whose client went away before its answer (a reset, or a close while it
+# was queued): no answer is sent, and it is recorded with nginx's status for that case.
+CLIENT_GONE_STATUS: Final = 499
+CLIENT_GONE: Final = "ClientGone"
 # A global name: on Python 3.11 reading an Enum member off its class is slow (see pool/states.py).
 _RUN: Final = RouteKind.RUN
 # Read from C variables in the compiled build (a module attribute is a dict lookup).
@@ -122,8 +136,13 @@ class NodeApp:
         self.metrics_text: Callable[[], bytes] | None = None
         self.metrics_public = True  # server.json metrics.public
         self.draining = False  # shutting down (SIGTERM/SIGINT)
-        self.not_alive = False  # DATA_DIR/not-alive exists (set by the node's poll)
-        self._not_alive = str(data_dir / "not-alive")
+        # DATA_DIR/not-alive exists (SPEC §10), as the node's poll last saw it. The one
+        # source of /isAlive, /healthz, /readyz and /run alike, so that they never
+        # disagree (the file read by a probe would run ahead of /run by up to a poll);
+        # and the cheap one for /run, which reads a flag and not the disk.
+        self.not_alive = False
+        # Exchange.on_cancel of every /run call, bound once (no bound method per request).
+        self._on_client_gone: Callable[[Any], None] = self._client_gone
 
     # ------------------------------------------------------------------ App
 
@@ -153,6 +172,8 @@ class NodeApp:
                 exchange.respond(200, self.metrics_text(), content_type=METRICS_CONTENT_TYPE)
             elif route.kind is RouteKind.ADMIN and self.admin is not None:
                 self.admin(exchange, route)
+            elif route.kind is RouteKind.ENDPOINT_VERB:
+                self._endpoint_verb(exchange, route)
             else:
                 raise LightnodeError("NotFound", f"Not found: {exchange.path.decode('latin-1')}")
         except LightnodeError as exc:
@@ -171,7 +192,7 @@ class NodeApp:
                     0,
                     0,
                     0,
-                    exchange.body,
+                    _params(exchange),
                 )
 
     def _run(self, exchange: Exchange, route: Route) -> None:
@@ -197,21 +218,87 @@ class NodeApp:
         else:
             body = exchange.body
         call = pool.submit(body, exchange)
-        if not exchange.done:  # a client gone before the answer: pool.cancel(call)
-            exchange.on_cancel = pool.cancel
-            exchange.cancel_token = call
+        if not exchange.done:  # a client gone before the answer: _client_gone((pool, call))
+            exchange.on_cancel = self._on_client_gone
+            exchange.cancel_token = (pool, call)
 
     def client_closed(self, exchange: Exchange) -> None:
         """Its client closed the connection before this answer: it is gone (SPEC §4 rule 9).
 
-        A call not yet handed to a pipeline leaves the queue (the pool's cancel, as for a
+        A call not yet handed to a pipeline leaves the queue (cancelled, as for a
         reset). One already handed over (running, or staged in a pipeline's pipe: it will
         run) is left alone: it finishes, counts and logs as any call, and its answer is
         written if the socket still takes it. Other requests (admin) are answered too.
         """
-        call = exchange.cancel_token
-        if isinstance(call, Call) and not call.worker_id:
+        token = exchange.cancel_token
+        if isinstance(token, tuple) and not token[1].worker_id:
             exchange.cancel()
+
+    def _client_gone(self, token: Any) -> None:
+        """Exchange.on_cancel of a /run call: its client went away before the answer.
+
+        The pool drops the call (a queued one leaves the queue; a running one finishes
+        unanswered). The request is recorded now, once (SPEC §10), as 499 ClientGone
+        with its wait and execution so far: no answer will be sent, and whatever the
+        pool does with the call later is not recorded again (see _record_call).
+        """
+        pool: EndpointPool = token[0]
+        call: Call = token[1]
+        now = _monotonic()
+        if call.worker_id and call.dispatched:  # running
+            wait_us = call.wait_us
+            exec_us = int((now - call.dispatched) * 1e6)
+        else:  # queued, or staged in a busy pipeline's pipe
+            wait_us = int((now - call.arrived) * 1e6)
+            exec_us = 0
+        pool.cancel(call)
+        if self.observers:
+            spec = pool.spec
+            self._record(call.exchange, spec.service_id, spec.endpoint_id, spec.generation,
+                         CLIENT_GONE_STATUS, CLIENT_GONE, wait_us, exec_us, 0, call.body)  # fmt: skip
+
+    def refused(self, exchange: Exchange, error_type: str) -> None:
+        """The protocol answered this request itself (413 PayloadTooLarge): record a /run one.
+
+        Only a path that parses as a /run path with valid ids is recorded (its service and
+        endpoint taken from the path, as for the app's own refusals); the body was not read.
+        """
+        if not self.observers:
+            return
+        route = known_route(exchange.path)
+        if route is None:
+            try:
+                route = parse_path(exchange.path)
+            except BadId:
+                return
+        if route is not None and route.kind is _RUN:
+            self._record(exchange, route.service_id, route.endpoint_id, "", exchange.status,
+                         error_type, 0, 0, 0, b"")  # fmt: skip
+
+    def _endpoint_verb(self, exchange: Exchange, route: Route) -> None:
+        """A DSS verb other than run (/predict, /query, /lookup, ...): 404, precise when allowed.
+
+        Every endpoint here is a python-function endpoint, which answers /run only. The
+        caller is told so when the service defines the endpoint and the caller may see
+        the service (public, or a valid key); otherwise the plain answer for an unknown
+        path, which tells nothing of the service.
+        """
+        not_found = LightnodeError("NotFound", f"Not found: {exchange.path.decode('latin-1')}")
+        registry = self.registry
+        service_id = route.service_id
+        endpoint_id = route.endpoint_id
+        if registry is None or not _defines_endpoint(registry, service_id, endpoint_id):
+            raise not_found
+        if not registry.is_public(service_id):
+            try:
+                self.check_api_key(exchange, service_id)
+            except LightnodeError:
+                raise not_found from None
+        raise LightnodeError(
+            "NotFound",
+            f"Endpoint {endpoint_id} of service {service_id} is a python-function endpoint:"
+            f" call {RUN_PREFIX.decode()}{service_id}/{endpoint_id}/run",
+        )
 
     def check_api_key(self, exchange: Exchange, service_id: str) -> None:
         """SPEC §9: `api_key_check` (the key store) raises 401; without one a private service refuses everyone."""
@@ -234,7 +321,7 @@ class NodeApp:
     def _alive(self, exchange: Exchange) -> None:
         if self.draining:
             exchange.respond(503, b'{"alive":false,"reason":"draining"}')
-        elif self.not_alive or os.path.exists(self._not_alive):
+        elif self.not_alive:
             exchange.respond(503, b'{"alive":false,"reason":"not-alive file present"}')
         else:
             exchange.respond(200, b'{"alive":true}')
@@ -257,7 +344,7 @@ class NodeApp:
     ) -> None:
         exchange: Exchange = call.exchange
         exchange.respond(200, body)
-        if self.observers:
+        if self.observers and not exchange.cancelled:  # a cancelled one is recorded (_client_gone)
             self._record_call(pool, call, 200, None, exec_us, function_us)
 
     def call_failed(
@@ -277,7 +364,7 @@ class NodeApp:
                 error.message,
                 extra={"request_id": exchange.request_id},
             )
-        if self.observers:
+        if self.observers and not exchange.cancelled:  # a cancelled one is recorded (_client_gone)
             self._record_call(pool, call, error.status, error.error_type, exec_us, function_us)
 
     def _record_call(
@@ -324,3 +411,22 @@ class NodeApp:
                 log.exception(
                     "observer %r failed", observer, extra={"request_id": record.request_id}
                 )
+
+
+def _defines_endpoint(registry: Registry, service_id: str, endpoint_id: str) -> bool:
+    """Whether a generation the service serves defines the endpoint (ids already valid)."""
+    runtime = registry.services.get(service_id)
+    if runtime is None:
+        return False
+    for gen in runtime.generations.values():
+        if gen.definition is not None and gen.definition.endpoint(endpoint_id) is not None:
+            return True
+    return False
+
+
+def _params(exchange: Exchange) -> bytes:
+    """The parameters a /run request carried, for the query log: a GET's query as its
+    JSON object (what _run submits), else the body."""
+    if exchange.method == b"GET":
+        return ujson.dumps(query_to_object(exchange.query)).encode()
+    return exchange.body

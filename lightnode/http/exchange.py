@@ -4,8 +4,9 @@ The protocol (`http.protocol`) parses bytes into an `Exchange` and hands it to
 an `App`. The app answers, now or later, with `respond()`; the protocol writes
 answers in request order (pipelining) and calls `on_cancel` when the client
 goes away before its answer (on a reset; on a close, the app's `client_closed`
-decides). The protocol never sees pools; the app never sees
-sockets. Imports: standard library and `lightnode.errors` only.
+decides). A request the protocol refuses itself once its path is known (413) is
+shown to the app's `refused`, for its records. The protocol never sees pools; the
+app never sees sockets. Imports: standard library and `lightnode.errors` only.
 """
 
 from __future__ import annotations
@@ -165,5 +166,13 @@ class App(Protocol):
         The app cancels the exchange (`exchange.cancel()`) unless its work was handed
         on; an exchange not cancelled is answered if the socket still takes the bytes.
         (A reset cancels every pending exchange without asking.)
+        """
+        ...
+
+    def refused(self, exchange: Exchange, error_type: str) -> None:
+        """The protocol refused this request itself and has answered it (413 PayloadTooLarge).
+
+        Its method, path and query are the request's; its headers and body were not
+        kept. For the app's records only: the answer is written already.
         """
         ...

@@ -675,14 +675,24 @@ class HttpProtocol:
         if not self._accepting or self._closed:
             return
         request_id = self._request_id if self._in_request and self._request_id else new_request_id()
+        # A 413 comes once the head is read (its path is this request's): the app is told,
+        # and records it if it is a /run request (SPEC §10). Other refusals may come before
+        # the path, or with the path of the request before.
+        told = status == 413 and self._in_request
+        method, path, query = (self._parser.get_method(), self._path, self._query) if told else (b"", b"", b"")
         self._stop_reading()
         self._refused = True
         exchange = _ServerExchange(
-            self, b"", b"", b"", [], b"", self._client, request_id, False, _monotonic()
+            self, method, path, query, [], b"", self._client, request_id, False, _monotonic()
         )
         exchange.http10_keep_alive = False
         self._pending.append(exchange)
         exchange.respond(status, error_body(error_type, message), close=True)
+        if told:
+            try:
+                self._app.refused(exchange, error_type)
+            except Exception:
+                logger.exception("request %s: refused raised", request_id)
 
     # -- answers ----------------------------------------------------------
 

@@ -2,6 +2,12 @@
 
 Ids are validated here (SPEC §2), before anything looks them up, so that a
 path such as `/public/api/v1/../x/run` can never reach the filesystem.
+
+Leading repeated slashes are one slash: the official client joins its base URI
+and its path with a "/", so the URI its docstring shows (`http://host:port/`)
+makes every request `//public/api/v1/...` or `//admin/api/...`. Repeated slashes
+further in are left alone: an empty segment there stands for a missing id, and
+folding it would shift the segments after it into other roles.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ class RouteKind(enum.Enum):
     READY = "ready"
     METRICS = "metrics"
     ADMIN = "admin"
+    # /public/api/v1/<service>/<endpoint>/<verb> for a DSS verb other than run: DSS
+    # model endpoints answer them; a python-function endpoint answers /run only.
+    ENDPOINT_VERB = "endpointVerb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +40,7 @@ class Route:
     kind: RouteKind
     service_id: str = ""
     endpoint_id: str = ""
-    rest: str = ""  # for ADMIN: the path after /admin/api/
+    rest: str = ""  # for ADMIN: the path after /admin/api/; for ENDPOINT_VERB: the verb
 
 
 _FIXED: Final[dict[bytes, Route]] = {
@@ -53,6 +62,13 @@ _KNOWN: Final[dict[bytes, Route]] = dict(_FIXED)
 known_route: Final = _KNOWN.get
 
 
+# What the official client (dataikuapi.APINodeClient) calls besides run_function:
+# predict_record(s), forecast, predict_effect(s), sql_query, lookup_record(s).
+DSS_VERBS: Final = frozenset(
+    b"predict predict-multi forecast predict-effect predict-effect-multi query lookup lookup-multi".split()
+)
+
+
 class BadId(Exception):
     """The path names an id that SPEC §2 refuses: answer 404 without lookup."""
 
@@ -66,15 +82,23 @@ def parse_path(path: bytes) -> Route | None:
     route = _KNOWN.get(path)
     if route is not None:
         return route
+    raw = path
+    if path[:2] == b"//":  # a base URI ending in "/" (see the module docstring)
+        path = b"/" + path.lstrip(b"/")
+        route = _KNOWN.get(path)
+        if route is not None and route.kind is not RouteKind.RUN:
+            return route  # a fixed route: only /run paths are remembered
     if path.startswith(RUN_PREFIX) and path.endswith(b"/run"):
         route = _parse_run(path)
         if len(_KNOWN) >= len(_FIXED) + RUN_ROUTES_CACHED:
             _KNOWN.clear()
             _KNOWN.update(_FIXED)
-        _KNOWN[path] = route
+        _KNOWN[raw] = route  # as the client spells it: its next request is a lookup
         return route
     if path.startswith(b"/admin/api/"):
         return Route(RouteKind.ADMIN, rest=_admin_rest(path[len(b"/admin/api/") :]))
+    if path.startswith(RUN_PREFIX):
+        return _parse_verb(path)
     return None
 
 
@@ -104,6 +128,18 @@ def _parse_run(path: bytes) -> Route:
     if not is_valid_id(endpoint):
         raise BadId(f"Endpoint does not exist: {endpoint}")
     return Route(RouteKind.RUN, service, endpoint)
+
+
+def _parse_verb(path: bytes) -> Route | None:
+    """/public/api/v1/<service>/<endpoint>/<DSS verb>, valid ids only; anything else None."""
+    parts = path[len(RUN_PREFIX) :].split(b"/")
+    if len(parts) != 3 or parts[2] not in DSS_VERBS:
+        return None
+    service = unquote(parts[0].decode("latin-1"))
+    endpoint = unquote(parts[1].decode("latin-1"))
+    if not is_valid_id(service) or not is_valid_id(endpoint):
+        return None  # never looked up: the plain "Not found"
+    return Route(RouteKind.ENDPOINT_VERB, service, endpoint, parts[2].decode("ascii"))
 
 
 # A JSON number literal (RFC 8259 §6), ASCII digits only: what a query value must be,

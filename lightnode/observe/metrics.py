@@ -351,7 +351,7 @@ class MetricsCollector:
         labels = ["service", "endpoint"]
         requests = CounterMetricFamily(
             "lightnode_requests_total",
-            "/run requests answered, by HTTP status",
+            "/run requests, by HTTP status (499: the client went away before its answer)",
             labels=[*labels, "status"],
         )
         duration = HistogramMetricFamily(

@@ -4,7 +4,12 @@ Keys: time (UTC, ISO 8601 with milliseconds), requestId, serviceId,
 endpointId, generation, status, errorType, wait, execution,
 functionInternal, total (microseconds), client, and params when
 `logging.log_params` is true (the request's JSON object; a body that is not
-JSON is logged as a string).
+JSON is logged as a string; a GET's query as its object).
+
+Every /run request has its line, answered or not: one whose client went away
+before its answer is status 499, errorType ClientGone (nginx's status for it),
+with its wait and execution until then; one the HTTP layer refused before the
+app (413 PayloadTooLarge) has its ids from the path, and no params.
 
 The event loop never waits on the disk for a request: `observe()` only builds
 the line and appends it to a buffer. The buffer is written with one

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -110,15 +111,37 @@ def test_health_endpoints_and_the_not_alive_file(node_factory: Any, tmp_path: Pa
     for path in ("/isAlive", "/healthz", "/readyz"):
         assert node.get(path)[0] == 200, path
     (root / "not-alive").touch()
-    assert node.get("/isAlive") == (503, b'{"alive":false,"reason":"not-alive file present"}')
-    assert node.get("/healthz")[0] == 503
-    wait_for(lambda: node.get("/readyz")[0] == 503, what="/readyz 503 with not-alive")
+    # One source (the node's poll of the file): once /isAlive says drained, /readyz and
+    # /run say so too, at once; and the other way round once the file is gone.
+    wait_for(lambda: node.get("/isAlive")[0] == 503, what="/isAlive 503 with not-alive")
+    assert node.get("/readyz") == (503, b'{"ready":false,"reason":"not-alive file present"}')
     status, body = node.run("svc", "add", {"a": 1})
     assert (status, body["errorType"]) == (503, "ShuttingDown")  # a 503: the function did not run
+    assert node.get("/isAlive") == (503, b'{"alive":false,"reason":"not-alive file present"}')
+    assert node.get("/healthz")[0] == 503
     (root / "not-alive").unlink()
     wait_for(lambda: node.get("/isAlive")[0] == 200, what="/isAlive back to 200")
-    wait_for(lambda: node.get("/readyz")[0] == 200, what="/readyz back to 200")
+    assert node.get("/readyz")[0] == 200
     assert node.run("svc", "add", {"a": 1})[0] == 200
+    assert node.get("/healthz")[0] == 200
+
+
+def test_isalive_readyz_and_run_never_disagree_on_the_drain_file(node_factory: Any, tmp_path: Path) -> None:
+    """Probes right after each change of the file: whatever /isAlive answers, /readyz and /run agree."""
+    root = tmp_path / "onesource"
+    write_service(root, "svc", {"add": ADD})
+    node = node_factory(root)
+    for _ in range(3):
+        (root / "not-alive").touch()
+        while node.get("/isAlive")[0] == 200:  # the poll has not seen it yet: all serve
+            assert node.get("/readyz")[0] == 200 or node.get("/isAlive")[0] == 503
+        assert node.get("/readyz")[0] == 503
+        assert node.run("svc", "add", {"a": 1})[0] == 503
+        (root / "not-alive").unlink()
+        while node.get("/isAlive")[0] == 503:
+            assert node.get("/readyz")[0] == 503 or node.get("/isAlive")[0] == 200
+        assert node.get("/readyz")[0] == 200
+        assert node.run("svc", "add", {"a": 1})[0] == 200
 
 
 def test_a_live_change_of_server_json_is_checked_and_said_to_wait_for_a_restart(
@@ -234,6 +257,9 @@ def test_metrics_series_and_counters_across_reload_and_switch(
     assert node.run("svc", "add", {"a": 1})[0] == 200
     assert metric(node, "lightnode_requests_total", status="200", **labels) == 4
     assert metric(node, "lightnode_pipelines", state="idle", **labels) == 2  # only v2's pipelines
+    # /metrics and the query log saw the same requests, across the switch.
+    assert assert_log_matches_metrics(node, root, "svc", "add") == {200: 4, 400: 1}
+    assert assert_log_matches_metrics(node, root, "svc", "crash") == {500: 1}
 
 
 def test_metrics_public_false_still_answers_loopback(node_factory: Any, tmp_path: Path) -> None:
@@ -264,12 +290,17 @@ def read_query_log(root: Path, count: int) -> list[dict[str, Any]]:
 def test_query_log_lines_and_params(node_factory: Any, tmp_path: Path) -> None:
     root = tmp_path / "qlog"
     write_service(root, "svc", {"add": ADD})
+    write_service(root, "priv", {"add": ADD}, extra={"auth": {"public": False}})
     write_server(root, {"logging": {"log_params": True}})
     node = node_factory(root)
     node.run("svc", "add", {"a": 2, "b": 3}, headers={"X-Request-Id": "client-id-1"})
     node.request("POST", RUN.format("svc", "add"), b"not json")
     node.request("PUT", RUN.format("svc", "add"), b"{}")
-    first, second, third = read_query_log(root, 3)
+    node.request("GET", RUN.format("svc", "add") + "?a=4&b=6")
+    node.request("GET", RUN.format("priv", "add") + "?a=5&b=y")  # 401: the params it carried
+    first, second, third, fourth, fifth = read_query_log(root, 5)
+    assert (fourth["status"], fourth["params"]) == (200, {"a": 4, "b": 6})
+    assert (fifth["status"], fifth["errorType"], fifth["params"]) == (401, "Unauthorized", {"a": 5, "b": "y"})
     assert first["requestId"] == "client-id-1" and first["params"] == {"a": 2, "b": 3}
     assert (first["serviceId"], first["endpointId"], first["generation"], first["status"]) == (
         "svc",
@@ -327,6 +358,127 @@ def test_query_log_is_flushed_at_shutdown_and_rotated(node_factory: Any, tmp_pat
     assert all(p.stat().st_size <= 3000 for p in logs.glob("queries.log*"))
     last = json.loads((logs / "queries.log").read_text().splitlines()[-1])
     assert last["status"] == 200  # the last answer before SIGTERM made it to disk
+
+
+def log_by_id(root: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The query log's lines of these request ids, once they are all written."""
+    path = root / "logs" / "queries.log"
+
+    def found() -> dict[str, dict[str, Any]] | None:
+        if not path.exists():
+            return None
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        by_id = {line["requestId"]: line for line in lines if line["requestId"] in ids}
+        return by_id if set(by_id) == ids else None
+
+    return wait_for(found, what=f"query log lines of {sorted(ids)}")  # type: ignore[no-any-return]
+
+
+def assert_log_matches_metrics(node: Node, root: Path, service: str, endpoint: str) -> dict[int, int]:
+    """lightnode_requests_total of an endpoint, by status, is its query log's count: one each.
+
+    Both are fed the same record; the log reaches the disk up to a flush interval later.
+    """
+
+    def both() -> tuple[dict[int, int], dict[int, int]]:
+        path = root / "logs" / "queries.log"
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        logged: dict[int, int] = {}
+        for line in lines:
+            if (line["serviceId"], line["endpointId"]) == (service, endpoint):
+                logged[line["status"]] = logged.get(line["status"], 0) + 1
+        counted = {
+            int(dict(labels)["status"]): int(value)
+            for (name, labels), value in metric_samples(node).items()
+            if name == "lightnode_requests_total"
+            and dict(labels)["service"] == service and dict(labels)["endpoint"] == endpoint
+        }  # fmt: skip
+        return logged, counted
+
+    try:
+        wait_for(lambda: (pair := both())[0] == pair[1], 3, what="the query log to catch up")
+    except AssertionError:
+        pass  # the comparison below says how they differ
+    logged, counted = both()
+    assert counted == logged
+    labels = {"service": service, "endpoint": endpoint}
+    assert metric(node, "lightnode_request_duration_seconds_count", **labels) == sum(logged.values())
+    return logged
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a killed client or a proxy's abort does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_every_run_request_is_logged_and_counted_even_when_no_answer_is_sent(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    """SPEC §10: one line per /run request. A client gone before its answer (a reset, or
+    a close while queued) is 499 ClientGone, with its wait and execution so far; a body
+    over max_body_bytes is 413 PayloadTooLarge, refused before the app. /metrics counts
+    the same, and the stats' `served` counts the calls that ran."""
+    root = tmp_path / "gone"
+    write_service(root, "svc", {"slow": SLOW})
+    write_tuning(root, "svc", "slow", {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 8, "timeout": 20000}})
+    write_server(root, {"limits": {"max_body_bytes": 1000}, "logging": {"log_params": True}})
+    node = node_factory(root)
+
+    def send(request_id: str, body: bytes) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: x\r\nX-Request-Id: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (RUN.format("svc", "slow").encode(), request_id.encode(), len(body), body)
+        )
+        return sock
+
+    def endpoint() -> dict[str, Any]:
+        return node.stats("svc")["endpoints"][0]  # type: ignore[no-any-return]
+
+    running = send("gone-running", b'{"ms": 1500}')
+    wait_for(lambda: endpoint()["pipelinesByState"]["busy"] == 1, what="busy")
+    closed = send("gone-closed", b'{"ms": 1}')
+    reset_queued = send("gone-reset", b'{"ms": 2}')
+    wait_for(lambda: endpoint()["queueLength"] == 2, what="two queued")
+    time.sleep(0.1)  # they have waited a while
+    closed.shutdown(socket.SHUT_WR)  # a normal close while queued: it leaves the queue
+    assert read_all(closed) == b""
+    closed.close()
+    reset(reset_queued)
+    wait_for(lambda: endpoint()["queueLength"] == 0, what="queue emptied")
+    time.sleep(0.2)  # it has run a while
+    reset(running)  # while it runs: it finishes, unanswered
+    wait_for(lambda: endpoint()["pipelinesByState"]["idle"] == 1, 5, what="the pipeline idle again")
+    assert node.run("svc", "slow", {"ms": 1}, headers={"X-Request-Id": "served"})[0] == 200
+    status, _, raw = node.request(
+        "POST", RUN.format("svc", "slow"), b'{"x": "' + b"y" * 2000 + b'"}', headers={"X-Request-Id": "too-big"}
+    )
+    assert (status, json.loads(raw)["errorType"]) == (413, "PayloadTooLarge")
+
+    lines = log_by_id(root, {"gone-running", "gone-closed", "gone-reset", "served", "too-big"})
+    for request_id in ("gone-running", "gone-closed", "gone-reset"):
+        line = lines[request_id]
+        assert (line["status"], line["errorType"]) == (499, "ClientGone"), line
+        assert (line["serviceId"], line["endpointId"], line["generation"]) == ("svc", "slow", "v1")
+        assert line["total"] >= line["wait"] + line["execution"]
+    assert lines["gone-running"]["execution"] >= 150_000 and lines["gone-running"]["params"] == {"ms": 1500}
+    for request_id in ("gone-closed", "gone-reset"):
+        assert lines[request_id]["execution"] == 0 and lines[request_id]["wait"] >= 50_000
+    assert (lines["served"]["status"], lines["served"]["errorType"]) == (200, None)
+    big = lines["too-big"]
+    assert (big["status"], big["errorType"], big["serviceId"], big["endpointId"]) == (
+        413, "PayloadTooLarge", "svc", "slow",
+    )  # fmt: skip
+
+    assert assert_log_matches_metrics(node, root, "svc", "slow") == {499: 3, 200: 1, 413: 1}
+    reasons = {"service": "svc", "endpoint": "slow"}
+    assert metric(node, "lightnode_rejections_total", reason="PayloadTooLarge", **reasons) == 1
+    assert metric(node, "lightnode_rejections_total", reason="ClientGone", **reasons) is None  # not the node's
+    counters = endpoint()["counters"]
+    ran = sum(1 for line in lines.values() if line["execution"] > 0)
+    assert counters["served"] == ran == 2  # the running one finished; the queued ones never ran
+    assert "ClientGone" not in counters["rejections"]
 
 
 # -------------------------------------------------------------- server log

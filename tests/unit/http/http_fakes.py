@@ -142,6 +142,7 @@ class FakeApp:
         self.exchanges: list[Exchange] = []
         self.running: set[bytes] = set()  # paths whose work was handed on (see client_closed)
         self.closed_before_answer: list[bytes] = []
+        self.refusals: list[tuple[bytes, bytes, int, str]] = []  # (method, path, status, errorType)
 
     def handle(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)
@@ -155,6 +156,9 @@ class FakeApp:
         self.closed_before_answer.append(exchange.path)
         if exchange.path not in self.running:
             exchange.cancel()
+
+    def refused(self, exchange: Exchange, error_type: str) -> None:
+        self.refusals.append((exchange.method, exchange.path, exchange.status, error_type))
 
 
 def answer(exchange: Exchange, status: int = 200, **kwargs: Any) -> None:

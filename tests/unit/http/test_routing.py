@@ -135,3 +135,77 @@ def test_admin_paths_are_split_before_decoding(path: bytes, rest: str) -> None:
     # An encoded slash is part of its segment (an id the admin API then refuses),
     # never a separator: /admin/api/services/demo%2Fstats is not the stats route.
     assert parse_path(path) == Route(RouteKind.ADMIN, rest=rest)
+
+
+# ------------------------------------------------ a base URI ending in "/"
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        # dataikuapi joins "<uri>/public/api/v1/<service>" and "<endpoint>/run": a URI
+        # given as http://host:port/ (its docstring's form) gives a leading "//".
+        (b"//public/api/v1/demo/quote/run", Route(RouteKind.RUN, "demo", "quote")),
+        (b"///public/api/v1/demo/quote/run", Route(RouteKind.RUN, "demo", "quote")),
+        (b"//public/api/v1/ping", Route(RouteKind.PING)),
+        (b"//isAlive", Route(RouteKind.IS_ALIVE)),
+        (b"//admin/api/services", Route(RouteKind.ADMIN, rest="services")),
+        (b"//admin/api/services/demo/stats", Route(RouteKind.ADMIN, rest="services/demo/stats")),
+        (b"//public/api/v1/demo/quote/predict", Route(RouteKind.ENDPOINT_VERB, "demo", "quote", "predict")),
+    ],
+)
+def test_leading_repeated_slashes_are_one_slash(path: bytes, route: Route) -> None:
+    assert parse_path(path) == route
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"//public/api/v1/../quote/run",
+        b"//public/api/v1/demo/%2e%2e/run",
+        b"//public/api/v1//demo/quote/run",  # an empty id further in is not folded away
+        b"//public/api/v1/demo//quote/run",
+    ],
+)
+def test_leading_slashes_folded_ids_still_validated(path: bytes) -> None:
+    with pytest.raises(BadId):
+        parse_path(path)
+
+
+def test_a_run_path_with_leading_slashes_is_remembered_as_sent() -> None:
+    from lightnode.http.routing import known_route
+
+    path = b"//public/api/v1/slashy/ep/run"
+    route = parse_path(path)
+    assert route == Route(RouteKind.RUN, "slashy", "ep")
+    assert known_route(path) is route  # the client's next request is a dict lookup
+    assert known_route(b"//isAlive") is None  # fixed routes: folded, not remembered
+
+
+# ---------------------------------------------- DSS verbs other than run
+
+
+@pytest.mark.parametrize(
+    "verb", ["predict", "predict-multi", "forecast", "predict-effect", "predict-effect-multi", "query",
+             "lookup", "lookup-multi"],  # fmt: skip
+)
+def test_dss_verbs_name_the_service_and_endpoint(verb: str) -> None:
+    path = f"/public/api/v1/svc/ep/{verb}".encode()
+    assert parse_path(path) == Route(RouteKind.ENDPOINT_VERB, "svc", "ep", verb)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/public/api/v1/svc/ep/runn",
+        b"/public/api/v1/svc/ep/predict/x",
+        b"/public/api/v1/svc/predict",
+        b"/public/api/v1/../ep/predict",
+        b"/public/api/v1/svc/%2e%2e/predict",
+        b"/public/api/v1/svc/a%2fb/predict",
+        b"/public/api/v1//ep/predict",
+    ],
+)
+def test_other_paths_under_the_prefix_stay_unknown(path: bytes) -> None:
+    # Invalid ids are never looked up: the plain "Not found", no BadId wording either.
+    assert parse_path(path) is None
