@@ -217,7 +217,12 @@ class Registry:
             raise LightnodeError("NotFound", f"Service {service_id} does not exist")
         if not runtime.state.enabled or not runtime.routes:
             if runtime.error:
-                raise LightnodeError("ServiceNotActive", f"Service {service_id} is not active: {runtime.error}")
+                # /run is public: the error (a path, a parse error) goes to the log and admin status only.
+                raise LightnodeError(
+                    "ServiceNotActive",
+                    f"Service {service_id} is not active: its state.json is refused"
+                    " (the node's log and admin status say why)",
+                )
             raise LightnodeError("ServiceNotActive", f"Service {service_id} is not active")
         generation = runtime.routes[0][0]
         if len(runtime.routes) > 1:
@@ -282,13 +287,7 @@ class Registry:
             log.info("service %s removed", service_id)
             return
         new = self._read(service_id)
-        if new.state_refused and old is not None and not old.state_refused:
-            # An unreadable state.json (e.g. an editor's non-atomic write) never
-            # takes a service down: the last good state stays in force.
-            old.error = new.error
-            log.error("service %s: state.json refused, the last good state stays in force", service_id)
-            return
-        if old is not None and new.state == old.state and new.error == old.error:
+        if old is not None and _nothing_to_switch(old, new):
             return
         if old is not None and old.state.enabled:  # reuse pools of generations that stay mapped
             for name in list(new.generations):
@@ -362,6 +361,25 @@ class Registry:
             pool.kill_all()
 
 
+def _nothing_to_switch(old: ServiceRuntime, new: ServiceRuntime) -> bool:
+    """True when `old` stays as it is; first brings its errors up to date with the new read."""
+    service_id = old.service_id
+    if new.state_refused and not old.state_refused:
+        # An unreadable state.json (e.g. an editor's non-atomic write) never
+        # takes a service down: the last good state stays in force.
+        old.error = new.error
+        log.error("service %s: state.json refused, the last good state stays in force", service_id)
+        return True
+    if not old.state_refused:
+        old.error = None  # state.json parses again: its last read error is over
+    if new.state == old.state and new.error == old.error:
+        if old.switch_error is not None:  # state.json names what serves: the refused switch is moot
+            log.info("service %s: state.json names the state in force again", service_id)
+            old.switch_error = None
+        return True
+    return False
+
+
 def _failed(pool: EndpointPool) -> bool:
     return pool.snapshot().load_state == "failed"
 
@@ -375,7 +393,8 @@ def _switch_failure(old: ServiceRuntime | None, new: ServiceRuntime) -> str | No
     the service (or SIGHUP, which tries again). Nothing serving means nothing to
     keep: a first deploy, a disabled or failing old state go ahead.
     """
-    if old is None or not old.state.enabled or old.state_refused or old.error is not None:
+    # Not `old.error`: a refused read of state.json leaves `old` serving its last good state.
+    if old is None or not old.state.enabled or old.state_refused:
         return None
     if any(g.load_error or any(_failed(p) for p in g.pools.values()) for g in old.generations.values()):
         return None

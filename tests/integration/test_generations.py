@@ -235,3 +235,69 @@ def test_malicious_archives_are_refused_with_nothing_written(
     assert not Path("/tmp/lightnode-absolute.py").exists()
     assert main(["admin", "import", "svc", str(archive), "--data-dir", str(node.data_dir)]) == 1
     assert tree_listing(node.data_dir / "services") == before
+
+
+def _state(node: Node, *entries: tuple[str, float], enabled: bool = True) -> None:
+    mapping = [{"generation": g, "proba": p} for g, p in entries]
+    path = node.data_dir / "services" / "svc" / "state.json"
+    path.write_text(json.dumps({"enabled": enabled, "mapping": {"entries": mapping}}))
+
+
+def test_after_a_briefly_unreadable_state_json_a_switch_that_cannot_load_is_still_refused(
+    node_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = node_factory()
+    install(node, tmp_path, ["v1"])
+    admin_post(node, "services/svc/actions/switchToNewest")
+    broken = "import no_such_module_anywhere\ndef e():\n    return 1\n"
+    archive = build_test_package(tmp_path, "svc", "b3", {"e": broken})
+    dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+    state = node.data_dir / "services" / "svc" / "state.json"
+    state.write_text("")  # an editor's non-atomic save, caught half-way
+    wait_until(lambda: "state.json" in (node.stats("svc")["error"] or ""))
+    _state(node, ("b3", 1.0))  # then a switch, by hand, to a generation that cannot load
+    wait_until(lambda: node.stats("svc")["switchError"] is not None)
+    switch_error = node.stats("svc")["switchError"]
+    assert switch_error.startswith("switch not applied: generation b3 failed to load (")
+    assert "no_such_module_anywhere" in switch_error
+    assert node.stats("svc")["error"] is None  # state.json parses again
+    for _ in range(20):
+        status, body = node.run("svc", "e")
+        assert (status, body.get("apiContext", {}).get("serviceGeneration")) == (200, "v1"), body
+    assert "now serving (MappingEntry(generation='b3'" not in node.log()
+
+    # admin status (text) shows it; a switch back to what serves clears it
+    assert main(["admin", "status", "svc", "--url", node.url]) == 0
+    assert f"switchError: {switch_error}" in capsys.readouterr().out
+    _state(node, ("v1", 1.0))
+    wait_until(lambda: node.stats("svc")["switchError"] is None)
+    assert main(["admin", "status", "svc", "--url", node.url]) == 0
+    assert "switchError" not in capsys.readouterr().out
+    assert node.run("svc", "e")[1]["apiContext"]["serviceGeneration"] == "v1"
+
+
+def test_switching_back_through_the_admin_api_clears_the_switch_error(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory()
+    install(node, tmp_path, ["v1"])
+    admin_post(node, "services/svc/actions/switchToNewest")
+    archive = build_test_package(tmp_path, "svc", "b3", {"e": "raise ImportError('nope')\ndef e():\n    return 1\n"})
+    dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+    with pytest.raises(urllib.error.HTTPError) as info:
+        admin_post(node, "services/svc/actions/switchTo/b3")
+    info.value.close()
+    assert info.value.code == 503 and node.stats("svc")["switchError"] is not None
+    admin_post(node, "services/svc/actions/switchTo/v1")  # back to the generation that serves
+    assert node.stats("svc")["switchError"] is None
+
+
+def test_a_refused_state_json_shows_no_path_to_public_clients(node_factory: Any, tmp_path: Path) -> None:
+    from tests.conftest import write_service
+
+    root = tmp_path / "data"
+    write_service(root, "svc", {"e": "def e():\n    return 1\n"})
+    (root / "services" / "svc" / "state.json").write_text("")
+    node = node_factory(root)
+    status, body = node.run("svc", "e")
+    assert status == 503 and body["errorType"] == "ServiceNotActive"
+    assert str(root) not in json.dumps(body) and "invalid JSON" not in json.dumps(body)
+    assert "invalid JSON" in node.stats("svc")["error"]  # the admin still sees why

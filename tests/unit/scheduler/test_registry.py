@@ -1,0 +1,169 @@
+"""The registry's live changes of state.json (SPEC §6), with in-process fake pipelines.
+
+A generation named `b*` fails to load (its pipelines report an ImportError at
+start); every other generation loads. No process, socket or watcher: the tests
+call `service_changed` as the watcher would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lightnode.errors import LightnodeError
+from lightnode.scheduler.registry import Registry
+from lightnode.scheduler.worker_handle import WorkerSpec
+from lightnode.services.store import DataDir
+from tests.conftest import write_service
+
+SOURCE = "def e():\n    return 1\n"
+
+
+class FakeWorker:
+    """Ready at once, or (generation b*) an ImportError at start; exits when stopped."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, worker_id: int, spec: WorkerSpec, listener: Any) -> None:
+        self.loop = loop
+        self.worker_id = worker_id
+        self.spec = spec
+        self.listener = listener
+        self.pid = 4000 + worker_id
+        self.started_at = loop.time()
+
+    def spawn(self) -> None:
+        if self.spec.generation.startswith("b"):
+            self.loop.call_soon(self.listener.worker_init_failed, self.worker_id, "ImportError: No module named 'nope'", "")
+            self.loop.call_soon(self.listener.worker_exited, self.worker_id, "exit code 1")
+        else:
+            self.loop.call_soon(self.listener.worker_ready, self.worker_id, {"signature": "e()"})
+
+    def send_call(self, body: bytes) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.loop.call_soon(self.listener.worker_exited, self.worker_id, "stopped")
+
+    def kill(self, *, dump_stack: bool = True) -> None:
+        self.stop()
+
+    def rss_bytes(self) -> int:
+        return 0
+
+
+class Sink:
+    def call_succeeded(self, *args: Any) -> None:
+        pass
+
+    def call_failed(self, *args: Any) -> None:
+        pass
+
+
+class Node:
+    def __init__(self, root: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.state = root / "services" / "demo" / "state.json"
+        self.registry = Registry(self.loop, DataDir(root), Sink(), worker_factory=FakeWorker)
+        self.registry.load_all()
+        self.settle()
+
+    def settle(self) -> None:
+        self.loop.run_until_complete(asyncio.sleep(0.05))
+
+    def changed(self) -> str | None:
+        """The watcher saw a change of services/demo/: apply it; why it was not applied, or None."""
+        applied = self.registry.service_changed("demo")
+        assert applied is not None
+        result = self.loop.run_until_complete(applied)
+        self.settle()  # the old pools finish draining
+        return result
+
+    def write(self, *mapping: tuple[str, float], enabled: bool = True) -> None:
+        entries = [{"generation": g, "proba": p} for g, p in mapping]
+        self.state.write_text(json.dumps({"enabled": enabled, "mapping": {"entries": entries}}))
+
+    def serving(self) -> str:
+        return self.registry.resolve("demo", "e").spec.generation
+
+    @property
+    def runtime(self) -> Any:
+        return self.registry.services["demo"]
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.registry.drain_all())
+        self.loop.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation="b3")  # fails to load (FakeWorker)
+    write_service(root, "demo", {"e": SOURCE}, generation="v2")
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")  # state.json: v1
+    node = Node(root)
+    assert node.serving() == "v1"
+    yield node
+    node.close()
+
+
+def test_a_switch_to_a_generation_that_cannot_load_is_refused(node: Node) -> None:
+    node.write(("b3", 1.0))
+    failure = node.changed()
+    assert failure is not None and failure.startswith("switch not applied: generation b3 failed to load")
+    assert node.serving() == "v1" and node.runtime.switch_error == failure
+
+
+def test_after_a_briefly_unreadable_state_json_the_switch_is_still_refused(node: Node) -> None:
+    """A refused read leaves the old state serving: it still counts as serving for the next switch."""
+    node.state.write_text("")
+    assert node.changed() is None
+    assert node.serving() == "v1" and "state.json" in (node.runtime.error or "")
+    node.write(("b3", 1.0))
+    failure = node.changed()
+    assert failure is not None and "generation b3 failed to load" in failure
+    assert node.serving() == "v1"
+    assert node.runtime.error is None  # state.json parses again: its read error is gone
+
+
+def test_the_read_error_clears_once_state_json_parses_again(node: Node) -> None:
+    node.state.write_text('{"enabled": tr')
+    node.changed()
+    assert node.runtime.error is not None
+    node.write(("v1", 1.0))  # the same state as the one in force
+    assert node.changed() is None
+    assert node.runtime.error is None and node.serving() == "v1"
+    node.state.write_text("")
+    node.changed()
+    node.write(("v2", 1.0))  # a new state: switched, with no error left
+    assert node.changed() is None
+    assert node.runtime.error is None and node.serving() == "v2"
+
+
+def test_switching_back_to_the_serving_generation_clears_the_switch_error(node: Node) -> None:
+    node.write(("b3", 1.0))
+    assert node.changed() is not None
+    assert node.runtime.switch_error is not None
+    node.write(("v1", 1.0))  # back to what serves: state.json and the node agree again
+    assert node.changed() is None
+    assert node.runtime.switch_error is None and node.serving() == "v1"
+
+
+def test_the_public_error_of_a_refused_state_shows_no_path(tmp_path: Path) -> None:
+    """/run is public: the details (path, parse error) are for the log and admin status only."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE})
+    (root / "services" / "demo" / "state.json").write_text("")
+    node = Node(root)  # a start on a refused state.json: the service is a disabled stand-in
+    try:
+        assert node.runtime.state_refused and "invalid JSON" in (node.runtime.error or "")
+        with pytest.raises(LightnodeError) as info:
+            node.registry.resolve("demo", "e")
+        assert info.value.error_type == "ServiceNotActive" and info.value.status == 503
+        assert str(tmp_path) not in info.value.message and "invalid JSON" not in info.value.message
+        assert info.value.message.startswith("Service demo is not active")
+    finally:
+        node.close()
