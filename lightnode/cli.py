@@ -27,8 +27,15 @@ class CliError(Exception):
         self.code = code
 
 
+def data_dir_path(text: str) -> Path:
+    """argparse type of every --data-dir: a path, never "" (which would mean the current directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (give a path; '.' for the current directory)")
+    return Path(text)
+
+
 def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, required=True, help="the node's data directory")
+    parser.add_argument("--data-dir", type=data_dir_path, required=True, help="the node's data directory")
     parser.add_argument("--host", help="listen address (default 127.0.0.1, or server.json)")
     parser.add_argument("--port", type=port_number, help="listen port (default 12000, or server.json; 0 = any free port)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

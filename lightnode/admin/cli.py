@@ -33,10 +33,12 @@ TUNE_FLAGS = {
 
 
 def add_admin_parser(sub: Any) -> None:
+    from lightnode.cli import data_dir_path
+
     admin = sub.add_parser("admin", help="operate services, tuning and keys")
     target = argparse.ArgumentParser(add_help=False)
     where = target.add_mutually_exclusive_group(required=True)
-    where.add_argument("--data-dir", type=Path, help="act on this data directory")
+    where.add_argument("--data-dir", type=data_dir_path, help="act on this data directory")
     where.add_argument("--url", type=http_url, help="act through a running node's admin API, e.g. http://127.0.0.1:12000")
     target.add_argument(
         "--key",
@@ -134,6 +136,8 @@ def render_status(payload: dict[str, Any]) -> str:
         lines.append(f"service {service['serviceId']}: enabled={service['enabled']} mapping=[{mapping}]")
         if service.get("error"):
             lines.append(f"  error: {service['error']}")
+        if service.get("switchError"):
+            lines.append(f"  switchError: {service['switchError']}")
         for name, error in (service.get("generationErrors") or {}).items():
             lines.append(f"  generation {name}: {error}")
         for ep in service.get("endpoints", []):
@@ -177,6 +181,9 @@ def _tune(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.setdefault(section, {})[name] = value
     answer = call_target(args, "tune", service, endpoint, overrides)
+    note = answer.pop("note", None)
+    if note:
+        print(note)
     if not args.url:
         print(f"wrote {endpoint_config_path(Path(args.data_dir), service, endpoint)}")
     print(json.dumps(answer, indent=2))

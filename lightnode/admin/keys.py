@@ -34,6 +34,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from lightnode.config.load import write_file_atomically
 from lightnode.config.model import is_valid_id
@@ -54,6 +56,32 @@ KEY_PREFIX = "lnk_"
 KEY_RANDOM_BYTES = 32
 UNAUTHORIZED_HEADERS = (("WWW-Authenticate", 'Basic realm="lightnode"'),)
 _ENTRY_KEYS = ("id", "hash", "admin", "serviceId", "label", "description", "createdBy", "createdOn", "expiry")
+
+
+# A key anywhere in a text (a message, a log line), for `mask_secrets`.
+_KEY_IN_TEXT = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_\-]*", re.IGNORECASE)
+# Percent-decoding rounds `looks_like_key` tries: a key may come encoded once or more.
+_DECODE_ROUNDS = 4
+
+
+def looks_like_key(text: str) -> bool:
+    """True when `text` holds something shaped like a secret key (`lnk_...`), plain or percent-encoded.
+
+    Key ids (`k` + hex) never do, so ids stay readable in logs and messages.
+    """
+    for _ in range(_DECODE_ROUNDS):
+        if KEY_PREFIX in text.lower():
+            return True
+        decoded = unquote(text)
+        if decoded == text:
+            return False
+        text = decoded
+    return KEY_PREFIX in text.lower()
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every key-shaped word replaced by `<key>` (for logs and error messages, SPEC §9)."""
+    return _KEY_IN_TEXT.sub("<key>", text)
 
 
 def digest_of(key: str) -> bytes:

@@ -9,23 +9,25 @@ node's admin API, which runs the same layer.
 
 `keys create` prints the new key alone on one line of stdout (everything else
 goes to stderr), so `KEY=$(lightnode admin keys create ...)` works.
-Imports: admin.*, services.package, services.store, config.model, errors.
+Imports: admin.*, services.package, services.store, config.model, config.load, errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightnode.admin.keys import KEY_PREFIX
-from lightnode.admin.remote import RemoteAdmin, RemoteError
+from lightnode.admin.remote import RemoteAdmin, RemoteError, http_url
 from lightnode.admin.service_layer import ServiceLayer, parse_mapping_args
-from lightnode.config.model import check_id
-from lightnode.errors import LightnodeError
+from lightnode.config.load import parse_endpoint_config
+from lightnode.config.model import EndpointConfig, check_id
+from lightnode.errors import ConfigError, LightnodeError
 from lightnode.services.package import build_package
 from lightnode.services.store import DataDir
 
@@ -68,6 +70,8 @@ def add_lifecycle_commands(commands: Any, target: argparse.ArgumentParser) -> No
 
 def add_package_commands(sub: Any) -> None:
     """Register `lightnode package` and `lightnode deploy`."""
+    from lightnode.cli import data_dir_path
+
     package = sub.add_parser("package", help="validate a service directory and write its package (zip)")
     package.add_argument("src_dir", type=Path, metavar="SRC_DIR")
     package.add_argument("-o", "--output", type=Path, metavar="FILE.zip")
@@ -75,9 +79,15 @@ def add_package_commands(sub: Any) -> None:
     deploy = sub.add_parser("deploy", help="package + import + switch, in one step")
     deploy.add_argument("src_dir", type=Path, metavar="SRC_DIR")
     where = deploy.add_mutually_exclusive_group(required=True)
-    where.add_argument("--data-dir", type=Path, help="deploy into this data directory")
-    where.add_argument("--url", help="deploy through a node's admin API (the node must see this machine's files)")
-    deploy.add_argument("--key", help="admin API key (with --url)")
+    where.add_argument("--data-dir", type=data_dir_path, help="deploy into this data directory")
+    where.add_argument(
+        "--url", type=http_url, help="deploy through a node's admin API (the node must see this machine's files)"
+    )
+    deploy.add_argument(
+        "--key",
+        default=os.environ.get("LIGHTNODE_ADMIN_KEY"),
+        help="admin API key, with --url (default: $LIGHTNODE_ADMIN_KEY, which keeps it out of `ps`)",
+    )
     deploy.add_argument("--generation", metavar="G", help="generation id (default v + UTC time)")
 
 
@@ -97,7 +107,33 @@ def target_for(args: argparse.Namespace) -> Any:
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise _cli_error(f"--data-dir {data_dir} is not a directory")
-    return ServiceLayer(DataDir(data_dir.resolve()))
+    key = getattr(args, "key", None)
+    return ServiceLayer(
+        DataDir(data_dir.resolve()),
+        tuning_in_force=lambda service, endpoint: running_node_tuning(data_dir, key, service, endpoint),
+    )
+
+
+# How long `tune --data-dir` waits for the running node's tuning in force (it needs
+# it only when the file is refused; a stale run/lightnode.addr answers at once).
+IN_FORCE_TIMEOUT_S = 5.0
+
+
+def running_node_tuning(data_dir: Path, key: str | None, service_id: str, endpoint_id: str) -> EndpointConfig | None:
+    """The tuning the node running on `data_dir` has in force for the endpoint, if it can tell."""
+    try:
+        url = (data_dir / "run" / "lightnode.addr").read_text().strip()
+    except OSError:
+        return None
+    if not url:
+        return None
+    raw = RemoteAdmin(url, key).tuning_in_force(service_id, endpoint_id, timeout_s=IN_FORCE_TIMEOUT_S)
+    if raw is None:
+        return None
+    try:
+        return parse_endpoint_config(raw, source=f"the node at {url}")
+    except ConfigError:
+        return None
 
 
 def call_target(args: argparse.Namespace, operation: str, *params: Any, **kwargs: Any) -> Any:
@@ -129,7 +165,10 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _generations(args: argparse.Namespace) -> int:
-    for gen in call_target(args, "generations", check_id(args.service, "service id"))["generations"]:
+    answer = call_target(args, "generations", check_id(args.service, "service id"))
+    if answer.get("mappingError"):
+        print(f"mapping unknown, none shown as mapped: {answer['mappingError']}", file=sys.stderr)
+    for gen in answer["generations"]:
         flags = [f for f in ("mapped", "mounted") if gen.get(f)]
         print(f"{gen['generationId']}\tcreated={gen.get('created', gen['createdOn'])}\t{' '.join(flags)}")
     return 0
@@ -160,7 +199,9 @@ def _enable(args: argparse.Namespace) -> int:
 
 
 def _disable(args: argparse.Namespace) -> int:
-    call_target(args, "disable", check_id(args.service, "service id"))
+    result = call_target(args, "disable", check_id(args.service, "service id"))
+    if result.get("note"):
+        print(f"{args.service}: {result['note']}", file=sys.stderr)
     print(f"{args.service}: disabled")
     return 0
 

@@ -25,7 +25,11 @@ READ_TIMEOUT_S = 30.0
 
 
 class RemoteError(Exception):
-    """The node refused the request (or could not be reached)."""
+    """The node refused the request (`status`: its HTTP status), or could not be reached (`status` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def http_url(text: str) -> str:
@@ -63,12 +67,12 @@ class RemoteAdmin:
         if params:
             url += "?" + urllib.parse.urlencode(params)
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method)
-        if self.key:
-            request.add_header("Authorization", f"Bearer {self.key}")
         if timeout_s is None:
             timeout_s = READ_TIMEOUT_S if method == "GET" else MUTATION_TIMEOUT_S
         try:
+            request = urllib.request.Request(url, data=data, method=method)  # ValueError: not a URL
+            if self.key:
+                request.add_header("Authorization", f"Bearer {self.key}")
             with urllib.request.urlopen(request, timeout=timeout_s) as answer:
                 raw = answer.read()
         except urllib.error.HTTPError as exc:
@@ -77,7 +81,7 @@ class RemoteAdmin:
                 detail = json.loads(detail).get("message", detail)
             except (ValueError, AttributeError):
                 pass
-            raise RemoteError(f"{method} {_public(path)}: HTTP {exc.code}: {detail}") from None
+            raise RemoteError(f"{method} {_public(path)}: HTTP {exc.code}: {detail}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise RemoteError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None
         except ValueError as exc:  # urllib's "unknown url type" and the like
@@ -129,11 +133,43 @@ class RemoteAdmin:
         return self.call("POST", path, raw)
 
     def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> Any:
-        """GET the node's tuning, overlay `overrides` section by section, POST it (validated there)."""
-        current = self.endpoint_settings(service_id, endpoint_id)
+        """GET the node's tuning, overlay `overrides` section by section, POST it (validated there).
+
+        When the node refuses its tuning file (400), the overlay is on the values the
+        node has in force (or the defaults when it has none for this endpoint), and
+        the answer's `note` says that the refused file was replaced, and on what.
+        """
+        note = None
+        try:
+            current = self.endpoint_settings(service_id, endpoint_id)
+        except RemoteError as exc:
+            if exc.status != 400:
+                raise
+            in_force = self.tuning_in_force(service_id, endpoint_id)
+            current = in_force or {}
+            on_what = "the values the node has in force" if in_force else "the defaults"
+            note = f"replaced the refused tuning file ({exc}); the change was applied on {on_what}"
         for section, values in overrides.items():
             current.setdefault(section, {}).update(values)
-        return self.set_endpoint_settings(service_id, endpoint_id, current)
+        answer = self.set_endpoint_settings(service_id, endpoint_id, current)
+        if note is not None and isinstance(answer, dict):
+            answer["note"] = note
+        return answer
+
+    def tuning_in_force(self, service_id: str, endpoint_id: str, timeout_s: float | None = None) -> Any:
+        """`{"pool", "limits"}` in force for the endpoint on the node (from its stats), or None.
+
+        None also when the node cannot tell (no pool of that endpoint, an error).
+        """
+        try:
+            stats = self.call("GET", f"services/{_quote(service_id)}/stats", timeout_s=timeout_s)
+        except RemoteError:
+            return None
+        for endpoint in (stats or {}).get("endpoints") or []:
+            config = endpoint.get("config")
+            if endpoint.get("endpointId") == endpoint_id and isinstance(config, dict):
+                return {"pool": dict(config.get("pool") or {}), "limits": dict(config.get("limits") or {})}
+        return None
 
     def list_keys(self) -> Any:
         return self.call("GET", "keys")
@@ -155,8 +191,6 @@ class RemoteAdmin:
 
 
 def _public(path: str) -> str:
-    """The path for messages, with a key in `keys/<key>` masked."""
+    """The path for messages, with every segment that holds a key (`lnk_...`) masked."""
     parts = path.split("/")
-    if len(parts) == 2 and parts[0] == "keys":
-        return "keys/<key>"
-    return path
+    return "/".join("<key>" if "lnk_" in urllib.parse.unquote(p).lower() else p for p in parts)

@@ -28,11 +28,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import ujson
 
-from lightnode.admin.keys import KeyEntry, KeyStore, is_loopback
+from lightnode.admin.keys import KeyEntry, KeyStore, is_loopback, looks_like_key, mask_secrets
 from lightnode.admin.service_layer import ServiceLayer
 from lightnode.config.model import is_valid_id
 from lightnode.errors import ConfigError, IdError, LightnodeError
@@ -49,10 +49,11 @@ if TYPE_CHECKING:  # pragma: no cover
 audit = logging.getLogger("lightnode.audit")
 log = logging.getLogger("lightnode.admin")
 
-__all__ = ["AdminRoutes", "is_loopback", "metrics_json", "pool_stats", "service_stats"]
+__all__ = ["AdminRoutes", "is_loopback", "mask_secrets", "metrics_json", "pool_stats", "service_stats"]
 
 Params = dict[str, str]
 WHO = "_who"  # in Params: who is calling, for the audit log
+PATH = "_path"  # in Params: the decoded path after /admin/api/, as routed
 Handler = Callable[[Exchange, Params], None]
 
 
@@ -166,6 +167,14 @@ def _error_for(exc: BaseException) -> LightnodeError:
     return LightnodeError("InternalError", f"{type(exc).__name__}: {exc}")
 
 
+def _masked(error: LightnodeError) -> LightnodeError:
+    """`error` with any key its messages quote masked (SPEC §9: never echoed, never logged)."""
+    message, detailed = mask_secrets(error.message), mask_secrets(error.detailed_message)
+    if message == error.message and detailed == error.detailed_message:
+        return error
+    return LightnodeError(error.error_type, message, detailed, status=error.status, headers=error.headers)
+
+
 def _json_body(exchange: Exchange) -> Any:
     if not exchange.body.strip():
         return None
@@ -185,11 +194,15 @@ def _object_body(exchange: Exchange) -> dict[str, Any]:
 
 
 def _public_path(rest: str) -> str:
-    """The path for the audit log: a key in DELETE keys/<key> is masked."""
-    parts = [p for p in rest.split("/") if p]
-    if len(parts) == 2 and parts[0] == "keys":
-        return "keys/<key>"
-    return "/".join(parts)
+    """The path for the audit log and messages: every segment that looks like a key is `<key>`.
+
+    `rest` is the routed path; what is still percent-encoded in it (an encoded slash
+    that routing kept inside its segment, `keys%2F<key>`) is decoded before the split,
+    and a segment is masked whatever its encoding (SPEC §9: secrets are never logged).
+    """
+    decoded = unquote(rest)
+    parts = [p for p in decoded.split("/") if p]
+    return "/".join("<key>" if looks_like_key(p) else p for p in parts)
 
 
 class AdminRoutes:
@@ -257,6 +270,7 @@ class AdminRoutes:
                 allowed.append(route_method)
                 continue
             params[WHO] = _who(who)
+            params[PATH] = route.rest
             handler(exchange, params)
             return
         if allowed:
@@ -287,7 +301,7 @@ class AdminRoutes:
         not apply (a generation that fails to load) is answered as an error.
         """
         who = p[WHO]
-        what = f"{exchange.method.decode('latin-1')} {_public_path(exchange.path.decode('latin-1')[len('/admin/api/'):])}"
+        what = f"{exchange.method.decode('latin-1')} {_public_path(p[PATH])}"
         future = self.node.loop.run_in_executor(self._executor, operation)
 
         def answer(result: Any) -> None:
@@ -300,7 +314,7 @@ class AdminRoutes:
                 return
             exc = fut.exception()
             if exc is not None:
-                error = _error_for(exc)
+                error = _masked(_error_for(exc))
                 audit.info("admin %s by %s from %s: refused: %s", what, who, exchange.client, error.message)
                 exchange.respond_error(error)
                 return
@@ -447,5 +461,5 @@ def _match(pattern: tuple[str, ...], parts: list[str]) -> Params | None:
             return None
     for name, what in (("S", "Service"), ("G", "Generation"), ("E", "Endpoint")):
         if name in params and not is_valid_id(params[name]):
-            raise LightnodeError("NotFound", f"{what} {params[name]} does not exist")
+            raise LightnodeError("NotFound", f"{what} {mask_secrets(params[name])} does not exist")
     return params

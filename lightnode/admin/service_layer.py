@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lightnode.admin.keys import KeyEntry, KeyStore
+from lightnode.admin.keys import KeyEntry, KeyStore, looks_like_key
 from lightnode.config.load import (
     endpoint_config_to_json,
     load_endpoint_config,
@@ -37,13 +37,15 @@ from lightnode.config.load import (
     parse_endpoint_config,
     write_endpoint_config,
 )
-from lightnode.config.model import check_id
+from lightnode.config.model import EndpointConfig, check_id
 from lightnode.errors import ConfigError, LightnodeError
 from lightnode.services.model import load_service_dir
 from lightnode.services.package import ImportedPackage, import_package
 from lightnode.services.store import DataDir, MappingEntry, ServiceState, parse_mapping
 
 MountedView = Callable[[str], "set[str] | None"]
+# For (service, endpoint): the tuning a running node has in force, if known.
+TuningView = Callable[[str, str], "EndpointConfig | None"]
 
 
 def _iso(timestamp: float) -> str:
@@ -56,11 +58,15 @@ class ServiceLayer:
 
     Args:
         data_dir: the node's data directory.
-        max_package_bytes: `limits.max_package_bytes` for imports (default: server.json's).
+        max_package_bytes: `limits.max_package_bytes` for imports (default: server.json's,
+            read when an import needs it, so that a refused server.json blocks imports
+            only, never the commands that repair a node or revoke a key).
         keys: the key store to use (the running node passes its own, so that
             its in-memory keys change at once); default: one on config/keys.json.
         mounted: for a service id, the generations a running node has loaded
             (None: not known, then mapped generations of an enabled service count).
+        tuning_in_force: for (service, endpoint), the tuning the running node has in
+            force, if known: what `tune` builds on when the tuning file is refused.
     """
 
     def __init__(
@@ -70,14 +76,25 @@ class ServiceLayer:
         max_package_bytes: int | None = None,
         keys: KeyStore | None = None,
         mounted: MountedView | None = None,
+        tuning_in_force: TuningView | None = None,
     ) -> None:
         self.data_dir = data_dir
-        if max_package_bytes is None:
-            settings = load_server_settings(data_dir.server_config_path)
-            max_package_bytes = settings.limits.max_package_bytes
-        self.max_package_bytes = max_package_bytes
+        self._max_package_bytes = max_package_bytes
         self.keys = keys if keys is not None else KeyStore(data_dir.keys_path)
         self._mounted = mounted
+        self._tuning_in_force = tuning_in_force
+
+    @property
+    def max_package_bytes(self) -> int:
+        """`limits.max_package_bytes`: the one node setting an admin operation needs.
+
+        Raises:
+            ConfigError: server.json is refused (its path and every problem).
+        """
+        if self._max_package_bytes is None:
+            settings = load_server_settings(self.data_dir.server_config_path)
+            self._max_package_bytes = settings.limits.max_package_bytes
+        return self._max_package_bytes
 
     # ----------------------------------------------------------- services
 
@@ -158,14 +175,22 @@ class ServiceLayer:
     # -------------------------------------------------------- generations
 
     def generations(self, service_id: str) -> dict[str, Any]:
-        """GET services/<S>/generations: `{"generations": [{"generationId", "createdOn", "mounted", "mapped"}]}`."""
-        state = self._state(service_id)
+        """GET services/<S>/generations: `{"generations": [{"generationId", "createdOn", "mounted", "mapped"}]}`.
+
+        A refused state.json does not hide the generations (a switch repairs it, and
+        needs their ids): none counts as mapped, and `mappingError` says why.
+        """
+        self._require_service(service_id)
+        try:
+            state, mapping_error = self.data_dir.read_state(service_id), None
+        except ConfigError as exc:
+            state, mapping_error = ServiceState(enabled=False), str(exc)
         mapped = {e.generation for e in state.entries}
         mounted = self._mounted(service_id) if self._mounted is not None else None
         if mounted is None:
             mounted = mapped if state.enabled else set()
         infos = self.data_dir.generations(service_id)  # oldest import first
-        return {
+        answer: dict[str, Any] = {
             "generations": [
                 {
                     "generationId": info.id,
@@ -178,6 +203,9 @@ class ServiceLayer:
                 for info in infos
             ]
         }
+        if mapping_error is not None:
+            answer["mappingError"] = mapping_error
+        return answer
 
     def import_archive(self, service_id: str, archive: Path | str) -> dict[str, Any]:
         """importFromArchive: unpack a package as a new generation (PackageRefused when refused)."""
@@ -225,9 +253,12 @@ class ServiceLayer:
         self.data_dir.write_state(service_id, state)
         return {"serviceId": service_id, **state.to_json()}
 
+    # switch, switch --newest and set-mapping write a whole new state.json: they never
+    # read the old one, so they repair a refused file (SPEC §6).
+
     def switch_to(self, service_id: str, generation: str) -> dict[str, Any]:
         """actions/switchTo/<G>: G takes all traffic and the service is enabled."""
-        self._state(service_id)
+        self._require_service(service_id)
         check_id(generation, "generation id")
         self._check_generation(service_id, generation)
         answer = self._write_state(service_id, ServiceState(True, (MappingEntry(generation, 1.0),)))
@@ -235,12 +266,12 @@ class ServiceLayer:
 
     def switch_to_newest(self, service_id: str) -> dict[str, Any]:
         """actions/switchToNewest -> `{"switchedToGeneration": G}`."""
-        self._state(service_id)
+        self._require_service(service_id)
         return self.switch_to(service_id, self.newest_generation(service_id))
 
     def set_mapping(self, service_id: str, mapping: object) -> dict[str, Any]:
         """actions/setMapping: `{"entries": [{"generation", "proba"}]}`; enables the service."""
-        self._state(service_id)
+        self._require_service(service_id)
         entries = parse_mapping(mapping, source="mapping")
         if not entries:
             raise LightnodeError("BadRequest", "mapping: entries must not be empty")
@@ -249,11 +280,36 @@ class ServiceLayer:
         return self._write_state(service_id, ServiceState(True, entries))
 
     def enable(self, service_id: str) -> dict[str, Any]:
-        state = self._state(service_id)
+        """actions/enable: serve the mapping of state.json.
+
+        A refused state.json has no mapping to serve: refused (BadRequest), pointing
+        at switch and set-mapping, which write a whole new state.
+        """
+        try:
+            state = self._state(service_id)
+        except ConfigError as exc:
+            raise LightnodeError(
+                "BadRequest",
+                f"cannot enable service {service_id}: {exc}; its mapping cannot be read, so write a"
+                " new state with switch (switchTo, switchToNewest) or set-mapping (setMapping)",
+            ) from None
         return self._write_state(service_id, ServiceState(True, state.entries))
 
     def disable(self, service_id: str) -> dict[str, Any]:
-        state = self._state(service_id)
+        """actions/disable: keep the mapping, stop serving.
+
+        Stopping a service never needs its mapping: a refused state.json is replaced
+        by a disabled state without one, and the answer's `note` says so.
+        """
+        try:
+            state = self._state(service_id)
+        except ConfigError as exc:
+            answer = self._write_state(service_id, ServiceState(False))
+            answer["note"] = (
+                f"{exc}; replaced by a disabled state without mapping (the old one could not be"
+                " read): switch or set-mapping serves it again"
+            )
+            return answer
         return self._write_state(service_id, ServiceState(False, state.entries))
 
     # -------------------------------------------------------------- tuning
@@ -277,13 +333,32 @@ class ServiceLayer:
     def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
         """`admin tune`: overlay `overrides` ({"pool": {"ceil": 4}}) on the current tuning, validate, write.
 
+        The current tuning is the file's; when the file is refused (SPEC §5: the node
+        keeps its last good values), the overlay is on the values the running node
+        has in force if they are known, else on the defaults, and the answer's
+        `note` says that the refused file was replaced and on what.
+
         Raises:
-            ConfigError: every problem of the merged tuning; nothing is written.
+            ConfigError: every problem of the merged tuning, under the file's path;
+                nothing is written.
         """
         path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
-        config = merge_tuning(load_endpoint_config(path), overrides)
+        note = None
+        try:
+            base = load_endpoint_config(path)
+        except ConfigError as exc:
+            in_force = self._tuning_in_force(service_id, endpoint_id) if self._tuning_in_force else None
+            base = in_force or EndpointConfig()
+            on_what = "the values the running node has in force" if in_force else "the defaults"
+            note = f"replaced the refused tuning file ({exc}); the change was applied on {on_what}"
+        # Errors name the file the command writes, also when it does not exist yet.
+        base = EndpointConfig(pool=base.pool, limits=base.limits, source=str(path))
+        config = merge_tuning(base, overrides)
         write_endpoint_config(path, config)
-        return endpoint_config_to_json(config)
+        answer = endpoint_config_to_json(config)
+        if note is not None:
+            answer["note"] = note
+        return answer
 
     # ---------------------------------------------------------------- keys
 
@@ -313,6 +388,12 @@ class ServiceLayer:
         return {**entry.to_public_json(), "key": key}
 
     def delete_key_by_id(self, key_id: str) -> dict[str, Any]:
+        if looks_like_key(key_id):  # a secret where its id belongs: never echo it (SPEC §9)
+            raise LightnodeError(
+                "NotFound",
+                "No API key with that id: it looks like a key itself, not a key's id"
+                " (delete by the key with DELETE keys/<key> or `keys delete KEY`)",
+            )
         return self._deleted(self.keys.delete_by_id, key_id, f"No API key with id {key_id}")
 
     def delete_key(self, key: str) -> dict[str, Any]:

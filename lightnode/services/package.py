@@ -291,6 +291,8 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
     if len(infos) > MAX_PACKAGE_MEMBERS:
         problems.append(f"{len(infos)} members: more than {MAX_PACKAGE_MEMBERS}")
     seen: set[str] = set()
+    files: dict[str, str] = {}  # path -> the member that is a file there
+    directories: dict[str, str] = {}  # path -> the first member that needs a directory there
     declared = 0
     for info in infos:
         name = info.filename
@@ -302,8 +304,17 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
         if key in seen:
             problems.append(f"member {name!r}: appears twice")
         seen.add(key)
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            directories.setdefault("/".join(parts[:depth]), name)
         if not info.is_dir():
             declared += info.file_size
+            files.setdefault(key, name)
+    # `a` and `a/b` cannot both be unpacked: one path cannot be a file and a directory.
+    for key, name in files.items():
+        needs = directories.get(key)
+        if needs is not None:
+            problems.append(f"member {name!r}: a file where member {needs!r} needs a directory")
     if declared > max_bytes:
         problems.append(f"unpacks to {declared} bytes: more than limits.max_package_bytes ({max_bytes})")
     if PACKAGE_FILE not in seen:
@@ -394,13 +405,13 @@ def _extract(zf: zipfile.ZipFile, dest: Path, *, max_bytes: int, source: str) ->
     written = 0
     for info in zf.infolist():
         path = dest / info.filename
-        if info.is_dir():
-            path.mkdir(parents=True, exist_ok=True)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
         mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        try:
+        try:  # check_archive refused what it can see; any other failure is still a refusal
+            if info.is_dir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, flags, mode)
             with os.fdopen(fd, "wb") as out, zf.open(info) as member:
                 while chunk := member.read(COPY_CHUNK_BYTES):

@@ -222,3 +222,127 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_a_refused_state_json_is_repaired_through_the_admin_api_and_the_cli(
+    node_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """switch, set-mapping and disable write a whole new state: they never need the refused one (SPEC §6)."""
+    node = node_factory()
+    state = node.data_dir / "services" / "demo" / "state.json"
+    url, d = ["--url", node.url], ["--data-dir", str(node.data_dir)]
+    state.write_text("")
+    code, out, err = cli(capsys, "admin", "generations", "demo", *url)
+    assert code == 0 and out.startswith("v1\t") and "invalid JSON" in err
+    code, _, err = cli(capsys, "admin", "enable", "demo", *url)
+    assert code == 1 and "switch" in err and "set-mapping" in err and "Traceback" not in err
+    code, out, err = cli(capsys, "admin", "switch", "demo", "v1", *url)
+    assert code == 0 and "switched to v1" in out, err
+    assert json.loads(state.read_text())["enabled"] is True
+    for argv in (["switch", "demo", "--newest"], ["set-mapping", "demo", "v1=1"], ["disable", "demo"]):
+        for where in (url, d):
+            state.write_text("")
+            code, _, err = cli(capsys, "admin", *argv, *where)
+            assert code == 0, (argv, where, err)
+            json.loads(state.read_text())  # a good state.json again
+    assert json.loads(state.read_text()) == {"enabled": False, "mapping": {"entries": []}}
+    assert cli(capsys, "admin", "switch", "demo", "v1", *url)[0] == 0
+    wait_for(lambda: node.run("demo", "quote", {"age": 35, "days": 344, "price": 600})[0] == 200)
+    assert node.stats("demo")["error"] is None
+
+
+def test_a_refused_server_json_blocks_no_admin_data_dir_command_but_import(
+    node_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = node_factory()
+    server = node.data_dir / "config" / "server.json"
+    server.write_text(json.dumps({"typo": 1}))  # on a running node: read at the next start only
+    d = ["--data-dir", str(node.data_dir)]
+    assert cli(capsys, "admin", "tune", "demo", "quote", "--ceil", "3", *d)[0] == 0
+    code, key, _ = cli(capsys, "admin", "keys", "create", "--admin", *d)
+    assert code == 0
+    code, out, _ = cli(capsys, "admin", "keys", "list", *d)
+    assert code == 0 and cli(capsys, "admin", "keys", "delete", out.split("\t")[0], *d)[0] == 0  # revoked
+    assert cli(capsys, "admin", "disable", "demo", *d)[0] == 0
+    code, out, _ = cli(capsys, "admin", "services", *d)
+    assert code == 0 and "demo\tenabled=False" in out
+    archive = build_test_package(tmp_path, "pricing", "g1", {"e": SOURCE})
+    code, _, err = cli(capsys, "admin", "import", "pricing", str(archive), *d)
+    assert code == 1 and f"{server}: typo: unknown key" in err and "Traceback" not in err
+
+
+def test_tune_replaces_a_refused_tuning_file_on_the_values_in_force(
+    node_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SPEC §5: the node keeps its last good values; `tune` builds on them, by --url and by --data-dir."""
+    node = node_factory()
+    tuning = node.data_dir / "config" / "services" / "demo" / "quote.json"
+    tuning.parent.mkdir(parents=True, exist_ok=True)
+    tuning.write_text(json.dumps({"pool": {"floor": 2, "cruise": 3, "ceil": 5}}))
+    wait_for(lambda: node.stats("demo")["endpoints"][0]["config"]["pool"]["cruise"] == 3)
+    for where in (["--url", node.url], ["--data-dir", str(node.data_dir)]):
+        tuning.write_text('{"pool": {"ceil": 4}')  # refused: the node keeps floor 2, cruise 3
+        wait_for(lambda: node.stats("demo")["endpoints"][0]["lastConfigError"] is not None)
+        code, out, err = cli(capsys, "admin", "tune", "demo", "quote", "--ceil", "4", *where)
+        assert code == 0, err
+        assert "replaced the refused tuning file" in out and "invalid JSON" in out and "in force" in out
+        pool = json.loads(tuning.read_text())["pool"]
+        assert (pool["floor"], pool["cruise"], pool["ceil"]) == (2, 3, 4)
+        wait_for(lambda: node.stats("demo")["endpoints"][0]["lastConfigError"] is None)
+        assert node.stats("demo")["endpoints"][0]["config"]["pool"]["ceil"] == 4
+
+
+def test_tune_of_an_endpoint_without_a_file_names_the_file_in_its_errors(
+    node_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = node_factory()
+    tuning = node.data_dir / "config" / "services" / "demo" / "quote.json"
+    for where in (["--url", node.url], ["--data-dir", str(node.data_dir)]):
+        code, _, err = cli(capsys, "admin", "tune", "demo", "quote", "--floor", "9", *where)
+        assert code == 1 and str(tuning) in err and "defaults:" not in err, err
+    assert not tuning.exists()
+
+
+def test_an_archive_with_a_file_and_a_directory_of_one_name_is_refused(node_factory: Any, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    node = node_factory()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("service.json", json.dumps(
+            {"id": "x", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}))
+        zf.writestr("e.py", SOURCE)
+        zf.writestr("lightnode-package.json", json.dumps({"service": "x", "generation": "g1"}))
+        zf.writestr("a", "a file")
+        zf.writestr("a/b", "a member under it")
+    archive = tmp_path / "clash.zip"
+    archive.write_bytes(buf.getvalue())
+    before = tree_listing(node.data_dir / "services")
+    status, _, body = node.request(
+        "POST", f"/admin/api/services/x/generations/actions/importFromArchive?filePath={archive}", b"")
+    answer = json.loads(body)
+    assert status == 400 and answer["errorType"] == "BadRequest", answer
+    assert "member 'a'" in answer["message"] and "'a/b'" in answer["message"]
+    assert ".import-" not in answer["message"] and str(node.data_dir) not in answer["message"]
+    assert tree_listing(node.data_dir / "services") == before
+
+
+def test_deploy_url_takes_the_admin_key_from_the_environment(
+    node_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = node_factory()
+    code, out, _ = cli(capsys, "admin", "keys", "create", "--admin", "--url", node.url)
+    key = out.strip()
+    wait_for(lambda: node.request("GET", "/admin/api/services")[0] == 401)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "e.py").write_text(SOURCE)
+    (src / "service.json").write_text(json.dumps(
+        {"id": "pricing", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}))
+    code, _, err = cli(capsys, "deploy", str(src), "--url", node.url, "--generation", "g1")
+    assert code == 1 and "HTTP 401" in err
+    monkeypatch.setenv("LIGHTNODE_ADMIN_KEY", key)
+    code, out, err = cli(capsys, "deploy", str(src), "--url", node.url, "--generation", "g1")
+    assert code == 0 and "deployed pricing generation g1" in out, err
+    assert generation_of(node) == (200, "g1")

@@ -123,3 +123,24 @@ def test_a_broken_keys_file_keeps_the_last_good_keys(node: Node, capsys: pytest.
     time.sleep(1.2)  # the watcher has seen it and refused it
     assert node.run("priv", "e", headers=basic(key))[0] == 200
     assert "keys refused" in node.log()
+
+
+def test_a_key_in_an_admin_path_is_never_logged_nor_echoed(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key given where its id belongs, or behind an encoded slash, stays out of the logs (SPEC §9)."""
+    key = create_key(capsys, "--service", "priv", "--data-dir", str(node.data_dir))
+    other = create_key(capsys, "--service", "priv", "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.run("priv", "e", headers=basic(other))[0] == 200)
+    status, _, raw = node.request("DELETE", f"/admin/api/keys/{key}/key")  # the key, not its id
+    assert status == 404 and key not in raw.decode() and key[4:16] not in raw.decode()
+    # An encoded slash: whether routing reads it as keys/<key> (a delete) or as one segment
+    # (404), the key must not show.
+    status, _, raw = node.request("DELETE", f"/admin/api/keys%2F{other}")
+    assert status in (200, 404) and other not in raw.decode() and other[4:16] not in raw.decode()
+    status, _, raw = node.request("POST", f"/admin/api/services/{key}%21/actions/enable")
+    assert status == 404 and key not in raw.decode()
+    assert node.run("priv", "e", headers=basic(key))[0] == 200  # still valid: it was never deleted
+    time.sleep(0.2)  # the audit lines are written
+    log = node.log() + (node.data_dir / "logs" / "lightnode.log").read_text()
+    assert "admin DELETE keys/<key>/key" in log  # audited, masked
+    for secret in (key, other):
+        assert secret not in log and secret[4:16] not in log

@@ -124,3 +124,133 @@ def test_ports_and_urls_out_of_range_are_usage_errors(
     err = capsys.readouterr().err
     assert info.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "d").exists()  # refused before anything was created
+
+
+def switched_then_broken(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """svc with g1 and g2, served from g1, then an empty state.json; returns --data-dir's value."""
+    src = make_src(tmp_path)
+    d = str(data)
+    for generation in ("g1", "g2"):
+        run(capsys, "package", str(src), "-o", str(tmp_path / f"{generation}.zip"), "--generation", generation)
+        assert run(capsys, "admin", "import", "svc", str(tmp_path / f"{generation}.zip"), "--data-dir", d)[0] == 0
+    assert run(capsys, "admin", "switch", "svc", "g1", "--data-dir", d)[0] == 0
+    (data / "services" / "svc" / "state.json").write_text("")
+    return d
+
+
+@pytest.mark.parametrize(
+    ("argv", "state"),
+    [
+        (["switch", "svc", "g2"], {"enabled": True, "mapping": {"entries": [{"generation": "g2", "proba": 1.0}]}}),
+        (["switch", "svc", "--newest"], None),  # whichever is newest: the file parses again
+        (["set-mapping", "svc", "g1=0.5", "g2=0.5"], {"enabled": True, "mapping": {"entries": [
+            {"generation": "g1", "proba": 0.5}, {"generation": "g2", "proba": 0.5}]}}),
+        (["disable", "svc"], {"enabled": False, "mapping": {"entries": []}}),
+    ],
+    ids=["switch", "switch-newest", "set-mapping", "disable"],
+)
+def test_a_refused_state_json_is_repaired_by_the_cli(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], argv: list[str], state: dict | None
+) -> None:
+    d = switched_then_broken(tmp_path, data, capsys)
+    code, out, err = run(capsys, "admin", *argv, "--data-dir", d)
+    assert code == 0, err
+    written = json.loads((data / "services" / "svc" / "state.json").read_text())
+    assert state is None or written == state
+    if argv[0] == "disable":
+        assert "could not be read" in out + err  # the operator learns the mapping is gone
+
+
+def test_enable_on_a_refused_state_json_says_what_to_do(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = switched_then_broken(tmp_path, data, capsys)
+    code, _, err = run(capsys, "admin", "enable", "svc", "--data-dir", d)
+    assert code == 1 and "invalid JSON" in err and "switch" in err and "set-mapping" in err
+    assert "Traceback" not in err
+
+
+def test_generations_are_listed_when_state_json_is_refused(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = switched_then_broken(tmp_path, data, capsys)
+    code, out, err = run(capsys, "admin", "generations", "svc", "--data-dir", d)
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["g1", "g2"]
+    assert "mapping" in err and "invalid JSON" in err
+
+
+def test_a_refused_server_json_blocks_only_imports(tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A leaked key must be revocable even while server.json is refused (SPEC §8, §9)."""
+    d = switched_then_broken(tmp_path, data, capsys)
+    (data / "config" / "server.json").write_text(json.dumps({"typo": 1}))
+    assert run(capsys, "admin", "tune", "svc", "e", "--ceil", "3", "--data-dir", d)[0] == 0
+    code, out, _ = run(capsys, "admin", "keys", "create", "--admin", "--data-dir", d)
+    assert code == 0
+    code, listed, _ = run(capsys, "admin", "keys", "list", "--data-dir", d)
+    assert code == 0
+    assert run(capsys, "admin", "keys", "delete", listed.split("\t")[0], "--data-dir", d)[0] == 0
+    assert run(capsys, "admin", "disable", "svc", "--data-dir", d)[0] == 0
+    code, out, _ = run(capsys, "admin", "services", "--data-dir", d)
+    assert code == 0 and out.startswith("svc\t")
+    code, _, err = run(capsys, "admin", "import", "svc", str(tmp_path / "g1.zip"), "--data-dir", d)
+    assert code == 1 and f"{data / 'config' / 'server.json'}: typo: unknown key" in err
+
+
+def test_tune_replaces_a_refused_file_and_says_so(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = data / "config" / "services" / "rs" / "ep.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"pool": {"ceil": 4}')
+    code, out, err = run(capsys, "admin", "tune", "rs", "ep", "--ceil", "3", "--data-dir", str(data))
+    assert code == 0, err
+    assert "replaced the refused tuning file" in out and "invalid JSON" in out and "defaults" in out
+    assert json.loads(path.read_text())["pool"]["ceil"] == 3
+    code, _, err = run(capsys, "admin", "tune", "rs", "other", "--floor", "9", "--data-dir", str(data))
+    assert code == 1 and str(data / "config" / "services" / "rs" / "other.json") in err and "defaults:" not in err
+
+
+def test_deploy_url_is_checked_and_takes_the_key_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightnode.cli import build_parser
+
+    monkeypatch.setenv("LIGHTNODE_ADMIN_KEY", "lnk_from_env")
+    args = build_parser().parse_args(["deploy", str(tmp_path), "--url", "http://127.0.0.1:1"])
+    assert args.key == "lnk_from_env"
+    with pytest.raises(SystemExit) as info:
+        main(["deploy", str(make_src(tmp_path)), "--url", "notaurl"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--url: must be an http:// or https:// URL" in err and "Traceback" not in err
+
+
+def test_a_bad_url_is_a_remote_error_not_a_traceback() -> None:
+    from lightnode.admin.remote import RemoteAdmin, RemoteError
+
+    for url in ("notaurl", "http://"):
+        with pytest.raises(RemoteError, match="cannot reach"):
+            RemoteAdmin(url).call("GET", "services")
+
+
+def test_status_shows_the_switch_error() -> None:
+    from lightnode.admin.cli import render_status
+
+    service = {"serviceId": "svc", "enabled": True, "mapping": [{"generation": "v1", "proba": 1.0}],
+               "error": None, "switchError": "switch not applied: generation b3 failed to load (ImportError)",
+               "generationErrors": {}, "endpoints": []}
+    text = render_status({"services": [service]})
+    assert "switchError: switch not applied: generation b3 failed to load (ImportError)" in text
+    assert "switchError" not in render_status({"services": [{**service, "switchError": None}]})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--data-dir", ""], ["serve", "--data-dir", ""], ["admin", "services", "--data-dir", ""],
+     ["deploy", "SRC", "--data-dir", ""]],
+)
+def test_an_empty_data_dir_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """`--data-dir ""` would be the current directory: refused before anything is created there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unrelated.txt").write_text("x")
+    argv = [str(tmp_path / "src") if arg == "SRC" else arg for arg in argv]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--data-dir: must not be empty" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]

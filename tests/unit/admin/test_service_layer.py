@@ -178,3 +178,113 @@ def test_tune_overlays_and_validates(layer: ServiceLayer) -> None:
     with pytest.raises(ConfigError, match="floor"):
         layer.tune("svc", "e", {"pool": {"floor": 7}})
     assert layer.endpoint_settings("svc", "e")["pool"]["ceil"] == 6
+
+
+# --- a refused state.json is repaired by the operations that replace it (SPEC §6) ---------
+
+
+@pytest.fixture
+def broken(layer: ServiceLayer, tmp_path: Path) -> ServiceLayer:
+    """Service svc with generations g1 and g2, served from g1, and then an empty state.json."""
+    imported(layer, tmp_path, "g1", "g2")
+    layer.switch_to("svc", "g1")
+    layer.data_dir.state_path("svc").write_text("")  # an editor caught half-way through a save
+    return layer
+
+
+def test_switch_repairs_a_refused_state(broken: ServiceLayer) -> None:
+    assert broken.switch_to("svc", "g2")["switchedToGeneration"] == "g2"
+    assert broken.data_dir.read_state("svc") == ServiceState(True, (MappingEntry("g2", 1.0),))
+
+
+def test_switch_to_newest_repairs_a_refused_state(broken: ServiceLayer) -> None:
+    assert broken.switch_to_newest("svc")["switchedToGeneration"] == "g2"
+    assert broken.data_dir.read_state("svc") == ServiceState(True, (MappingEntry("g2", 1.0),))
+
+
+def test_set_mapping_repairs_a_refused_state(broken: ServiceLayer) -> None:
+    broken.set_mapping("svc", {"entries": [{"generation": "g1", "proba": 0.5}, {"generation": "g2", "proba": 0.5}]})
+    assert len(broken.data_dir.read_state("svc").entries) == 2
+
+
+def test_disable_repairs_a_refused_state_and_says_the_mapping_is_gone(broken: ServiceLayer) -> None:
+    """Stopping a service must never need its mapping: disabled, with no mapping (it could not be read)."""
+    answer = broken.disable("svc")
+    assert answer["enabled"] is False and answer["mapping"] == {"entries": []}
+    assert "state.json" in answer["note"] and "switch" in answer["note"]
+    assert broken.data_dir.read_state("svc") == ServiceState(False, ())
+
+
+def test_enable_refuses_a_refused_state_and_says_what_to_do(broken: ServiceLayer) -> None:
+    """Enabling needs the mapping, which cannot be read: refused, naming switch and set-mapping."""
+    path = broken.data_dir.state_path("svc")
+    with pytest.raises(LightnodeError) as info:
+        broken.enable("svc")
+    assert info.value.status == 400
+    assert "invalid JSON" in info.value.message
+    assert "switch" in info.value.message and "set-mapping" in info.value.message
+    assert path.read_text() == ""  # nothing written
+
+
+def test_generations_are_listed_when_the_mapping_cannot_be_read(broken: ServiceLayer) -> None:
+    answer = broken.generations("svc")
+    assert [(g["generationId"], g["mapped"]) for g in answer["generations"]] == [("g1", False), ("g2", False)]
+    assert "invalid JSON" in answer["mappingError"]
+
+
+# --- a refused server.json only blocks what needs it (SPEC §8) --------------------------
+
+
+def test_a_refused_server_json_blocks_only_imports(tmp_path: Path) -> None:
+    data = DataDir(tmp_path / "d")
+    data.ensure_layout()
+    data.server_config_path.write_text(json.dumps({"typo": 1}))
+    layer = ServiceLayer(data)  # no error: nothing needs server.json yet
+    layer.create_service("svc")
+    layer.disable("svc")
+    layer.tune("svc", "e", {"pool": {"ceil": 3}})
+    key = layer.create_key(label="ops")
+    assert [k["id"] for k in layer.list_keys()] == [key["id"]]
+    assert layer.delete_key_by_id(key["id"]) == {"deleted": key["id"]}
+    built = build_package(make_src(tmp_path), output=tmp_path / "p.zip", generation="g1")
+    with pytest.raises(ConfigError, match="typo: unknown key") as info:
+        layer.import_archive("svc", built.path)
+    assert info.value.source == str(data.server_config_path)
+
+
+# --- admin tune over a refused tuning file (SPEC §5) ------------------------------------
+
+
+def test_tune_replaces_a_refused_file_on_the_defaults(layer: ServiceLayer) -> None:
+    path = layer.data_dir.endpoint_config_path("svc", "e")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"pool": {"ceil": 4}')  # not JSON
+    answer = layer.tune("svc", "e", {"pool": {"ceil": 3}})
+    assert answer["pool"]["ceil"] == 3 and answer["pool"]["floor"] == 1  # the defaults, ceil changed
+    assert str(path) in answer["note"] and "invalid JSON" in answer["note"] and "defaults" in answer["note"]
+    assert json.loads(path.read_text())["pool"]["ceil"] == 3
+    assert "note" not in json.loads(path.read_text())
+
+
+def test_tune_replaces_a_refused_file_on_the_values_in_force(tmp_path: Path) -> None:
+    from lightnode.config.model import EndpointConfig, PoolLimits
+
+    data = DataDir(tmp_path / "d")
+    data.ensure_layout()
+    in_force = EndpointConfig(pool=PoolLimits(floor=2, cruise=2, ceil=6), source="x")
+    layer = ServiceLayer(data, tuning_in_force=lambda s, e: in_force if (s, e) == ("svc", "e") else None)
+    path = data.endpoint_config_path("svc", "e")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"pool": {"ceil": 4}, "typo": 1}))
+    answer = layer.tune("svc", "e", {"pool": {"ceil": 3}})
+    assert (answer["pool"]["floor"], answer["pool"]["cruise"], answer["pool"]["ceil"]) == (2, 2, 3)
+    assert "typo: unknown key" in answer["note"] and "in force" in answer["note"]
+    assert json.loads(path.read_text())["pool"]["floor"] == 2
+
+
+def test_tune_errors_name_the_file_even_before_it_exists(layer: ServiceLayer) -> None:
+    path = layer.data_dir.endpoint_config_path("svc", "e")
+    with pytest.raises(ConfigError) as info:
+        layer.tune("svc", "e", {"pool": {"floor": 9}})
+    assert info.value.source == str(path) and str(info.value).startswith(str(path))
+    assert not path.exists()

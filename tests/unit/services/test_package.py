@@ -316,3 +316,37 @@ def test_import_time_survives_pycache_written_into_the_generation(tmp_path: Path
     os.utime(g1 / PACKAGE_FILE, (900_000_000, 900_000_000))
     (g1 / "__pycache__").mkdir()  # a pipeline loading g1 bumps the directory's mtime
     assert imported_at(g2) > imported_at(g1)
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("a", b"file"), ("a/b", b"member under the file")],
+        [("a/b", b"member under the file"), ("a", b"file")],
+        [("a", b"file"), ("a/deeper/c", b"x")],
+        [("a", b"file"), ("a/b/", b"")],
+    ],
+    ids=["file-then-member", "member-then-file", "deeper", "directory-entry"],
+)
+def test_a_file_that_is_also_a_directory_is_refused_with_both_names(
+    tmp_path: Path, data: DataDir, members: list[tuple[str, bytes]]
+) -> None:
+    """`a` and `a/b` cannot both be unpacked: refused whole, naming both members, before anything is written."""
+    archive = tmp_path / "x.zip"
+    archive.write_bytes(zip_bytes([*good_members(), *members]))
+    before = snapshot(data.root)
+    with pytest.raises(PackageRefused) as info:
+        import_package(data, "s", archive, max_bytes=LIMIT)
+    text = str(info.value)
+    other = next(name for name, _ in members if name != "a")
+    assert "member 'a'" in text and repr(other) in text
+    assert ".import-" not in text  # the staging path means nothing to the operator
+    assert snapshot(data.root) == before
+
+
+def test_extraction_errors_are_refusals(tmp_path: Path) -> None:
+    """Whatever the directory check missed, a member that cannot be written is PackageRefused, not OSError."""
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(zip_bytes([("a", b"file"), ("a/b", b"x")]))
+    with zipfile.ZipFile(archive) as zf, pytest.raises(PackageRefused, match="member 'a/b': cannot unpack"):
+        package._extract(zf, tmp_path / "out", max_bytes=LIMIT, source="a.zip")
