@@ -17,12 +17,16 @@ whenever `PoolMachine.handle()` has returned:
    only after a ceil decrease, by busy pipelines that stop when they finish.)
 5. Queue: waiting <= queue + STARTING, the bound of rule 4, except after a
    hot reload lowered queue or ceil while requests waited (they stay
-   queued, SPEC §5); the exception ends when the queue empties.
+   queued, SPEC §5), or after requests admitted for a start that failed
+   stayed queued for a serving pipeline; the exception ends when the queue
+   empties.
 6. Floor: once loaded and while LOADING or HEALTHY, allocated >= floor
    (replacements are started in the same handle() call that lost a
    pipeline, since STOPPING is not allocated). Not checked while FAILED
-   (starts wait for the backoff) or DRAINING.
-7. FAILED: nothing waits and a retry time is set.
+   or while starts are held back after a failed start (starts wait for the
+   backoff), nor while DRAINING.
+7. FAILED: nothing waits and no pipeline serves (IDLE or BUSY): a start
+   that fails beside a serving pipeline leaves the endpoint HEALTHY.
 8. After Drained: nothing waits and no pipeline is left.
 
 PURE: imports only the standard library, `lightnode.errors`,
@@ -48,6 +52,7 @@ def check_pool_invariants(
     running: Mapping[int, int],
     load_state: LoadState,
     loaded: bool,
+    starts_held: bool,
     queue_bound_relaxed: bool,
     drained_sent: bool,
     max_staged: int,
@@ -66,10 +71,13 @@ def check_pool_invariants(
         _fail(4, f"allocated {allocated} - leaving {leaving} > ceil {pool.ceil}")
     if not queue_bound_relaxed and len(queue) > pool.queue + starting:
         _fail(5, f"{len(queue)} waiting > queue {pool.queue} + starting {starting}")
-    if loaded and load_state in (LoadState.LOADING, LoadState.HEALTHY) and allocated < pool.floor:
+    spawning = load_state in (LoadState.LOADING, LoadState.HEALTHY)
+    if loaded and spawning and not starts_held and allocated < pool.floor:
         _fail(6, f"allocated {allocated} < floor {pool.floor} while {load_state.value}")
     if load_state is LoadState.FAILED and queue:
         _fail(7, "requests wait while the endpoint is FAILED")
+    if load_state is LoadState.FAILED and workers.serving():
+        _fail(7, f"{workers.serving()} pipelines serve while the endpoint is FAILED")
     if drained_sent and (queue or workers):
         _fail(8, "Drained was sent but requests or pipelines remain")
 

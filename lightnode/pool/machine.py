@@ -11,6 +11,7 @@ only the standard library, `lightnode.errors`, `lightnode.config.model` and
 
 One call to `handle(event, now)` runs, in this order:
   1. queue deadlines (rule 6): requests whose deadline is <= now get QueueTimeout;
+     a hold on starts (below) whose end is <= now ends;
   2. the event itself;
   3. the rules, until the pool is consistent again: exec deadlines, ceil,
      retirements (rule 10), dispatch (rules 2, 5), drain, grow (rules 1, 3),
@@ -83,6 +84,29 @@ Events for a STOPPING or GONE pipeline (a result or ready that raced a stop)
 are ignored; events that no scheduler could send raise InternalError.
 A start failure while DRAINING rejects the waiting requests with
 EndpointUnavailable (so the drain ends) but never retries.
+
+A pipeline start that fails (WorkerStartFailed, or WorkerExited while
+STARTING: an init error, the OOM killer during a model load) is counted and
+its error kept as the last load error. What follows depends on whether a
+pipeline of the pool serves (IDLE or BUSY: it loaded this very code):
+- none serves: the code cannot load. The endpoint is FAILED: waiting and new
+  requests get EndpointUnavailable, and one start at a time retries the load
+  after the backoff delay (`sizing.backoff_s`); a retry that loads makes it
+  HEALTHY. (So FAILED never has a serving pipeline.)
+- one serves: the endpoint stays HEALTHY. Waiting requests stay queued for
+  the serving pipelines (or time out, rule 6), new ones are admitted as at
+  ceil (rule 4: the pool cannot grow), but starts are *held back*: no
+  pipeline starts (rules 1, 3 and 10) until the backoff delay has passed, so
+  that a start that always fails (a model that no longer fits in memory)
+  never becomes a start storm. The end of the hold is in `next_deadline()`.
+  A retiring pipeline serves on meanwhile; its successor starts after it.
+Both count consecutive failures the same way: the delay is 0.5 s after the
+first, doubling for each failure of a start begun after the previous counted
+failure (a retry), capped at 30 s; a start that was already running when
+another failed does not double it. A start that loads (WorkerReady) resets
+the count and ends the hold. If the last serving pipeline goes away while
+starts are held back, the next start happens when the hold ends; if it
+fails, the endpoint is FAILED (and the delay doubles on).
 """
 
 from __future__ import annotations
@@ -160,7 +184,8 @@ START_BY_RUNS: Final = 4.0
 START_BY_MIN_S: Final = 0.010
 UNKNOWN_LOAD_ERROR: Final = "The endpoint's code failed to load"
 
-# Load states in which the pool starts pipelines for floor, queue and retirements.
+# Load states in which the pool starts pipelines for floor, queue and retirements
+# (unless a failed start holds starts back).
 _SPAWNING: Final = frozenset({LOADING, HEALTHY})
 _STALE: Final = frozenset({STOPPING, GONE})
 # The state a worker event requires; an event for a STOPPING/GONE worker is
@@ -196,7 +221,12 @@ class PoolMachine:
         self._loaded = False
         self._last_load_error: str | None = None
         self._failures = 0  # consecutive failed start attempts (backoff exponent)
+        # No pipeline starts before this time: FAILED's retry, or the end of a hold
+        # on starts while HEALTHY (see the module docstring); None otherwise.
         self._retry_at_s: float | None = None
+        # A failed start of a pipeline with this id or above (started after the
+        # last counted failure) doubles the delay; one started before does not.
+        self._retry_from_id: int = 0
         self._probe_id: int | None = None  # the single start attempt while FAILED
         self._drained_sent = False
         # True while the queue may exceed `queue + STARTING` because a hot
@@ -238,6 +268,7 @@ class PoolMachine:
         self.only_queue_deadline_moved = False
         out: list[Command] = []
         self._expire_queue(now, out)
+        self._end_hold(now)
         self._apply(event, now, out)
         self._reconcile(now, out)
         self._calm = self._is_calm()  # the fast paths leave it as it is
@@ -262,6 +293,8 @@ class PoolMachine:
         """The part of _steady() that only the general path can change (kept in `_calm`)."""
         if self._load_state is not HEALTHY or self._workers.has_retiring():
             return False
+        if self._retry_at_s is not None:
+            return False  # starts held back: its end is a timer of the general path
         if self._config.limits.exec_timeout:
             return False  # exec deadlines use the general path
         for worker in self._workers.busy_view():
@@ -533,7 +566,7 @@ class PoolMachine:
         if self._load_state is not DRAINING:
             delay_s = self._config.pool.scale_down_delay / 1000
             deadlines.extend(w.idle_since_s + delay_s for w in self._shrink_candidates())
-        if self._probe_wanted():
+        if self._probe_wanted() or self._held():
             assert self._retry_at_s is not None
             deadlines.append(self._retry_at_s)
         return min(deadlines, default=None)
@@ -554,6 +587,7 @@ class PoolMachine:
             running=self._running,
             load_state=self._load_state,
             loaded=self._loaded,
+            starts_held=self._held(),
             queue_bound_relaxed=self._queue_bound_relaxed,
             drained_sent=self._drained_sent,
             max_staged=self._max_staged,
@@ -676,9 +710,13 @@ class PoolMachine:
             error = self._last_load_error or UNKNOWN_LOAD_ERROR
             self._reject(out, request_id, "EndpointUnavailable", error)
             return
+        pool = self._config.pool
+        allocated = self._workers.allocated()
+        if self._held():
+            allocated = max(allocated, pool.ceil)  # the pool cannot grow: rule 4 as at ceil
         if not self._workers.any_in(IDLE) and not sizing.admits(
-            self._config.pool,
-            allocated=self._workers.allocated(),
+            pool,
+            allocated=allocated,
             starting=self._workers.count(STARTING),
             waiting=len(self._queue),
         ):
@@ -719,9 +757,10 @@ class PoolMachine:
         self._workers.mark_idle(worker, now)
         if self._load_state in (LOADING, FAILED):
             self._load_state = HEALTHY
-            self._failures = 0
-            self._retry_at_s = None
-            self._probe_id = None
+        # The code loads: the failure count resets, and a hold on starts ends.
+        self._failures = 0
+        self._retry_at_s = None
+        self._probe_id = None
 
     def _on_finished(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:
         assert worker.request_id is not None
@@ -741,6 +780,11 @@ class PoolMachine:
     def _free(self, worker: WorkerRecord, now: float, out: list[Command]) -> None:
         """`worker` (BUSY, nothing staged) has no call any more: stop it or make it IDLE."""
         max_requests = self._config.limits.max_requests
+        if worker.stop_when_free and worker.replace_on_stop and self._held():
+            # Rule 10 at ceil, but no successor may start now: the old pipeline
+            # serves on, and retires after the hold (_advance_retirements).
+            worker.stop_when_free = False
+            worker.replace_on_stop = False
         if worker.stop_when_free:
             worker.set_state(STOPPING)  # BUSY -> STOPPING: told to stop after this call
             out.append(StopWorker(worker.worker_id))
@@ -832,24 +876,43 @@ class PoolMachine:
     def _start_failure(
         self, worker: WorkerRecord, error: str, now: float, out: list[Command]
     ) -> None:
-        """A pipeline could not load the code: FAILED, back off, fail every waiting request."""
+        """A pipeline could not load the code: back off further starts (see the module
+        docstring); FAILED, failing every waiting request, unless a pipeline serves."""
         self._counters.start_failures_total += 1
         self._last_load_error = error
-        was_probe = worker.worker_id == self._probe_id
-        if was_probe:
+        if worker.worker_id == self._probe_id:
             self._probe_id = None
-        if self._load_state is FAILED:
-            # Only a failed retry doubles the delay; pipelines that were already
-            # starting when the first one failed do not.
-            if was_probe:
-                self._failures += 1
-                self._retry_at_s = now + sizing.backoff_s(self._failures)
-        elif self._load_state is not DRAINING:
-            self._load_state = FAILED
-            self._failures = 1
-            self._retry_at_s = now + sizing.backoff_s(1)
+        if self._load_state is DRAINING:
+            self._reject_waiting(error, out)
+            return
+        if self._failures == 0 or worker.worker_id >= self._retry_from_id:
+            # A retry failed (or a first start): the delay doubles. Pipelines
+            # that were already starting then do not double it when they fail.
+            self._failures += 1
+            self._retry_from_id = self._workers.next_id()
+            self._retry_at_s = now + sizing.backoff_s(self._failures)
+        elif self._retry_at_s is None:  # HEALTHY, the hold over: hold again, same delay
+            self._retry_at_s = now + sizing.backoff_s(self._failures)
+        if self._workers.serving():
+            # It loaded in another pipeline: that one serves the queue (HEALTHY stays).
+            if self._queue:
+                self._queue_bound_relaxed = True  # admitted for the start that failed
+            return
+        self._load_state = FAILED
+        self._reject_waiting(error, out)
+
+    def _reject_waiting(self, error: str, out: list[Command]) -> None:
         for item in self._queue.clear():
             self._reject(out, item.request_id, "EndpointUnavailable", error)
+
+    def _end_hold(self, now: float) -> None:
+        """HEALTHY: starts held back after a failed start may start again once due."""
+        if self._load_state is HEALTHY and self._retry_at_s is not None and self._retry_at_s <= now:
+            self._retry_at_s = None
+
+    def _held(self) -> bool:
+        """HEALTHY, but a failed start holds every start back (until `_retry_at_s`)."""
+        return self._load_state is HEALTHY and self._retry_at_s is not None
 
     # -- rules ----------------------------------------------------------------
 
@@ -925,8 +988,10 @@ class PoolMachine:
             if successor is not None and successor.state is STARTING:
                 continue
             worker.successor_id = None
-            if self._load_state not in _SPAWNING:
-                continue  # no starts while FAILED; DRAINING stops it when free
+            if self._load_state not in _SPAWNING or self._held():
+                # No starts while FAILED or held back (it serves on meanwhile);
+                # DRAINING stops it when free.
+                continue
             pool = self._config.pool
             allocated = self._workers.allocated()
             surplus = sizing.surplus(pool, allocated=self._workers.staying())
@@ -961,8 +1026,8 @@ class PoolMachine:
             self._stop(worker, out)
 
     def _grow(self, out: list[Command]) -> None:
-        """Rules 1 and 3 (rule 3 only while DRAINING; neither while FAILED)."""
-        if self._load_state is FAILED:
+        """Rules 1 and 3 (rule 3 only while DRAINING; neither while FAILED or held back)."""
+        if self._load_state is FAILED or self._held():
             return
         count = sizing.spawns_wanted(
             self._config.pool,
@@ -977,30 +1042,22 @@ class PoolMachine:
     def _maybe_probe(self, now: float, out: list[Command]) -> None:
         """FAILED: after the backoff delay, start one pipeline to retry the load.
 
-        With no room (only after a ceil decrease) an IDLE pipeline, useless
-        while every request is refused, makes room; if all are BUSY the probe
-        waits for one to finish.
+        FAILED has no serving pipeline, so only starts that began before the
+        failure can leave no room (after a ceil decrease): the probe then waits
+        for them.
         """
         if not self._probe_wanted() or self._retry_at_s is None or now < self._retry_at_s:
             return
-        if not self._has_room():
-            self._stop(self._workers.idle_lru()[0], out)
         self._probe_id = self._spawn(out).worker_id
 
     def _probe_wanted(self) -> bool:
-        """A retry is pending and can start once due (there is room or an IDLE pipeline)."""
+        """A retry is pending and can start once due (there is room)."""
         if self._load_state is not FAILED or self._retry_at_s is None:
             return False
         probe = self._workers.get(self._probe_id)
         if probe is not None and probe.state is STARTING:
             return False  # one attempt at a time
-        if self._has_room():
-            return True
-        # Stopping one IDLE pipeline makes room unless busy excess of a ceil
-        # decrease still keeps the pool above ceil.
-        return self._workers.allocated() == self._config.pool.ceil and self._workers.any_in(
-            IDLE
-        )
+        return self._has_room()
 
     def _shrink(self, now: float, out: list[Command]) -> None:
         """Rule 7: stop surplus IDLE pipelines, least recently used first, after the delay."""

@@ -93,6 +93,10 @@ class Pipelines:
     def retiring(self) -> list[WorkerRecord]:
         return list(self._retiring.values())
 
+    def next_id(self) -> int:
+        """The id the next pipeline started will get (every id below it was started)."""
+        return self._next_id
+
     def ever_started(self, worker_id: int) -> bool:
         return 1 <= worker_id < self._next_id
 

@@ -288,6 +288,44 @@ def test_init_failure_is_unavailable_then_recovers_with_backoff(node_factory: An
     _until(lambda: _call(node, {}, endpoint="flaky")[0] == 200, timeout_s=20, interval_s=0.2)
 
 
+# Loads in the first pipeline only: every later start fails in its init code (as a
+# model that fits in memory once but not twice), counted in a file.
+FITS_ONCE = (
+    "import os, time\n"
+    "with open(%r, 'a') as starts:\n"
+    "    starts.write('x')\n"
+    "if os.path.getsize(%r) > 1:\n"
+    "    raise MemoryError('the model does not fit twice')\n"
+    "def sleep(ms=0, tag=None):\n"
+    "    time.sleep(ms / 1000)\n"
+    "    return {'tag': tag, 'pid': os.getpid()}\n"
+)
+
+
+def test_failed_start_beside_a_serving_pipeline_fails_no_request(node_factory: Any, tmp_path: Path) -> None:
+    counter = str(tmp_path / "starts")
+    node = _pool_node(
+        node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 2}}, sleep=FITS_ONCE % (counter, counter)
+    )
+    _until(lambda: _endpoint(node, "p", "sleep")["pipelinesByState"].get("idle") == 1)
+    # Two at a time: the second makes the pool grow, and that start fails, again and
+    # again; the first pipeline serves every request meanwhile.
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda i: _call(node, {"ms": 100, "tag": i}), range(24)))
+    assert [status for status, _, _ in results] == [200] * 24
+    assert {body["response"]["tag"] for _, _, body in results} == set(range(24))
+    ep = _endpoint(node, "p", "sleep")
+    assert ep["loadState"] == "healthy"
+    assert ep["counters"]["startFailures"] >= 1
+    assert "the model does not fit twice" in ep["lastLoadError"]
+    assert "EndpointUnavailable" not in ep["counters"]["rejections"]
+    # No start storm: with nothing waiting the pool (at floor) starts nothing more.
+    starts = ep["counters"]["starts"]
+    time.sleep(1.0)
+    assert _endpoint(node, "p", "sleep")["counters"]["starts"] == starts
+    assert _call(node, {"tag": "after"})[0] == 200
+
+
 def test_hot_retune_under_load_fails_nothing_and_bad_file_keeps_last_good(node_factory: Any, tmp_path: Path) -> None:
     node = _pool_node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 2, "queue": 64}})
     root = node.data_dir

@@ -381,11 +381,11 @@ def test_retire_successor_failure_keeps_old_pipeline() -> None:
     assert s(WorkerOverLimit(1), at=2.0) == [SpawnWorker(2)]
     assert s(WorkerStartFailed(2, "boom"), at=2.5) == []
     assert s.state(1) is IDLE
+    assert s.machine.load_state is LoadState.HEALTHY  # pipeline 1 serves on
     assert s(EXIT(2, "exit code 3"), at=2.6) == []
-    # The retry probe; with it allocated is 2 > cruise, so the idle retiring
-    # pipeline is surplus (rule 7) while FAILED rejects every request anyway.
-    assert s(Tick(), at=3.0) == [SpawnWorker(3), StopWorker(1)]
-    assert s(READY(3), at=4.0) == []
+    # After the backoff delay, the next successor.
+    assert s(Tick(), at=3.0) == [SpawnWorker(3)]
+    assert s(READY(3), at=4.0) == [StopWorker(1)]
 
 
 # -- rule 11: Retry-After -------------------------------------------------------------
@@ -487,15 +487,15 @@ def test_concurrent_start_failures_do_not_double_backoff() -> None:
     assert s.machine.next_deadline() is None
 
 
-def test_probe_replaces_an_idle_pipeline_when_a_ceil_decrease_left_no_room() -> None:
+def test_probe_waits_for_room_when_a_ceil_decrease_left_none() -> None:
     s = Script(floor=2, cruise=2, ceil=2)
     s(Loaded())
-    s(READY(1), at=0.0)
-    s(WorkerStartFailed(2, "boom"), at=0.0)
-    s(EXIT(2, "exit code 3"), at=0.1)
+    s(WorkerStartFailed(1, "boom"), at=0.0)
+    s(EXIT(1, "exit code 3"), at=0.1)
     assert s(with_limits(s, floor=1, cruise=1, ceil=1), at=0.2) == []
-    assert s.machine.next_deadline() == 0.5
-    assert s(Tick(), at=0.5) == [StopWorker(1), SpawnWorker(3)]
+    assert s.machine.next_deadline() is None  # pipeline 2, still starting, fills ceil
+    assert s(Tick(), at=0.5) == []
+    assert s(WorkerStartFailed(2, "boom"), at=0.6) == [SpawnWorker(3)]  # the probe, due since 0.5
 
 
 # -- exec timeout -------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from lightnode.pool.machine import (
     START_BY_RUNS,
     PoolMachine,
 )
-from lightnode.pool.states import WorkerState
+from lightnode.pool.states import LoadState, WorkerState
 
 from ._script import Script
 
@@ -251,13 +251,14 @@ def test_a_staged_request_is_unavailable_if_its_pipeline_is_killed_while_the_end
     assert s(ARRIVE(1), at=2.0) == [Dispatch(1, 2, 0.0)]
     assert s(ARRIVE(2), at=2.0) == [Dispatch(2, 1, 0.0)]
     assert s(ARRIVE(3), at=2.0) == [staged(3, 2)]
-    # Pipeline 1 crashes and its replacement cannot load the code: FAILED.
-    s(EXIT(1, "exit code 1"), at=2.1)
-    s(WorkerStartFailed(3, "ImportError: boom"), at=2.2)
+    s(EXIT(1, "exit code 1"), at=2.1)  # pipeline 1 crashes
     commands = s(Tick(), at=2.5)  # pipeline 2's call runs past its exec timeout
     assert isinstance(commands[0], KillWorker)
     rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
     assert rejected == {1: "ExecutionTimeout"}  # 3 stays with pipeline 2 until it exited
+    # With no pipeline serving, a replacement cannot load the code: FAILED.
+    s(WorkerStartFailed(3, "ImportError: boom"), at=2.6)
+    assert s.machine.load_state is LoadState.FAILED
     commands = s(EXIT(2, "killed by signal SIGKILL"), at=2.75)
     rejected = {c.request_id: c.error_type for c in commands if isinstance(c, Reject)}
     assert rejected == {3: "EndpointUnavailable"}  # 3 never ran; nothing waits

@@ -12,6 +12,11 @@ events a real scheduler could deliver, carries out every command, and checks:
   it was killed for an exec timeout);
 - timers are honoured on time (no waiting request past its deadline, no call
   past its exec timeout once handle() returns);
+- a failed pipeline start beside a serving pipeline fails no request and
+  leaves the endpoint HEALTHY; with none serving, the endpoint is FAILED;
+  EndpointUnavailable only while no pipeline serves (or for a drain);
+- after a failed start, no pipeline starts for the first backoff delay
+  (0.5 s) unless a start loads meanwhile (no start storm);
 - the machine's view of each pipeline matches the commands it gave;
 - after DrainRequested, Drained comes exactly once, when nothing is left.
 """
@@ -126,6 +131,10 @@ class World:
     drained: int = 0
     # The timer a scheduler following `only_queue_deadline_moved` would hold.
     armed: float | None = None
+    # The last failed start that doubles the backoff (None after a start that
+    # loaded), and the first pipeline id started after it.
+    failed_at: float | None = None
+    failed_from_id: int = 0
 
     # -- delivering events ---------------------------------------------------
 
@@ -135,6 +144,8 @@ class World:
             proc = self.procs[event.worker_id]
             crashed = proc.busy_with
         failed_before = self.machine.load_state is LoadState.FAILED
+        start = self._start_outcome(event)
+        serving_before = bool(_live(self, proc="ready"))
         # The scheduler's entry points: the two per-request events have their own.
         if isinstance(event, RequestArrived):
             commands = self.machine.request_arrived(event.request_id, self.now)
@@ -152,8 +163,45 @@ class World:
         if failed_before and self.machine.load_state is LoadState.FAILED:
             # While FAILED only the single retry probe may start.
             assert sum(isinstance(c, SpawnWorker) for c in commands) <= 1
+        self._check_start_failures(event, commands, start, serving_before)
         self._check_agreement()
         return commands
+
+    def _start_outcome(self, event: Event) -> str | None:
+        """"loaded" or "failed" if `event` ends a pipeline start the machine waits for."""
+        if not isinstance(event, (WorkerReady, WorkerStartFailed, WorkerExited)):
+            return None
+        proc = self.procs[event.worker_id]
+        if proc.proc != "starting" or proc.told_stop:
+            return None  # not a start (or one that raced a stop: ignored)
+        return "loaded" if isinstance(event, WorkerReady) else "failed"
+
+    def _check_start_failures(
+        self, event: Event, commands: list[Command], start: str | None, serving_before: bool
+    ) -> None:
+        """SPEC §4 start failures (see the machine's docstring): no storm, no needless 503."""
+        unavailable = [c for c in commands if isinstance(c, Reject) and c.error_type == "EndpointUnavailable"]
+        if isinstance(event, DrainRequested):
+            self.failed_at = None  # DRAINING starts for waiting requests only, never retries
+        elif start == "loaded":
+            self.failed_at = None  # the code loads: the backoff starts over
+        if self.drain_requested:
+            return
+        if unavailable:
+            assert not _live(self, proc="ready"), "EndpointUnavailable while a pipeline serves"
+        if any(isinstance(c, SpawnWorker) for c in commands) and self.failed_at is not None:
+            assert self.now >= self.failed_at + 0.5, "a pipeline started within the backoff delay"
+        if start != "failed":
+            return
+        assert isinstance(event, (WorkerStartFailed, WorkerExited))
+        if serving_before:
+            assert self.machine.load_state is LoadState.HEALTHY
+            assert not unavailable
+        else:
+            assert self.machine.load_state is LoadState.FAILED
+        if self.failed_at is None or event.worker_id >= self.failed_from_id:
+            self.failed_at = self.now
+            self.failed_from_id = max(self.procs) + 1
 
     def _check_timer(self) -> None:
         """The scheduler's shortcut never holds a timer later than the true next deadline."""
