@@ -14,6 +14,7 @@ import ujson
 from lightnode.config.model import ServerLimits
 from lightnode.http.exchange import Exchange
 from lightnode.http.protocol import HttpProtocol, ServerState
+from loadtest import hotpath
 
 
 class FakeTimer:
@@ -131,6 +132,37 @@ class FakeTransport(asyncio.Transport):
 
     def is_reading(self) -> bool:
         return self.reading
+
+
+class RecordingSinkTransport(hotpath.SinkTransport):
+    """loadtest.hotpath's transport (for a real app and pool), keeping what is written
+    and whether it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def answers(self) -> list[bytes]:
+        return [b"HTTP/1.1 " + part for part in self.data.split(b"HTTP/1.1 ")[1:]]
+
+
+def connect_beside(first: HttpProtocol) -> tuple[HttpProtocol, RecordingSinkTransport]:
+    """Another connection to the app and server state of `first`, on a recording transport."""
+    protocol = HttpProtocol(first._app, first._state, first._loop)
+    transport = RecordingSinkTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
 
 
 class FakeApp:

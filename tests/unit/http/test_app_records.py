@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_fakes import RecordingSinkTransport, connect_beside
 
 from lightnode.http.app import NodeApp, RequestRecord
 from lightnode.http.exchange import Exchange
@@ -33,23 +34,6 @@ class Records:
         return [(r.status, r.error_type) for r in self.records]
 
 
-class Transport(hotpath.SinkTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return False
-
-
 class Setup:
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(hotpath.QueueingWorker, "instances", [])
@@ -63,11 +47,8 @@ class Setup:
         (self.worker,) = hotpath.QueueingWorker.instances
         self._first = first
 
-    def connect(self) -> tuple[HttpProtocol, Transport]:
-        protocol = HttpProtocol(self._first._app, self._first._state, self._first._loop)
-        transport = Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        return protocol, transport
+    def connect(self) -> tuple[HttpProtocol, RecordingSinkTransport]:
+        return connect_beside(self._first)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_fakes import RecordingSinkTransport, connect_beside
 
 from lightnode.http import routing
 from lightnode.http.app import NodeApp
@@ -166,43 +167,16 @@ def test_client_gone_cancels_its_pool_calls(tmp_path: Path, monkeypatch: pytest.
         loop.close()
 
 
-class _RecordingTransport(hotpath.SinkTransport):
-    """A SinkTransport that keeps what is written and whether it was closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def answers(self) -> list[bytes]:
-        return [b"HTTP/1.1 " + part for part in self.data.split(b"HTTP/1.1 ")[1:]]
-
-
 _CALL = b"POST /public/api/v1/bench/add/run HTTP/1.1\r\nHost: n\r\nContent-Length: %d\r\n\r\n%s"
-
-
-def _connect(first: HttpProtocol) -> tuple[HttpProtocol, _RecordingTransport]:
-    """Another connection to the app and server state of `first`, on a recording transport."""
-    protocol = HttpProtocol(first._app, first._state, first._loop)
-    transport = _RecordingTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    return protocol, transport
 
 
 def _one_pipeline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[HttpProtocol, _RecordingTransport, Any, EndpointPool]:
+) -> tuple[HttpProtocol, RecordingSinkTransport, Any, EndpointPool]:
     """A real app and pool of one QueueingWorker pipeline, one connection on a recording transport."""
     monkeypatch.setattr(hotpath.QueueingWorker, "instances", [])
     first, _, loop = hotpath.build(tmp_path, observers=False, worker=hotpath.QueueingWorker, pool_size=1)
-    protocol, transport = _connect(first)
+    protocol, transport = connect_beside(first)
     app = protocol._app
     assert isinstance(app, NodeApp) and app.registry is not None
     return protocol, transport, loop, app.registry.resolve("bench", "add")
@@ -239,7 +213,7 @@ def test_client_eof_with_only_queued_calls_closes_at_once(
 ) -> None:
     protocol, transport, loop, pool = _one_pipeline(tmp_path, monkeypatch)
     try:
-        other, other_transport = _connect(protocol)
+        other, other_transport = connect_beside(protocol)
         other.data_received(_CALL % (2, b"{}"))  # another client's call holds the pipeline
         protocol.data_received(_CALL % (1, b"1") + _CALL % (1, b"2"))
         assert pool.snapshot().queue_length == 2
