@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lightnode.config.model import EndpointConfig, ExecLimits, PoolLimits
-from lightnode.pool.commands import Command
-from lightnode.pool.events import Event
+from lightnode.pool.commands import Command, SpawnWorker
+from lightnode.pool.events import Event, Loaded, WorkerReady
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.states import WorkerState
 
@@ -58,3 +58,12 @@ class Script:
 
     def states(self, *worker_ids: int) -> list[WorkerState]:
         return [self.machine.worker_state(w) for w in worker_ids]
+
+
+def ready_pool(n: int, **pool: int) -> Script:
+    """A loaded pool whose first n pipelines (ids 1..n) became IDLE at t=1..n."""
+    s = Script(**pool)
+    assert s(Loaded()) == [SpawnWorker(i) for i in range(1, n + 1)]
+    for i in range(1, n + 1):
+        assert s(WorkerReady(i), at=float(i)) == []
+    return s

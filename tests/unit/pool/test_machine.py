@@ -24,7 +24,7 @@ from lightnode.pool.events import (
 from lightnode.pool.machine import SHUTTING_DOWN_MESSAGE, PoolMachine
 from lightnode.pool.states import LoadState, WorkerState
 
-from ._script import Script, make_config
+from ._script import Script, make_config, ready_pool
 
 STARTING, IDLE, BUSY = WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY
 STOPPING, GONE = WorkerState.STOPPING, WorkerState.GONE
@@ -48,15 +48,6 @@ def with_limits(s: Script, **changes: int) -> LimitsChanged:
         config.limits, **{k: v for k, v in changes.items() if k not in pool_keys}
     )
     return LimitsChanged(dataclasses.replace(config, pool=pool, limits=limits))
-
-
-def ready_pool(n: int, **pool: int) -> Script:
-    """A loaded pool whose first n pipelines (ids 1..n) became IDLE at t=1..n."""
-    s = Script(**pool)
-    assert s(Loaded()) == [SpawnWorker(i) for i in range(1, n + 1)]
-    for i in range(1, n + 1):
-        assert s(READY(i), at=float(i)) == []
-    return s
 
 
 # -- rule 1: load ------------------------------------------------------------

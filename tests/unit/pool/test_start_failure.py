@@ -21,20 +21,11 @@ from lightnode.pool.events import (
 )
 from lightnode.pool.states import LoadState, WorkerState
 
-from ._script import Script
+from ._script import Script, ready_pool
 
 ARRIVE, READY, DONE, EXIT = RequestArrived, WorkerReady, WorkerFinished, WorkerExited
 HEALTHY, FAILED = LoadState.HEALTHY, LoadState.FAILED
 CRASHED = "The pipeline died while running the request (exit code 1)"
-
-
-def ready_pool(n: int, **pool: int) -> Script:
-    """A loaded pool whose first n pipelines (ids 1..n) became IDLE at t=1..n."""
-    s = Script(**pool)
-    assert s(Loaded()) == [SpawnWorker(i) for i in range(1, n + 1)]
-    for i in range(1, n + 1):
-        assert s(READY(i), at=float(i)) == []
-    return s
 
 
 def test_failed_start_beside_a_serving_pipeline_keeps_serving() -> None:
