@@ -213,11 +213,7 @@ class NodeApp:
         if not registry.is_public(service_id):  # 401 before telling anything of the service
             self.check_api_key(exchange, service_id)
         pool = registry.resolve(service_id, route.endpoint_id)
-        if method == b"GET":
-            body = ujson.dumps(query_to_object(exchange.query)).encode()
-        else:
-            body = exchange.body
-        call = pool.submit(body, exchange)
+        call = pool.submit(_params(exchange), exchange)
         if not exchange.done:  # a client gone before the answer: _client_gone((pool, call))
             exchange.on_cancel = self._on_client_gone
             exchange.cancel_token = (pool, call)
@@ -425,8 +421,8 @@ def _defines_endpoint(registry: Registry, service_id: str, endpoint_id: str) -> 
 
 
 def _params(exchange: Exchange) -> bytes:
-    """The parameters a /run request carried, for the query log: a GET's query as its
-    JSON object (what _run submits), else the body."""
+    """The parameters a /run request carries, as the pipeline gets them and the query log
+    shows them: a GET's query as its JSON object (SPEC §3.3), else the body."""
     if exchange.method == b"GET":
         return ujson.dumps(query_to_object(exchange.query)).encode()
     return exchange.body
