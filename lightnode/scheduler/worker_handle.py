@@ -498,9 +498,7 @@ class WorkerHandle:
         while True:
             try:
                 data = os.read(fd, runtime.READ_CHUNK_BYTES)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # BlockingIOError: all read; any other: nothing more to read
                 return
             if not data:
                 return  # EOF: the worker has exited
