@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_args(sub.add_parser("serve", help="run the node in the foreground"))
     init = sub.add_parser("init", help="lay out a data directory with the sample service")
-    init.add_argument("dir", type=Path)
+    init.add_argument("dir", type=data_dir_path)
     from lightnode.admin.cli import add_admin_parser
 
     add_admin_parser(sub)

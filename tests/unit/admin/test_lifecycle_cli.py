@@ -254,3 +254,14 @@ def test_an_empty_data_dir_is_a_usage_error(
     err = capsys.readouterr().err
     assert info.value.code == 2 and "--data-dir: must not be empty" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.txt"]
+
+
+def test_init_of_an_empty_path_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lightnode init ""` would lay the sample out in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["init", ""])
+    assert info.value.code == 2 and "dir: must not be empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
