@@ -35,6 +35,7 @@ import ujson
 from lightnode.admin.keys import KeyEntry, KeyStore, is_loopback, looks_like_key, mask_secrets
 from lightnode.admin.service_layer import ServiceLayer
 from lightnode.config.model import is_valid_id
+from lightnode.config.validate import decode_json
 from lightnode.errors import ConfigError, IdError, LightnodeError
 from lightnode.http.exchange import Exchange
 from lightnode.http.routing import Route
@@ -182,6 +183,17 @@ def _json_body(exchange: Exchange) -> Any:
         return ujson.loads(exchange.body)
     except ValueError:
         raise LightnodeError("BadRequest", "The request body is not valid JSON") from None
+
+
+def _settings_body(exchange: Exchange) -> Any:
+    """A settings POST's body, decoded as a tuning file is, so that a duplicate key is
+    refused here as it is there (ujson would keep the last value without a word)."""
+    if not exchange.body.strip():
+        return None
+    try:
+        return decode_json(exchange.body, source="the request body")
+    except ConfigError as exc:
+        raise LightnodeError("BadRequest", f"The request body is not valid JSON: {'; '.join(exc.problems)}") from None
 
 
 def _object_body(exchange: Exchange) -> dict[str, Any]:
@@ -396,7 +408,7 @@ class AdminRoutes:
         self._answer(exchange, lambda: self.layer.endpoint_settings(p["S"], p["E"]))
 
     def _set_settings(self, exchange: Exchange, p: Params) -> None:
-        body = _json_body(exchange)
+        body = _settings_body(exchange)
         self._mutate(exchange, p, lambda: self.layer.set_endpoint_settings(p["S"], p["E"], body))
 
     # ---------------------------------------------------------- node state

@@ -122,6 +122,12 @@ def test_endpoint_settings_route_and_tune_url(node_factory: Any, capsys: pytest.
     assert status == 400 and "pool.extra" in message and "limits.max_requests" in message and "ceil" in message
     tuning = node.data_dir / "config" / "services" / "demo" / "quote.json"
     assert not tuning.exists()
+    twice = b'{"pool": {"ceil": 2, "ceil": 4}}'
+    status, _, body = node.request("POST", "/admin/api/services/demo/endpoints/quote/settings", twice)
+    assert status == 400 and "pool.ceil: duplicate key" in json.loads(body)["message"]
+    status, _, body = node.request("POST", "/admin/api/services/demo/endpoints/quote/settings", b'{"pool": ')
+    assert status == 400 and "not valid JSON: line 1, column" in json.loads(body)["message"]
+    assert not tuning.exists()
     code, out, _ = cli(capsys, "admin", "tune", "demo", "quote", "--ceil", "3", "--floor", "2", "--url", node.url)
     assert code == 0 and json.loads(out)["pool"]["ceil"] == 3
     assert json.loads(tuning.read_text())["pool"] == {**json.loads(out)["pool"]}
