@@ -199,8 +199,17 @@ def write_endpoint_config(path: Path, config: EndpointConfig) -> None:
 
 
 def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, `os.replace`, then fsync the directory."""
+    """Temp file in the same directory, fsync, `os.replace`, then fsync the directory.
+
+    A `path` that is a symbolic link is written through: the file it names is
+    replaced, in that file's directory, and the link stays. Replacing the link by
+    a regular file would cut it from the file it named (a tuning file kept in a
+    config repository, say): later edits there would be ignored without a word.
+    On a Kubernetes ConfigMap the named file is read-only, so that is an OSError.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:

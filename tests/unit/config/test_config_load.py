@@ -359,3 +359,19 @@ def test_endpoint_config_path_refuses_bad_ids(
 ) -> None:
     with pytest.raises(IdError):
         endpoint_config_path(tmp_path, service_id, endpoint_id)
+
+
+def test_write_through_a_link_replaces_the_file_it_names_and_keeps_the_link(tmp_path: Path) -> None:
+    """A tuning file may link to a file kept elsewhere (a config repository): `admin tune`
+    must update that file, not replace the link by a copy that later edits never reach."""
+    kept = tmp_path / "repo" / "e.json"
+    kept.parent.mkdir()
+    kept.write_text(json.dumps({"pool": {"ceil": 2}}))
+    link = tmp_path / "config" / "services" / "s" / "e.json"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(kept)
+    write_endpoint_config(link, parse_endpoint_config({"pool": {"ceil": 5}}, source="x"))
+    assert link.is_symlink() and os.readlink(link) == str(kept)
+    assert load_endpoint_config(kept).pool.ceil == 5
+    assert sorted(os.listdir(kept.parent)) == ["e.json"]  # no temp file left
+    assert os.listdir(link.parent) == ["e.json"]
