@@ -18,7 +18,9 @@ What the snapshot holds, and why:
   names), never a walk of user code.
 
 File events come from watchfiles, watching only the few directories above
-(not recursively), so a large generation tree costs no inotify watches. The
+(not recursively), so a large generation tree costs no inotify watches; also
+the directory of a file a tuning file links to out of its own directory, and
+DATA_DIR itself while config/ or services/ is missing. The
 watch is restarted when that set of directories changes. The periodic scan is
 the safety net for what events miss: filesystems without inotify, directories
 created between a scan and a restart of the watch.
@@ -33,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +50,7 @@ from lightnode.config.load import (
     tuning_root,
 )
 from lightnode.config.model import EndpointConfig, is_valid_id
-from lightnode.config.validate import read_config_bytes
+from lightnode.config.validate import MAX_CONFIG_FILE_BYTES, read_config_bytes
 from lightnode.errors import ConfigError
 
 logger = logging.getLogger("lightnode.config")
@@ -135,7 +138,21 @@ def _digest(data: bytes) -> bytes:
 
 
 def _read_digest(path: Path) -> bytes | None:
-    """Hash of the file's bytes (through symlinks), None if it does not exist."""
+    """Hash of the file's bytes (through symlinks), None if it does not exist.
+
+    A regular file over MAX_CONFIG_FILE_BYTES is not read: the hash is of its stat
+    signature instead. keys.json may lawfully be that large (thousands of keys),
+    and a constant "too large" hash would hide every later change of it, a revoked
+    key included; the key store replaces it atomically, so each of its writes
+    brings a new inode.
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        info = None  # absent, a dangling link...: the read below says which
+    if info is not None and stat.S_ISREG(info.st_mode) and info.st_size > MAX_CONFIG_FILE_BYTES:
+        signature = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        return _digest(f"\0large: {signature}".encode())
     try:
         data = read_config_bytes(path)
     except ConfigError as exc:
@@ -201,7 +218,12 @@ class ConfigWatcher:
         old = self._snapshot or _Snapshot()
         targets: set[_WatchTarget] = set()
         changes: list[Change] = []
-        _add_target(config_dir(self._data_dir), targets)  # server.json, keys.json, services/
+        for directory in (config_dir(self._data_dir), self.services_dir):
+            # config/ holds server.json, keys.json and services/. Either directory
+            # missing (removed by an operator, not yet created): watch DATA_DIR, so
+            # that its re-creation is an event and not a wait for the periodic scan.
+            if not _add_target(directory, targets):
+                _add_target(self._data_dir, targets)
 
         server = _read_digest(server_settings_path(self._data_dir))
         if not first and server != self._server_digest:
@@ -330,6 +352,8 @@ class ConfigWatcher:
             endpoint_id = entry.name[: -len(".json")]
             if entry.name.endswith(".json") and self._id_ok(endpoint_id, "endpoint", entry.path):
                 files.append((endpoint_id, Path(entry.path)))
+                if entry.is_symlink():
+                    _add_link_target(Path(entry.path), service_dir, targets)
         return files
 
     def _id_ok(self, value: str, what: str, path: str) -> bool:
@@ -437,9 +461,42 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def _add_target(directory: Path, targets: set[_WatchTarget]) -> None:
-    with contextlib.suppress(OSError):
-        targets.add((str(directory), directory.stat().st_ino))
+def _add_target(directory: Path, targets: set[_WatchTarget]) -> bool:
+    """Watch `directory`; False if it is not one (absent, a file, unreadable)."""
+    try:
+        info = directory.stat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or not _watchable(directory):
+        return False
+    targets.add((str(directory), info.st_ino))
+    return True
+
+
+def _watchable(directory: Path) -> bool:
+    """Whether the kernel will watch `directory`: inotify needs read permission on it.
+
+    One directory it refuses fails the whole watch, and every file, however
+    readable, would wait for the periodic scan. An unreadable one is left to that
+    scan alone; making it readable changes its mode, an event in its parent.
+    """
+    return os.access(directory, os.R_OK)
+
+
+def _add_link_target(link: Path, service_dir: Path, targets: set[_WatchTarget]) -> None:
+    """A tuning file that links out of its directory: watch the directory of the file it names.
+
+    An in-place edit of that file (kept in a config repository, say) makes no event
+    in `service_dir`; without this it would wait for the periodic scan, past SPEC §5's
+    one second. A link that stays inside `service_dir` (the kubelet's `..data/E.json`)
+    needs nothing more: the swap of `..data` is an event there (and watching the
+    kubelet's timestamped directories, which come and go, would restart the watch
+    at every swap).
+    """
+    target_dir = Path(os.path.realpath(link)).parent
+    inside = Path(os.path.realpath(service_dir))
+    if target_dir != inside and inside not in target_dir.parents:
+        _add_target(target_dir, targets)
 
 
 def _service_signature(service_dir: Path, targets: set[_WatchTarget]) -> tuple[object, ...]:
@@ -448,7 +505,8 @@ def _service_signature(service_dir: Path, targets: set[_WatchTarget]) -> tuple[o
         dir_inode = service_dir.stat().st_ino
     except OSError:
         return ("gone",)
-    targets.add((str(service_dir), dir_inode))
+    if _watchable(service_dir):
+        targets.add((str(service_dir), dir_inode))
     generations_dir = service_dir / "generations"
     try:
         generations_inode = generations_dir.stat().st_ino

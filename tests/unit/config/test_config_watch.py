@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ import pytest
 from lightnode.config import watch
 from lightnode.config.load import endpoint_config_path
 from lightnode.config.model import PoolLimits
+from lightnode.config.validate import MAX_CONFIG_FILE_BYTES
 from lightnode.config.watch import (
     Change,
     ConfigWatcher,
@@ -504,5 +506,105 @@ def test_run_follows_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
             for ceil in (4, 5):
                 configmap.publish({"e.json": json.dumps({"pool": {"ceil": ceil}})})
                 await recorder.wait_for(ceil_is(ceil), timeout_s=1.0)
+
+    asyncio.run(main())
+
+
+def test_keys_json_over_the_tuning_size_limit_is_still_watched(tmp_path: Path) -> None:
+    """keys.json may grow far beyond a tuning file (thousands of keys): every change of it,
+    a revoked key above all, must still reach the running node."""
+    keys = tmp_path / "config" / "keys.json"
+    big = MAX_CONFIG_FILE_BYTES + 1000
+    write_json(keys, {"keys": [], "pad": "a" * big})
+    w = watcher(tmp_path)
+    assert w.scan() == [KeysChanged()]
+    assert w.scan() == []
+    tmp = keys.with_name(".keys.json.tmp")
+    write_json(tmp, {"keys": [], "pad": "b" * big})  # same size, other bytes, as the key store writes
+    os.replace(tmp, keys)
+    assert w.scan() == [KeysChanged()]
+    assert w.scan() == []
+    write_json(keys, {"keys": [], "pad": "c" * (big + 10)})  # in place, another size
+    assert w.scan() == [KeysChanged()]
+
+
+def test_run_sees_config_and_services_created_again_after_removal(tmp_path: Path) -> None:
+    """With DATA_DIR/config (or services) gone, its re-creation is an event in DATA_DIR:
+    the new tuning applies at once, not at the next periodic scan."""
+    recorder = Recorder()
+    w = ConfigWatcher(tmp_path, recorder, poll_interval_s=30.0)  # only events can be quick
+
+    async def main() -> None:
+        async with running(w):
+            write_json(tuning(tmp_path), {"pool": {"ceil": 5}})
+            await recorder.wait_for(ceil_is(5), timeout_s=3.0)
+            shutil.rmtree(tmp_path / "config")
+            shutil.rmtree(tmp_path / "services")
+            await recorder.wait_for(lambda c: isinstance(c, TuningRemoved), timeout_s=3.0)
+            await asyncio.sleep(0.1)  # the watch restarts on what is left
+            write_json(tuning(tmp_path), {"pool": {"ceil": 6}})
+            await recorder.wait_for(ceil_is(6), timeout_s=3.0)
+            await asyncio.sleep(0.1)
+            write_json(tmp_path / "services" / "s" / "state.json", {})
+            await recorder.wait_for(lambda c: c == ServiceFilesChanged("s"), timeout_s=3.0)
+
+    asyncio.run(main())
+
+
+def test_run_sees_in_place_writes_to_the_target_of_a_linked_tuning_file(tmp_path: Path) -> None:
+    """E.json may link to a file kept elsewhere (a config repository): an edit of that file
+    is seen by its directory's events, not only by the periodic scan."""
+    target = write_json(tmp_path / "etc" / "e.json", {"pool": {"ceil": 2}})
+    link = tuning(tmp_path)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    recorder = Recorder()
+    w = ConfigWatcher(tmp_path, recorder, poll_interval_s=30.0)  # only events can be quick
+
+    async def main() -> None:
+        async with running(w):
+            await recorder.wait_for(ceil_is(2), timeout_s=3.0)
+            await asyncio.sleep(0.1)
+            with open(target, "w") as f:  # in place
+                f.write(json.dumps({"pool": {"ceil": 3}}))
+            await recorder.wait_for(ceil_is(3), timeout_s=3.0)
+            tmp = target.with_name("e.json.new")
+            write_json(tmp, {"pool": {"ceil": 4}})
+            os.replace(tmp, target)  # replaced by rename, beside it
+            await recorder.wait_for(ceil_is(4), timeout_s=3.0)
+
+    asyncio.run(main())
+
+
+def test_an_unreadable_service_directory_does_not_stop_the_events_of_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel refuses to watch a directory the node may not read (EACCES): one such
+    directory (a service deployed with the wrong owner) must not turn every other file
+    over to the periodic scan."""
+    denied = tmp_path / "services" / "locked"
+    denied.mkdir(parents=True)
+    real_access, real_awatch = os.access, watch.awatch
+
+    def access(path: Any, mode: int, **kwargs: Any) -> bool:
+        return Path(path) != denied and real_access(path, mode, **kwargs)
+
+    def kernel_awatch(*paths: str, **kwargs: Any) -> Any:
+        if str(denied) in paths:  # what inotify_add_watch answers for it
+            raise PermissionError(13, f"Permission denied (os error 13) about [{str(denied)!r}]")
+        return real_awatch(*paths, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(watch, "awatch", kernel_awatch)
+    path = write_json(tuning(tmp_path), {"pool": {"ceil": 2}})
+    recorder = Recorder()
+    w = ConfigWatcher(tmp_path, recorder, poll_interval_s=30.0)  # only events can be quick
+
+    async def main() -> None:
+        async with running(w):
+            await recorder.wait_for(ceil_is(2), timeout_s=3.0)
+            await asyncio.sleep(0.1)
+            write_json(path, {"pool": {"ceil": 3}})
+            await recorder.wait_for(ceil_is(3), timeout_s=3.0)
 
     asyncio.run(main())
