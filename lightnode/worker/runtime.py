@@ -33,6 +33,7 @@ import faulthandler
 import importlib.util
 import inspect
 import os
+import reprlib
 import signal
 import struct
 import sys
@@ -53,6 +54,19 @@ try:  # optional speed-up; the standard library is enough
     # arguments come in another order keeps the keywords.
     _POSITIONAL = (False, False, False, False, 0, False)
     _PROBES = ({"a/b": "\u00e9\u2713/<&>", "f": [0.1 + 0.2, 1 / 3, 1e-300, 1e22, -0.0]}, [1, None, True], "x")
+
+    def _keywords_work() -> bool:
+        """Whether this ujson takes the keywords above: one before 3.0 (1.35 and 2.0, still
+        pinned in old code environments) has no allow_nan, so that every answer would raise
+        TypeError, and parses floats imprecisely by default. The standard library serves then."""
+        try:
+            _dumps_by_name(_PROBES[0])
+        except Exception:
+            return False
+        return True
+
+    if not _keywords_work():
+        raise ImportError("this ujson lacks allow_nan: the standard library's json is used")
 
     def _positional_dumps_agrees() -> bool:
         try:
@@ -75,7 +89,7 @@ try:  # optional speed-up; the standard library is enough
         _dumps = _dumps_by_name
 
     _loads = _json.loads
-except ImportError:  # pragma: no cover - exercised only in user environments without ujson
+except ImportError:  # pragma: no cover - exercised only in user environments without a usable ujson
     import json as _json  # type: ignore[no-redef]
 
     def _dumps(obj: Any) -> str:
@@ -260,10 +274,42 @@ def to_jsonable(obj: Any, path: str = "$") -> Any:
     """Convert a result to plain JSON types (SPEC §3.2), or raise NotSerializable.
 
     numpy/pandas values are recognised by duck typing (`tolist`, `to_dict`,
-    `isoformat`) so that neither needs to be importable here.
+    `isoformat`) so that neither needs to be importable here. User code that runs
+    meanwhile (a subclass's `items()` or `__iter__`, an `isoformat()`) and raises, or
+    a dict that another thread changes while it is read, gives NotSerializable naming
+    the value and what was raised: never an exception that would end the pipeline.
     """
-    if obj is None or isinstance(obj, (str, bool)):
-        return obj
+    try:
+        if obj is None or isinstance(obj, (str, bool)):
+            return obj
+        if isinstance(obj, (int, float)):
+            return _number_to_jsonable(obj, path)
+        if isinstance(obj, dict):
+            out = {}
+            for key, value in obj.items():
+                name = key if isinstance(key, str) else _key_text(key, path)
+                if name in out:  # {1: "a", "1": "b"}: one of the two would be lost without a word
+                    reason = "the key %r is written %r, as is another key" % (key, name)
+                    raise NotSerializable(_type_name(key), path, reason)
+                out[name] = to_jsonable(value, "%s.%s" % (path, name))
+            return out
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            items = obj if not isinstance(obj, (set, frozenset)) else _sorted_if_possible(obj)
+            return [to_jsonable(v, "%s[%d]" % (path, i)) for i, v in enumerate(items)]
+        if isinstance(obj, decimal.Decimal):
+            if not obj.is_finite():
+                return None
+            return int(obj) if obj == obj.to_integral_value() else float(obj)
+        if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+            return obj.isoformat()
+        return _foreign(obj, path)
+    except (NotSerializable, RecursionError):
+        raise  # RecursionError: encode_result() says "nested too deeply"
+    except BaseException as exc:  # boundary: user code, SystemExit included (SPEC §3.4)
+        raise NotSerializable(_type_name(obj), path, "converting it raised %s" % _raised_text(exc)) from None
+
+
+def _number_to_jsonable(obj: Any, path: str) -> Any:
     if isinstance(obj, int):
         if obj.bit_length() > 64:  # JSON has no limit, but Python's int -> text has one
             try:
@@ -271,24 +317,7 @@ def to_jsonable(obj: Any, path: str = "$") -> Any:
             except ValueError:
                 raise NotSerializable(_type_name(obj), path, "an integer with too many digits") from None
         return obj
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        out = {}
-        for key, value in obj.items():
-            name = key if isinstance(key, str) else _key_text(key, path)
-            out[name] = to_jsonable(value, "%s.%s" % (path, name))
-        return out
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = obj if not isinstance(obj, (set, frozenset)) else _sorted_if_possible(obj)
-        return [to_jsonable(v, "%s[%d]" % (path, i)) for i, v in enumerate(items)]
-    if isinstance(obj, decimal.Decimal):
-        if not obj.is_finite():
-            return None
-        return int(obj) if obj == obj.to_integral_value() else float(obj)
-    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
-        return obj.isoformat()
-    return _foreign(obj, path)
+    return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None  # NaN, infinities: null
 
 
 def _key_text(key: Any, path: str) -> str:
@@ -300,9 +329,10 @@ def _key_text(key: Any, path: str) -> str:
 
 
 def _sorted_if_possible(values: Any) -> List[Any]:
+    """A set's items in order where they have one (a stable answer), else as they come."""
     try:
         return sorted(values)
-    except TypeError:
+    except Exception:  # TypeError, or whatever a user's __lt__ raises
         return list(values)
 
 
@@ -347,6 +377,8 @@ def encode_result(result: Any) -> bytes:
             plain = _plain(result)
         except RecursionError:
             plain = _plain_deep(result)
+        except RuntimeError:  # a dict changed by another thread while looked at
+            plain = False  # to_jsonable() reads it again, or names it
         if plain:
             try:
                 return _dumps(result).encode("utf-8", "backslashreplace")
@@ -357,7 +389,7 @@ def encode_result(result: Any) -> bytes:
         raise
     except RecursionError:
         raise NotSerializable(_type_name(result), "$", "nested too deeply, or contains itself") from None
-    except (TypeError, ValueError, OverflowError) as exc:
+    except Exception as exc:  # TypeError, ValueError, OverflowError from ujson; MemoryError
         raise NotSerializable(_type_name(result), "$", _exception_text(exc)) from exc
 
 
@@ -369,12 +401,12 @@ class Binder:
 
     def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
-        name = getattr(function, "__name__", "function")
+        self.name = _function_name(function)
         try:
             signature = inspect.signature(function)
         except (TypeError, ValueError):
             signature = None
-        self.signature_text = "%s%s" % (name, signature if signature is not None else "(...)")
+        self.signature_text = "%s%s" % (self.name, _signature_text(signature))
         self.accepts_any = signature is None
         names = set()
         required = []
@@ -408,6 +440,47 @@ class Binder:
         return "Invalid parameters for %s: %s" % (self.signature_text, "; ".join(parts))
 
 
+def _function_name(function: Callable[..., Any]) -> str:
+    """The function's name; a functools.partial's function's; a callable instance's class's."""
+    for candidate in (function, getattr(function, "func", None)):  # func: functools.partial
+        name = getattr(candidate, "__name__", None)
+        if isinstance(name, str):
+            return name
+    return type(function).__name__
+
+
+class _Shown:
+    """A default value as the signature shows it: its text, already made."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+# Texts of default values, bounded: `def f(x, table=TABLE)` with a lookup table of 100,000
+# entries would otherwise put megabytes into every InvalidParameters message (and the READY
+# frame, and the log). reprlib's Repr also stands in for a repr() that raises.
+_DEFAULT_REPR = reprlib.Repr()
+
+
+def _signature_text(signature: Optional[inspect.Signature]) -> str:
+    """`(x, table={'0': 0, '1': 1, ...}, n=3)`: the signature with each default's text cut short."""
+    if signature is None:
+        return "(...)"
+    try:
+        shown = [
+            param
+            if param.default is param.empty
+            else param.replace(default=_Shown(_DEFAULT_REPR.repr(param.default)))
+            for param in signature.parameters.values()
+        ]
+        return str(signature.replace(parameters=shown))
+    except Exception:  # an annotation whose text cannot be made
+        return "(%s)" % ", ".join(signature.parameters)
+
+
 # ------------------------------------------------------------------------- loading
 
 
@@ -424,7 +497,12 @@ def load_function(spec: Dict[str, Any]) -> Callable[..., Any]:
         raise ImportError("cannot load %s" % code_path)
     module = importlib.util.module_from_spec(module_spec)
     module.folders = list(spec.get("folders") or [])  # type: ignore[attr-defined]
-    sys.modules[module_name] = module
+    # Registered under its name, so that the service's other modules that import it get
+    # this module, not a second copy; but never over a module imported already (by the
+    # runtime: `time`, `os`, `re`...), as a plain interpreter never lets a file shadow one:
+    # logging, or any later import, would get the endpoint's code instead.
+    if module_name not in sys.modules:
+        sys.modules[module_name] = module
     module_spec.loader.exec_module(module)
     return _pick_function(module, spec.get("function"), code_path)
 
@@ -499,18 +577,24 @@ def _error(error_type: str, message: str, status: int, detailed: Optional[str] =
 
 
 def _exception_text(exc: BaseException) -> str:
-    """str(exc), or a placeholder when the exception's own __str__ raises."""
+    """str(exc), or a placeholder when the exception's own __str__ raises (SystemExit too)."""
     try:
         return str(exc)
-    except Exception as broken:
+    except BaseException as broken:  # boundary: user code
         return "<str() of the exception raised %s>" % type(broken).__name__
+
+
+def _raised_text(exc: BaseException) -> str:
+    """`KeyError: 'x'`: the exception's class and text, for a message."""
+    text = _exception_text(exc)
+    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
 def _traceback_text(exc: BaseException) -> str:
     """The exception's traceback as text (lines ending in newlines), or a placeholder line."""
     try:
         return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception as broken:  # its __str__ raised, say
+    except BaseException as broken:  # boundary: its __str__ raised, say
         return "(no traceback: formatting it raised %s)\n" % type(broken).__name__
 
 
@@ -523,7 +607,7 @@ def _http_status(exc: BaseException) -> Tuple[int, str]:
     """
     try:
         status = getattr(exc, "http_status_code", None)
-    except Exception:  # a property that raises
+    except BaseException:  # boundary: a property that raises, SystemExit included
         return 500, ""
     if not (isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599):
         return 500, ""
@@ -537,7 +621,8 @@ def _http_status(exc: BaseException) -> Tuple[int, str]:
 
 def _function_error(exc: BaseException, dev: bool) -> bytes:
     status, note = _http_status(exc)
-    message = "Failed to run function : %s : %s" % (type(exc), _exception_text(exc))
+    # "<class 'quote.MyError'>" as str(type(exc)) writes it, without calling a metaclass's __repr__
+    message = "Failed to run function : <class '%s'> : %s" % (_type_name(exc), _exception_text(exc))
     detailed = message + note
     if dev:
         detailed = detailed + "\n" + _traceback_text(exc)
@@ -609,7 +694,7 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
         sys.stderr.flush()
         return EXIT_INIT_FAILED
     _leave_if_forked(pid)
-    info = {"pid": pid, "function": function.__name__, "signature": binder.signature_text}
+    info = {"pid": pid, "function": binder.name, "signature": binder.signature_text}
     write_frame(fd_out, READY, _dumps(info).encode())
     dev = bool(spec.get("dev"))
     # One read usually brings one call; with prefetch the next calls may already be in

@@ -1,6 +1,8 @@
 """User code that misbehaves, against a live node: forks, exceptions that are not Exception,
-results ujson would write its own way (SPEC §3.2, §3.4: every call gets its own answer,
-a user exception never kills its pipeline)."""
+results ujson would write its own way or that change or raise while converted, a callable
+without a name, a default value of 100,000 entries, a module named like one the runtime
+imported (SPEC §3.2, §3.4: every call gets its own answer, a user exception never kills
+its pipeline)."""
 
 from __future__ import annotations
 
@@ -39,15 +41,44 @@ FUNCS = {
         "class Raw:\n    def __json__(self):\n        return '1}, \"injected\": true, \"x\": {\"y\": 2'\n"
         "def raw():\n    return {'a': Raw()}\n"
     ),
+    # Returns a dict that a thread of its own keeps changing (for a moment after each call),
+    # or one whose items() raises.
+    "changing": (
+        "import os, threading, time\nSHARED = {}\nUNTIL = [0.0]\nTHREAD = []\n"
+        "def _change():\n    i = 0\n    while time.monotonic() < UNTIL[0]:\n"
+        "        SHARED[str(i % 2000)] = [i, {'k': i}]\n"
+        "        if i % 2000 == 1999:\n            SHARED.clear()\n        i += 1\n"
+        "class Broken(dict):\n    def items(self):\n        raise KeyError('gone')\n"
+        "def changing(broken=False):\n"
+        "    if broken:\n        return {'b': Broken(a=1)}\n"
+        "    UNTIL[0] = time.monotonic() + 0.2\n"
+        "    if not THREAD or not THREAD[-1].is_alive():\n"
+        "        THREAD.append(threading.Thread(target=_change, daemon=True))\n        THREAD[-1].start()\n"
+        "    return {'pid': os.getpid(), 'shared': SHARED, 'k': {1: SHARED}}\n"
+    ),
+    # The function is a functools.partial, or an instance of a class with __call__.
+    "partial": "import functools\ndef _scale(factor, x):\n    return factor * x\nscaled = functools.partial(_scale, 3)\n",
+    "instance": "class Model:\n    def __call__(self, x):\n        return x + 1\nmodel = Model()\n",
+    # A lookup table as a default value.
+    "table": "TABLE = {str(i): i for i in range(100000)}\ndef table(key, table=TABLE):\n    return table.get(key)\n",
+}
+FUNCTIONS = {"partial": "scaled", "instance": "model"}
+# Endpoint modules named like a module that the runtime imported before them.
+SHADOWING = {
+    name: "import logging, datetime\nlogging.getLogger(__name__).info('loaded')\n"
+    "def ep():\n    return {'name': __name__, 'day': datetime.date(2020, 1, 2)}\n"
+    for name in ("time", "re", "collections")
 }
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     root = tmp_path_factory.mktemp("usercode") / "data"
-    write_service(root, "svc", FUNCS)
+    write_service(root, "svc", FUNCS, endpoint_extra={e: {"function": f} for e, f in FUNCTIONS.items()})
     for endpoint in FUNCS:
         write_tuning(root, "svc", endpoint, {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "timeout": 10000}})
+    for name, source in SHADOWING.items():  # a service each: one's module would shadow another's
+        write_service(root, f"shadow-{name}", {name: source}, endpoint_extra={name: {"function": "ep"}})
     n = Node(root)
     n.start()
     yield n
@@ -126,3 +157,52 @@ def test_an_object_with_a_json_method_is_not_pasted_into_the_answer(node: Node) 
     status, body = node.run("svc", "raw", {})
     assert (status, body["errorType"]) == (500, "ResultNotSerializable")
     assert body["message"] == "Result is not JSON-serializable: raw.Raw at $.a"
+
+
+def test_a_result_changed_or_broken_while_converted_is_answered_and_the_pipeline_stays(node: Node) -> None:
+    """User code that runs while the result is converted, or a thread changing it meanwhile,
+    once ended the pipeline: 500 WorkerCrashed, and a cold start for the next request."""
+    pids = set()
+    for _ in range(40):
+        status, body = node.run("svc", "changing", {})
+        if status == 200:
+            pids.add(body["response"]["pid"])
+        else:  # the dict changed while read: named, not a crash
+            assert (status, body["errorType"]) == (500, "ResultNotSerializable"), body
+            assert "during iteration" in body["message"]  # "changed size", or "keys changed"
+    status, body = node.run("svc", "changing", {"broken": True})
+    assert (status, body["errorType"]) == (500, "ResultNotSerializable")
+    assert body["message"] == (
+        "Result is not JSON-serializable: changing.Broken at $.b (converting it raised KeyError: 'gone')"
+    )
+    for _ in range(100):  # the thread may be changing the dict again: a later call reads it
+        status, body = node.run("svc", "changing", {})
+        if status == 200:
+            pids.add(body["response"]["pid"])
+            break
+    assert len(pids) == 1  # one pipeline served them all
+    endpoints = node.stats("svc")["endpoints"]
+    assert next(e["counters"] for e in endpoints if e["endpointId"] == "changing")["crashes"] == 0
+
+
+def test_a_partial_or_a_callable_instance_serves_as_the_function(node: Node) -> None:
+    assert node.run("svc", "partial", {"x": 14})[1]["response"] == 42
+    assert node.run("svc", "instance", {"x": 41})[1]["response"] == 42
+    status, body = node.run("svc", "instance", {"y": 1})
+    assert (status, body["message"]) == (400, "Invalid parameters for Model(x): missing: 'x'; unexpected: 'y'")
+
+
+def test_a_large_default_value_is_cut_short_in_the_signature(node: Node) -> None:
+    assert node.run("svc", "table", {"key": "7"})[1]["response"] == 7
+    status, body = node.run("svc", "table", {"x": 1})
+    assert status == 400
+    assert body["message"] == (
+        "Invalid parameters for table(key, table={'0': 0, '1': 1, '10': 10, '100': 100, ...}):"
+        " missing: 'key'; unexpected: 'x'"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SHADOWING))
+def test_an_endpoint_module_named_like_a_module_the_runtime_imported_serves(node: Node, name: str) -> None:
+    status, body = node.run(f"shadow-{name}", name, {})
+    assert (status, body.get("response")) == (200, {"name": name, "day": "2020-01-02"}), body
