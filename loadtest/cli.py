@@ -10,7 +10,9 @@
 
 Exit codes: 0 done (scenario: every expectation held), 1 a scenario
 expectation or fault failed, 2 usage error, 3 the run could not be carried
-out (target unreachable, node failed to start, generator failed), 130 Ctrl-C.
+out (target unreachable, node failed to start or died during the run,
+generator failed), 130 Ctrl-C (also after the first one, whose report of the
+part that ran is written).
 No asyncio at import time. Must not import `lightnode`.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -40,15 +43,15 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -216,6 +219,11 @@ def _cmd_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         target = Target.parse(args.url) if args.url else None
     except PlanError as exc:
         parser.error(str(exc))
+    if args.spawn is not None and not args.spawn.is_dir():
+        # lightnode would create it and serve nothing: a run of 404s at a typo.
+        parser.error(
+            f"--spawn {args.spawn}: no such directory (a data dir with the service deployed)"
+        )
     headers = (("Authorization", f"Bearer {args.key}"),) if args.key else ()
 
     def plan_for(run_target: Target) -> RunPlan:
@@ -250,16 +258,16 @@ async def _run_plan(
         return await runner.execute(plan_for(target), progress=progress)
     spawned = node.SpawnedNode(spawn.resolve(), out_dir / "node.log")
     spawned.start()
+    result: dict[str, Any] | None = None
     try:
         await spawned.wait_up()
         plan = plan_for(spawned.target)
         access = NodeAccess(
             spawned.target, plan.service_id, plan.endpoint_id, data_dir=spawn.resolve()
         )
-        result: dict[str, Any] = await runner.execute(plan, access=access, progress=progress)
+        result = await runner.execute(plan, access=access, progress=progress)
     finally:
-        code = spawned.stop()
-    result["node_exit_code"] = code
+        spawned.stop_after_run(result)
     return result
 
 
@@ -274,16 +282,21 @@ def _run_and_report(make: Any, out_dir: Path) -> int:
     from loadtest import report, runner
     from loadtest.faults import FaultFailed
     from loadtest.node import NodeError
+    from loadtest.plan import PlanError
     from loadtest.procs import GeneratorFailed
 
     try:
         result = _run_async(make())
+    except PlanError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except (runner.TargetUnreachable, NodeError, GeneratorFailed, FaultFailed) as exc:
         return _fail(str(exc))
     paths = runner.write_outputs(result, out_dir)
     print(report.summary_text(result))
     print(f"written    {', '.join(str(p) for p in paths)}")
-    return EXIT_OK
+    if result.get("node_died"):
+        return _fail(f"{report.node_died_text(result)} (its log: {out_dir / 'node.log'})")
+    return EXIT_INTERRUPTED if result.get("interrupted") else EXIT_OK
 
 
 def _cmd_scenario(args: argparse.Namespace) -> int:
@@ -328,11 +341,17 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     print(report.summary_text(result))
     print(verdict_text(result, checks))
     print(f"written    {', '.join(str(p) for p in paths)}")
+    if result.get("interrupted"):
+        return EXIT_INTERRUPTED
     return EXIT_OK if result["passed"] else EXIT_FAILED
 
 
+# Keys every report has; a JSON object with none of them is some other file.
+REPORT_KEYS = ("requests", "throughput_rps", "latency_ms")
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from loadtest.report import compare_text
+    from loadtest.report import REPORT_VERSION, compare_text
 
     reports = []
     for path in (args.a, args.b):
@@ -344,11 +363,26 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             return _fail(f"{path}: not JSON: {exc}", EXIT_USAGE)
         if not isinstance(value, dict):
             return _fail(f"{path}: not a report (a JSON object)", EXIT_USAGE)
+        if not any(key in value for key in REPORT_KEYS):
+            hint = ""
+            if "runs" in value and "summary" in value:
+                hint = "; a peer benchmark's file? read those with python -m loadtest.peers.tally"
+            return _fail(
+                f"{path}: not a lightnode-loadtest report (none of {', '.join(REPORT_KEYS)}){hint}",
+                EXIT_USAGE,
+            )
         reports.append(value)
     names = (_label(args.a), _label(args.b))
     if names[0] == names[1]:
         names = (str(args.a), str(args.b))
     print(compare_text(reports[0], reports[1], names=names))
+    for name, value in zip(names, reports, strict=True):
+        version = value.get("version")
+        if version is not None and version != REPORT_VERSION:
+            print(
+                f"note: {name} is a version {version} report (this harness writes "
+                f"version {REPORT_VERSION}); rows it lacks show -"
+            )
     return EXIT_OK
 
 

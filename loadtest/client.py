@@ -65,6 +65,8 @@ class Connection(asyncio.Protocol):
         self.origin = 0.0  # latency origin
         self.due = 0.0  # intended time: decides the request's second and stage
         self.body_parts: list[bytes] = []  # of a non-200 answer (its errorType)
+        # The bytes of the answer being read, for one that ends where the peer closes.
+        self.unfinished: list[bytes] = []
         self.dead = False
 
     # -- asyncio callbacks
@@ -78,17 +80,35 @@ class Connection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        self.unfinished.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self.generator.lost(self, "reset")
+            self.generator.lost(self, "invalid")
             self.close()
 
     def eof_received(self) -> bool | None:
+        self._answer_at_eof()
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._answer_at_eof()
         self.generator.lost(self, "reset")
+
+    def _answer_at_eof(self) -> None:
+        """Complete an answer whose body ends where the peer closes (HTTP/1.0, or
+        no Content-Length and not chunked): httptools has no call for the end of
+        the stream, so its head is read again from the bytes kept."""
+        if not self.busy or not self.unfinished:
+            return
+        answer = read_close_delimited(b"".join(self.unfinished))
+        self.unfinished = []
+        if answer is None:
+            return  # cut short: a reset
+        status, body = answer
+        self.busy = False
+        error_type = None if status == 200 else error_type_of(body)
+        self.generator.answered(self, status, error_type, False, monotonic())
 
     # -- httptools callbacks (no on_headers_complete: one Python call less per answer)
     def on_body(self, body: bytes) -> None:
@@ -100,11 +120,14 @@ class Connection(asyncio.Protocol):
         parts = self.body_parts
         if parts:
             self.body_parts = []
+        self.unfinished.clear()
         if not self.busy:
             return  # an answer nobody asked for; ignore it
-        self.busy = False
         parser = self.parser
         status = parser.get_status_code()
+        if status < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the final one follows
+        self.busy = False
         error_type = None if status == 200 else error_type_of(b"".join(parts))
         self.generator.answered(self, status, error_type, parser.should_keep_alive(), now)
 
@@ -118,6 +141,40 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
+
+
+class _Head:
+    """httptools callbacks that keep an answer's framing headers and body."""
+
+    def __init__(self) -> None:
+        self.framed = False  # Content-Length or Transfer-Encoding: not ended by the close
+        self.complete = False  # the head was read
+        self.body: list[bytes] = []
+
+    def on_header(self, name: bytes, _value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+
+def read_close_delimited(data: bytes) -> tuple[int, bytes] | None:
+    """(status, body) of a final answer in `data` whose body ends at the end of the
+    stream; None when `data` holds no complete head, an interim (1xx) head only,
+    or an answer framed by Content-Length or chunks (so the close cut it short)."""
+    parser = httptools.HttpResponseParser(head := _Head())
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    status = parser.get_status_code()
+    if not head.complete or head.framed or status < 200 or status in (204, 304):
+        return None
+    return status, b"".join(head.body)
 
 
 def error_type_of(body: bytes) -> str | None:
@@ -253,8 +310,12 @@ class Generator:
 
         One new connection per backlogged request would open hundreds at once
         whenever connects are slower than the arrival gap; an answer on an
-        existing connection usually comes sooner than a new connection.
+        existing connection usually comes sooner than a new connection. After
+        a failed connect nothing opens until the retry, however many requests
+        come due meanwhile.
         """
+        if self._retry is not None:
+            return
         wanted = len(self.backlog) + self._closed_deficit(monotonic())
         max_connecting = max(MIN_CONNECTING, len(self.conns))
         while (

@@ -165,6 +165,16 @@ class SpawnedNode:
         lines = self.log_path.read_text(errors="replace").strip().splitlines()
         return (": " + lines[-1]) if lines else ""
 
+    def stop_after_run(self, result: dict[str, Any] | None) -> None:
+        """Stop the node and put its exit code into a run's report; a node that
+        was gone before the stop is marked `node_died`."""
+        died = self.process is not None and self.process.poll() is not None
+        code = self.stop()
+        if result is not None:
+            result["node_exit_code"] = code
+            if died:
+                result["node_died"] = True
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, wait, then SIGKILL the whole group; return the exit code."""
         process = self.process

@@ -36,7 +36,10 @@ class Target:
         Raises:
             PlanError: not an http URL, or no host.
         """
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # "http://[::1": an unclosed IPv6 bracket
+            raise PlanError(f"target {url!r}: {exc}") from None
         if parts.scheme != "http":
             raise PlanError(f"target {url!r}: only http:// URLs are supported")
         if not parts.hostname:

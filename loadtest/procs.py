@@ -19,11 +19,12 @@ Must not import `lightnode`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as PipeEnd
 from time import monotonic
@@ -38,6 +39,8 @@ READY_TIMEOUT_S = 30.0
 DONE_GRACE_S = 10.0
 # Drain allowed after an abort ("stop"), instead of the full request timeout.
 ABORT_DRAIN_S = 1.0
+# Open files a generator process needs besides its connections (pipes, the loop).
+FD_HEADROOM = 64
 
 
 class GeneratorFailed(RuntimeError):
@@ -67,21 +70,59 @@ def cpu_seconds() -> float:
 # ---------------------------------------------------------------- child side
 
 
-def raise_fd_limit(wanted: int) -> None:
-    """Raise the soft open-files limit towards `wanted` (a common default is 1024)."""
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft open-files limit towards `wanted` (a common default is 1024);
+    return the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError):
-            pass  # keep the limit; connects past it count as connect errors
+            pass  # keep the limit
+    return wanted if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def usable_connections(wanted: int, limit: int) -> int:
+    """Connections a process may open under an open-files `limit` (at least 1)."""
+    return max(1, min(wanted, limit - FD_HEADROOM))
+
+
+def fd_limit_problem(stages: Sequence[Stage], procs: int, limit: int | None = None) -> str | None:
+    """Why the closed-loop stages cannot open their connections, or None.
+
+    Connections past the open-files limit would fail with EMFILE and be counted
+    as the target's connect errors, so a run that needs them is refused.
+
+    Args:
+        limit: the hard RLIMIT_NOFILE (the most a process may raise its own to);
+            read from this process when None.
+    """
+    if limit is None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard == resource.RLIM_INFINITY:
+            return None
+        limit = int(hard)
+    share = max(
+        (split_connections(s.connections, procs, 0) for s in stages if s.connections), default=0
+    )
+    if share + FD_HEADROOM <= limit:
+        return None
+    return (
+        f"{share} connections in one generator process need about {share + FD_HEADROOM} "
+        f"open files, above its limit of {limit} (ulimit -n): raise the limit, "
+        "or spread the connections over more --procs"
+    )
 
 
 def worker_main(job: WorkerJob, pipe: PipeEnd) -> None:
     """Entry point of a generator process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_fd_limit(job.max_connections + 64)
+    limit = raise_fd_limit(job.max_connections + FD_HEADROOM)
+    # The open loop's pool stops below the limit (closed-loop stages were checked
+    # against it by the parent): past it, connects would fail as if refused.
+    job = dataclasses.replace(job, max_connections=usable_connections(job.max_connections, limit))
     try:
         import uvloop
 

@@ -25,7 +25,10 @@ from typing import Any
 
 from loadtest import histo
 
-CLIENT_ERROR_KINDS = ("connect", "reset", "timeout")
+# connect: a connection attempt failed; reset: the connection closed or broke
+# before the answer was complete; timeout: no answer within the request timeout;
+# invalid: the answer was not HTTP (a TLS port, another protocol).
+CLIENT_ERROR_KINDS = ("connect", "reset", "timeout", "invalid")
 
 
 @dataclass

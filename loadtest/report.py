@@ -8,7 +8,8 @@ Report fields (SPEC §13, plus a few more):
   throughput_rps   responses / duration_s;  ok_rps: 200 answers / duration_s
   latency_ms       p50 p90 p99 p999 max min mean of answered requests (HdrHistogram)
   status_counts    {"200": n, "503": n}; error_types {"QueueFull": n} (non-200 bodies)
-  client_errors    {"connect", "reset", "timeout"}: no HTTP answer
+  client_errors    {"connect", "reset", "timeout", "invalid"}: no HTTP answer
+                   (connect counts failed connection attempts, retried every 0.1 s)
   errors           everything that is not a 200
   timeline         per second: t, sent, ok, errors, p50_ms, p99_ms, and when
                    scraped: pipelines {state: n}, allocated, queue
@@ -19,6 +20,8 @@ Report fields (SPEC §13, plus a few more):
   generator        procs, cpu_pct (sum, % of one core), cpu_pct_per_proc, saturated,
                    peak_connections, send_lag_ms
   config echo      target, service, endpoint, mode, connections, rate, warmup_s, timeout_s
+  node_exit_code   the exit code of a node the harness started (--spawn, scenarios);
+                   node_died: true when it exited during the run, before the stop
 
 Pure: builds dicts and text, no I/O. Must not import asyncio or `lightnode`.
 """
@@ -298,6 +301,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"{gen['cpu_pct_per_proc']}; {gen['peak_connections']} connections; "
         f"send lag p99 {_fmt(gen['send_lag_ms']['p99'])} ms"
     )
+    if report.get("node_died"):
+        lines.append(f"WARNING    {node_died_text(report)}")
     if gen["saturated"]:
         lines.append(
             f"WARNING    the generator saturated (a process above "
@@ -311,6 +316,10 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"{state} {fault.get('detail', '')}".rstrip()
         )
     return "\n".join(lines)
+
+
+def node_died_text(report: Mapping[str, Any]) -> str:
+    return f"the node exited during the run with code {report.get('node_exit_code')}"
 
 
 COMPARE_ROWS = (
@@ -355,7 +364,9 @@ def compare_text(
         (label, lookup(a, path), lookup(b, path)) for label, path in COMPARE_ROWS
     ]
     for group in ("status_counts", "error_types", "client_errors", "pool"):
-        keys = sorted(set(a.get(group) or {}) | set(b.get(group) or {}))
+        # A group of another shape (another version's report) reads as absent.
+        groups = [r.get(group) for r in (a, b)]
+        keys = sorted({str(k) for g in groups if isinstance(g, Mapping) for k in g})
         for key in keys:
             rows.append(
                 (

@@ -26,8 +26,14 @@ from typing import Any
 
 from loadtest import httpcall, report
 from loadtest.faults import NodeAccess, fire
-from loadtest.plan import RunPlan, render_requests
-from loadtest.procs import DONE_GRACE_S, GeneratorFailed, ProcGroup, WorkerJob
+from loadtest.plan import PlanError, RunPlan, render_requests, split_connections
+from loadtest.procs import (
+    DONE_GRACE_S,
+    GeneratorFailed,
+    ProcGroup,
+    WorkerJob,
+    fd_limit_problem,
+)
 from loadtest.progress import ProgressLine, Tally
 from loadtest.scrape import Scraper
 
@@ -41,7 +47,13 @@ class TargetUnreachable(RuntimeError):
 
 def make_jobs(plan: RunPlan) -> list[WorkerJob]:
     requests = render_requests(plan)
-    per_proc_cap = max(1, math.ceil(plan.max_connections / plan.procs))
+    # --max-connections caps the open loop's pool; closed-loop stages get theirs.
+    closed = max((stage.connections or 0 for stage in plan.stages), default=0)
+    per_proc_cap = max(
+        1,
+        math.ceil(plan.max_connections / plan.procs),
+        split_connections(closed, plan.procs, 0),
+    )
     return [
         WorkerJob(
             proc_index=index,
@@ -67,9 +79,13 @@ async def execute(
         access: the node's control plane, needed when the plan has faults.
 
     Raises:
+        PlanError: the closed-loop connections do not fit the open-files limit.
         TargetUnreachable: no TCP connection to the target.
         GeneratorFailed: a generator process failed.
     """
+    problem = fd_limit_problem(plan.stages, plan.procs)
+    if problem:
+        raise PlanError(problem)
     progress = progress or ProgressLine(enabled=False)
     problem = await httpcall.reachable(plan.target)
     if problem:

@@ -23,6 +23,7 @@ Pure apart from reading the scenario and body files. Must not import `lightnode`
 from __future__ import annotations
 
 import json
+import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -222,6 +223,9 @@ def _number(
     if not _is_number(value) or (integer and not isinstance(value, int)):
         problems.append(f"{where}.{key}: must be {'an integer' if integer else 'a number'}")
         return None
+    if not math.isfinite(value):  # Python's JSON reads NaN and Infinity
+        problems.append(f"{where}.{key}: must be a finite number (got {value})")
+        return None
     if minimum is not None and value < minimum:
         problems.append(f"{where}.{key}: must be >= {minimum:g} (got {value})")
         return None
@@ -338,8 +342,10 @@ def _expectations(value: Any, problems: list[str]) -> tuple[Expectation, ...]:
             bad.append(f"{where}.metric: required, a dotted path into report.json")
         if op not in OPS:
             bad.append(f"{where}.op: must be one of {' '.join(OPS)}")
-        if not _is_number(target):
+        if not isinstance(target, (int, float)) or isinstance(target, bool):
             bad.append(f"{where}.value: required, a number")
+        elif not math.isfinite(target):
+            bad.append(f"{where}.value: must be a finite number (got {target})")
         if not isinstance(excepted, list) or not all(isinstance(k, str) for k in excepted):
             bad.append(f"{where}.except: must be a list of keys")
         problems.extend(bad)

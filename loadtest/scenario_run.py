@@ -27,6 +27,7 @@ from loadtest import node, runner
 from loadtest.faults import NodeAccess, admin_call, deploy_over_api
 from loadtest.plan import RunPlan, Target
 from loadtest.progress import ProgressLine
+from loadtest.report import node_died_text
 from loadtest.scenario import ExpectationResult, Scenario, check_expectations
 
 
@@ -170,6 +171,7 @@ async def _run_on_spawned_node(
         node.write_tuning(data_dir, service_id, scenario.endpoint, scenario.tuning)
     spawned = node.SpawnedNode(data_dir, out_dir / "node.log")
     spawned.start()
+    result: dict[str, Any] | None = None
     try:
         await spawned.wait_up()
         access = NodeAccess(
@@ -182,8 +184,7 @@ async def _run_on_spawned_node(
         plan = build_plan(scenario, spawned.target, service_id, warmup_s=warmup_s, procs=procs)
         result = await runner.execute(plan, access=access, progress=progress)
     finally:
-        code = spawned.stop()
-    result["node_exit_code"] = code
+        spawned.stop_after_run(result)
     return result
 
 
@@ -198,7 +199,12 @@ def _with_checks(
         "description": scenario.description,
     }
     result["expectations"] = [check.as_dict() for check in checks]
-    result["passed"] = all(check.passed for check in checks) and not failed_faults
+    result["passed"] = (
+        all(check.passed for check in checks)
+        and not failed_faults
+        and not result.get("node_died")
+        and not result.get("interrupted")  # read on part of the run only
+    )
     return result, checks
 
 
@@ -211,8 +217,15 @@ def verdict_text(result: dict[str, Any], checks: list[ExpectationResult]) -> str
             lines.append(
                 f"  FAIL fault {fault.get('action')} at {fault.get('at')} s: {fault.get('detail')}"
             )
-    failed = sum(not c.passed for c in checks) + sum(
-        not f.get("ok") for f in result.get("faults", [])
+    if result.get("node_died"):
+        lines.append(f"  FAIL {node_died_text(result)}")
+    failed = (
+        sum(not c.passed for c in checks)
+        + sum(not f.get("ok") for f in result.get("faults", []))
+        + bool(result.get("node_died"))
     )
-    lines.append("PASSED" if result.get("passed") else f"FAILED ({failed} failed)")
+    if result.get("interrupted"):
+        lines.append("INTERRUPTED (the expectations were read on the part that ran)")
+    else:
+        lines.append("PASSED" if result.get("passed") else f"FAILED ({failed} failed)")
     return "\n".join(lines)

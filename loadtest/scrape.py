@@ -126,11 +126,15 @@ class Scraper:
             tick += 1
 
     async def scrape_once(self, t: float) -> None:
+        timeout_s = 0.9
         try:
             answer = await httpcall.call(
-                self.target, "GET", "/metrics", headers=self.headers, timeout_s=0.9
+                self.target, "GET", "/metrics", headers=self.headers, timeout_s=timeout_s
             )
-        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+        except asyncio.TimeoutError:  # its text is empty
+            self._fail(f"/metrics did not answer within {timeout_s:g} s")
+            return
+        except (OSError, ValueError) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
             return
         if answer.status != 200:

@@ -51,6 +51,12 @@ def _run_args(url: str, out: Path, *extra: str) -> list[str]:
         ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--body", "[1]"],
         ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--body", "{bad"],
         ["run", "ftp://127.0.0.1:1", "--service", "s", "--endpoint", "e"],
+        ["run", "http://[::1", "--service", "s", "--endpoint", "e"],  # no closing bracket
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--rate", "inf"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--duration", "inf"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--timeout", "1e999"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--warmup", "inf"],
+        ["scenario", "s.json", "--warmup", "nan"],
         ["compare", "only-one.json"],
     ],
 )
@@ -78,6 +84,17 @@ def test_bad_scenario_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text('{"endpoint": "e", "stages": []}')
     assert main(["scenario", str(path)]) == 2
     assert "$.stages: required, a non-empty list" in capsys.readouterr().err
+
+
+def test_scenario_target_that_is_no_url_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"serviceId": "s", "endpoint": "e", "stages": [{"duration": 1, "rate": 1}]}')
+    code = main(["scenario", str(path), "--target", "http://[::1", "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "lightnode-loadtest: error: target 'http://[::1': Invalid IPv6 URL"
 
 
 def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,7 +128,7 @@ def _check_common(
         assert report["status_counts"]["503"] == server.counters.rejected
     assert report["status_counts"]["200"] + report["status_counts"]["503"] == report["requests"]
     assert report["error_types"] == {"QueueFull": report["status_counts"]["503"]}
-    assert report["client_errors"] == {"connect": 0, "reset": 0, "timeout": 0}
+    assert report["client_errors"] == {"connect": 0, "invalid": 0, "reset": 0, "timeout": 0}
     assert report["throughput_rps"] == pytest.approx(report["responses"] / 2.0, abs=0.01)
     assert set(report["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max"}
     assert (
@@ -320,3 +337,195 @@ def test_scenario_against_a_target_deploys_over_the_admin_api(
         "/admin/api/services/bench/endpoints/add/settings",
     ]
     assert "filePath=%2F" in calls[2] and calls[2].endswith("deploy.zip")
+
+
+def test_more_connections_than_open_files_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed-loop connections past the open-files limit would fail to connect
+    (EMFILE) and be counted as the target's connect errors: refused up front."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (256, 256))
+    argv = _run_args("http://127.0.0.1:1", tmp_path / "out", "--connections", "1000")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "lightnode-loadtest: error: 1000 connections in one generator process need about "
+        "1064 open files, above its limit of 256 (ulimit -n): raise the limit, "
+        "or spread the connections over more --procs"
+    )
+    # Spread over 8 processes they fit (the target is then found unreachable).
+    assert main([*argv, "--procs", "8"]) == 3
+
+
+DYING_NODE = """
+import os, sys, time
+sys.path.insert(0, {here!r})
+from lt_tiny_server import TinyServer
+port = int(sys.argv[sys.argv.index("--port") + 1])
+TinyServer().start(port)
+time.sleep(1.5)
+os._exit(7)
+"""
+
+
+def test_a_spawned_node_that_dies_during_the_run_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--spawn: the node exiting mid-run is said in the summary and the report,
+    and the run exits 3 (it could not be carried out), not 0 with only errors."""
+    from loadtest import node
+
+    code = DYING_NODE.format(here=str(Path(__file__).parent))
+    monkeypatch.setattr(
+        node, "lightnode_command", lambda *args: [sys.executable, "-c", code, *args]
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "out"
+    argv = ["run", "--spawn", str(data), "--service", "bench", "--endpoint", "add"]
+    argv += [
+        "--connections",
+        "2",
+        "--duration",
+        "3",
+        "--timeout",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 3
+    captured = capsys.readouterr()
+    assert "the node exited during the run with code 7" in captured.out
+    assert "the node exited during the run with code 7" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["node_exit_code"] == 7 and report["node_died"] is True
+    assert report["status_counts"]["200"] > 0
+
+
+def test_compare_refuses_json_that_is_no_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A peer benchmark's peers.json (or any other object) was shown as a table of
+    dashes, exit 0, as if two runs had measured nothing."""
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"requests": 10, "throughput_rps": 5.0, "latency_ms": {}}))
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({"version": 1, "runs": [], "summary": []}))
+    assert main(["compare", str(report), str(peers)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"lightnode-loadtest: error: {peers}: not a lightnode-loadtest report "
+        "(none of requests, throughput_rps, latency_ms); a peer benchmark's file? "
+        "read those with python -m loadtest.peers.tally"
+    )
+    other = tmp_path / "other.json"
+    other.write_text('{"a": 1}')
+    assert main(["compare", str(other), str(report)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"lightnode-loadtest: error: {other}: not a lightnode-loadtest report "
+        "(none of requests, throughput_rps, latency_ms)"
+    )
+
+
+def test_compare_reports_of_other_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Groups of another type (a list, a number) or keys of mixed types read as
+    absent instead of a traceback; a report of another version is noted."""
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"requests": 10, "status_counts": {"200": 10}, "pool": 5}))
+    b = tmp_path / "b.json"
+    b.write_text(
+        json.dumps({"version": 99, "requests": 20, "status_counts": [1, 2], "pool": {"x": 1}})
+    )
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert next(line for line in out.splitlines() if line.startswith("requests")).split() == [
+        "requests",
+        "10",
+        "20",
+        "2.00x",
+    ]
+    assert "status_counts.200" in out and "pool.x" in out
+    assert out.rstrip().splitlines()[-1] == (
+        "note: b.json is a version 99 report (this harness writes version 1); rows it lacks show -"
+    )
+
+
+def test_spawn_into_a_missing_data_dir_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --spawn path started a node on a new empty data dir (created at
+    the typo) and measured its 404s; now it is a usage error, before any node."""
+    from loadtest import node
+
+    started: list[tuple[str, ...]] = []
+
+    def command(*args: str) -> list[str]:
+        started.append(args)
+        return [sys.executable, "-c", "raise SystemExit(5)"]
+
+    monkeypatch.setattr(node, "lightnode_command", command)
+    missing = tmp_path / "no-such-dir"
+    argv = ["run", "--spawn", str(missing), "--service", "s", "--endpoint", "e"]
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, "--out", str(tmp_path / "out"), "--quiet"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"lightnode-loadtest: error: --spawn {missing}: no such directory "
+        "(a data dir with the service deployed)"
+    )
+    assert not started and not missing.exists()
+
+
+def test_a_scenario_stopped_by_ctrl_c_is_not_passed(
+    tiny_server: TinyServer, tmp_path: Path
+) -> None:
+    """The first Ctrl-C writes the report of the part that ran; its expectations
+    were read on that part only, so the verdict is not PASSED and the exit is 130."""
+    import os
+    import signal
+    import subprocess
+
+    scenario = tmp_path / "long.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "serviceId": "bench",
+                "endpoint": "add",
+                "stages": [{"duration": 60, "rate": 20}],
+                "expect": [{"metric": "requests", "op": ">=", "value": 0}],
+            }
+        )
+    )
+    url = f"http://127.0.0.1:{tiny_server.port}"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loadtest", "scenario", str(scenario), "--target", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # the progress lines: the run has started
+            if "/60 s" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "INTERRUPTED" in stdout and "PASSED" not in stdout
+    reports = list(tmp_path.glob("loadtest-out/*/report.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["interrupted"] is True and report["passed"] is False

@@ -73,7 +73,7 @@ def test_closed_loop_keeps_n_connections_busy(tiny_server: TinyServer) -> None:
     recorder, generator = _run(lambda: _drive(url, [Stage(0.4, connections=11)]))
     assert generator.peak_connections == 11  # beyond the first round of connects
     assert recorder.sent_total == sum(recorder.status_counts.values()) > 50
-    assert recorder.client_errors == {"connect": 0, "reset": 0, "timeout": 0}
+    assert recorder.client_errors == {"connect": 0, "reset": 0, "timeout": 0, "invalid": 0}
 
 
 def test_stages_back_to_back_mixed_modes(tiny_server: TinyServer) -> None:
@@ -110,8 +110,10 @@ def _drive_scripted(
                 await reader.readexactly(7)  # the body, b'{"a":1}' or b'{"a":2}'
                 served += 1
                 await answer(served, writer)
-        except asyncio.IncompleteReadError:
-            writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:  # also when the run ends with this connection still open
+            writer.transport.abort()
 
     async def scenario() -> Recorder:
         server, url = await _silent_server(handler)
@@ -207,3 +209,68 @@ def test_error_type_only_from_json_error_bodies() -> None:
     assert error_type_of(b"<html>bad gateway</html>") is None
     assert error_type_of(b'["errorType"]') is None
     assert error_type_of(b"\xff\xfe") is None
+
+
+def test_an_answer_delimited_by_the_close_is_an_answer() -> None:
+    """HTTP/1.0 answers, and HTTP/1.1 ones with `Connection: close` and no
+    Content-Length, end where the server closes: an answer, not a reset. A body
+    cut short of its Content-Length is still a reset."""
+
+    served = 0
+
+    async def answer(_: int, writer: asyncio.StreamWriter) -> None:
+        nonlocal served  # over every connection: each carries one answer
+        served += 1
+        if served % 3 == 1:
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{}")
+        elif served % 3 == 2:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n")
+            writer.write(b'{"errorType": "QueueFull", "message": "full"}')
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    recorder = _drive_scripted(answer, [Stage(0.3, connections=1)])
+    answered = sum(recorder.status_counts.values())
+    assert recorder.status_counts["200"] >= 1 and recorder.status_counts["503"] >= 1
+    assert recorder.error_types["QueueFull"] == recorder.status_counts["503"]
+    assert recorder.client_errors["reset"] == recorder.sent_total - answered >= 1
+    assert answered >= 2 * recorder.client_errors["reset"] - 2  # two in three, give or take
+
+
+def test_interim_1xx_answers_are_not_the_answer() -> None:
+    """A `100 Continue` before the final answer is skipped: one request, one answer."""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + OK_EMPTY)
+
+    recorder = _drive_scripted(answer, [Stage(0.3, connections=1)])
+    assert recorder.sent_total >= 2
+    assert recorder.status_counts == {"200": recorder.sent_total}
+
+
+def test_open_loop_against_a_refusing_target_backs_off_between_connects() -> None:
+    """Due requests do not each start a connect: after a refused connect the next
+    try waits CONNECT_RETRY_S, whatever the rate (else the run measures how fast
+    the target refuses, and counts several connect errors per request)."""
+    recorder, generator = _run(
+        lambda: _drive("http://127.0.0.1:1", [Stage(0.5, rate_rps=400)], timeout_s=0.3)
+    )
+    assert recorder.sent_total == 200
+    # 0.8 s of retries every 100 ms, 4 connects each: about 36; without the back-off, ~800.
+    assert 2 <= generator.connect_attempts < 100
+    assert recorder.client_errors["connect"] < 100
+    assert recorder.client_errors["timeout"] == 200
+
+
+def test_an_answer_that_is_not_http_is_invalid_not_a_reset() -> None:
+    """A target that speaks something else (a TLS port, a wrong service) is told
+    apart from one that resets its connections."""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"blah blah\r\n\r\n")
+
+    recorder = _drive_scripted(answer, [Stage(0.2, rate_rps=20)])
+    assert recorder.sent_total == 4
+    assert recorder.client_errors == {"connect": 0, "reset": 0, "timeout": 0, "invalid": 4}

@@ -72,7 +72,7 @@ def test_recorder_buckets_by_second_and_skips_warmup() -> None:
     assert totals["sent"] == 3
     assert totals["status_counts"] == {"200": 1, "503": 1}
     assert totals["error_types"] == {"QueueFull": 1}
-    assert totals["client_errors"] == {"connect": 0, "reset": 1, "timeout": 0}
+    assert totals["client_errors"] == {"connect": 0, "reset": 1, "timeout": 0, "invalid": 0}
     latency = histo.summary_ms(histo.merge([totals["latency"]]))
     assert latency["max"] == pytest.approx(500, rel=0.001)  # 100.9 -> 101.4
     assert histo.summary_ms(histo.merge([totals["send_lag"]]))["max"] == pytest.approx(

@@ -208,3 +208,26 @@ def test_failed_expectations_are_listed_clearly() -> None:
     )
     assert results[1].describe().startswith("ok   status_counts.500 == 0: got 0")
     assert "not a number" in results[2].describe()
+
+
+def test_numbers_must_be_finite(tmp_path: Path) -> None:
+    """JSON as Python reads it allows NaN and Infinity: a NaN duration crashed the
+    run and an Infinity rate sent one request; both are problems of the file."""
+    path = tmp_path / "s.json"
+    path.write_text(
+        '{"serviceId": "s", "endpoint": "e", "timeout": Infinity, "stages": ['
+        '{"duration": NaN, "rate": 1}, {"duration": 1, "rate": Infinity},'
+        '{"duration": 1, "rate": 1, "rate_to": -Infinity}],'
+        '"faults": [{"at": NaN, "action": "kill-pipeline"}],'
+        '"expect": [{"metric": "errors", "op": "<", "value": NaN}]}'
+    )
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert caught.value.problems == [
+        "$.stages[0].duration: must be a finite number (got nan)",
+        "$.stages[1].rate: must be a finite number (got inf)",
+        "$.stages[2].rate_to: must be a finite number (got -inf)",
+        "$.faults[0].at: must be a finite number (got nan)",
+        "$.expect[0].value: must be a finite number (got nan)",
+        "$.timeout: must be a finite number (got inf)",
+    ]

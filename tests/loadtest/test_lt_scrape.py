@@ -86,3 +86,17 @@ def test_scraper_tolerates_a_closed_port() -> None:
     scraper = Scraper(Target.parse("http://127.0.0.1:1"), "bench", "add")
     asyncio.run(scraper.scrape_once(0.0))
     assert scraper.failed == 1 and scraper.samples == []
+
+
+def test_a_metrics_route_that_never_answers_says_so() -> None:
+    """The summary read "pool not scraped: TimeoutError: " (the exception has no text)."""
+    import socket
+
+    with socket.socket() as silent:  # accepts in the kernel, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        target = Target.parse(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        scraper = Scraper(target, "bench", "add")
+        asyncio.run(scraper.scrape_once(0.0))
+    assert scraper.failed == 1
+    assert scraper.last_error == "/metrics did not answer within 0.9 s"
