@@ -13,6 +13,12 @@ Two sources feed `/metrics`:
   the registry, folds its final counters into per-(service, endpoint) carried
   totals: counters never go backwards. Hot reload keeps the same pools (their
   counters survive LimitsChanged), so it resets nothing.
+- The series of an endpoint the node no longer has (its service deleted, or no
+  generation of its service defines it any more) are dropped once its last pool
+  has drained: services deployed and deleted by the thousand (one per branch,
+  per customer) would otherwise grow /metrics without bound. Should the
+  endpoint come back, its counters start again from 0 (a counter reset, which
+  Prometheus' rate() expects).
 
 The text exposition is written by prometheus_client (`generate_latest` over a
 custom collector), which gets the format details right (escaping, `le`, `+Inf`,
@@ -191,6 +197,10 @@ class RequestMetrics:
             rejections = series.rejections
             rejections[record.error_type] = rejections.get(record.error_type, 0) + 1
 
+    def knows(self, key: Key) -> bool:
+        """Whether `key` names an endpoint the node serves now (a label guard)."""
+        return self._known_endpoint(key[0], key[1])
+
     def _series_for(self, record: RequestRecord) -> EndpointSeries | None:
         """A new series for a real endpoint; None (counted under OTHER) for anything else."""
         key = (record.service_id, record.endpoint_id)
@@ -316,7 +326,24 @@ class MetricsCollector:
             if pool not in present and pool.drained:
                 self.carried.setdefault(key, PoolTotals()).add(pool.snapshot())
                 del self._known[pool]
+        self._forget_gone()
         return live
+
+    def _forget_gone(self) -> None:
+        """Drop the series of endpoints that left the node (see the module docstring).
+
+        A key stays while a pool of it is known (live, warming up or draining) or
+        the node still has the endpoint; the (OTHER, OTHER) series always stays.
+        """
+        pooled = set(self._known.values())
+        requests = self.requests
+        series = requests.series
+        for key in [k for k in series if k not in pooled and k[0] != OTHER]:
+            if not requests.knows(key):
+                del series[key]
+        for key in [k for k in self.carried if k not in pooled]:
+            if not requests.knows(key):
+                del self.carried[key]
 
     def pool_totals(self) -> tuple[dict[Key, PoolTotals], dict[Key, _Gauges]]:
         """Counters (carried + every known pool) and gauges (pools in the registry) per key."""

@@ -312,6 +312,51 @@ def test_many_switches_never_decrease_any_counter() -> None:
         previous = current
 
 
+def test_deleted_services_leave_no_series_behind() -> None:
+    # Services deployed and deleted by the hundred (one per branch): each one's series
+    # go once it is gone and its pools drained; /metrics does not grow with their number.
+    w = World()
+    w.pools.append(FakePool("svc", "ep", snapshot(starts_total=1)))
+    w.requests.observe(record())
+    steady = len(samples(w.text()))
+    for i in range(300):
+        key = (f"gone{i}", "ep")
+        w.known.add(key)
+        pool = FakePool(*key, snapshot(starts_total=2, rejections_total={"QueueFull": 1}))
+        w.pools.append(pool)
+        w.requests.observe(record(*key))
+        w.requests.observe(record(*key, generation="", status=503, error_type="ShuttingDown"))
+        w.collector.sweep()
+        w.known.discard(key)  # DELETE services/<S>: the registry forgets it...
+        w.pools.remove(pool)
+        if i == 0:  # ...while its pool drains, its series stay
+            text = w.text()
+            assert value(text, "lightnode_pipeline_starts_total", service=key[0], endpoint="ep") == 2
+            assert value(text, "lightnode_requests_total", service=key[0], endpoint="ep", status="200") == 1
+        pool.drained = True
+        w.collector.sweep()
+    text = w.text()
+    assert not any(dict(labels).get("service", "").startswith("gone") for _, labels in samples(text))
+    assert len(samples(text)) == steady
+    assert set(w.requests.series) == {(OTHER, OTHER), ("svc", "ep")}
+    assert set(w.collector.carried) <= {("svc", "ep")}
+
+
+def test_an_endpoint_still_served_keeps_its_series_between_pools() -> None:
+    # A known endpoint whose pools all drained (a disabled service, floor 0 between
+    # generations) keeps its counters: they never go backwards while it exists.
+    w = World()
+    pool = FakePool("svc", "ep", snapshot(starts_total=4))
+    w.pools.append(pool)
+    w.requests.observe(record())
+    w.collector.sweep()
+    w.pools.remove(pool)
+    pool.drained = True
+    text = w.text()
+    assert value(text, "lightnode_pipeline_starts_total", service="svc", endpoint="ep") == 4
+    assert value(text, "lightnode_requests_total", service="svc", endpoint="ep", status="200") == 1
+
+
 def test_limits_changed_keeps_the_pool_and_its_counters() -> None:
     w = World()
     pool = FakePool("svc", "ep", snapshot(starts_total=2))
