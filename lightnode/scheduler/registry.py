@@ -258,7 +258,15 @@ class Registry:
         applied: asyncio.Future[str | None] = self.loop.create_future()
         task = self.loop.create_task(self._reload(service_id, previous, applied))
         self._reloads[service_id] = task
+        task.add_done_callback(self._reload_done)
         return applied
+
+    def _reload_done(self, task: asyncio.Task[None]) -> None:
+        """Forget a finished reload unless a later change of its service chained behind it:
+        a node that sees many services come and go must not keep a task for each."""
+        for service_id, last in list(self._reloads.items()):
+            if last is task:
+                del self._reloads[service_id]
 
     async def _reload(
         self, service_id: str, previous: asyncio.Task[None] | None, applied: asyncio.Future[str | None]
@@ -281,6 +289,10 @@ class Registry:
         exists = (self.data_dir.services_dir / service_id).is_dir()
         if not exists:
             self.services.pop(service_id, None)
+            # Its tuning is read again from config/ if the service comes back.
+            for key in [k for k in self.tuning if k[0] == service_id]:
+                del self.tuning[key]
+                self.tuning_errors.pop(key, None)
             applied.set_result(None)
             if old is not None:
                 await self._drain_runtime(old, keep=set())

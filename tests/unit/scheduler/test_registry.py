@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,46 @@ def test_the_public_error_of_a_refused_state_shows_no_path(tmp_path: Path) -> No
         assert info.value.message.startswith("Service demo is not active")
     finally:
         node.close()
+
+
+def test_services_that_come_and_go_leave_nothing_behind(tmp_path: Path) -> None:
+    """Deploy/delete churn: a deleted service's reload task and tuning are not kept."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE})
+    node = Node(root)
+    registry = node.registry
+    try:
+        for i in range(20):
+            service_id = f"churn{i}"
+            write_service(root, service_id, {"e": SOURCE})
+            applied = registry.service_changed(service_id)
+            assert applied is not None and node.loop.run_until_complete(applied) is None
+            assert registry.resolve(service_id, "e").spec.service_id == service_id
+            shutil.rmtree(root / "services" / service_id)
+            applied = registry.service_changed(service_id)
+            assert applied is not None
+            node.loop.run_until_complete(applied)
+            node.settle()
+            assert service_id not in registry.services
+        assert registry._reloads == {}
+        assert {key[0] for key in registry.tuning} == {"demo"}
+        assert {p.spec.service_id for p in registry.all_pools()} == {"demo"}
+    finally:
+        node.close()
+
+
+def test_a_change_queued_behind_another_keeps_its_place(node: Node) -> None:
+    """The reload chain of a service: the first one finishing does not forget the second."""
+    node.write(("v2", 1.0))
+    first = node.registry.service_changed("demo")
+    assert first is not None
+    node.loop.run_until_complete(first)  # switched; the first reload now drains v1
+    first_task = node.registry._reloads["demo"]
+    node.write(("v1", 1.0))
+    second = node.registry.service_changed("demo")  # chained behind the first
+    assert second is not None and not first_task.done()
+    node.loop.run_until_complete(first_task)
+    assert not second.done() and "demo" in node.registry._reloads  # the second is still to run
+    node.loop.run_until_complete(second)
+    node.settle()
+    assert node.serving() == "v1" and node.registry._reloads == {}
