@@ -550,6 +550,15 @@ class PoolMachine:
             if any(item.start_by_s <= now for item in worker.staged)
         ]
 
+    def starts_held_until(self) -> float | None:
+        """While a failed start beside a serving pipeline holds starts back (HEALTHY):
+        the time from which pipelines may start again; None otherwise."""
+        return self._retry_at_s if self._held() else None
+
+    def serving(self) -> int:
+        """Pipelines that run requests now (IDLE + BUSY)."""
+        return self._workers.serving()
+
     def queue_deadline(self) -> float | None:
         """The earliest deadline of a waiting request (see `only_queue_deadline_moved`)."""
         return self._queue.next_deadline()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,36 @@ def test_an_exit_during_initialization_is_a_load_failure(setup: Any, caplog: pyt
     expected = "Failed to load endpoint: the pipeline exited during initialization (exit code 0)"
     assert (error.error_type, error.message) == ("EndpointUnavailable", expected)
     assert pool.last_load_error == expected
-    assert expected in caplog.text
+    logged = "svc/ep@v1: endpoint failed to load: pipeline pid 1001: the pipeline exited during initialization (exit code 0)"
+    assert logged in caplog.text
+
+
+def test_a_failed_start_beside_a_serving_pipeline_says_the_endpoint_serves_on(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The endpoint did not fail to load: it serves on with what it has, and only its
+    # next starts wait (the machine's hold); the log line must say that.
+    make, sink, _ = setup
+    pool = make(floor=1, cruise=2, ceil=3)
+    FakeWorker.instances[0].ready()
+    pool.apply_config(EndpointConfig(pool=PoolLimits(floor=3, cruise=3, ceil=3)))
+    second, third = FakeWorker.instances[1:3]
+    caplog.clear()
+    pool.worker_init_failed(second.worker_id, "MemoryError: model too big", "Traceback (most recent call last): ...")
+    text = caplog.text
+    assert "failed to load" not in text
+    assert "svc/ep@v1: pipeline pid 1002 failed to start: MemoryError: model too big;" in text
+    assert re.search(r"the endpoint still serves with 1 pipeline; its next pipeline start is held back for 0\.[0-5] s", text)
+    assert "Traceback (most recent call last): ..." in text
+    caplog.clear()
+    third.exit("killed by signal SIGKILL")
+    text = caplog.text
+    assert "failed to load" not in text
+    assert "pipeline pid 1003 failed to start: the pipeline exited during initialization (killed by signal SIGKILL);" in text
+    assert "the endpoint still serves with 1 pipeline;" in text
+    call = pool.submit(b"{}", exchange=None)
+    FakeWorker.instances[0].answer(runtime.RESULT, b"1")
+    assert [done for done, _ in sink.ok] == [call] and not sink.failed
 
 
 def test_a_pipeline_dying_while_idle_is_logged(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
