@@ -23,7 +23,7 @@ from typing import Any, Final, Protocol
 import ujson
 
 from lightnode.errors import LightnodeError
-from lightnode.http.exchange import Exchange
+from lightnode.http.exchange import CLIENT_GONE, CLIENT_GONE_STATUS, Exchange
 from lightnode.http.routing import (
     RUN_PREFIX,
     BadId,
@@ -43,10 +43,6 @@ METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Failures on the node's side of a call, logged with the request id so that the
 # pipeline's exit or stack dump in the server log can be tied to the request.
 LOGGED_FAILURES: Final = frozenset({"WorkerCrashed", "ExecutionTimeout"})
-# A /run request whose client went away before its answer (a reset, or a close while it
-# was queued): no answer is sent, and it is recorded with nginx's status for that case.
-CLIENT_GONE_STATUS: Final = 499
-CLIENT_GONE: Final = "ClientGone"
 # A global name: on Python 3.11 reading an Enum member off its class is slow (see pool/states.py).
 _RUN: Final = RouteKind.RUN
 # Read from C variables in the compiled build (a module attribute is a dict lookup).
@@ -254,10 +250,12 @@ class NodeApp:
                          CLIENT_GONE_STATUS, CLIENT_GONE, wait_us, exec_us, 0, call.body)  # fmt: skip
 
     def refused(self, exchange: Exchange, error_type: str) -> None:
-        """The protocol answered this request itself (413 PayloadTooLarge): record a /run one.
+        """The protocol answered this request itself (413 PayloadTooLarge), or dropped it
+        unseen as its client went away (499 ClientGone): record a /run one.
 
         Only a path that parses as a /run path with valid ids is recorded (its service and
-        endpoint taken from the path, as for the app's own refusals); the body was not read.
+        endpoint taken from the path, as for the app's own refusals), with the parameters
+        read (none for a 413: its body was not read).
         """
         if not self.observers:
             return
@@ -269,7 +267,7 @@ class NodeApp:
                 return
         if route is not None and route.kind is _RUN:
             self._record(exchange, route.service_id, route.endpoint_id, "", exchange.status,
-                         error_type, 0, 0, 0, b"")  # fmt: skip
+                         error_type, 0, 0, 0, _params(exchange))  # fmt: skip
 
     def _endpoint_verb(self, exchange: Exchange, route: Route) -> None:
         """A DSS verb other than run (/predict, /query, /lookup, ...): 404, precise when allowed.

@@ -4,18 +4,25 @@ The protocol (`http.protocol`) parses bytes into an `Exchange` and hands it to
 an `App`. The app answers, now or later, with `respond()`; the protocol writes
 answers in request order (pipelining) and calls `on_cancel` when the client
 goes away before its answer (on a reset; on a close, the app's `client_closed`
-decides). A request the protocol refuses itself once its path is known (413) is
-shown to the app's `refused`, for its records. The protocol never sees pools; the
-app never sees sockets. Imports: standard library and `lightnode.errors` only.
+decides). A request the protocol refuses itself once its path is known (413), or
+drops unseen by the app because its client went away (499 ClientGone: a request
+held back by the pipelining window), is shown to the app's `refused`, for its
+records. The protocol never sees pools; the app never sees sockets. Imports:
+standard library and `lightnode.errors` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from lightnode.errors import LightnodeError
 from lightnode.http.responses import json_bytes
+
+# A /run request whose client went away before its answer (a reset, or a close while it
+# was queued): no answer is sent, and it is recorded with nginx's status for that case.
+CLIENT_GONE_STATUS: Final = 499
+CLIENT_GONE: Final = "ClientGone"
 
 
 class Responder(Protocol):
@@ -170,9 +177,10 @@ class App(Protocol):
         ...
 
     def refused(self, exchange: Exchange, error_type: str) -> None:
-        """The protocol refused this request itself and has answered it (413 PayloadTooLarge).
+        """The protocol refused this request itself and has answered it (413 PayloadTooLarge),
+        or dropped it unseen by the app as its client went away (status 499, CLIENT_GONE).
 
-        Its method, path and query are the request's; its headers and body were not
-        kept. For the app's records only: the answer is written already.
+        Its method, path and query are the request's; its headers and body may not have
+        been kept. For the app's records only: nothing more is written for it.
         """
         ...

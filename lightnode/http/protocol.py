@@ -31,6 +31,15 @@ only closes connections once they are idle, the last answer saying so.
 A client that closes its side (read EOF) is gone, as one that resets (SPEC §4
 rule 9): see eof_received.
 
+Pipelining is bounded by `ServerState.max_pipelined`: the app is handed at most
+that many requests of a connection whose answers are not written yet, and none
+while the client reads nothing (the transport's write buffer is full). Requests
+one read brings beyond that wait, parsed, until answers are written; reading
+pauses meanwhile. A client that pipelines without reading thus makes the node
+run and buffer a bounded number of answers, not every request it sent (each
+answer may be megabytes). Requests still held back when the client goes away
+never reach the app; a /run one is recorded as 499 ClientGone (app.refused).
+
 Imports: standard library, httptools, `lightnode.config.model`,
 `lightnode.http.exchange` and `lightnode.http.responses` only. Never routing,
 pools or the scheduler: the app owns those.
@@ -49,7 +58,7 @@ from typing import Any, Final, NoReturn, cast
 import httptools
 
 from lightnode.config.model import ServerLimits
-from lightnode.http.exchange import App, Exchange
+from lightnode.http.exchange import CLIENT_GONE, CLIENT_GONE_STATUS, App, Exchange
 from lightnode.http.responses import CONTINUE_LINE, error_body, render_error, render_response
 
 logger: Final = logging.getLogger(__name__)
@@ -147,7 +156,9 @@ _NOT_IDLE: Final[float | None] = None  # see data_received
 class ServerState:
     """Shared by all connections of one listening server."""
 
-    max_pipelined = 64  # pending requests per connection before reading pauses
+    # Requests per connection handed to the app and not answered yet (written): beyond
+    # it reading pauses, and requests already read wait (see the module docstring).
+    max_pipelined = 64
     linger_s = 2.0  # after refusing a request: how long unread input is drained before close
     # A client that reads none of its answers for this long is disconnected (nginx's
     # send_timeout default): it would hold its connection, and a connection slot, forever.
@@ -218,7 +229,10 @@ class HttpProtocol:
         self._client = ""
         self._pending: deque[_ServerExchange] = deque()  # request order, answered or not
         self._ready: list[_ServerExchange] = []  # parsed in this data_received, not yet handed over
+        # Parsed and held back (in `_pending` too, in order): the pipelining window was full.
+        self._held: deque[_ServerExchange] = deque()
         self._dispatching = False
+        self._pumping = False  # in _dispatch_held (which _flush may call again)
         # Connection state.
         self._accepting = True  # False once no further request will be read
         self._refused = False  # a request was refused: input may be left unread
@@ -303,6 +317,7 @@ class HttpProtocol:
         self._cancel_timers()
         if self._closed:
             return False
+        self._drop_held()
         pending = self._pending
         if pending:
             self._dispatching = True  # answers given meanwhile are written below, in order
@@ -410,6 +425,8 @@ class HttpProtocol:
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
+        if self._held and not self._closed:
+            self._dispatch_held()
         self._update_reading()
 
     def _on_send_stalled(self) -> None:
@@ -698,6 +715,11 @@ class HttpProtocol:
 
     def _dispatch(self) -> None:
         ready, self._ready = self._ready, []
+        if self._held or self._write_paused or len(self._pending) > self._state.max_pipelined:
+            # Beyond the window (every request in _pending is handed over or in `ready`).
+            self._held.extend(ready)
+            self._dispatch_held()
+            return
         app = self._app
         self._dispatching = True
         try:
@@ -713,6 +735,54 @@ class HttpProtocol:
             self._dispatching = False
         if self._pending and self._pending[0].done:
             self._flush()
+
+    def _dispatch_held(self) -> None:
+        """Hand held requests to the app while the window has room, writing the answers
+        done meanwhile (which makes room); a loop, not a recursion through _flush."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._hand_over_held()
+                pending = self._pending
+                if self._closed or not pending or not pending[0].done:
+                    return
+                self._flush()
+                if not self._held:
+                    return
+        finally:
+            self._pumping = False
+
+    def _hand_over_held(self) -> None:
+        held = self._held
+        limit = self._state.max_pipelined
+        app = self._app
+        self._dispatching = True
+        try:
+            while held and not self._write_paused and not self._closed and len(self._pending) - len(held) < limit:
+                exchange = held.popleft()
+                if exchange.cancelled:
+                    continue
+                try:
+                    app.handle(exchange)
+                except Exception:
+                    logger.exception("request %s: the app raised", exchange.request_id)
+                    exchange.respond(500, error_body("InternalError", "Internal error"))
+        finally:
+            self._dispatching = False
+
+    def _drop_held(self) -> None:
+        """The client is gone: requests held back never reach the app (a /run one is
+        recorded as 499 ClientGone by app.refused, SPEC §10)."""
+        held, self._held = self._held, deque()
+        for exchange in held:
+            exchange.cancel()
+            exchange.status = CLIENT_GONE_STATUS
+            try:
+                self._app.refused(exchange, CLIENT_GONE)
+            except Exception:
+                logger.exception("request %s: refused raised", exchange.request_id)
 
     def exchange_done(self, exchange: Exchange) -> None:
         """Called by `Exchange.respond`: write it now if every earlier answer is written."""
@@ -752,6 +822,10 @@ class HttpProtocol:
         if close:
             self._close(linger=self._refused)
             return
+        if self._held and not self._pumping:
+            self._dispatch_held()  # answers written: room in the window
+            if self._closed:
+                return
         if self._continue_wanted:
             self._send_continue()
         if self._reading_paused:
@@ -860,6 +934,7 @@ class HttpProtocol:
             self._linger_timer = None
 
     def _cancel_pending(self) -> None:
+        self._drop_held()
         pending, self._pending = self._pending, deque()
         self._ready = []
         for exchange in pending:

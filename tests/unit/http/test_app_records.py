@@ -110,6 +110,21 @@ def test_a_call_whose_client_half_closed_while_it_ran_is_answered_and_recorded_2
     assert setup.records.statuses() == [(200, None)]
 
 
+def test_pipelined_calls_held_back_are_recorded_once_when_the_client_resets(setup: Setup) -> None:
+    # Beyond the pipelining window the protocol holds requests back, unseen by the app:
+    # a reset still leaves one record per /run request, each as 499 ClientGone.
+    protocol, transport = setup.connect()
+    protocol._state.max_pipelined = 2
+    protocol.data_received(b"".join(_CALL % (1, b"%d" % n) for n in range(5)))
+    assert len(setup.pool.calls) == 2  # one runs, one waits; three held back
+    protocol.connection_lost(ConnectionResetError())
+    assert setup.records.statuses() == [(499, "ClientGone")] * 5
+    assert sorted(r.params for r in setup.records.records) == [b"0", b"1", b"2", b"3", b"4"]
+    assert {(r.service_id, r.endpoint_id) for r in setup.records.records} == {("bench", "add")}
+    assert setup.worker.answer_one()  # the call that ran: no answer, no second record
+    assert len(setup.records.records) == 5 and transport.data == b""
+
+
 def test_a_413_on_a_run_path_is_recorded_with_its_ids(setup: Setup) -> None:
     protocol, transport = setup.connect()
     big = protocol._max_body + 1

@@ -207,11 +207,12 @@ def test_a_client_that_reads_slowly_is_not_cut() -> None:
 
 
 def test_the_send_timeout_holds_after_a_close_with_unsent_data() -> None:
-    c = conn()
-    c.protocol.pause_writing()
+    c = conn(auto=False)
+    c.feed(b"GET /p HTTP/1.1\r\nConnection: close\r\n\r\n")
+    c.protocol.pause_writing()  # the client reads nothing more
     closes: list[bool] = []
     c.transport.close = lambda: closes.append(True)  # type: ignore[method-assign]  # unsent data: it waits
-    c.feed(b"GET /p HTTP/1.1\r\nConnection: close\r\n\r\n")  # answered, then closed
+    answer(c.app.exchanges[0])  # written, then closed
     assert closes and not c.transport.aborted
     c.loop.advance(c.state.send_timeout_s + 0.01)
     assert c.transport.aborted
