@@ -58,6 +58,8 @@ from lightnode.scheduler.worker_handle import flush_user_output
 from lightnode.services.store import DataDir
 
 log = logging.getLogger("lightnode")
+# Applied before the other changes of a batch (a service reloaded next uses the new tuning).
+_TUNING_CHANGES = (TuningChanged, TuningRemoved, TuningInvalid)
 
 NOT_ALIVE_POLL_S = 0.25
 # Young-generation collection threshold (CPython's default is 700): fewer pauses on
@@ -165,7 +167,8 @@ class Node:
         self.app.api_key_check = self.keys.check_service_request
         self._install_observers()
         self.watcher = ConfigWatcher(self.data_dir.root, self._config_changed)
-        self._apply_tuning_changes(self.watcher.scan())
+        # Tuning only: load_all() below reads the services and keys itself.
+        self._config_changed([c for c in self.watcher.scan() if isinstance(c, _TUNING_CHANGES)])
         self.registry.load_all()
         self.addr_file.write_text(f"http://{_url_host(listen.host)}:{port}\n")
         log.info("lightnode serving %s on http://%s:%d", self.data_dir.root, listen.host, port)
@@ -224,15 +227,36 @@ class Node:
         )
 
     def _config_changed(self, changes: Sequence[Change]) -> None:
+        """Apply what the watcher saw, tuning first; each change on its own.
+
+        A change whose application raises is logged and counted, and the others of
+        the batch still apply: the watcher's snapshot has moved past all of them, so
+        one skipped would wait for the next edit of its file or a SIGHUP.
+        """
+        ordered = [c for c in changes if isinstance(c, _TUNING_CHANGES)]
+        ordered += [c for c in changes if not isinstance(c, _TUNING_CHANGES)]
+        for change in ordered:
+            try:
+                self._apply_change(change)
+            except Exception:
+                self.config_errors_total += 1
+                log.exception("applying %s failed; the other changes still apply", change)
+
+    def _apply_change(self, change: Change) -> None:
         assert self.registry is not None
-        self._apply_tuning_changes(changes)
-        for change in changes:
-            if isinstance(change, ServiceFilesChanged):
-                self.registry.service_changed(change.service_id)
-            elif isinstance(change, KeysChanged) and self.keys.reload() is not None:
-                self.config_errors_total += 1  # refused whole: the last good keys stay
-            elif isinstance(change, ServerSettingsChanged):
-                self._server_settings_changed()
+        if isinstance(change, TuningChanged):
+            self.registry.apply_tuning(change.service_id, change.endpoint_id, change.config)
+        elif isinstance(change, TuningRemoved):
+            self.registry.apply_tuning(change.service_id, change.endpoint_id, EndpointConfig())
+        elif isinstance(change, TuningInvalid):
+            self.config_errors_total += 1
+            self.registry.tuning_refused(change.service_id, change.endpoint_id, change.error)
+        elif isinstance(change, ServiceFilesChanged):
+            self.registry.service_changed(change.service_id)
+        elif isinstance(change, KeysChanged) and self.keys.reload() is not None:
+            self.config_errors_total += 1  # refused whole: the last good keys stay
+        elif isinstance(change, ServerSettingsChanged):
+            self._server_settings_changed()
 
     def _server_settings_changed(self) -> None:
         """server.json is read at start only: a change is checked now and said to wait for a restart."""
@@ -244,17 +268,6 @@ class Node:
             log.error("%s refused: the next start would fail; the running node keeps its settings: %s", path, exc)
             return
         log.warning("%s changed: its settings apply at the next start (the running node keeps its own)", path)
-
-    def _apply_tuning_changes(self, changes: Sequence[Change]) -> None:
-        assert self.registry is not None
-        for change in changes:
-            if isinstance(change, TuningChanged):
-                self.registry.apply_tuning(change.service_id, change.endpoint_id, change.config)
-            elif isinstance(change, TuningRemoved):
-                self.registry.apply_tuning(change.service_id, change.endpoint_id, EndpointConfig())
-            elif isinstance(change, TuningInvalid):
-                self.config_errors_total += 1
-                self.registry.tuning_refused(change.service_id, change.endpoint_id, change.error)
 
     def request_stop(self) -> None:
         self._stop.set()
