@@ -233,7 +233,7 @@ class Node:
         the batch still apply: the watcher's snapshot has moved past all of them, so
         one skipped would wait for the next edit of its file or a SIGHUP.
         """
-        ordered = [c for c in changes if isinstance(c, _TUNING_CHANGES)]
+        ordered: list[Change] = [c for c in changes if isinstance(c, _TUNING_CHANGES)]
         ordered += [c for c in changes if not isinstance(c, _TUNING_CHANGES)]
         for change in ordered:
             try:
