@@ -52,6 +52,10 @@ _SERVING: Final = frozenset({WorkerState.IDLE, WorkerState.BUSY})
 
 # How often pipelines' RSS is checked against limits.max_rss_mb.
 RSS_CHECK_INTERVAL_S: Final = 1.0
+# A pipeline still starting after this long is logged, then again at each doubling of
+# the wait: initialization code that never returns (a hung download, a lock) would
+# otherwise only show as requests timing out in the queue and /readyz saying "starting".
+START_WARNING_S: Final = 60.0
 # A staged call's start-by goes into its CALL frame this much earlier than the machine's
 # (in ns): the float seconds of time.monotonic() round the clock's ns by up to ~1 ns at
 # any realistic uptime, and the worker must refuse a call whenever the machine may take
@@ -122,6 +126,7 @@ class EndpointPool:
         self.machine = PoolMachine(config)
         self._factory = worker_factory
         self.workers: dict[int, Any] = {}
+        self.start_warning_s: float = START_WARNING_S  # tests shorten it
         self.calls: dict[int, Call] = {}
         # A pipeline's calls in the order it answers them: the first not answered yet
         # (worker id -> call), and those sent behind it (prefetched, or sent to a pipeline
@@ -345,6 +350,24 @@ class EndpointPool:
             message = f"cannot start {self.spec.python}: {exc}"
             self.loop.call_soon(self.worker_init_failed, worker_id, message, "")
             self.loop.call_soon(self.worker_exited, worker_id, "not started")
+            return
+        self.loop.call_later(self.start_warning_s, self._still_starting, worker_id, worker, self.start_warning_s)
+
+    def _still_starting(self, worker_id: int, worker: object, waited_s: float) -> None:
+        """Say so if pipeline `worker` has still not said READY after `waited_s` (see START_WARNING_S)."""
+        if self.workers.get(worker_id) is not worker or self._state_of(worker_id) is not WorkerState.STARTING:
+            return
+        serving = self.machine.serving()
+        meanwhile = (
+            f"the endpoint serves with {serving} other {'pipeline' if serving == 1 else 'pipelines'} meanwhile"
+            if serving
+            else "no pipeline of the endpoint serves: its requests wait in the queue up to the queue timeout"
+        )
+        log.warning(
+            "%s: pipeline pid %s has been starting for %g s: its initialization code has not returned; %s",
+            self.spec.tag, self.workers[worker_id].pid, waited_s, meanwhile,
+        )  # fmt: skip
+        self.loop.call_later(waited_s, self._still_starting, worker_id, worker, waited_s * 2)
 
     def _dispatch(self, command: cmd.Dispatch) -> None:
         call = self.calls[command.request_id]

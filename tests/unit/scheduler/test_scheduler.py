@@ -218,6 +218,31 @@ def test_a_failed_start_beside_a_serving_pipeline_says_the_endpoint_serves_on(
     assert [done for done, _ in sink.ok] == [call] and not sink.failed
 
 
+def test_a_pipeline_that_keeps_starting_is_logged_until_it_is_ready(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Initialization code that never returns shows nowhere else than as queue timeouts.
+    _, sink, loop = setup
+    pool = EndpointPool(loop, SPEC, EndpointConfig(pool=PoolLimits(floor=1, cruise=1, ceil=1)), sink,
+                        worker_factory=FakeWorker)  # fmt: skip
+    pool.start_warning_s = 0.05
+    pool.start()
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "has been starting" in r.getMessage()]
+
+    deadline = time.monotonic() + 10
+    while len(warnings()) < 2 and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.01))
+    tail = (": its initialization code has not returned; no pipeline of the endpoint serves:"
+            " its requests wait in the queue up to the queue timeout")  # fmt: skip
+    assert warnings()[:2] == [  # the wait doubles between two lines
+        f"svc/ep@v1: pipeline pid 1001 has been starting for {waited} s{tail}" for waited in ("0.05", "0.1")
+    ]
+    FakeWorker.instances[0].ready()
+    caplog.clear()
+    loop.run_until_complete(asyncio.sleep(0.3))
+    assert not warnings()
+
+
 def test_a_pipeline_dying_while_idle_is_logged(setup: Any, caplog: pytest.LogCaptureFixture) -> None:
     make, _, _ = setup
     make(floor=1, cruise=1, ceil=1)
