@@ -6,13 +6,18 @@ contents of every managed folder. A folder outside SRC_DIR is bundled under
 so a package is self-contained. The zip's root holds lightnode-package.json.
 
 `import_package` unpacks an archive into `services/<S>/generations/<G>/` or
-refuses it whole. Every member is checked before anything is written (no
-"..", no absolute name, no link or special file, no duplicate, declared sizes
-within `max_bytes`); then members are extracted into a hidden staging
-directory under `services/` while the bytes actually written are counted
-(declared sizes can lie), the unpacked service.json is validated, and one
-rename puts the generation (or the whole new service) in place. On any
-refusal the staging directory is removed: nothing is left behind.
+refuses it whole. The members of the zip's central directory are counted
+before zipfile loads it (it builds one object per member, so a small zip of
+millions of empty members would otherwise cost the importer, the node itself
+for the admin API, gigabytes). Every member is checked before anything is
+written (no "..", no absolute name, no link or special file, no duplicate,
+declared sizes within `max_bytes`); then members are extracted into a hidden
+staging directory `services/.import-<pid>-*` while the bytes actually written
+are counted (declared sizes can lie), the unpacked service.json is validated,
+and one rename puts the generation (or the whole new service) in place. On
+any refusal the staging directory is removed: nothing is left behind. An
+import killed half way (kill -9, the OOM killer) cannot remove its own: the
+next import removes every staging directory whose process is gone.
 
 Imports: standard library, `lightnode.errors`, `lightnode.config.model`,
 `lightnode.services.model`, `lightnode.services.store`. Never the scheduler,
@@ -26,13 +31,14 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lightnode.config.model import check_id, is_valid_id
 from lightnode.errors import ConfigError
@@ -60,6 +66,10 @@ MAX_MANIFEST_BYTES = 64 * 1024
 # Extraction copies members in chunks of this size, checking the running total
 # against the limit after each one.
 COPY_CHUNK_BYTES = 1024 * 1024
+
+# Hidden staging directories of imports under services/: `.import-<pid>-<random>`.
+STAGING_PREFIX = ".import-"
+_STAGING = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-")
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -374,8 +384,13 @@ def import_package(
     check_id(service_id, "service id")
     source = str(archive)
     try:
+        with open(archive, "rb") as handle:
+            members = count_members(handle, stop_after=MAX_PACKAGE_MEMBERS)
+        if members is not None and members > MAX_PACKAGE_MEMBERS:
+            raise PackageRefused(source, [f"has more than {MAX_PACKAGE_MEMBERS} members"])
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
+    # ValueError: a name flagged UTF-8 that is not (UnicodeDecodeError), and the like.
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
         raise PackageRefused(source, [f"not a readable zip archive: {exc}"]) from None
     with zf:
         problems = check_archive(zf, max_bytes=max_bytes)
@@ -388,7 +403,10 @@ def import_package(
                 source, [f"generation {generation} of service {service_id} is already present"]
             )
         data_dir.services_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=data_dir.services_dir, prefix=".import-"))
+        remove_stale_staging(data_dir.services_dir)
+        staging = Path(
+            tempfile.mkdtemp(dir=data_dir.services_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-")
+        )
         try:
             staged_gen = staging / "service" / "generations" / generation
             unpacked = _extract(zf, staged_gen, max_bytes=max_bytes, source=source)
@@ -397,6 +415,69 @@ def import_package(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return ImportedPackage(service_id, generation, target, created, unpacked)
+
+
+# The fixed part of a central directory header: signature, then the lengths of the
+# name, extra field and comment at offsets 28, 30 and 32 (APPNOTE 4.3.12).
+_CENTRAL_HEADER = struct.Struct("<4s24xHHH12x")
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+
+
+def count_members(handle: IO[bytes], *, stop_after: int) -> int | None:
+    """How many members the zip's central directory holds, read without loading it.
+
+    Walks the directory header by header (the end record's count may lie: zipfile
+    ignores it too) and stops after `stop_after` + 1. None when the file is not
+    a zip, or its directory is damaged: then zipfile itself says why.
+    """
+    endrec = zipfile._EndRecData(handle)  # type: ignore[attr-defined]  # zipfile's own locator
+    if not endrec:
+        return None
+    size_cd, offset_cd, location = endrec[5], endrec[6], endrec[9]  # _ECD_SIZE, _ECD_OFFSET, _ECD_LOCATION
+    start = location - size_cd  # as zipfile computes it, also for data prepended to the zip
+    if endrec[0] == b"PK\x06\x06":  # zip64: its end record and locator sit before the plain one
+        start -= 56 + 20
+    if start < 0 or offset_cd < 0:
+        return None
+    handle.seek(start)
+    count = read = 0
+    while read < size_cd and count <= stop_after:
+        header = handle.read(_CENTRAL_HEADER.size)
+        if len(header) != _CENTRAL_HEADER.size:
+            return None
+        signature, name, extra, comment = _CENTRAL_HEADER.unpack(header)
+        if signature != _CENTRAL_SIGNATURE:
+            return None
+        skip = name + extra + comment
+        if len(handle.read(skip)) != skip:
+            return None
+        read += _CENTRAL_HEADER.size + skip
+        count += 1
+    return count
+
+
+def remove_stale_staging(services_dir: Path) -> None:
+    """Remove the staging directories of imports whose process is gone (killed half way)."""
+    try:
+        with os.scandir(services_dir) as entries:
+            names = [e.name for e in entries if e.name.startswith(STAGING_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        match = _STAGING.match(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue  # an import in progress (or a name not ours)
+        shutil.rmtree(services_dir / name, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or not a pid: leave it
+    return True
 
 
 def _extract(zf: zipfile.ZipFile, dest: Path, *, max_bytes: int, source: str) -> int:
