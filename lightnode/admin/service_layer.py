@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lightnode.admin.keys import KeyEntry, KeyStore, looks_like_key
 from lightnode.config.load import (
@@ -39,8 +39,9 @@ from lightnode.config.load import (
 )
 from lightnode.config.model import EndpointConfig, check_id
 from lightnode.errors import ConfigError, LightnodeError
+from lightnode.services.codeenv import CodeEnvError, build_env_for_generation
 from lightnode.services.model import load_service_dir
-from lightnode.services.package import ImportedPackage, import_package
+from lightnode.services.package import ImportedPackage, PackageRefused, import_package
 from lightnode.services.store import DataDir, MappingEntry, ServiceState, parse_mapping
 
 MountedView = Callable[[str], "set[str] | None"]
@@ -67,6 +68,8 @@ class ServiceLayer:
             (None: not known, then mapped generations of an enabled service count).
         tuning_in_force: for (service, endpoint), the tuning the running node has in
             force, if known: what `tune` builds on when the tuning file is refused.
+        env_progress: where venv and pip output goes while an import builds code envs
+            (the command line: stderr; the node: nowhere, a failure's message carries it).
     """
 
     def __init__(
@@ -77,8 +80,10 @@ class ServiceLayer:
         keys: KeyStore | None = None,
         mounted: MountedView | None = None,
         tuning_in_force: TuningView | None = None,
+        env_progress: TextIO | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self._env_progress = env_progress
         self._max_package_bytes = max_package_bytes
         self.keys = keys if keys is not None else KeyStore(data_dir.keys_path)
         self._mounted = mounted
@@ -208,7 +213,8 @@ class ServiceLayer:
         return answer
 
     def import_archive(self, service_id: str, archive: Path | str) -> dict[str, Any]:
-        """importFromArchive: unpack a package as a new generation (PackageRefused when refused)."""
+        """importFromArchive: unpack a package as a new generation and build its code envs
+        (PackageRefused when refused, the env included: then nothing is left)."""
         check_id(service_id, "service id")
         path = Path(archive)
         if not path.is_absolute():
@@ -218,12 +224,56 @@ class ServiceLayer:
         result: ImportedPackage = import_package(
             self.data_dir, service_id, path, max_bytes=self.max_package_bytes
         )
+        self._build_envs(result, str(path))
         return {
             "serviceId": result.service_id,
             "generation": result.generation,
             "createdService": result.created_service,
             "unpackedBytes": result.unpacked_bytes,
         }
+
+    def _build_envs(self, imported: ImportedPackage, source: str) -> None:
+        """Build the requirements code envs of a generation just imported (SPEC §7.2: import
+        builds them), so that a switch to it serves at once.
+
+        An env that cannot be built refuses the import whole: the generation (and the
+        service, if this import created it) is removed again, and the same generation id
+        imports once the requirements are fixed. The build runs with the generation in
+        place, so that pip resolves relative paths of requirements.txt against it.
+
+        Raises:
+            PackageRefused: the env cannot be built (pip's reason), nothing is left.
+        """
+        try:
+            build_env_for_generation(
+                self.data_dir, imported.service_id, imported.generation, progress=self._env_progress
+            )
+        except (CodeEnvError, ConfigError) as exc:
+            self._remove_generation(imported)
+            raise PackageRefused(source, [
+                f"code env of generation {imported.generation}: {exc}",
+                "the generation was not imported",
+            ]) from None
+        except BaseException:
+            self._remove_generation(imported)
+            raise
+
+    def _remove_generation(self, imported: ImportedPackage) -> None:
+        """Take a generation just imported (never mapped yet) out again, in one rename."""
+        services = self.data_dir.services_dir
+        token = secrets.token_hex(4)
+        graveyard = services / f".deleted-{imported.service_id}-{imported.generation}-{token}"
+        os.rename(imported.path, graveyard)
+        shutil.rmtree(graveyard, ignore_errors=True)
+        if imported.created_service:
+            service_dir = self.data_dir.service_dir(imported.service_id)
+            try:
+                os.rmdir(self.data_dir.generations_dir(imported.service_id))
+            except OSError:
+                return  # another generation arrived meanwhile: keep the service
+            graveyard = services / f".deleted-{imported.service_id}-{token}"
+            os.rename(service_dir, graveyard)
+            shutil.rmtree(graveyard, ignore_errors=True)
 
     def preload(self, service_id: str, generation: str) -> dict[str, Any]:
         """generations/<G>/preload: check that G exists and its service.json loads.

@@ -204,18 +204,34 @@ def interpreter_for(code_env: object, root: Path, code_envs_dir: Path) -> str:
 
 
 def _path_interpreter(value: str, root: Path) -> str:
+    """The interpreter of a path code env, probed once (cached) so that one that is not
+    Python 3.8+ is named as such here, rather than as a pipeline that died at start."""
     path = Path(value).expanduser()
     path = path if path.is_absolute() else root / path
     if path.is_dir():
         venv_python = path / "bin" / "python"
         if not venv_python.exists():
+            if venv_python.is_symlink():  # its base interpreter was removed or upgraded away
+                raise CodeEnvError(
+                    f"code_env {value!r}: {venv_python} is a link to {os.readlink(venv_python)}, "
+                    "which does not exist: rebuild the venv"
+                )
             raise CodeEnvError(f"code_env {value!r}: {path} is not a venv (no bin/python)")
+        _probe_path(value, venv_python)
         return str(venv_python)  # never resolved: the venv's own path makes it a venv
     if not path.exists():
         raise CodeEnvError(f"code_env interpreter not found: {path}")
     if not os.access(path, os.X_OK):
         raise CodeEnvError(f"code_env interpreter is not executable: {path}")
+    _probe_path(value, path)
     return str(path)
+
+
+def _probe_path(value: str, python: Path) -> None:
+    try:
+        probe_python(str(python))
+    except CodeEnvError as exc:
+        raise CodeEnvError(f"code_env {value!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------- planning

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -234,3 +235,83 @@ def test_without_a_recent_pip_in_the_node_the_env_bootstraps_its_own(
     probe = subprocess.run([str(outcome.interpreter), "-c", "import tinypkg, pip; print(tinypkg.VALUE)"],
                            capture_output=True, text=True, timeout=30)
     assert probe.stdout.strip() == "tiny", probe.stderr
+
+
+def test_an_interpreter_that_is_not_python_3_is_named_per_endpoint(tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
+    # Was: "the pipeline exited during initialization (exit code 1)", the reason in the log only.
+    python2 = tmp_path / "python2.7"
+    python2.write_text("#!/bin/sh\necho '[\"cpython\", [2, 7, 18], \"x86_64\"]'\n")
+    python2.chmod(0o755)
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\necho 'tool: no such option' >&2\nexit 2\n")
+    tool.chmod(0o755)
+    data = tmp_path / "data"
+    # One failing endpoint per service: the registry keeps one load error per generation.
+    write_service(data, "envs", {"old": WHOAMI, "fine": WHOAMI}, endpoint_extra={"old": {"code_env": str(python2)}})
+    write_service(data, "tools", {"tool": WHOAMI}, endpoint_extra={"tool": {"code_env": str(tool)}})
+    node = node_factory(data)
+    status, body = node.run("envs", "old")
+    assert status == 503 and body["errorType"] == "EndpointUnavailable", body
+    assert "is Python 2.7.18; lightnode pipelines need Python 3.8 or newer" in body["message"]
+    status, body = node.run("tools", "tool")
+    assert status == 503 and body["errorType"] == "EndpointUnavailable", body
+    assert "is not a usable Python 3.8+ interpreter: tool: no such option" in body["message"]
+    status, body = node.run("envs", "fine")  # nothing else is affected
+    assert status == 200, body
+
+
+def _requirements_src(root: Path, requirements: str) -> Path:
+    src = root / "src"
+    src.mkdir()
+    (src / "tiny.py").write_text(USES_TINY)
+    (src / "requirements.txt").write_text(requirements)
+    (src / "service.json").write_text(json.dumps({"id": "reqs", "endpoints": [{
+        "id": "tiny", "type": "python-function", "code": "tiny.py",
+        "code_env": {"requirements": "requirements.txt"}}]}))
+    return src
+
+
+@pytest.mark.parametrize("through", ["--data-dir", "--url"])
+def test_deploy_builds_the_requirements_env_so_the_service_serves_at_once(
+    tmp_path: Path, node_factory, through: str  # type: ignore[no-untyped-def]
+) -> None:
+    # SPEC §7.2: import builds the env by default. It did not: `deploy` said "deployed",
+    # exit 0, and every request then got 503 "code env ... is not built".
+    wheel = make_wheel(tmp_path)
+    src = _requirements_src(tmp_path, f"--no-index\n{wheel}\n")
+    node = node_factory(tmp_path / "data")
+    where = str(tmp_path / "data") if through == "--data-dir" else node.url
+    done = lightnode("deploy", str(src), through, where, "--generation", "g1")
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = node.run("reqs", "tiny")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status == 200, body
+    assert body["response"]["value"] == "tiny"
+    assert body["response"]["executable"].startswith(str(tmp_path / "data" / "code-envs"))
+
+
+def test_an_import_whose_env_cannot_be_built_is_refused_whole(tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    node = node_factory(data)
+    before = sorted(p.name for p in (data / "services").iterdir())
+    src = _requirements_src(tmp_path, "--no-index\nnonexistent-pkg-for-lightnode==1.0\n")
+    done = lightnode("deploy", str(src), "--data-dir", str(data), "--generation", "g1")
+    assert done.returncode == 1
+    assert "pip could not install requirement 'nonexistent-pkg-for-lightnode==1.0'" in done.stderr
+    assert "the generation was not imported" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (data / "services").iterdir()) == before  # no service, no staging
+    assert [p.name for p in (data / "code-envs").iterdir() if not p.name.endswith(".lock")] == []
+    deadline = time.monotonic() + 20  # the node may have seen the service for a moment
+    while (answer := node.run("reqs", "tiny"))[0] != 404 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert answer[0] == 404, answer
+    # fixed, the same generation id deploys
+    wheel = make_wheel(tmp_path)
+    (src / "requirements.txt").write_text(f"--no-index\n{wheel}\n")
+    again = lightnode("deploy", str(src), "--data-dir", str(data), "--generation", "g1")
+    assert again.returncode == 0, again.stderr
