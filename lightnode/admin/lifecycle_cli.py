@@ -111,6 +111,7 @@ def target_for(args: argparse.Namespace) -> Any:
     return ServiceLayer(
         DataDir(data_dir.resolve()),
         tuning_in_force=lambda service, endpoint: running_node_tuning(data_dir, key, service, endpoint),
+        env_progress=sys.stderr,  # pip's output as it happens, while an import builds code envs
     )
 
 
@@ -140,6 +141,51 @@ def call_target(args: argparse.Namespace, operation: str, *params: Any, **kwargs
     """Run one ServiceLayer/RemoteAdmin operation for the command line; errors become CliError."""
     try:
         return getattr(target_for(args), operation)(*params, **kwargs)
+    except RemoteError as exc:
+        raise _cli_error(str(exc)) from None
+    except LightnodeError as exc:
+        raise _cli_error(exc.message) from None
+
+
+def mapping_target(args: argparse.Namespace) -> Any:
+    """Who applies a mapping change (switch, set-mapping, deploy's switch).
+
+    With --data-dir a switch used to write state.json only, and say "switched" (or
+    "deployed") even when the node running on that directory then refused it (the new
+    generation fails to load, SPEC §6: the old one stays in service). When a node runs
+    there, the change goes through its admin API instead: the same ServiceLayer on the
+    same files, whose answer waits for the node to apply or refuse it. The node must
+    say it serves this very directory (a stale lightnode.addr may name another node).
+    Without a node, or when its admin API wants a key that was not given, the files
+    are changed as before (the latter with a note on stderr).
+    """
+    if getattr(args, "url", None):
+        return target_for(args)
+    data_dir = Path(args.data_dir)
+    try:
+        url = (data_dir / "run" / "lightnode.addr").read_text().strip()
+    except OSError:
+        url = ""
+    if url:
+        admin = RemoteAdmin(url, getattr(args, "key", None))
+        try:
+            status = admin.call("GET", "status", timeout_s=IN_FORCE_TIMEOUT_S)
+        except RemoteError as exc:
+            if exc.status is not None:
+                print(f"lightnode: the change goes to the files of {data_dir} only: whether the running"
+                      f" node at {url} applies it is not known ({exc}); see `lightnode admin status`",
+                      file=sys.stderr)
+        else:
+            served = status.get("dataDir") if isinstance(status, dict) else None
+            if isinstance(served, str) and os.path.realpath(served) == os.path.realpath(data_dir):
+                return admin
+    return target_for(args)
+
+
+def call_mapping(args: argparse.Namespace, operation: str, *params: Any) -> Any:
+    """`call_target` for an operation that changes a mapping (see `mapping_target`)."""
+    try:
+        return getattr(mapping_target(args), operation)(*params)
     except RemoteError as exc:
         raise _cli_error(str(exc)) from None
     except LightnodeError as exc:
@@ -185,9 +231,9 @@ def _import(args: argparse.Namespace) -> int:
 def _switch(args: argparse.Namespace) -> int:
     service = check_id(args.service, "service id")
     if args.newest:
-        result = call_target(args, "switch_to_newest", service)
+        result = call_mapping(args, "switch_to_newest", service)
     else:
-        result = call_target(args, "switch_to", service, check_id(args.generation, "generation id"))
+        result = call_mapping(args, "switch_to", service, check_id(args.generation, "generation id"))
     print(f"{service}: switched to {result['switchedToGeneration']}")
     return 0
 
@@ -208,7 +254,7 @@ def _disable(args: argparse.Namespace) -> int:
 
 def _set_mapping(args: argparse.Namespace) -> int:
     service = check_id(args.service, "service id")
-    result = call_target(args, "set_mapping", service, parse_mapping_args(args.pairs))
+    result = call_mapping(args, "set_mapping", service, parse_mapping_args(args.pairs))
     entries = result["mapping"]["entries"]
     print(f"{service}: mapping " + " ".join(f"{e['generation']}={e['proba']:g}" for e in entries) + " (enabled)")
     return 0
@@ -284,6 +330,6 @@ def run_deploy(args: argparse.Namespace) -> int:
         built = build_package(args.src_dir, output=Path(tmp) / "package.zip", generation=args.generation)
         call_target(args, "import_archive", built.service_id, built.path)
         print(f"imported {built.service_id} generation {built.generation}", file=sys.stderr)
-        call_target(args, "switch_to", built.service_id, built.generation)
+        call_mapping(args, "switch_to", built.service_id, built.generation)
     print(f"deployed {built.service_id} generation {built.generation}")
     return 0
