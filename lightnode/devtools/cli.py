@@ -32,6 +32,7 @@ exit codes:
   2  usage error (bad arguments, SRC_DIR is not a directory)
   3  service.json is invalid, or an endpoint fails to load (import error, exception in
      initialization code, code env that cannot be built)
+  130  stopped by Ctrl-C; 143 stopped by SIGTERM (the node and its pipelines are stopped first)
 
 A query passes when it answers 200 and its "expect" (if any) is a subset of the whole
 envelope: every key it names is present with an equal value, recursively for objects;

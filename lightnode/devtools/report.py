@@ -25,6 +25,7 @@ EXIT_OK = 0
 EXIT_QUERY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOAD_FAILED = 3
+EXIT_TERMINATED = 128 + 15  # stopped by SIGTERM, as a shell reports it
 
 
 def exit_code(report: LoadReport, outcomes: Sequence[QueryOutcome]) -> int:
@@ -95,6 +96,8 @@ def render_summary(report: LoadReport, outcomes: Sequence[QueryOutcome]) -> str:
 def _verdict(o: QueryOutcome) -> str:
     if o.skipped:
         return "skipped"
+    if o.interrupted:
+        return "INTERRUPTED"
     if o.passed:
         return "ok"
     return "MISMATCH" if o.mismatches else "FAILED"

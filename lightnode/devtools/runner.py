@@ -3,18 +3,24 @@
 A node is started on a free loopback port with SRC_DIR as its only service
 (a `DevSession`), every endpoint is loaded, every test query is played, and the
 node is stopped. The exit code tells CI what happened (see `report.EXIT_*`).
+SIGTERM (a cancelled or timed-out CI job) stops the run as Ctrl-C does: the
+node shuts down (its pipelines stopped, the temp data dir removed) before the
+exit, with code 143.
 
 Imports: devtools.session, devtools.report.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from lightnode.devtools.report import (
+    EXIT_TERMINATED,
     exit_code,
     json_report,
     render_load,
@@ -28,7 +34,26 @@ async def run_tests(
     src_dir: Path, *, code_envs_dir: Path, as_json: bool = False, out: TextIO = sys.stdout
 ) -> int:
     """Load, play, print (a table, or the JSON report), and return the exit code."""
-    report, outcomes = await play_once(src_dir, code_envs_dir=code_envs_dir)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = asyncio.Event()
+
+    def on_sigterm() -> None:
+        if not terminated.is_set():  # once: a second cancel would cut the node's shutdown
+            terminated.set()
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        report, outcomes = await play_once(src_dir, code_envs_dir=code_envs_dir)
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        print("lightnode test: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
     if as_json:
         json.dump(json_report(report, outcomes), out, indent=2, ensure_ascii=False)
         out.write("\n")

@@ -12,9 +12,21 @@ The data directory is a throwaway temp dir. Its dev generations resolve to
 SRC_DIR itself (`DevDataDir.generation_dir`), so pipelines run the developer's
 files in place: tracebacks, the working directory and sys.path show SRC_DIR.
 Every load is a new generation, so the Registry starts fresh pipelines, routes
-to them once they are warm and drains the previous ones. Requirements code envs
-are built before the switch into a persistent cache (`code_envs_dir`), so a
-session restart reuses them.
+to them once they are warm and drains the previous ones. Pipelines write no
+bytecode caches (`PYTHONDONTWRITEBYTECODE`): Python trusts a `__pycache__` file
+whose source has the same size and mtime second, so a quick second save (a
+constant 2 -> 3) would run the first save's code.
+
+A load may be cancelled (the dev server does when a file changes meanwhile):
+the new generation's pipelines are killed then, as its code is stale before it
+serves. Old code must not hold back new code: the Registry applies a service's
+changes in order, each after the previous one's warm-up and drain, so
+initialization code that never returns, or a call that never ends, would hold
+back every later reload. Hence that kill, and a previous generation's pipelines
+still running `OLD_GENERATION_GRACE_S` after a switch are killed too.
+
+Requirements code envs are built before the switch into a persistent cache
+(`code_envs_dir`), so a session restart reuses them.
 
 Imports: daemon (Node), scheduler.registry, services.*, devtools.expect, config.
 Never http/ internals: queries go through a real socket like any client.
@@ -30,6 +42,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +52,7 @@ from lightnode.daemon import DaemonOptions, Node
 from lightnode.devtools.expect import Mismatch, match_expect
 from lightnode.errors import ConfigError
 from lightnode.scheduler.registry import SWITCH_WARMUP_TIMEOUT_S
+from lightnode.scheduler.scheduler import EndpointPool
 from lightnode.services.codeenv import CodeEnvError, build_env, interpreter_for, plan_env
 from lightnode.services.model import EndpointDef, ServiceDef, TestQuery, load_service_dir
 from lightnode.services.store import DataDir, MappingEntry, ServiceState
@@ -48,6 +62,11 @@ DEV_GENERATION = re.compile(r"dev-[0-9]+")
 DEV_SHUTDOWN_GRACE_MS = 5000
 QUERY_TIMEOUT_S = 120.0
 SWITCH_POLL_S = 0.01
+# A previous generation's pipelines still running this long after a switch are killed.
+OLD_GENERATION_GRACE_S = DEV_SHUTDOWN_GRACE_MS / 1000
+OLD_GENERATION_POLL_S = 0.1
+# Set for the pipelines of a dev node (see the module docstring).
+DEV_PIPELINE_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def default_code_envs_dir() -> Path:
@@ -111,6 +130,7 @@ class QueryOutcome:
     body: Any = None
     passed: bool = False
     skipped: bool = False
+    interrupted: bool = False  # a change of SRC_DIR cut it short (dev)
     mismatches: tuple[Mismatch, ...] = ()
     error: str | None = None  # why it failed, one line
 
@@ -124,12 +144,20 @@ class DevSession:
     port: int = 0
     code_envs_dir: Path = field(default_factory=default_code_envs_dir)
     progress: TextIO | None = None  # code env build output
+    notice: Callable[[str], None] | None = None  # says what the session did on its own
     node: Node | None = None
     url: str = ""
     service_id: str | None = None
     generation: str | None = None
     _tmp: Path | None = None
     _count: int = 0
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
+    _cutting: set[asyncio.Task[None]] = field(default_factory=set)
+    _cut_pools: set[int] = field(default_factory=set)  # id() of the pools a _cut_old task watches
+    _env_build: asyncio.Future[dict[str, str]] | None = None
+    loading: str | None = None  # the generation a load is switching to
+    # (endpoint id, query name, perf_counter at its start) of the query being played
+    playing: tuple[str, str, float] | None = None
 
     async def start(self) -> None:
         """Start the node on an empty temp data dir. Raises OSError (e.g. port in use)."""
@@ -144,9 +172,11 @@ class DevSession:
         )
         node = Node(DaemonOptions(data_dir=self._tmp, host=self.host, port=self.port, dev=True), settings)
         node.data_dir = store  # the registry reads generations through it
+        self._set_pipeline_env(DEV_PIPELINE_ENV)
         try:
             await node.start()
         except BaseException:
+            self._restore_env()
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
         self.node = node
@@ -159,11 +189,28 @@ class DevSession:
 
     async def close(self) -> None:
         """Drain and stop the node (staged shutdown), remove the temp data dir."""
+        for task in list(self._cutting):
+            task.cancel()
         if self.node is not None and self.node.registry is not None:
             await self.node.shutdown()
         self.node = None
+        self._restore_env()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _set_pipeline_env(self, values: dict[str, str]) -> None:
+        """Pipelines inherit the node's environment: set `values` for them (until close)."""
+        for name, value in values.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _restore_env(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
 
     # ------------------------------------------------------------------ load
 
@@ -173,11 +220,18 @@ class DevSession:
             definition = load_service_dir(self.src_dir)
         except ConfigError as exc:
             return LoadReport(self.src_dir, self.service_id, self.generation, None, problem=str(exc))
-        loop = asyncio.get_running_loop()
-        env_errors = await loop.run_in_executor(None, self._build_envs, definition)
         self._count += 1
         generation = f"dev-{self._count}"
-        await self._switch(definition.id, generation)
+        self.loading = generation
+        try:
+            # A build left running by a cancelled load ends first: two builds of one env must not race.
+            if self._env_build is not None and not self._env_build.done():
+                await asyncio.wait([self._env_build])
+            self._env_build = asyncio.get_running_loop().run_in_executor(None, self._build_envs, definition)
+            env_errors = await asyncio.shield(self._env_build)
+            await self._switch(definition, generation)
+        finally:
+            self.loading = None
         statuses = tuple(self._status(definition, generation, ep, env_errors) for ep in definition.endpoints)
         return LoadReport(self.src_dir, definition.id, generation, definition, statuses)
 
@@ -192,9 +246,11 @@ class DevSession:
                     errors[endpoint.id] = str(exc)
         return errors
 
-    async def _switch(self, service_id: str, generation: str) -> None:
+    async def _switch(self, definition: ServiceDef, generation: str) -> None:
         assert self.node is not None and self.node.registry is not None
-        registry, store = self.node.registry, self.store
+        registry, store, service_id = self.node.registry, self.store, definition.id
+        previous = {gen: pools for sid in {self.service_id, service_id} if sid is not None
+                    for gen, pools in self._pools_by_generation(sid).items()}
         if self.service_id is not None and self.service_id != service_id:  # service.json id changed
             shutil.rmtree(store.service_dir(self.service_id), ignore_errors=True)
             registry.service_changed(self.service_id)
@@ -204,14 +260,65 @@ class DevSession:
         store.write_state(service_id, ServiceState(True, (MappingEntry(generation, 1.0),)))
         registry.service_changed(service_id)
         deadline = time.monotonic() + SWITCH_WARMUP_TIMEOUT_S + 5
-        while not self._serving(service_id, generation):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"generation {generation} of {service_id} did not start serving")
-            await asyncio.sleep(SWITCH_POLL_S)
+        try:
+            while not self._serving(service_id, generation):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"generation {generation} of {service_id} did not start serving")
+                await asyncio.sleep(SWITCH_POLL_S)
+        except asyncio.CancelledError:
+            pools = [pool for endpoint in definition.endpoints
+                     for pool in registry.pools_of(service_id, endpoint.id) if pool.spec.generation == generation]
+            for pool in pools:
+                pool.kill_all()
+            for old_generation, old in [*previous.items(), (generation, pools)]:
+                self._cut_later(old_generation, old)
+            raise
         for entry in generations.iterdir():
             if entry.name != generation and entry.is_symlink():
                 entry.unlink()
         self.service_id, self.generation = service_id, generation
+        serving = {id(p) for pools in self._pools_by_generation(service_id).values() for p in pools}
+        for old_generation, pools in previous.items():
+            self._cut_later(old_generation, [p for p in pools if id(p) not in serving])
+
+    def _cut_later(self, generation: str, pools: list[EndpointPool]) -> None:
+        pools = [p for p in pools if id(p) not in self._cut_pools]
+        if not pools:
+            return
+        self._cut_pools.update(id(p) for p in pools)
+        task = asyncio.get_running_loop().create_task(self._cut_old(generation, pools))
+        self._cutting.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._cutting.discard(task)
+            self._cut_pools.difference_update(id(p) for p in pools)
+
+        task.add_done_callback(done)
+
+    def _pools_by_generation(self, service_id: str) -> dict[str, list[EndpointPool]]:
+        assert self.node is not None and self.node.registry is not None
+        runtime = self.node.registry.services.get(service_id)
+        if runtime is None:
+            return {}
+        return {name: list(gen.pools.values()) for name, gen in runtime.generations.items()}
+
+    async def _cut_old(self, generation: str, pools: list[EndpointPool]) -> None:
+        """Until `generation`'s pools have drained, kill what runs in them after each grace:
+        the next reload waits for them. (A pool not draining yet, of a cancelled load,
+        may start pipelines again until the Registry drains it.)"""
+        while True:
+            deadline = time.monotonic() + OLD_GENERATION_GRACE_S
+            while time.monotonic() < deadline:
+                if all(p.drained for p in pools):
+                    return
+                await asyncio.sleep(OLD_GENERATION_POLL_S)
+            running = [p for p in pools if not p.drained]
+            count = sum(len(p.workers) for p in running)
+            for pool in running:
+                pool.kill_all()
+            if count and self.notice is not None:
+                self.notice(f"{generation}: killed {count} pipeline(s) still running after "
+                            f"{OLD_GENERATION_GRACE_S:.0f} s (old code; a request there gets 500 WorkerCrashed)")
 
     def _serving(self, service_id: str, generation: str) -> bool:
         assert self.node is not None and self.node.registry is not None
@@ -243,20 +350,37 @@ class DevSession:
 
     # ------------------------------------------------------------------ play
 
-    async def play(self, report: LoadReport) -> list[QueryOutcome]:
-        """Play every test query of the report's endpoints, in order, one at a time."""
+    async def play(self, report: LoadReport, outcomes: list[QueryOutcome] | None = None) -> list[QueryOutcome]:
+        """Play every test query of the report's endpoints, in order, one at a time.
+
+        Each outcome is appended to `outcomes` (a new list if None) as it comes,
+        and `playing` names the query under way, so a caller that cancels the
+        play knows what was done and what was cut.
+        """
+        outcomes = [] if outcomes is None else outcomes
         if report.definition is None:
-            return []
+            return outcomes
         loaded = {s.endpoint_id: s.loaded for s in report.endpoints}
-        outcomes = []
         for endpoint in report.definition.endpoints:
             for query in endpoint.test_queries:
                 if not loaded.get(endpoint.id):
                     outcomes.append(QueryOutcome(endpoint.id, query.name, skipped=True,
                                                  error="endpoint does not load"))
                     continue
-                outcomes.append(await play_query(self.url, report.definition.id, endpoint.id, query))
+                self.playing = (endpoint.id, query.name, time.perf_counter())
+                try:
+                    outcomes.append(await play_query(self.url, report.definition.id, endpoint.id, query))
+                finally:
+                    self.playing = None
         return outcomes
+
+    def interrupted_outcome(self) -> QueryOutcome | None:
+        """The query under way, as cut short by a change (None if none is)."""
+        if self.playing is None:
+            return None
+        endpoint_id, name, started = self.playing
+        return QueryOutcome(endpoint_id, name, latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                            interrupted=True, error="interrupted by a change")
 
     def endpoint_url(self, endpoint_id: str) -> str:
         return f"{self.url}/public/api/v1/{self.service_id}/{endpoint_id}/run"

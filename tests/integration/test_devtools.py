@@ -48,14 +48,14 @@ def post(url: str, payload: Any, timeout: float = 10) -> tuple[int, Any]:
 class DevServer:
     """`lightnode dev SRC --port 0` in its own process group, stdout captured to a file."""
 
-    def __init__(self, src: Path, tmp: Path) -> None:
+    def __init__(self, src: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.out_path = tmp / "dev.out"
         self.err_path = tmp / "dev.err"
         self._out = open(self.out_path, "wb")
         self._err = open(self.err_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lightnode", "dev", str(src), "--port", "0", "--code-envs", str(tmp / "envs")],
-            stdout=self._out, stderr=self._err, start_new_session=True,
+            stdout=self._out, stderr=self._err, start_new_session=True, env=env,
         )
         banner = self.wait_for(r"on (http://\S+) \(Ctrl-C to stop\)")
         self.url = banner.group(1)
@@ -101,8 +101,8 @@ class DevServer:
 def dev_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[DevServer] = []
 
-    def start(src: Path) -> DevServer:
-        server = DevServer(src, tmp_path)
+    def start(src: Path, env: dict[str, str] | None = None) -> DevServer:
+        server = DevServer(src, tmp_path, env)
         servers.append(server)
         return server
 
@@ -199,6 +199,78 @@ def test_dev_server_keeps_serving_through_an_invalid_service_json(tmp_path: Path
     assert post(server.run_url("pricing", "quote"), {"age": 2})[1]["response"]["quote"] == 4
 
 
+def _served_version(url: str) -> Any:
+    status, body = post(url, {"age": 1})
+    return body.get("response", {}).get("version") if status == 200 else None
+
+
+def test_dev_server_serves_a_save_that_keeps_the_size_and_second_of_the_last(tmp_path: Path, dev_server: Any) -> None:
+    """Python trusts a __pycache__ file whose source has the same size and mtime second:
+    two quick saves of a constant (2 -> 3) must not serve the first one's bytecode."""
+    src = write_src(tmp_path / "src", {"quote.py": QUOTE_V1}, [{"id": "quote", "code": "quote.py"}])
+    # as on a developer's machine: the interpreter writes bytecode caches by default
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    server = dev_server(src, env)
+    server.wait_for(r"OK: 1 endpoint")
+    url = server.run_url("pricing", "quote")
+    assert _served_version(url) == 1
+    stamp = (src / "quote.py").stat().st_mtime_ns
+    assert len(QUOTE_V2) == len(QUOTE_V1)
+    mark = len(server.output())
+    (src / "quote.py").write_text(QUOTE_V2)
+    os.utime(src / "quote.py", ns=(stamp, stamp))  # saved within the same second
+    server.wait_for(r"service pricing from .* \(generation dev-2\)", start=mark)
+    server.wait_for(r"OK: 1 endpoint", start=mark)
+    assert _served_version(url) == 2, server.output()
+    assert not (src / "__pycache__").exists()  # nothing written into the developer's tree
+
+
+HANGS = ("import time\n"
+         "def quote(age):\n"
+         "    if age == 0:\n"
+         "        time.sleep(600)\n"
+         "    return {'quote': age, 'version': %d}\n")
+
+
+def test_dev_server_reloads_while_a_query_hangs(tmp_path: Path, dev_server: Any) -> None:
+    """A test query that hangs must not hold the edit loop: a save interrupts the replay,
+    and a request still running in old code does not hold back later reloads."""
+    src = write_src(tmp_path / "src", {"quote.py": HANGS % 1}, [
+        {"id": "quote", "code": "quote.py", "test_queries": [{"name": "hangs", "q": {"age": 0}}]},
+    ])
+    server = dev_server(src)
+    server.wait_for(r"POST http://")
+    url = server.run_url("pricing", "quote")
+    assert _served_version(url) == 1
+    time.sleep(0.5)  # the replay's query is running
+    mark = len(server.output())
+    (src / "quote.py").write_text(HANGS % 2)
+    server.wait_for(r"hangs\s+-\s+[\d.]+ ms\s+INTERRUPTED\s+interrupted by a change", timeout_s=30, start=mark)
+    assert _until(lambda: _served_version(url) == 2, 30), server.output()
+    # dev-1's hung request is cut after a grace; then every later save still reloads
+    server.wait_for(r"dev-1: killed \d+ pipeline\(s\) still running after 5 s", timeout_s=30)
+    mark = len(server.output())
+    (src / "quote.py").write_text(HANGS % 3)
+    assert _until(lambda: _served_version(url) == 3, 30), server.output()
+    assert server.interrupt() == 0
+    assert "Traceback" not in server.err_path.read_text()
+
+
+def test_dev_server_reloads_while_initialization_code_hangs(tmp_path: Path, dev_server: Any) -> None:
+    """Initialization code that hangs (a download, a lock) must not hold the edit loop:
+    saving the fix reloads at once, not after the node's 120 s switch warm-up."""
+    src = write_src(tmp_path / "src", {"quote.py": "import time\ntime.sleep(600)\n" + QUOTE_V1},
+                    [{"id": "quote", "code": "quote.py"}])
+    server = dev_server(src)
+    time.sleep(1.0)  # the pipeline is in the initialization code
+    (src / "quote.py").write_text(QUOTE_V2)
+    server.wait_for(r"loading dev-1 interrupted: a file changed", timeout_s=30)
+    server.wait_for(r"OK: 1 endpoint", timeout_s=30)
+    assert _served_version(server.run_url("pricing", "quote")) == 2, server.output()
+    assert server.interrupt() == 0
+    assert "Traceback" not in server.err_path.read_text()
+
+
 # ------------------------------------------------------------------ lightnode test
 
 
@@ -275,6 +347,37 @@ def test_test_command_usage_error_exits_2(tmp_path: Path) -> None:
                                capture_output=True, text=True, timeout=30).stdout
     assert "exit codes:" in help_text and "3  service.json is invalid" in help_text
 
+
+
+def test_test_command_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
+    """A CI job cancelled or timed out gets SIGTERM: no pipeline nor temp data dir left behind."""
+    marker = tmp_path / "running.pid"
+    src = write_src(tmp_path / "src", {"stuck.py": (
+        "import os, time\n"
+        "def stuck():\n"
+        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n")},
+        [{"id": "stuck", "code": "stuck.py", "test_queries": [{"name": "q", "q": {}}]}])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightnode", "test", str(src), "--code-envs", str(tmp_path / "envs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    try:
+        assert _until(lambda: marker.exists() and marker.read_text(), 30), "the query never ran"
+        pipeline = int(marker.read_text())
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, (proc.returncode, out, err)
+    assert "stopped by SIGTERM" in err
+    assert "Traceback" not in err
+    assert not os.path.exists(f"/proc/{pipeline}") or "zombie" in Path(f"/proc/{pipeline}/status").read_text()
+    assert list(scratch.iterdir()) == []
 
 NUMPY_STATS = (
     "import numpy as np\n"
