@@ -90,6 +90,7 @@ class Registry:
         self.tuning_errors: dict[tuple[str, str], str] = {}
         self._retired: set[EndpointPool] = set()
         self._reloads: dict[str, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # drains of pools a change retired
         # Runtimes whose pools are warming up for a switch: not routed to yet,
         # but tuned like the others and stopped by a shutdown.
         self._pending: dict[str, ServiceRuntime] = {}
@@ -295,7 +296,7 @@ class Registry:
                 self.tuning_errors.pop(key, None)
             applied.set_result(None)
             if old is not None:
-                await self._drain_runtime(old, keep=set())
+                self._retire(old, keep=set())
             log.info("service %s removed", service_id)
             return
         new = self._read(service_id)
@@ -323,14 +324,14 @@ class Registry:
                 old.switch_error = failure
                 applied.set_result(failure)
                 log.error("service %s: %s", service_id, failure)
-                await self._drain_runtime(new, keep={id(g) for g in old.generations.values()})
+                self._retire(new, keep={id(g) for g in old.generations.values()})
                 return
         self.services[service_id] = new  # new requests now go to the new mapping
         applied.set_result(None)
         log.info("service %s: now serving %s (enabled=%s)", service_id, new.state.entries, new.state.enabled)
         if old is not None:
             keep = {id(g) for g in new.generations.values()} if new.state.enabled else set()
-            await self._drain_runtime(old, keep=keep)
+            self._retire(old, keep=keep)
 
     async def _warm(self, runtime: ServiceRuntime) -> None:
         deadline = self.loop.time() + SWITCH_WARMUP_TIMEOUT_S
@@ -342,13 +343,29 @@ class Registry:
             log.warning("service %s: new generation not warm after %.0f s; switching anyway",
                         runtime.service_id, SWITCH_WARMUP_TIMEOUT_S)
 
-    async def _drain_runtime(self, runtime: ServiceRuntime, keep: set[int]) -> None:
+    def _retire(self, runtime: ServiceRuntime, keep: set[int]) -> None:
+        """Drain the pools of `runtime`'s generations not in `keep`, in the background.
+
+        The next change of the service does not wait for it: a call that never ends in
+        an old generation (with no exec_timeout) would otherwise hold back every later
+        switch of the service. The pools stay in `_retired` until drained, so that
+        `all_pools()` (metrics, shutdown) still sees them.
+        """
         pools = [p for g in runtime.generations.values() if id(g) not in keep for p in g.pools.values()]
+        if not pools:
+            return
         for pool in pools:
             self._retired.add(pool)
-        await asyncio.gather(*(p.drain() for p in pools))
-        for pool in pools:
-            self._retired.discard(pool)
+        task = self.loop.create_task(self._drain_retired(pools))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _drain_retired(self, pools: list[EndpointPool]) -> None:
+        try:
+            await asyncio.gather(*(p.drain() for p in pools))
+        finally:
+            for pool in pools:
+                self._retired.discard(pool)
 
     # --------------------------------------------------------------- health
 

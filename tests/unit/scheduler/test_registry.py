@@ -201,13 +201,33 @@ def test_a_change_queued_behind_another_keeps_its_place(node: Node) -> None:
     node.write(("v2", 1.0))
     first = node.registry.service_changed("demo")
     assert first is not None
-    node.loop.run_until_complete(first)  # switched; the first reload now drains v1
     first_task = node.registry._reloads["demo"]
+    while "demo" not in node.registry._pending:  # the first reload warms v2 up
+        node.loop.run_until_complete(asyncio.sleep(0.001))
     node.write(("v1", 1.0))
     second = node.registry.service_changed("demo")  # chained behind the first
     assert second is not None and not first_task.done()
     node.loop.run_until_complete(first_task)
+    assert node.serving() == "v2"
     assert not second.done() and "demo" in node.registry._reloads  # the second is still to run
     node.loop.run_until_complete(second)
     node.settle()
     assert node.serving() == "v1" and node.registry._reloads == {}
+
+
+def test_a_call_that_never_ends_in_an_old_generation_does_not_hold_back_the_next_switch(node: Node) -> None:
+    """With no exec_timeout a call may run for ever; the old generation's drain waits for it,
+    the next switch of the service must not."""
+    hung = node.registry.resolve("demo", "e")
+    hung.submit(b"{}", exchange=None)  # the fake pipeline never answers it
+    node.write(("v2", 1.0))
+    assert node.changed() is None and node.serving() == "v2"
+    assert hung in node.registry.all_pools() and not hung.drained  # v1 still drains
+    node.write(("v1", 1.0))
+    applied = node.registry.service_changed("demo")
+    assert applied is not None
+    node.loop.run_until_complete(asyncio.wait_for(applied, 5))
+    assert node.serving() == "v1" and node.registry.resolve("demo", "e") is not hung
+    hung.kill_all()  # the hung call ends (WorkerCrashed): its pool drains and is forgotten
+    node.settle()
+    assert hung.drained and hung not in node.registry.all_pools()
