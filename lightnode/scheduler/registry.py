@@ -40,6 +40,8 @@ class GenerationRuntime:
     definition: ServiceDef | None
     load_error: str | None = None
     pools: dict[str, EndpointPool] = field(default_factory=dict)
+    # Why an endpoint of it has no pool (its code env cannot be resolved): each its own.
+    endpoint_errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Registry:
             except LightnodeError as exc:
                 log.error("%s/%s: %s", service_id, endpoint.id, exc.message)
                 gen.load_error = exc.message
+                gen.endpoint_errors[endpoint.id] = exc.message
                 continue
             config = self.endpoint_config(service_id, endpoint.id)
             pool = EndpointPool(self.loop, spec, config, self.sink, worker_factory=self.worker_factory)
@@ -234,7 +237,7 @@ class Registry:
         if pool is None:
             if gen.definition is not None and gen.definition.endpoint(endpoint_id) is None:
                 raise LightnodeError("NotFound", f"Endpoint does not exist: {endpoint_id}")
-            reason = gen.load_error or "not loaded"
+            reason = gen.endpoint_errors.get(endpoint_id) or gen.load_error or "not loaded"
             raise LightnodeError("EndpointUnavailable", f"Endpoint {endpoint_id} cannot be loaded: {reason}")
         return pool
 

@@ -231,3 +231,20 @@ def test_a_call_that_never_ends_in_an_old_generation_does_not_hold_back_the_next
     hung.kill_all()  # the hung call ends (WorkerCrashed): its pool drains and is forgotten
     node.settle()
     assert hung.drained and hung not in node.registry.all_pools()
+
+
+def test_each_endpoint_that_cannot_load_gives_its_own_reason(tmp_path: Path) -> None:
+    """Two endpoints of one generation whose code envs cannot be resolved: each names its own."""
+    root = tmp_path / "data"
+    envs = {"a": {"code_env": "/nonexistent/a"}, "b": {"code_env": "/nonexistent/b"}}
+    write_service(root, "demo", {"a": SOURCE, "b": SOURCE}, endpoint_extra=envs)
+    node = Node(root)
+    try:
+        for endpoint_id in ("a", "b"):
+            with pytest.raises(LightnodeError) as info:
+                node.registry.resolve("demo", endpoint_id)
+            assert info.value.error_type == "EndpointUnavailable"
+            assert f"/nonexistent/{endpoint_id}" in info.value.message
+            assert f"/nonexistent/{'b' if endpoint_id == 'a' else 'a'}" not in info.value.message
+    finally:
+        node.close()
