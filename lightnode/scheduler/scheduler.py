@@ -127,6 +127,8 @@ class EndpointPool:
         self._factory = worker_factory
         self.workers: dict[int, Any] = {}
         self.start_warning_s: float = START_WARNING_S  # tests shorten it
+        # The START_WARNING_S timer of each pipeline starting (cancelled at READY or exit).
+        self._start_timers: dict[int, asyncio.TimerHandle] = {}
         self.calls: dict[int, Call] = {}
         # A pipeline's calls in the order it answers them: the first not answered yet
         # (worker id -> call), and those sent behind it (prefetched, or sent to a pipeline
@@ -351,11 +353,14 @@ class EndpointPool:
             self.loop.call_soon(self.worker_init_failed, worker_id, message, "")
             self.loop.call_soon(self.worker_exited, worker_id, "not started")
             return
-        self.loop.call_later(self.start_warning_s, self._still_starting, worker_id, worker, self.start_warning_s)
+        self._start_timers[worker_id] = self.loop.call_later(
+            self.start_warning_s, self._still_starting, worker_id, worker, self.start_warning_s
+        )
 
     def _still_starting(self, worker_id: int, worker: object, waited_s: float) -> None:
         """Say so if pipeline `worker` has still not said READY after `waited_s` (see START_WARNING_S)."""
         if self.workers.get(worker_id) is not worker or self._state_of(worker_id) is not WorkerState.STARTING:
+            self._start_timers.pop(worker_id, None)
             return
         serving = self.machine.serving()
         meanwhile = (
@@ -367,7 +372,15 @@ class EndpointPool:
             "%s: pipeline pid %s has been starting for %g s: its initialization code has not returned; %s",
             self.spec.tag, self.workers[worker_id].pid, waited_s, meanwhile,
         )  # fmt: skip
-        self.loop.call_later(waited_s, self._still_starting, worker_id, worker, waited_s * 2)
+        self._start_timers[worker_id] = self.loop.call_later(
+            waited_s, self._still_starting, worker_id, worker, waited_s * 2
+        )
+
+    def _started(self, worker_id: int) -> None:
+        """Pipeline `worker_id` is no longer starting (READY, or gone): no warning for it."""
+        timer = self._start_timers.pop(worker_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def _dispatch(self, command: cmd.Dispatch) -> None:
         call = self.calls[command.request_id]
@@ -444,6 +457,7 @@ class EndpointPool:
     # ---------------------------------------------------- worker notifications
 
     def worker_ready(self, worker_id: int, info: dict[str, object]) -> None:
+        self._started(worker_id)
         if self._state_of(worker_id) in _SERVING:
             self._broken(worker_id, "said READY a second time")
             return
@@ -551,6 +565,7 @@ class EndpointPool:
             log.exception("%s: answering request %d with InternalError failed too", self.spec.tag, call.request_id)
 
     def worker_exited(self, worker_id: int, detail: str) -> None:
+        self._started(worker_id)
         worker = self.workers.pop(worker_id, None)
         state = self._state_of(worker_id)
         pid = worker.pid if worker is not None else "?"

@@ -238,6 +238,7 @@ def test_a_pipeline_that_keeps_starting_is_logged_until_it_is_ready(setup: Any, 
         f"svc/ep@v1: pipeline pid 1001 has been starting for {waited} s{tail}" for waited in ("0.05", "0.1")
     ]
     FakeWorker.instances[0].ready()
+    assert pool._start_timers == {}  # cancelled at READY: none kept per pipeline started
     caplog.clear()
     loop.run_until_complete(asyncio.sleep(0.3))
     assert not warnings()
