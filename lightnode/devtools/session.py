@@ -393,7 +393,9 @@ async def play_query(base_url: str, service_id: str, endpoint_id: str, query: Te
     try:
         status, raw = await asyncio.wait_for(http_post(base_url, path, json.dumps(query.q).encode()),
                                              QUERY_TIMEOUT_S)
-    except (OSError, ValueError, EOFError, asyncio.LimitOverrunError, asyncio.TimeoutError) as exc:
+    except asyncio.TimeoutError:  # before OSError, of which it is a subclass
+        return QueryOutcome(endpoint_id, query.name, error=f"no answer within {QUERY_TIMEOUT_S:g} s")
+    except (OSError, ValueError, EOFError, asyncio.LimitOverrunError) as exc:
         return QueryOutcome(endpoint_id, query.name, error=f"no answer: {exc or type(exc).__name__}")
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     try:
