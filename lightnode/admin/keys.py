@@ -10,9 +10,9 @@ time taken does not depend on which key (if any) matched.
 
 Keys travel as the HTTP Basic user name (what the official client sends) or
 as `Authorization: Bearer <key>`. Service keys open one service's /run;
-admin keys open /admin/api/. With no admin key defined, the admin API answers
-on loopback only. Failures are logged on `lightnode.audit` with a short digest
-prefix (a fingerprint), never the key.
+admin keys open /admin/api/. With no admin key defined (an expired one still
+counts), the admin API answers on loopback only. Failures are logged on
+`lightnode.audit` with a short digest prefix (a fingerprint), never the key.
 
 The file is hot-reloaded (`reload`, on the watcher's KeysChanged): a file that
 does not parse is refused whole and the last good keys stay in force.
@@ -305,7 +305,10 @@ class KeyStore:
         return self._entries
 
     def has_admin_keys(self) -> bool:
-        return any(e.admin and not e.expired() for e in self._entries)
+        """Whether an admin key is defined, expired or not (SPEC §9: loopback-only keyless access
+        lasts until one is created, or comes back when all are deleted). An expiry locks
+        its key out; it must not reopen the admin API to every local user."""
+        return any(e.admin for e in self._entries)
 
     # ------------------------------------------------------- authentication
 

@@ -51,7 +51,24 @@ def _quote(segment: str) -> str:
 class RemoteAdmin:
     def __init__(self, url: str, key: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self.key = key
+        # A key read from a file or an env file keeps its line end ("\r\n" from an
+        # edited file): surrounding whitespace is never part of a key.
+        self.key = key.strip() if key else key
+
+    def _authorization(self) -> str:
+        """The Authorization header for `key`, checked before anything is sent.
+
+        A key is printable ASCII (`lnk_` + URL-safe characters): anything else could not
+        travel in a header, and http.client's refusal would quote the header, key included,
+        in a message that blames the connection.
+        """
+        key = self.key or ""
+        if not (key.isascii() and key.isprintable()):
+            raise RemoteError(
+                "the admin key (--key or $LIGHTNODE_ADMIN_KEY) holds a control or non-ASCII"
+                " character: it is not a lightnode key"
+            )
+        return f"Bearer {key}"
 
     def call(
         self,
@@ -69,10 +86,11 @@ class RemoteAdmin:
         data = None if body is None else json.dumps(body).encode()
         if timeout_s is None:
             timeout_s = READ_TIMEOUT_S if method == "GET" else MUTATION_TIMEOUT_S
+        authorization = self._authorization() if self.key else None
         try:
             request = urllib.request.Request(url, data=data, method=method)  # ValueError: not a URL
-            if self.key:
-                request.add_header("Authorization", f"Bearer {self.key}")
+            if authorization:
+                request.add_header("Authorization", authorization)
             with urllib.request.urlopen(request, timeout=timeout_s) as answer:
                 raw = answer.read()
         except urllib.error.HTTPError as exc:
@@ -81,6 +99,8 @@ class RemoteAdmin:
                 detail = json.loads(detail).get("message", detail)
             except (ValueError, AttributeError):
                 pass
+            if exc.code == 401 and not self.key:
+                detail += " (no admin key given: pass --key or set LIGHTNODE_ADMIN_KEY)"
             raise RemoteError(f"{method} {_public(path)}: HTTP {exc.code}: {detail}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise RemoteError(f"cannot reach {self.url}: {getattr(exc, 'reason', exc)}") from None

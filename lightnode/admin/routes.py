@@ -435,10 +435,28 @@ class AdminRoutes:
         exchange.respond_json(200, [e.to_public_json() for e in self.keys.entries()])
 
     def _create_key(self, exchange: Exchange, p: Params) -> None:
+        """POST keys: without serviceId the key is an admin key (what dataikuapi's add_key asks).
+
+        So that a typo (`service` for `serviceId`) or `"admin": false` never yields an admin
+        key handed out as a service key, unknown fields are refused and `admin`, when
+        given, must agree with serviceId.
+        """
         body = _object_body(exchange)
+        unknown = sorted(k for k in body if k not in _KEY_FIELDS)
+        if unknown:
+            raise LightnodeError(
+                "BadRequest", f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(_KEY_FIELDS)}"
+            )
         service_id = body.get("serviceId")
         if service_id is not None and not is_valid_id(service_id):
             raise LightnodeError("BadRequest", f"serviceId: invalid service id {service_id!r}")
+        admin = body.get("admin")
+        if admin is not None and not isinstance(admin, bool):
+            raise LightnodeError("BadRequest", "admin: must be true or false")
+        if admin is not None and admin != (service_id is None):
+            raise LightnodeError(
+                "BadRequest", "a key is either an admin key (no serviceId) or for one service (serviceId)"
+            )
         strings = {}
         for field in ("label", "description", "createdBy"):
             value = body.get(field)
@@ -455,6 +473,10 @@ class AdminRoutes:
 
     def _delete_key(self, exchange: Exchange, p: Params) -> None:
         self._mutate(exchange, p, lambda: self.layer.delete_key(p["K"]))
+
+
+# The fields of POST keys: dataikuapi's add_key sends the first four.
+_KEY_FIELDS = ("label", "description", "createdBy", "expiry", "serviceId", "admin")
 
 
 def _who(entry: KeyEntry | None) -> str:

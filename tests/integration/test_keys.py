@@ -144,3 +144,52 @@ def test_a_key_in_an_admin_path_is_never_logged_nor_echoed(node: Node, capsys: p
     assert "admin DELETE keys/<key>/key" in log  # audited, masked
     for secret in (key, other):
         assert secret not in log and secret[4:16] not in log
+
+
+def test_an_expired_admin_key_keeps_the_admin_api_locked(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
+    """When the only admin key expires, the admin API stays closed: loopback needs a key too (SPEC §9)."""
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
+    key = create_key(capsys, "--admin", "--expiry", expiry, "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.request("GET", "/admin/api/services")[0] == 401)
+    assert node.request("GET", "/admin/api/services", headers=bearer(key))[0] == 200
+    wait_for(lambda: node.request("GET", "/admin/api/services", headers=bearer(key))[0] == 401)
+    status, headers, raw = node.request("GET", "/admin/api/services")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    assert json.loads(raw)["message"] == "Unknown API key"
+    # The files are the way back in: a new admin key by --data-dir.
+    fresh = create_key(capsys, "--admin", "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.request("GET", "/admin/api/services", headers=bearer(fresh))[0] == 200)
+
+
+def test_the_cli_sends_a_key_from_an_env_file_and_says_when_none_was_given(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = create_key(capsys, "--admin", "--data-dir", str(node.data_dir))
+    wait_for(lambda: node.request("GET", "/admin/api/services")[0] == 401)
+    monkeypatch.delenv("LIGHTNODE_ADMIN_KEY", raising=False)
+    assert main(["admin", "keys", "list", "--url", node.url]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 401: Unknown API key" in err and "no admin key given" in err and "LIGHTNODE_ADMIN_KEY" in err
+    assert main(["admin", "keys", "list", "--url", node.url, "--key", "lnk_wrong"]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 401: Unknown API key" in err and "no admin key given" not in err
+    # A key read from a file edited on Windows ends with "\r\n": it is still the key.
+    monkeypatch.setenv("LIGHTNODE_ADMIN_KEY", key + "\r\n")
+    assert main(["admin", "keys", "list", "--url", node.url]) == 0
+    assert "\tadmin\t" in capsys.readouterr().out
+    assert main(["admin", "keys", "list", "--url", node.url, "--key", key[:10] + "\n" + key[10:]]) == 1
+    err = capsys.readouterr().err
+    assert "admin key" in err and key[4:10] not in err and key[10:] not in err
+
+
+def test_post_keys_never_turns_a_mistyped_service_key_into_an_admin_key(node: Node) -> None:
+    """POST keys without serviceId makes an admin key (dataikuapi's add_key): a typo must not get one."""
+    for body in ({"service": "priv"}, {"admin": False}, {"admin": True, "serviceId": "priv"}, {"admin": "no"}):
+        status, _, raw = node.request("POST", "/admin/api/keys", json.dumps(body).encode())
+        assert status == 400, (body, raw)
+        assert json.loads(raw)["errorType"] == "BadRequest" and "lnk_" not in raw.decode()
+    assert json.loads(node.get("/admin/api/keys")[1]) == []  # nothing was created
+    status, _, raw = node.request("POST", "/admin/api/keys", json.dumps({"admin": False, "serviceId": "priv"}).encode())
+    assert status == 200 and json.loads(raw)["serviceId"] == "priv"
+    status, _, raw = node.request("POST", "/admin/api/keys", json.dumps({"admin": True, "label": "ops"}).encode())
+    assert status == 200 and json.loads(raw)["admin"] is True
