@@ -11,7 +11,8 @@ Shutdown is a staged contract (SPEC §11), triggered by SIGTERM or SIGINT:
   2. drain: running and queued requests finish, up to `shutdown.grace_ms`;
   3. stop pipelines: each drained pool closes its workers' pipes (they exit on
      EOF), escalating to SIGTERM then SIGKILL; after the grace period whatever
-     still runs is killed and its requests answered 500 WorkerCrashed;
+     still runs is killed and its requests answered 500 WorkerCrashed, and what
+     still waits in a queue is answered 503 ShuttingDown (it never runs);
   4. close the remaining connections, remove run/lightnode.addr, exit 0.
 Signal handlers only set an event or enqueue work; everything else runs in the loop.
 """
@@ -47,7 +48,7 @@ from lightnode.config.watch import (
     TuningInvalid,
     TuningRemoved,
 )
-from lightnode.errors import ConfigError
+from lightnode.errors import ConfigError, LightnodeError
 from lightnode.http.app import NodeApp
 from lightnode.http.protocol import HttpProtocol, ServerState
 from lightnode.observe import logsetup
@@ -62,6 +63,11 @@ log = logging.getLogger("lightnode")
 _TUNING_CHANGES = (TuningChanged, TuningRemoved, TuningInvalid)
 
 NOT_ALIVE_POLL_S = 0.25
+# Past the grace period: how long to wait for killed pipelines to exit, and how often
+# to refuse the requests that came back to a queue and kill what started meanwhile.
+KILL_WAIT_S = 5.0
+KILL_POLL_S = 0.1
+GRACE_OVER_MESSAGE = "The node is shutting down: its grace period ended before this request started"
 # Young-generation collection threshold (CPython's default is 700): fewer pauses on
 # the request path for a little more memory held between collections.
 GC_GEN0_THRESHOLD = 20_000
@@ -152,13 +158,16 @@ class Node:
     async def start(self) -> None:
         listen = self.settings.listen
         self.keys.load()  # a keys.json that does not parse stops the start (ConfigError)
-        self._server = await self.loop.create_server(
-            lambda: cast(asyncio.Protocol, HttpProtocol(self.app, self.http_state, self.loop)),
-            listen.host,
-            listen.port,
-            backlog=2048,
-            reuse_address=True,
-        )
+        try:
+            self._server = await self.loop.create_server(
+                lambda: cast(asyncio.Protocol, HttpProtocol(self.app, self.http_state, self.loop)),
+                listen.host,
+                listen.port,
+                backlog=2048,
+                reuse_address=True,
+            )
+        except OSError as exc:  # a host that does not resolve says only "Name or service not known"
+            raise StartupError(f"cannot listen on {listen.host} port {listen.port}: {exc.strerror or exc}") from None
         port = self._server.sockets[0].getsockname()[1]
         self.registry = Registry(self.loop, self.data_dir, self.app, port=port, dev=self.options.dev)
         self.app.registry = self.registry
@@ -281,6 +290,41 @@ class Node:
     async def wait(self) -> None:
         await self._stop.wait()
 
+    async def abandon_start(self) -> None:
+        """A start that failed midway: stop listening and stop the pipelines it started.
+
+        Their start would otherwise be cut short by the end of the loop (a traceback per
+        pipeline under the one-line reason), and they would outlive the node briefly.
+        """
+        if self._server is not None:
+            self._server.close()
+        if self.registry is not None and not await self._stop_now(self.registry):
+            log.error("pipelines did not exit %.0f s after SIGKILL", KILL_WAIT_S)
+
+    async def _stop_now(self, registry: Registry) -> bool:
+        """Past the grace period (or after a failed start): refuse what waits, kill what runs, until every pool has drained.
+
+        A draining pool starts a pipeline anew for the requests still queued when one
+        dies (right within the grace period: they are to be run). Past it they must
+        not run: each is answered 503 ShuttingDown (it did not run, so a client or a
+        load balancer may send it elsewhere, SPEC §3.4) rather than run on a new
+        pipeline or be cut off unanswered when the node exits. Repeated until the pools
+        have drained: a killed pipeline's prefetched calls come back to the queue, and a
+        pipeline started for them meanwhile is killed in turn. False if still not drained
+        after KILL_WAIT_S.
+        """
+        drained = asyncio.ensure_future(registry.drain_all())
+        deadline = self.loop.time() + KILL_WAIT_S
+        while True:
+            _refuse_queued(registry)
+            registry.kill_all()
+            done, _ = await asyncio.wait([drained], timeout=KILL_POLL_S)
+            if done:
+                return True
+            if self.loop.time() >= deadline:
+                drained.cancel()
+                return False
+
     async def shutdown(self) -> None:
         """The staged shutdown written down in this module's docstring."""
         assert self.registry is not None and self._server is not None
@@ -297,12 +341,9 @@ class Node:
         try:  # 2. + 3. drain and stop pipelines
             await asyncio.wait_for(self.registry.drain_all(), timeout=grace_s)
         except asyncio.TimeoutError:
-            log.warning("grace period over: killing the pipelines still running")
-            self.registry.kill_all()
-            try:
-                await asyncio.wait_for(self.registry.drain_all(), timeout=5)
-            except asyncio.TimeoutError:
-                log.error("pipelines did not exit after SIGKILL")
+            log.warning("grace period over: refusing the requests still queued, killing the pipelines still running")
+            if not await self._stop_now(self.registry):
+                log.error("pipelines did not exit %.0f s after SIGKILL", KILL_WAIT_S)
         await flush_user_output(timeout_s=2)  # what the pipelines printed last
         try:  # 4. connections close after their last answer; abort the rest
             await asyncio.wait_for(self.http_state.wait_closed(), timeout=1)
@@ -318,6 +359,13 @@ class Node:
             self.query_log.close()  # every answered request is in the query log
         self.addr_file.unlink(missing_ok=True)
         log.info("lightnode stopped")
+
+
+def _refuse_queued(registry: Registry) -> None:
+    """Answer every request still waiting in a queue 503 ShuttingDown (it did not run)."""
+    error = LightnodeError("ShuttingDown", GRACE_OVER_MESSAGE)
+    for pool in registry.all_pools():
+        pool.refuse_waiting(error)
 
 
 def _url_host(host: str) -> str:
@@ -346,7 +394,11 @@ async def serve(options: DaemonOptions) -> int:
             lock.acquire()
             held.append(lock)
         node = Node(options, settings)
-        await node.start()
+        try:
+            await node.start()
+        except Exception:
+            await node.abandon_start()
+            raise
         # Objects alive after start-up live as long as the node: keep the collector off
         # them, and collect the young generation less often than every 700 allocations
         # (a request allocates a few dozen tracked objects, almost none in cycles).

@@ -192,6 +192,18 @@ class EndpointPool:
             self._feed(ev.RequestCancelled(call.request_id))
             self._forget_if_queued(call.request_id)
 
+    def refuse_waiting(self, error: LightnodeError) -> None:
+        """Answer every call still waiting in the queue with `error`: none of them runs.
+
+        For the end of a shutdown's grace period (daemon.py), when a queued call must
+        neither start on a pipeline started anew for it nor be cut off unanswered.
+        """
+        now = monotonic()
+        for call in [c for c in self.calls.values() if not c.worker_id and not c.cancelled]:
+            self.cancel(call)  # leaves the machine's queue silently (SPEC §4 rule 9)
+            call.wait_us = int((now - call.arrived) * 1e6)
+            self.sink.call_failed(self, call, error, 0, 0)
+
     def _forget_if_queued(self, request_id: int) -> None:
         """After RequestCancelled: a queued call leaves now; a running or staged one when answered."""
         call = self.calls.get(request_id)
