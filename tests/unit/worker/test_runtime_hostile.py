@@ -20,14 +20,8 @@ import pytest
 
 from lightnode.worker import runtime
 from lightnode.worker.runtime import CALL, ERROR, READY, RESULT, Binder, read_frame, write_frame
-
-
-def _call(source: str, body: bytes = b"{}", name: str = "f") -> tuple[int, object]:
-    namespace: dict[str, object] = {}
-    exec(source, namespace)
-    kind, answer, _ = runtime.call_once(Binder(namespace[name]), body, False)  # type: ignore[arg-type]
-    return kind, json.loads(answer)
-
+from tests.unit.worker._runtime_calls import call as _call
+from tests.unit.worker._runtime_calls import start_runtime, stop_runtime
 
 # ------------------------------------------------- user code run while the result is converted
 
@@ -132,23 +126,8 @@ def test_a_default_whose_repr_raises_does_not_keep_the_endpoint_from_loading() -
     assert _call(source, b'{"x": 2}') == (RESULT, 2)
 
 
-def _start(tmp_path: Path, source: str, function: str, code: str = "ep.py") -> tuple[subprocess.Popen[bytes], int, int]:
-    """The runtime as the node starts it: its own process, two pipes."""
-    (tmp_path / code).write_text(source)
-    call_r, call_w = os.pipe()
-    ans_r, ans_w = os.pipe()
-    spec = {"root": str(tmp_path), "code": code, "function": function, "folders": []}
-    proc = subprocess.Popen(
-        [sys.executable, runtime.__file__, str(call_r), str(ans_w), json.dumps(spec)],
-        pass_fds=(call_r, ans_w), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(call_r)
-    os.close(ans_w)
-    return proc, call_w, ans_r
-
-
 def _one_call(tmp_path: Path, source: str, function: str, body: bytes, code: str = "ep.py") -> tuple[object, object]:
-    proc, call_w, ans_r = _start(tmp_path, source, function, code)
+    proc, call_w, ans_r = start_runtime(tmp_path, source, function, code)
     try:
         frame = read_frame(ans_r)
         assert frame is not None and frame[0] == READY, proc.communicate(timeout=10)[1].decode()
@@ -157,9 +136,7 @@ def _one_call(tmp_path: Path, source: str, function: str, body: bytes, code: str
         assert answer is not None
         return json.loads(frame[2]), (answer[0], json.loads(answer[2]))
     finally:
-        os.close(call_w)
-        proc.communicate(timeout=10)
-        os.close(ans_r)
+        stop_runtime(proc, call_w, ans_r)
 
 
 @pytest.mark.parametrize(
@@ -278,6 +255,4 @@ def test_a_ujson_without_allow_nan_in_the_code_environment_leaves_the_standard_l
         assert answer is not None
         assert (answer[0], json.loads(answer[2])) == (RESULT, {"x": 0.1, "nan": None, "u": "\u00e9/"})
     finally:
-        os.close(call_w)
-        proc.communicate(timeout=10)
-        os.close(ans_r)
+        stop_runtime(proc, call_w, ans_r)

@@ -7,9 +7,7 @@ JSON gives ResultNotSerializable, and every call gets exactly one answer.
 from __future__ import annotations
 
 import json
-import os
 import select
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,16 +15,9 @@ import pytest
 
 from lightnode.worker import runtime
 from lightnode.worker.runtime import CALL, ERROR, READY, RESULT, Binder, read_frame, write_frame
-
-
-def _call(
-    source: str, body: bytes = b"{}", dev: bool = False
-) -> tuple[int, dict[str, object] | object]:
-    namespace: dict[str, object] = {}
-    exec(source, namespace)
-    kind, answer, _ = runtime.call_once(Binder(namespace["f"]), body, dev)  # type: ignore[arg-type]
-    return kind, json.loads(answer)
-
+from tests.unit.worker._runtime_calls import call as _call
+from tests.unit.worker._runtime_calls import start_runtime as _start
+from tests.unit.worker._runtime_calls import stop_runtime as _stop
 
 # ------------------------------------------------------- exceptions that are not Exception
 
@@ -185,31 +176,9 @@ def test_plain_results_take_ujsons_path_and_others_are_converted() -> None:
 # ------------------------------------------------------------------- forks
 
 
-def _start(tmp_path: Path, source: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    """The runtime as the node starts it: its own process, two pipes."""
-    (tmp_path / "ep.py").write_text(source)
-    call_r, call_w = os.pipe()
-    ans_r, ans_w = os.pipe()
-    spec = {"root": str(tmp_path), "code": "ep.py", "function": "f", "folders": []}
-    proc = subprocess.Popen(
-        [sys.executable, runtime.__file__, str(call_r), str(ans_w), json.dumps(spec)],
-        pass_fds=(call_r, ans_w), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    os.close(call_r)
-    os.close(ans_w)
-    return proc, call_w, ans_r
-
-
 def _nothing_more(fd: int) -> bool:
     """No further frame within half a second (a forked child would have written by then)."""
     return not select.select([fd], [], [], 0.5)[0]
-
-
-def _stop(proc: subprocess.Popen[bytes], call_w: int, ans_r: int) -> bytes:
-    os.close(call_w)
-    _, stderr = proc.communicate(timeout=10)
-    os.close(ans_r)
-    return stderr
 
 
 def test_a_child_forked_by_the_function_does_not_answer(tmp_path: Path) -> None:
