@@ -720,17 +720,10 @@ class HttpProtocol:
             self._held.extend(ready)
             self._dispatch_held()
             return
-        app = self._app
         self._dispatching = True
         try:
             for exchange in ready:
-                if exchange.cancelled:
-                    continue
-                try:
-                    app.handle(exchange)
-                except Exception:
-                    logger.exception("request %s: the app raised", exchange.request_id)
-                    exchange.respond(500, error_body("InternalError", "Internal error"))
+                self._hand_to_app(exchange)
         finally:
             self._dispatching = False
         if self._pending and self._pending[0].done:
@@ -757,20 +750,23 @@ class HttpProtocol:
     def _hand_over_held(self) -> None:
         held = self._held
         limit = self._state.max_pipelined
-        app = self._app
         self._dispatching = True
         try:
             while held and not self._write_paused and not self._closed and len(self._pending) - len(held) < limit:
-                exchange = held.popleft()
-                if exchange.cancelled:
-                    continue
-                try:
-                    app.handle(exchange)
-                except Exception:
-                    logger.exception("request %s: the app raised", exchange.request_id)
-                    exchange.respond(500, error_body("InternalError", "Internal error"))
+                self._hand_to_app(held.popleft())
         finally:
             self._dispatching = False
+
+    def _hand_to_app(self, exchange: _ServerExchange) -> None:
+        """The app handles `exchange` (unless its client left); an exception it raises is
+        answered 500 InternalError, so that one bad request never ends the connection."""
+        if exchange.cancelled:
+            return
+        try:
+            self._app.handle(exchange)
+        except Exception:
+            logger.exception("request %s: the app raised", exchange.request_id)
+            exchange.respond(500, error_body("InternalError", "Internal error"))
 
     def _drop_held(self) -> None:
         """The client is gone: requests held back never reach the app (a /run one is
