@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightnode.config.model import EndpointConfig, ExecLimits, PoolLimits
 from lightnode.pool.commands import Command, SpawnWorker
-from lightnode.pool.events import Event, Loaded, WorkerReady
+from lightnode.pool.events import Event, Loaded, Tick, WorkerReady
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.states import WorkerState
 
@@ -67,3 +67,14 @@ def ready_pool(n: int, **pool: int) -> Script:
     for i in range(1, n + 1):
         assert s(WorkerReady(i), at=float(i)) == []
     return s
+
+
+def wait_out_backoff(s: Script, now: float, worker: int) -> tuple[float, float]:
+    """After a failed start at `now`: nothing starts before the backoff's deadline, and at
+    it exactly one pipeline, `worker`. Returns (the delay, the deadline)."""
+    deadline = s.machine.next_deadline()
+    assert deadline is not None
+    assert s(Tick(), at=deadline - 0.01) == []
+    assert s(Tick(), at=deadline) == [SpawnWorker(worker)]  # exactly one start
+    assert s.machine.next_deadline() is None
+    return deadline - now, deadline
