@@ -39,6 +39,18 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+def until(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition", *,
+          interval_s: float = 0.02) -> Any:
+    """Poll `predicate` until it gives a true value, and return that; AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +11,11 @@ import pytest
 
 from lightnode.cli import main
 from lightnode.config.validate import MAX_CONFIG_FILE_BYTES
-from tests.conftest import Node, write_service
+from tests.conftest import Node, until, write_service
 
 pytestmark = pytest.mark.integration
 
 SOURCE = "def e(x=0):\n    return {'x': x}\n"
-
-
-def _until(predicate: Any, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def _status_with(node: Node, key: str) -> int:
@@ -54,7 +43,7 @@ def test_a_key_deleted_from_a_keys_file_over_a_megabyte_stops_working(
     node = node_factory(root)
     assert _status_with(node, key) == 200
     assert main(["admin", "keys", "delete", key, *data_dir]) == 0
-    _until(lambda: _status_with(node, key) == 401)
+    until(lambda: _status_with(node, key) == 401)
 
 
 def _pool(node: Node, service: str, endpoint: str) -> dict[str, Any]:
@@ -78,8 +67,8 @@ def test_a_tuning_file_linked_to_a_config_repository_stays_linked_through_tune(
     assert _pool(node, "p", "e")["ceil"] == 2
     assert main(["admin", "tune", "p", "e", "--ceil", "5", "--data-dir", str(root)]) == 0
     capsys.readouterr()
-    _until(lambda: _pool(node, "p", "e")["ceil"] == 5)
+    until(lambda: _pool(node, "p", "e")["ceil"] == 5)
     assert link.is_symlink() and json.loads(kept.read_text())["pool"]["ceil"] == 5
     with open(kept, "w") as f:  # a later edit in the repository, in place
         f.write(json.dumps({"pool": {"floor": 1, "cruise": 1, "ceil": 3}}))
-    _until(lambda: _pool(node, "p", "e")["ceil"] == 3)
+    until(lambda: _pool(node, "p", "e")["ceil"] == 3)

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Node, write_service, write_tuning
+from tests.conftest import until as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +43,6 @@ def metric_samples(node: Node) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def metric(node: Node, name: str, **labels: str) -> float | None:
     return metric_samples(node).get((name, tuple(sorted(labels.items()))))
-
-
-def wait_for(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pids_of(node: Node, service: str) -> list[int]:

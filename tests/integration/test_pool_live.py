@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Node, write_service, write_tuning
+from tests.conftest import until as _until
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +40,6 @@ FLAKY = (
     "    raise RuntimeError('marker file missing')\n"
     "def flaky():\n    return 'ok'\n"
 )
-
-
-def _until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def _endpoint(node: Node, service: str, endpoint: str) -> dict[str, Any]:
