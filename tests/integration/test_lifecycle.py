@@ -9,11 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, Node, write_service, write_tuning
+from conftest import REPO, Node, until, write_service, write_tuning
 
 # Each call notes its id in a file when it starts, then sleeps: what ran is on disk.
 MARKED = """\
@@ -27,15 +26,6 @@ def f(id, s, marks):
 """
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def write_server(root: Path, settings: dict[str, Any]) -> None:
     (root / "config").mkdir(parents=True, exist_ok=True)
     (root / "config" / "server.json").write_text(json.dumps(settings))
@@ -45,15 +35,20 @@ def marks(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def _one_pipeline_node(node_factory: Any, root: Path, *, grace_ms: int) -> Node:
+    """A node serving MARKED as s/slow on one pipeline (so calls queue), with that grace."""
+    write_service(root, "s", {"slow": MARKED})
+    write_tuning(root, "s", "slow", {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 8, "timeout": 60000}})
+    write_server(root, {"shutdown": {"grace_ms": grace_ms}})
+    node: Node = node_factory(root)
+    return node
+
+
 def test_grace_over_refuses_the_queued_requests_and_runs_none_of_them(node_factory: Any, tmp_path: Path) -> None:
     """Past shutdown.grace_ms the running call is killed (500) and the queued ones are
     answered 503 ShuttingDown, which says they did not run: none may start afterwards
     on a pipeline started anew for them, nor be left unanswered when the node exits."""
-    root = tmp_path / "grace"
-    write_service(root, "s", {"slow": MARKED})
-    write_tuning(root, "s", "slow", {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 8, "timeout": 60000}})
-    write_server(root, {"shutdown": {"grace_ms": 1000}})
-    node: Node = node_factory(root)
+    node = _one_pipeline_node(node_factory, tmp_path / "grace", grace_ms=1000)
     mark_file = tmp_path / "marks"
     results: dict[int, Any] = {}
 
@@ -65,11 +60,11 @@ def test_grace_over_refuses_the_queued_requests_and_runs_none_of_them(node_facto
 
     threads = [threading.Thread(target=call, args=(0,))]
     threads[0].start()
-    wait_for(lambda: marks(mark_file) == ["0"], "the first call to start")
+    until(lambda: marks(mark_file) == ["0"], 20.0, "the first call to start")
     threads += [threading.Thread(target=call, args=(i,)) for i in (1, 2)]
     for thread in threads[1:]:
         thread.start()
-    wait_for(lambda: node.stats("s")["endpoints"][0]["queueLength"] == 2, "two queued calls")
+    until(lambda: node.stats("s")["endpoints"][0]["queueLength"] == 2, 20.0, "two queued calls")
     node.signal(signal.SIGTERM)
     assert node.proc is not None
     assert node.proc.wait(30) == 0, node.log()
@@ -84,11 +79,7 @@ def test_grace_over_refuses_the_queued_requests_and_runs_none_of_them(node_facto
 
 def test_grace_over_exits_promptly(node_factory: Any, tmp_path: Path) -> None:
     """A node whose calls all outlast the grace period exits soon after it (not grace + 5 s + ...)."""
-    root = tmp_path / "prompt"
-    write_service(root, "s", {"slow": MARKED})
-    write_tuning(root, "s", "slow", {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 8, "timeout": 60000}})
-    write_server(root, {"shutdown": {"grace_ms": 500}})
-    node: Node = node_factory(root)
+    node = _one_pipeline_node(node_factory, tmp_path / "prompt", grace_ms=500)
     mark_file = tmp_path / "marks"
     statuses: list[Any] = []
 
@@ -101,7 +92,7 @@ def test_grace_over_exits_promptly(node_factory: Any, tmp_path: Path) -> None:
     threads = [threading.Thread(target=call) for _ in range(3)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: node.stats("s")["endpoints"][0]["queueLength"] == 2, "two queued calls")
+    until(lambda: node.stats("s")["endpoints"][0]["queueLength"] == 2, 20.0, "two queued calls")
     started = time.monotonic()
     node.signal(signal.SIGTERM)
     assert node.proc is not None
