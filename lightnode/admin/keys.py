@@ -140,7 +140,7 @@ class KeyEntry:
     def expired(self, now_s: float | None = None) -> bool:
         if self.expiry is None:
             return False
-        return _parse_time(self.expiry) <= (time.time() if now_s is None else now_s)
+        return parse_time(self.expiry) <= (time.time() if now_s is None else now_s)
 
     def to_public_json(self) -> dict[str, Any]:
         """What `keys list` and GET keys show: never the key, never its digest."""
@@ -170,7 +170,8 @@ class KeyEntry:
         }
 
 
-def _parse_time(text: str) -> float:
+def parse_time(text: str) -> float:
+    """An ISO 8601 time (naive = UTC, `Z` accepted) as epoch seconds. Raises ValueError."""
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     moment = datetime.fromisoformat(text)
@@ -196,7 +197,7 @@ def normalize_expiry(value: object) -> str | None:
             raise ValueError(f"expiry: epoch milliseconds out of range (got {value!r})") from None
     elif isinstance(value, str):
         try:
-            moment = datetime.fromtimestamp(_parse_time(value), tz=timezone.utc)
+            moment = datetime.fromtimestamp(parse_time(value), tz=timezone.utc)
         except (OverflowError, OSError, ValueError):
             raise ValueError(f"expiry: not an ISO 8601 time: {value!r}") from None
     else:

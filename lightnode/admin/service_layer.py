@@ -23,12 +23,13 @@ import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from lightnode.admin.keys import KeyEntry, KeyStore, looks_like_key
+from lightnode.admin.keys import KeyEntry, KeyStore, looks_like_key, normalize_expiry, parse_time
 from lightnode.config.load import (
     endpoint_config_to_json,
     load_endpoint_config,
@@ -333,7 +334,9 @@ class ServiceLayer:
         """actions/enable: serve the mapping of state.json.
 
         A refused state.json has no mapping to serve: refused (BadRequest), pointing
-        at switch and set-mapping, which write a whole new state.
+        at switch and set-mapping, which write a whole new state. So is a state with
+        no mapping (a service just created or imported, SPEC §6: disabled until a
+        switch): enabled, it would still answer every request 503 ServiceNotActive.
         """
         try:
             state = self._state(service_id)
@@ -343,6 +346,13 @@ class ServiceLayer:
                 f"cannot enable service {service_id}: {exc}; its mapping cannot be read, so write a"
                 " new state with switch (switchTo, switchToNewest) or set-mapping (setMapping)",
             ) from None
+        if not state.entries:
+            raise LightnodeError(
+                "BadRequest",
+                f"cannot enable service {service_id}: it has no generation mapping yet; switch to a"
+                " generation (switch, switchTo, switchToNewest) or set-mapping (setMapping), which"
+                " also enable it",
+            )
         return self._write_state(service_id, ServiceState(True, state.entries))
 
     def disable(self, service_id: str) -> dict[str, Any]:
@@ -429,6 +439,7 @@ class ServiceLayer:
         if service_id is not None:
             check_id(service_id, "service id")
         try:
+            _refuse_past_expiry(expiry)
             entry, key = self.keys.create(
                 admin=service_id is None, service_id=service_id, label=label,
                 description=description, created_by=created_by, expiry=expiry,
@@ -455,6 +466,19 @@ class ServiceLayer:
         except KeyError:
             raise LightnodeError("NotFound", missing) from None
         return {"deleted": entry.id}
+
+
+def _refuse_past_expiry(expiry: object) -> None:
+    """A new key whose expiry is already past is refused from its first use, and an admin
+    one would also lock the admin API (an expired admin key still counts, SPEC §9):
+    a typo in the year must not do that. keys.json may hold expired keys; new ones not.
+
+    Raises:
+        ValueError: the expiry is not a time, or is not in the future.
+    """
+    normalized = normalize_expiry(expiry)
+    if normalized is not None and parse_time(normalized) <= time.time():
+        raise ValueError(f"expiry: {normalized} is already past: the key would never be accepted")
 
 
 def _state_text(state: ServiceState) -> str:
