@@ -326,9 +326,16 @@ def run_package(args: argparse.Namespace) -> int:
 
 def run_deploy(args: argparse.Namespace) -> int:
     """package + import + switch."""
+    from lightnode.cli import CliError
+
     with tempfile.TemporaryDirectory(prefix="lightnode-deploy-") as tmp:
         built = build_package(args.src_dir, output=Path(tmp) / "package.zip", generation=args.generation)
-        call_target(args, "import_archive", built.service_id, built.path)
+        try:
+            call_target(args, "import_archive", built.service_id, built.path)
+        except (CliError, ConfigError) as exc:
+            # The package is a temporary file, gone when deploy exits: a refusal names the source.
+            source = f"{os.path.abspath(args.src_dir)} (packaged as generation {built.generation})"
+            raise _cli_error(str(exc).replace(str(built.path), source)) from None
         print(f"imported {built.service_id} generation {built.generation}", file=sys.stderr)
         call_mapping(args, "switch_to", built.service_id, built.generation)
     print(f"deployed {built.service_id} generation {built.generation}")
