@@ -145,6 +145,10 @@ class EndpointPool:
         self._start_by_at: float | None = None
         self._drained = loop.create_future()
         self._rss_timer: asyncio.TimerHandle | None = None
+        # limits.max_rss_mb: each pipeline's RSS once loaded (read at READY while a limit
+        # is set), and the pipelines already found over the limit (see _check_rss).
+        self._ready_rss: dict[int, int] = {}
+        self._rss_reported: set[int] = set()
         self.last_start_s: float | None = None  # duration of the last successful start
         self.last_start_at: float | None = None
         self.last_load_error: str | None = None
@@ -211,6 +215,8 @@ class EndpointPool:
             del self.calls[request_id]
 
     def apply_config(self, config: EndpointConfig) -> None:
+        if config.limits.max_rss_mb != self.machine.config.limits.max_rss_mb:
+            self._rss_reported.clear()  # a new limit: every pipeline is checked against it
         self._feed(ev.LimitsChanged(config))
         self._arm_rss_check()
 
@@ -475,6 +481,8 @@ class EndpointPool:
             return
         worker = self.workers.get(worker_id)
         if worker is not None:
+            if self.machine.config.limits.max_rss_mb > 0:
+                self._ready_rss[worker_id] = worker.rss_bytes()
             self.last_start_at = worker.started_at
             self.last_start_s = monotonic() - worker.started_at
             log.info(
@@ -579,6 +587,8 @@ class EndpointPool:
     def worker_exited(self, worker_id: int, detail: str) -> None:
         self._started(worker_id)
         worker = self.workers.pop(worker_id, None)
+        self._ready_rss.pop(worker_id, None)
+        self._rss_reported.discard(worker_id)
         state = self._state_of(worker_id)
         pid = worker.pid if worker is not None else "?"
         start_failure = ""
@@ -650,10 +660,27 @@ class EndpointPool:
         limit_mb = self.machine.config.limits.max_rss_mb
         if limit_mb <= 0 or self.drained:
             return
+        limit = limit_mb * 1024 * 1024
         for worker_id, worker in list(self.workers.items()):
-            if worker.rss_bytes() > limit_mb * 1024 * 1024:
-                log.info("%s: pipeline pid %s over %d MB RSS: retiring", self.spec.tag, worker.pid, limit_mb)
-                self._feed(ev.WorkerOverLimit(worker_id))
+            # Only serving pipelines: a STARTING one is not retired (pool/machine.py), a
+            # STOPPING one leaves anyway. One found over the limit is acted on once.
+            if worker_id in self._rss_reported or self._state_of(worker_id) not in _SERVING:
+                continue
+            rss = worker.rss_bytes()
+            if rss <= limit:
+                continue
+            self._rss_reported.add(worker_id)
+            if self._ready_rss.get(worker_id, 0) > limit:
+                # The code needs more than the limit just to load: its successor would be
+                # over it too, and retiring each would load the code again every second.
+                log.warning(
+                    "%s: pipeline pid %s was over limits.max_rss_mb (%d MB) as soon as it loaded"
+                    " (%d MB): not retired, as a successor would be too; raise the limit",
+                    self.spec.tag, worker.pid, limit_mb, self._ready_rss[worker_id] >> 20,
+                )  # fmt: skip
+                continue
+            log.info("%s: pipeline pid %s over %d MB RSS: retiring", self.spec.tag, worker.pid, limit_mb)
+            self._feed(ev.WorkerOverLimit(worker_id))
         self._arm_rss_check()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ class FakeWorker:
         self.stopped = False
         self.killed = False
         self.fail_spawn = False
+        self.rss = 0  # what rss_bytes() answers
         FakeWorker.instances.append(self)
 
     def spawn(self) -> None:
@@ -53,7 +55,7 @@ class FakeWorker:
         self.killed = True
 
     def rss_bytes(self) -> int:
-        return 0
+        return self.rss
 
     # test drivers
     def ready(self) -> None:
@@ -251,6 +253,60 @@ def test_a_pipeline_dying_while_idle_is_logged(setup: Any, caplog: pytest.LogCap
     FakeWorker.instances[0].exit("exit code 7")
     assert "pipeline pid 1001 died while idle (exit code 7)" in caplog.text
     assert len(FakeWorker.instances) == 2  # replaced
+
+
+def _rss_pool(make: Any) -> EndpointPool:
+    config = EndpointConfig(pool=PoolLimits(floor=1, cruise=1, ceil=2), limits=ExecLimits(max_rss_mb=40))
+    pool: EndpointPool = make(floor=1, cruise=1, ceil=2)
+    pool.apply_config(config)
+    return pool
+
+
+def test_a_pipeline_over_max_rss_once_loaded_is_not_retired_in_a_loop(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Code that needs more than limits.max_rss_mb just to load: every successor would
+    # be over the limit too, and retiring each would start a model load a second forever.
+    caplog.set_level(logging.INFO, logger="lightnode")
+    make, sink, _ = setup
+    pool = _rss_pool(make)
+    worker = FakeWorker.instances[0]
+    worker.rss = 80 << 20
+    worker.ready()
+    for _ in range(3):
+        pool._check_rss()
+    assert len(FakeWorker.instances) == 1  # no successor
+    assert pool.snapshot().retirements_total == 0
+    assert caplog.text.count("over limits.max_rss_mb (40 MB) as soon as it loaded") == 1
+    assert "retiring" not in caplog.text
+    pool.submit(b"{}", exchange=None)
+    worker.answer(runtime.RESULT, b"1")
+    assert len(sink.ok) == 1 and not worker.stopped  # it serves on
+
+
+def test_a_pipeline_that_grew_over_max_rss_is_retired_and_said_once(
+    setup: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lightnode")
+    make, _, _ = setup
+    pool = _rss_pool(make)
+    worker = FakeWorker.instances[0]
+    worker.rss = 10 << 20
+    worker.ready()
+    pool._check_rss()
+    assert len(FakeWorker.instances) == 1
+    worker.rss = 80 << 20  # it grew while serving
+    for _ in range(3):
+        pool._check_rss()
+    assert len(FakeWorker.instances) == 2  # its successor starts first (room below ceil)
+    assert pool.snapshot().retirements_total == 1
+    assert caplog.text.count("over 40 MB RSS: retiring") == 1
+    successor = FakeWorker.instances[1]
+    successor.rss = 80 << 20  # starting: not checked (the machine would ignore it)
+    pool._check_rss()
+    assert caplog.text.count("RSS") == 1
+    successor.ready()
+    assert worker.stopped and not successor.stopped
 
 
 def test_init_failure_rejects_waiting_with_endpoint_unavailable(setup: Any) -> None:
