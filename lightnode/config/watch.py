@@ -298,7 +298,8 @@ class ConfigWatcher:
     def _refused(
         self, key: _TuningKey, digest: bytes, error: ConfigError
     ) -> tuple[_TuningState, Change]:
-        logger.warning("tuning refused, last good values stay in force: %s", error)
+        # What stays in force (the last good values, or the defaults) is for the daemon to say.
+        logger.warning("tuning file refused: %s", error)
         return _TuningState(digest, None), TuningInvalid(*key, error)
 
     def _scan_services(self, targets: set[_WatchTarget]) -> dict[str, tuple[object, ...]]:

@@ -198,8 +198,15 @@ class Registry:
         log.info("%s/%s: tuning applied from %s: %s", service_id, endpoint_id, config.source, config.pool)
 
     def tuning_refused(self, service_id: str, endpoint_id: str, error: ConfigError) -> None:
-        self.tuning_errors[(service_id, endpoint_id)] = str(error)
-        log.error("tuning refused, last good values stay in force: %s", error)
+        key = (service_id, endpoint_id)
+        self.tuning_errors[key] = str(error)
+        if key in self.tuning:
+            log.error("tuning refused, last good values stay in force: %s", error)
+            return
+        # No good values yet (refused at start, or since the file appeared): the defaults
+        # are in force, and a pool started later takes them without reading the file again.
+        self.tuning[key] = EndpointConfig()
+        log.error("tuning refused, defaults in force: %s", error)
 
     def pools_of(self, service_id: str, endpoint_id: str) -> list[EndpointPool]:
         pools: list[EndpointPool] = []

@@ -248,3 +248,34 @@ def test_each_endpoint_that_cannot_load_gives_its_own_reason(tmp_path: Path) -> 
             assert f"/nonexistent/{'b' if endpoint_id == 'a' else 'a'}" not in info.value.message
     finally:
         node.close()
+
+
+def test_a_tuning_file_refused_with_no_good_values_before_says_defaults_are_in_force(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file refused at start (or before its endpoint ever had good values) leaves the
+    defaults in force, and the log says so once; only after good values does a refusal
+    keep "the last good values"."""
+    from lightnode.config.model import EndpointConfig, PoolLimits
+    from lightnode.errors import ConfigError
+
+    loop = asyncio.new_event_loop()
+    try:
+        registry = Registry(loop, DataDir(tmp_path), Sink(), worker_factory=FakeWorker)
+        path = tmp_path / "config" / "services" / "demo" / "e.json"
+        path.parent.mkdir(parents=True)
+        path.write_text('{"pool": {"ceil": 0}}')
+        error = ConfigError(str(path), ["pool.ceil: must be an integer >= 1 (got 0)"])
+        registry.tuning_refused("demo", "e", error)  # the watcher's first scan
+        assert registry.endpoint_config("demo", "e") == EndpointConfig()  # a pool starts
+        assert caplog.text.count("tuning refused") == 1
+        assert "defaults in force" in caplog.text and "last good" not in caplog.text
+        assert registry.tuning_errors[("demo", "e")] == str(error)
+        good = EndpointConfig(pool=PoolLimits(ceil=3), source=str(path))
+        registry.apply_tuning("demo", "e", good)
+        caplog.clear()
+        registry.tuning_refused("demo", "e", error)
+        assert "last good values stay in force" in caplog.text
+        assert registry.endpoint_config("demo", "e") == good
+    finally:
+        loop.close()
