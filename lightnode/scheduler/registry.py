@@ -97,6 +97,11 @@ class Registry:
         # but tuned like the others and stopped by a shutdown.
         self._pending: dict[str, ServiceRuntime] = {}
         self.draining = False
+        # Set once every routed pool has reached its floor (or failed to load): /readyz
+        # says "ready" from then on. A pipeline crash, a raised floor or a new service
+        # later must not take the node out of its load balancer while /run still
+        # answers (every pod at once, when one ConfigMap retunes them all).
+        self._became_ready = False
 
     # ----------------------------------------------------------------- loading
 
@@ -388,8 +393,11 @@ class Registry:
         return [p for s in self.services.values() for g in s.generations.values() for p in g.pools.values()]
 
     def ready(self) -> bool:
-        """Every enabled endpoint reached floor or failed to load (SPEC §10)."""
-        return all(_settled(p) for p in self._routed_pools() if p not in self._retired)
+        """Every enabled endpoint has reached its floor or failed to load, once (SPEC §10:
+        "200 once every enabled endpoint has reached its floor"). Draining is the app's."""
+        if not self._became_ready:
+            self._became_ready = all(_settled(p) for p in self._routed_pools() if p not in self._retired)
+        return self._became_ready
 
     async def drain_all(self) -> None:
         self.draining = True

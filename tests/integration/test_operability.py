@@ -166,6 +166,26 @@ def test_readyz_waits_for_floor_and_counts_load_failures_as_settled(
     assert node.stats("svc")["endpoints"][0]["pipelinesByState"]["idle"] == 2
 
 
+def test_readyz_stays_ready_when_a_pipeline_dies_or_the_floor_rises(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    """SPEC §10: 200 *once* every endpoint reached its floor. Below the floor later (a
+    pipeline replaced, a floor raised by one ConfigMap on every pod) /run still answers:
+    a 503 would take every node out of its load balancer at once."""
+    root = tmp_path / "ready-after"
+    slow_load = "import time\ntime.sleep(1.5)\ndef f():\n    return 1\n"
+    write_service(root, "svc", {"f": slow_load})
+    write_tuning(root, "svc", "f", {"pool": {"floor": 1, "cruise": 1, "ceil": 4}})
+    node = node_factory(root)
+    assert node.get("/readyz")[0] == 200
+    os.kill(pids_of(node, "svc")[0], signal.SIGKILL)
+    write_tuning(root, "svc", "f", {"pool": {"floor": 3, "cruise": 3, "ceil": 4}})
+    wait_for(lambda: node.stats("svc")["endpoints"][0]["pipelinesByState"].get("starting", 0) >= 2,
+             what="the successor and the raised floor loading")
+    assert node.get("/readyz") == (200, b'{"ready":true}')
+    assert node.run("svc", "f", {})[0] == 200
+
+
 # ----------------------------------------------------------------- metrics
 
 
