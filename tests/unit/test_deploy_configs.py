@@ -37,6 +37,22 @@ SHUTDOWN_AFTER_GRACE_S = 7
 GRACE_S = ServerSettings().shutdown.grace_ms / 1000
 
 
+# ------------------------------------------------------------ the two examples
+
+
+def test_the_example_server_json_and_tuning_file_parse_and_show_the_defaults() -> None:
+    """README: "Examples of `server.json` and of a tuning file are in `config/`": a user
+    copies them into a data directory, so each must load, and say the defaults."""
+    server = json.loads((CONFIG / "server.json").read_text())
+    assert parse_server_settings(server, source="config/server.json") == ServerSettings()
+    for section, keys in server.items():  # every section's keys as given, none left out
+        assert set(keys) <= set(getattr(ServerSettings(), section).__dataclass_fields__), section
+    tuning = (CONFIG / "tuning-example" / "quote.json").read_bytes()
+    config = decode_endpoint_config(tuning, source="config/tuning-example/quote.json")
+    assert config.pool == PoolLimits()
+    assert set(json.loads(tuning)["pool"]) == set(PoolLimits.__dataclass_fields__)
+
+
 # ---------------------------------------------------------------------- nginx
 
 
@@ -217,6 +233,22 @@ def test_configmaps_are_mounted_where_the_node_reads_them_and_parse() -> None:
             decode_endpoint_config(text.encode(), source=f"{path}/{key}")  # raises ConfigError
     server = mounts["/data/config/server.json"]
     assert docs[f"ConfigMap/{volumes[server['name']]['configMap']['name']}"]["data"]["server.json"]
+
+
+def test_the_code_envs_of_the_shared_packages_come_with_them() -> None:
+    """A requirements code env is built at import (SPEC §7.2), into the importer's
+    DATA_DIR/code-envs, and a node never builds one at load time: pods that got the
+    packages from the shared claim but kept code-envs/ in their emptyDir answered
+    503 EndpointUnavailable ("code env ... is not built") for every such endpoint.
+    Both come from the claim, which holds the importing Job's data directory."""
+    spec, container = pod_spec()
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    services, code_envs = mounts["/data/services"], mounts["/data/code-envs"]
+    assert services["name"] == code_envs["name"]
+    assert "persistentVolumeClaim" in volumes[services["name"]]
+    assert (services.get("subPath"), code_envs.get("subPath")) == ("services", "code-envs")
+    assert services["readOnly"] is True and code_envs["readOnly"] is True
 
 
 def test_service_and_autoscaler_point_at_the_deployment() -> None:
