@@ -18,11 +18,15 @@ FLUSH_BYTES, and on `close()` at shutdown (a write to the page cache takes
 microseconds). The file is rotated by size, between two lines, like logging's
 RotatingFileHandler (queries.log -> queries.log.1 -> ... ->
 queries.log.<backups>); with no backups it is truncated instead. No file
-grows past `max_bytes` unless a single line is longer. A write
+grows past `max_bytes` unless a single line is longer. A queries.log removed
+or moved away by someone else (an operator freeing space, logrotate) is
+noticed at the next flush, one stat() per flush: the lines go to a new
+queries.log, not to the old file, where they would be lost (a removed
+logs/ directory is made again). A write
 error drops the buffered lines, is logged (at most once per
 ERROR_LOG_INTERVAL_S) and counted in `dropped_lines`; the node keeps serving.
 
-Imports: standard library and ujson; `http.app` for types only.
+Imports: standard library, ujson and `observe.logsetup`; `http.app` for types only.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import ujson
+
+from lightnode.observe.logsetup import names_another_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightnode.http.app import RequestRecord
@@ -58,7 +64,7 @@ class QueryLog:
     """A request observer that writes the query log.
 
     Args:
-        path: the log file (its directory must exist).
+        path: the log file (its directory is made if missing).
         loop: the node's loop, for the flush timer; None flushes only on
             size and close() (tests).
         max_bytes: rotate before the file would grow past this size.
@@ -88,6 +94,7 @@ class QueryLog:
         self._timer: asyncio.TimerHandle | None = None
         self._fd = -1
         self._size = 0
+        self._inode: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the open file
         self._second = -1
         self._second_text = ""
         self._literals: dict[str, str] = {}
@@ -180,6 +187,9 @@ class QueryLog:
         self._buffer = []
         self._buffered = 0
         try:
+            if self._fd >= 0 and names_another_file(self.path, self._inode):
+                os.close(self._fd)
+                self._fd = -1
             if self._fd < 0:
                 self._open()
             self._write_lines(lines)
@@ -221,8 +231,11 @@ class QueryLog:
             view = view[written:]
 
     def _open(self) -> None:
+        os.makedirs(self.path.parent, exist_ok=True)  # after `rm -rf logs`
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        stat = os.fstat(self._fd)
+        self._size = stat.st_size
+        self._inode = (stat.st_dev, stat.st_ino)
 
     def _rotate(self) -> None:
         os.close(self._fd)

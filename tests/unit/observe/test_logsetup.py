@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +70,33 @@ def test_json_survives_odd_text(restore_root: None) -> None:
     logging.getLogger("x").warning("lone \ud800 surrogate / é")
     entry = json.loads(stream.getvalue())
     assert entry["message"] == "lone \ud800 surrogate / é"
+
+
+def test_a_removed_or_moved_server_log_is_reopened(restore_root: None, tmp_path: Path) -> None:
+    """Like the query log: after `rm logs/lightnode.log` (or logrotate's move) the next
+    lines go to a new lightnode.log, not to the old file until the next size rotation,
+    which a quiet server log may never reach."""
+    setup_logging(LoggingSettings(format="text", level="info"), tmp_path, stream=io.StringIO())
+    log = logging.getLogger("lightnode.test")
+    path = tmp_path / "lightnode.log"
+    log.info("before")
+    path.unlink()
+    log.info("after rm")
+    assert path.exists() and path.read_text().endswith("lightnode.test: after rm\n")
+    path.rename(tmp_path / "lightnode.log.old")
+    log.info("after mv")
+    assert "after mv" in path.read_text() and "after mv" not in (tmp_path / "lightnode.log.old").read_text()
+    assert "before" not in path.read_text()
+
+
+def test_a_removed_logs_directory_is_made_again(restore_root: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rm -rf logs`: the next line makes it again, and no "--- Logging error ---" per line on stderr."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    setup_logging(LoggingSettings(format="text", level="info"), logs, stream=io.StringIO())
+    log = logging.getLogger("lightnode.test")
+    log.info("before")
+    shutil.rmtree(logs)
+    log.info("after rm -rf")
+    assert (logs / "lightnode.log").read_text().endswith("lightnode.test: after rm -rf\n")
+    assert "Logging error" not in capsys.readouterr().err

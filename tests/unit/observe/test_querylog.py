@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,35 @@ def test_cached_fragments_follow_status_error_type_and_generation(tmp_path: Path
     qlog.close()
     entries = lines(tmp_path / "queries.log")
     assert [(e["status"], e["errorType"], e["generation"]) for e in entries] == cases
+
+
+def test_a_removed_or_moved_file_is_reopened(tmp_path: Path) -> None:
+    """An operator who removes queries.log (to free space) or moves it away (logrotate
+    without copytruncate) gets the next lines in a new queries.log, not in the old inode,
+    where they would be lost and the space never freed."""
+    path = tmp_path / "queries.log"
+    qlog = make(tmp_path)
+    qlog.observe(record(request_id="before"))
+    qlog.flush()
+    path.unlink()
+    qlog.observe(record(request_id="after-rm"))
+    qlog.flush()
+    assert [e["requestId"] for e in lines(path)] == ["after-rm"]
+    path.rename(tmp_path / "queries.log-20260102")
+    qlog.observe(record(request_id="after-mv"))
+    qlog.close()
+    assert [e["requestId"] for e in lines(path)] == ["after-mv"]
+    assert [e["requestId"] for e in lines(tmp_path / "queries.log-20260102")] == ["after-rm"]
+
+
+def test_a_removed_logs_directory_is_made_again(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    qlog = make(logs)
+    qlog.observe(record(request_id="before"))
+    qlog.flush()
+    shutil.rmtree(logs)
+    qlog.observe(record(request_id="after-rm-rf"))
+    qlog.close()
+    assert [e["requestId"] for e in lines(logs / "queries.log")] == ["after-rm-rf"]
+    assert qlog.dropped_lines == 0
