@@ -34,12 +34,31 @@ def data_dir_path(text: str) -> Path:
     return Path(text)
 
 
+def file_path(text: str) -> Path:
+    """argparse type of a file option (--pidfile): a path, never "" (`--pidfile "$UNSET"`).
+
+    Path("") is the current directory: the lock would fail with "Is a directory: '.'",
+    after the data directory had been laid out.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (give a file path)")
+    return Path(text)
+
+
+def host_name(text: str) -> str:
+    """argparse type of --host: never "" (`--host "$UNSET"`), which would listen on every
+    interface, IPv4 and IPv6, where the default is loopback only (server.json refuses it too)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (give an address: 127.0.0.1, 0.0.0.0, ::)")
+    return text
+
+
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=data_dir_path, required=True, help="the node's data directory")
-    parser.add_argument("--host", help="listen address (default 127.0.0.1, or server.json)")
+    parser.add_argument("--host", type=host_name, help="listen address (default 127.0.0.1, or server.json)")
     parser.add_argument("--port", type=port_number, help="listen port (default 12000, or server.json; 0 = any free port)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--pidfile", type=Path, help="lock file (default DATA_DIR/run/lightnode.pid)")
+    parser.add_argument("--pidfile", type=file_path, help="lock file (default DATA_DIR/run/lightnode.pid)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +139,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _init(directory: Path) -> int:
     from lightnode.services.store import DataDir
 
+    if directory.exists() and not directory.is_dir():
+        raise CliError(f"{directory} is not a directory")
     data_dir = DataDir(directory.resolve())
     if not data_dir.is_uninitialised():
         raise CliError(f"{directory} is not empty: not initialising it")
