@@ -12,6 +12,11 @@ the HdrHistograms (total and per second) when the second closes, one
 about 1.5 us a call, which per request would cost the generator a third of
 its budget. The histograms are the same either way.
 
+The latencies of non-200 answers are also kept apart by status and by
+errorType (so a scenario can tell "admitted p99 <= queue timeout" from
+"rejections fast"); the 200s' histogram is the second's latencies minus
+those, taken when the second closes, so a 200 answer costs nothing more.
+
 Pure: takes times as arguments, reads no clock, does no I/O.
 Must not import asyncio or `lightnode`.
 """
@@ -39,6 +44,8 @@ class Bucket:
     ok: int = 0
     errors: int = 0
     latency_us: dict[int, int] = field(default_factory=dict)  # value -> count
+    # The non-200 answers among them: (status, errorType) -> value -> count.
+    other_us: dict[tuple[str, str | None], dict[int, int]] = field(default_factory=dict)
 
 
 class Recorder:
@@ -55,6 +62,8 @@ class Recorder:
         self.stage_counts = [{"sent": 0, "ok": 0, "errors": 0} for _ in stage_starts]
         self.latency = histo.new_histogram()
         self.send_lag = histo.new_histogram()
+        self.latency_by_status: dict[str, Any] = {}  # status -> histogram
+        self.latency_by_error_type: dict[str, Any] = {}  # errorType -> histogram
         self._lag_us: dict[int, int] = {}
         self.sent_total = 0
         self.status_counts: dict[str, int] = {}
@@ -102,6 +111,8 @@ class Recorder:
             return
         bucket.errors += 1
         self._stage(due)["errors"] += 1
+        other = bucket.other_us.setdefault((key, error_type or None), {})
+        other[latency_us] = other.get(latency_us, 0) + 1
         if error_type:
             self.error_types[error_type] = self.error_types.get(error_type, 0) + 1
 
@@ -147,6 +158,8 @@ class Recorder:
             "client_errors": dict(self.client_errors),
             "latency": histo.encode(self.latency),
             "send_lag": histo.encode(self.send_lag),
+            "latency_by_status": _encode_each(self.latency_by_status),
+            "latency_by_error_type": _encode_each(self.latency_by_error_type),
             "stages": [dict(counts) for counts in self.stage_counts],
         }
 
@@ -163,9 +176,20 @@ class Recorder:
 
     def _ship(self, second: int, bucket: Bucket) -> dict[str, Any]:
         per_second = histo.new_histogram(histo.SECOND_DIGITS)
+        ok_us = dict(bucket.latency_us) if bucket.other_us else bucket.latency_us
+        for (status, error_type), counts in bucket.other_us.items():
+            for value_us, count in counts.items():
+                ok_us[value_us] -= count
+                histo.record_us(_histogram(self.latency_by_status, status), value_us, count)
+                if error_type is not None:
+                    histogram = _histogram(self.latency_by_error_type, error_type)
+                    histo.record_us(histogram, value_us, count)
         for value_us, count in bucket.latency_us.items():
             histo.record_us(self.latency, value_us, count)
             histo.record_us(per_second, value_us, count)
+            ok = ok_us[value_us]
+            if ok:
+                histo.record_us(_histogram(self.latency_by_status, "200"), value_us, ok)
         return {
             "t": second,
             "sent": bucket.sent,
@@ -178,3 +202,14 @@ class Recorder:
         for value_us, count in self._lag_us.items():
             histo.record_us(self.send_lag, value_us, count)
         self._lag_us.clear()
+
+
+def _histogram(histograms: dict[str, Any], key: str) -> Any:
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = histo.new_histogram()
+    return histogram
+
+
+def _encode_each(histograms: dict[str, Any]) -> dict[str, bytes | None]:
+    return {key: histo.encode(histogram) for key, histogram in sorted(histograms.items())}

@@ -7,6 +7,9 @@ Report fields (SPEC §13, plus a few more):
                    ran when interrupted (then "interrupted": true)
   throughput_rps   responses / duration_s;  ok_rps: 200 answers / duration_s
   latency_ms       p50 p90 p99 p999 max min mean of answered requests (HdrHistogram)
+  latency_ms_by_status, latency_ms_by_error_type
+                   the same, per status ("200", "503") and per errorType ("QueueFull"):
+                   admitted requests' latency apart from the rejections'
   status_counts    {"200": n, "503": n}; error_types {"QueueFull": n} (non-200 bodies)
   client_errors    {"connect", "reset", "timeout", "invalid"}: no HTTP answer
                    (connect counts failed connection attempts, retried every 0.1 s)
@@ -163,6 +166,15 @@ def merge_stage_counts(results: Sequence[Mapping[str, Any]], stages: int) -> lis
     return merged
 
 
+def latency_groups(results: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """{status or errorType: latency summary} merged over the processes' histograms."""
+    blobs: dict[str, list[bytes | None]] = {}
+    for result in results:
+        for group, blob in (result.get(key) or {}).items():
+            blobs.setdefault(group, []).append(blob)
+    return {group: histo.summary_ms(histo.merge(blobs[group])) for group in sorted(blobs)}
+
+
 def generator_values(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     per_proc = [round(100.0 * r["cpu_s"] / max(r["wall_s"], 1e-6), 1) for r in results]
     lag = histo.summary_ms(histo.merge(r.get("send_lag") for r in results))
@@ -213,6 +225,8 @@ def build_report(
         "throughput_rps": round(responses / duration_s, 2) if duration_s else 0.0,
         "ok_rps": round(ok / duration_s, 2) if duration_s else 0.0,
         "latency_ms": histo.summary_ms(latency),
+        "latency_ms_by_status": latency_groups(results, "latency_by_status"),
+        "latency_ms_by_error_type": latency_groups(results, "latency_by_error_type"),
         "status_counts": status_counts,
         "error_types": merge_counts(r["error_types"] for r in results),
         "client_errors": client_errors,
@@ -283,6 +297,15 @@ def summary_text(report: Mapping[str, Any]) -> str:
         ),
         f"status     {_counts(report['status_counts'])}",
     ]
+    by_status = report.get("latency_ms_by_status") or {}
+    if len(by_status) > 1:
+        lines.append(
+            "by status  "
+            + "  ".join(
+                f"{status}: p99 {_fmt(lat.get('p99'))} max {_fmt(lat.get('max'))}"
+                for status, lat in by_status.items()
+            )
+        )
     if report["error_types"]:
         lines.append(f"errorType  {_counts(report['error_types'])}")
     if any(report["client_errors"].values()):

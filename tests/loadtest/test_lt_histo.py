@@ -113,3 +113,37 @@ def test_intended_time_decides_warmup_second_and_stage_latency_runs_from_origin(
     assert [(b["t"], b["sent"], b["ok"]) for b in buckets] == [(0, 1, 0), (1, 0, 1)]
     assert [s["ok"] for s in recorder.totals()["stages"]] == [1, 0]
     assert histo.summary_ms(recorder.latency)["max"] == pytest.approx(10.0, rel=0.01)
+
+
+def test_recorder_keeps_latency_apart_by_status_and_error_type() -> None:
+    """Issue 8, overload: "admitted p99 <= queue timeout, rejections fast" needs the
+    latency of the 200s apart from that of the 503s; one histogram of all answers
+    hid a slow rejection (or a slow admitted request) among the others."""
+    recorder = Recorder(measure_start=0.0)
+    for index in range(90):
+        _sent(recorder, 0.01 * index, 0.01 * index)
+        recorder.answered(0.01 * index, 0.01 * index, 0.01 * index + 0.2, 200, None)
+    for index in range(10):
+        origin = 1.0 + 0.01 * index
+        _sent(recorder, origin, origin)
+        recorder.answered(origin, origin, origin + 0.002, 503, "QueueFull")
+    _sent(recorder, 1.5, 1.5)
+    recorder.answered(1.5, 1.5, 3.5, 503, "QueueTimeout")
+    recorder.close_all()
+    totals = recorder.totals()
+    by_status = {
+        k: histo.summary_ms(histo.merge([v])) for k, v in totals["latency_by_status"].items()
+    }
+    assert set(by_status) == {"200", "503"}
+    assert by_status["200"]["min"] == pytest.approx(200, rel=0.001)
+    assert by_status["200"]["max"] == pytest.approx(200, rel=0.001)
+    assert by_status["503"]["p50"] == pytest.approx(2, rel=0.001)
+    assert by_status["503"]["max"] == pytest.approx(2000, rel=0.001)
+    by_type = {
+        k: histo.summary_ms(histo.merge([v])) for k, v in totals["latency_by_error_type"].items()
+    }
+    assert set(by_type) == {"QueueFull", "QueueTimeout"}
+    assert by_type["QueueFull"]["max"] == pytest.approx(2, rel=0.001)
+    assert by_type["QueueTimeout"]["min"] == pytest.approx(2000, rel=0.001)
+    # The run's histogram still holds every answer.
+    assert histo.merge([totals["latency"]]).get_total_count() == 101

@@ -216,3 +216,33 @@ def test_interrupted_run_rates_over_the_time_it_ran() -> None:
     result = report.build_report(_plan((Stage(10.0, rate_rps=200),)), results, [])
     assert result["duration_s"] == 0.5
     assert result["throughput_rps"] == 200.0
+
+
+def test_latency_by_status_and_error_type_merge_every_process() -> None:
+    """The 200s' and the rejections' latencies are in the report apart, merged
+    across processes, so a scenario can expect "admitted p99 <= queue timeout"
+    and "rejections fast" (issue 8, overload)."""
+
+    def blob(*values_us: int) -> bytes | None:
+        histogram = histo.new_histogram()
+        for value in values_us:
+            histo.record_us(histogram, value)
+        return histo.encode(histogram)
+
+    first = _proc([1000, 1500], {"200": 1, "503": 1}, errors={"QueueFull": 1})
+    first["latency_by_status"] = {"200": blob(1000), "503": blob(1500)}
+    first["latency_by_error_type"] = {"QueueFull": blob(1500)}
+    second = _proc([1200, 1900], {"200": 1, "503": 1}, errors={"QueueFull": 1})
+    second["latency_by_status"] = {"200": blob(1200), "503": blob(1900)}
+    second["latency_by_error_type"] = {"QueueFull": blob(1900)}
+    result = report.build_report(_plan(), [first, second], [])
+    by_status = result["latency_ms_by_status"]
+    assert sorted(by_status) == ["200", "503"]
+    assert (by_status["200"]["min"], by_status["200"]["max"]) == (1.0, 1.2)
+    assert (by_status["503"]["min"], by_status["503"]["max"]) == (1.5, 1.9)
+    assert result["latency_ms_by_error_type"]["QueueFull"]["max"] == 1.9
+    assert set(by_status["200"]) >= {"p50", "p90", "p99", "p999", "max"}
+    text = report.summary_text(result)
+    assert "by status  200: p99 1.2 max 1.2  503: p99 1.9 max 1.9" in text
+    # Older processes' payloads (no such keys) give empty groups, not an error.
+    assert report.build_report(_plan(), [_proc([1], {"200": 1})], [])["latency_ms_by_status"] == {}
