@@ -145,6 +145,31 @@ def test_shipped_scenarios_cover_the_spec_list() -> None:
     assert names >= {"steady", "overload", "scale", "retune", "switch", "crash"}
 
 
+POOL_KEYS = ("max_allocated", "min_allocated", "final_allocated", "max_queue", "final_queue")
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.json")), ids=lambda p: p.stem)
+def test_shipped_pool_expectations_do_not_pass_without_a_scrape(path: Path) -> None:
+    """A missing key counts as 0, so "stages.2.final_allocated <= 2" (back to
+    cruise) held when /metrics was not scraped in that stage: each scope (the
+    run's pool, a stage) with a pool expectation must fail on a report without
+    its pool values, e.g. by also expecting "stages.2.samples >= 1"."""
+    scenario = load_scenario(path)
+    scopes: dict[str, list[Any]] = {}
+    for expectation in scenario.expectations:
+        scope, _, key = expectation.metric.rpartition(".")
+        if key in POOL_KEYS:
+            scopes.setdefault(scope, [])
+    for expectation in scenario.expectations:
+        scope = expectation.metric.rpartition(".")[0]
+        if scope in scopes:
+            scopes[scope].append(expectation)
+    unscraped = {"stages": [{} for _ in scenario.stages]}
+    for scope, expectations in scopes.items():
+        checks = check_expectations(unscraped, expectations)
+        assert not all(check.passed for check in checks), f"{scope}: passes unscraped"
+
+
 REPORT = {
     "status_counts": {"200": 95, "503": 5},
     "latency_ms": {"p99": 12.5},
