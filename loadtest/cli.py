@@ -9,7 +9,8 @@
     lightnode-loadtest compare A.json B.json
 
 Exit codes: 0 done (scenario: every expectation held), 1 a scenario
-expectation or fault failed, 2 usage error, 3 the run could not be carried
+expectation or fault failed, 2 usage error (arguments, or a scenario file that
+does not parse or does not say which service to load), 3 the run could not be carried
 out (target unreachable, node failed to start or died during the run,
 generator failed), 130 Ctrl-C (also after the first one, whose report of the
 part that ran is written).
@@ -53,6 +54,20 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def api_key(text: str) -> str:
+    """An API key for an Authorization header: visible ASCII, as the node issues them.
+
+    Anything else cannot go into the request head (a UnicodeEncodeError, or a line
+    break that splits it); the key itself is not echoed in the error.
+    """
+    if not text or not all("!" <= char <= "~" for char in text):
+        raise argparse.ArgumentTypeError(
+            "must be printable ASCII without spaces (no typographic quotes, accents "
+            "or line breaks: check how the key was pasted)"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +150,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds a request may go unanswered after it was due (default 30)",
     )
-    run.add_argument("--key", metavar="KEY", help="API key, sent as Authorization: Bearer")
+    run.add_argument(
+        "--key", type=api_key, metavar="KEY", help="API key, sent as Authorization: Bearer"
+    )
     run.add_argument(
         "--max-connections",
         type=_positive_int,
@@ -153,7 +170,9 @@ def _add_scenario(scenario: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="a running node (default: start one with the scenario's service)",
     )
-    scenario.add_argument("--admin-key", metavar="KEY", help="admin API key for --target")
+    scenario.add_argument(
+        "--admin-key", type=api_key, metavar="KEY", help="admin API key for --target"
+    )
     _add_common(scenario)
 
 
@@ -307,7 +326,12 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     from loadtest.procs import GeneratorFailed
     from loadtest.progress import ProgressLine
     from loadtest.scenario import ScenarioError, load_scenario
-    from loadtest.scenario_run import ScenarioSetupError, run_scenario, verdict_text
+    from loadtest.scenario_run import (
+        ScenarioSetupError,
+        ScenarioUsageError,
+        run_scenario,
+        verdict_text,
+    )
 
     try:
         scenario = load_scenario(args.file)
@@ -329,6 +353,8 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
         )
     except PlanError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except ScenarioUsageError as exc:
+        return _fail(f"scenario {scenario.name}: {exc}", EXIT_USAGE)
     except (
         ScenarioSetupError,
         runner.TargetUnreachable,

@@ -35,6 +35,11 @@ class ScenarioSetupError(RuntimeError):
     """The scenario's node or service could not be set up."""
 
 
+class ScenarioUsageError(ScenarioSetupError):
+    """The scenario file, with the command line, does not say what to load: a
+    usage error (exit 2), found before any node is started or connection made."""
+
+
 @contextmanager
 def _scratch_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="lightnode-loadtest-"))
@@ -52,13 +57,13 @@ def _service_id(scenario: Scenario) -> str:
     if scenario.service_dir is not None:
         found = node.read_service_id(scenario.service_dir)
         if scenario.service_id and scenario.service_id != found:
-            raise ScenarioSetupError(
+            raise ScenarioUsageError(
                 f"serviceId {scenario.service_id!r} does not match "
                 f"{scenario.service_dir}/service.json id {found!r}"
             )
         return found
     if not scenario.service_id:
-        raise ScenarioSetupError('a scenario with "service": null needs "serviceId"')
+        raise ScenarioUsageError('a scenario with "service": null needs "serviceId"')
     return scenario.service_id
 
 
@@ -99,9 +104,12 @@ async def run_scenario(
     """Set up, run and check one scenario; the report includes the checks.
 
     Raises:
+        ScenarioUsageError: the file and the arguments do not say what to load.
         ScenarioSetupError, node.NodeError, FaultFailed: set-up failed.
         runner.TargetUnreachable, GeneratorFailed: the run could not go on.
     """
+    if target_url is None and scenario.service_dir is None:
+        raise ScenarioUsageError('without --target the scenario needs a "service" directory')
     service_id = _service_id(scenario)
     headers = (("Authorization", f"Bearer {admin_key}"),) if admin_key else ()
     with _scratch_dir() as scratch:
@@ -162,8 +170,7 @@ async def _run_on_spawned_node(
     procs: int | None,
     progress: ProgressLine | None,
 ) -> dict[str, Any]:
-    if scenario.service_dir is None:
-        raise ScenarioSetupError('without --target the scenario needs a "service" directory')
+    assert scenario.service_dir is not None  # checked by run_scenario
     data_dir = scratch / "data"
     data_dir.mkdir()
     node.deploy(scenario.service_dir, data_dir)

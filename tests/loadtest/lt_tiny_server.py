@@ -59,6 +59,9 @@ class Counters:
     runs: int = 0
     rejected: int = 0
     paths: dict[str, int] = field(default_factory=dict)
+    # With TinyServer(record=True): each /run request's body and Authorization header.
+    bodies: list[bytes] = field(default_factory=list)
+    authorizations: list[bytes | None] = field(default_factory=list)
 
 
 class _Protocol(asyncio.Protocol):
@@ -84,11 +87,39 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(self.server.answer(self.url.decode()))
 
 
+class _RecordingProtocol(_Protocol):
+    """Also keeps each /run request's body and Authorization header (record=True)."""
+
+    def __init__(self, server: TinyServer) -> None:
+        super().__init__(server)
+        self.body = b""
+        self.authorization: bytes | None = None
+
+    def on_message_begin(self) -> None:
+        self.body, self.authorization = b"", None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self.authorization = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        if self.url.startswith(b"/public/api/v1/"):
+            self.server.counters.bodies.append(self.body)
+            self.server.counters.authorizations.append(self.authorization)
+        super().on_message_complete()
+
+
 class TinyServer:
     """Start with `start()`, which returns the base URL; `stop()` at the end."""
 
-    def __init__(self, reject_every: int = 0, use_uvloop: bool = False) -> None:
+    def __init__(
+        self, reject_every: int = 0, use_uvloop: bool = False, record: bool = False
+    ) -> None:
         self.reject_every = reject_every
+        self.record = record
         self.counters = Counters()
         if use_uvloop:
             import uvloop
@@ -124,7 +155,8 @@ class TinyServer:
 
     def start(self, port: int = 0) -> str:
         async def serve() -> int:
-            self._server = await self.loop.create_server(lambda: _Protocol(self), "127.0.0.1", port)
+            protocol = _RecordingProtocol if self.record else _Protocol
+            self._server = await self.loop.create_server(lambda: protocol(self), "127.0.0.1", port)
             return int(self._server.sockets[0].getsockname()[1])
 
         self._thread.start()

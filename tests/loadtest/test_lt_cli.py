@@ -529,3 +529,153 @@ def test_a_scenario_stopped_by_ctrl_c_is_not_passed(
     assert len(reports) == 1
     report = json.loads(reports[0].read_text())
     assert report["interrupted"] is True and report["passed"] is False
+
+
+@pytest.mark.parametrize("mode", [["--connections", "2"], ["--rate", "100", "--procs", "2"]])
+def test_bodies_from_a_file_or_json_lines_and_the_key_reach_the_wire(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    """SPEC §13: bodies inline, from a JSON file, or a JSON-lines file cycled, in
+    both loops and over several processes; --key is sent as a bearer token."""
+    server = TinyServer(record=True)
+    url = server.start()
+    try:
+        lines = tmp_path / "bodies.jsonl"
+        lines.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3}\n')
+        argv = _run_args(url, tmp_path / "jsonl", "--bodies-jsonl", str(lines), "--duration", "1")
+        assert main([*argv, *mode, "--key", "k-123"]) == 0
+        bodies = list(server.counters.bodies)
+        assert len(bodies) >= 30
+        assert {body.count(b'"a":') for body in bodies} == {1}
+        counts = {body: bodies.count(body) for body in set(bodies)}
+        assert sorted(counts) == [b'{"a":1}', b'{"a":2}', b'{"a":3}']
+        assert max(counts.values()) - min(counts.values()) <= 4  # cycled, not one body
+        assert set(server.counters.authorizations) == {b"Bearer k-123"}
+        server.counters.bodies.clear()
+        server.counters.authorizations.clear()
+        single = tmp_path / "body.json"
+        single.write_text('{\n  "b": [1, 2]\n}\n')
+        argv = _run_args(url, tmp_path / "file", "--body-file", str(single), "--duration", "1")
+        assert main([*argv, *mode]) == 0
+        assert set(server.counters.bodies) == {b'{"b":[1,2]}'}
+        assert set(server.counters.authorizations) == {None}
+    finally:
+        server.stop()
+
+
+def test_a_fault_that_failed_fails_the_scenario(
+    tiny_server: TinyServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every expectation held, but the fault did not happen (no admin API here):
+    the scenario did not show what it is for, so it is FAILED and exits 1."""
+    scenario = tmp_path / "s.json"
+    scenario.write_text(
+        json.dumps(
+            {
+                "serviceId": "bench",
+                "endpoint": "add",
+                "stages": [{"duration": 0.6, "rate": 20}],
+                "faults": [{"at": 0.1, "action": "kill-pipeline"}],
+                "expect": [{"metric": "requests", "op": ">=", "value": 0}],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    url = f"http://127.0.0.1:{tiny_server.port}"
+    assert main(["scenario", str(scenario), "--target", url, "--out", str(out), "--quiet"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert [e["passed"] for e in report["expectations"]] == [True]
+    assert report["faults"][0]["ok"] is False and report["passed"] is False
+    text = capsys.readouterr().out
+    assert "FAIL fault kill-pipeline at 0.1 s: " in text
+    assert text.rstrip().splitlines()[-2] == "FAILED (1 failed)"
+
+
+def test_a_scenario_whose_node_died_is_not_passed(tmp_path: Path) -> None:
+    """A node the scenario started exited during the run: the verdict is FAILED
+    (exit 1) even when the part that ran met every expectation."""
+    from loadtest.plan import Stage
+    from loadtest.scenario import Expectation, Scenario
+    from loadtest.scenario_run import _with_checks, verdict_text
+
+    scenario = Scenario(
+        source=tmp_path / "s.json",
+        name="s",
+        endpoint="add",
+        stages=(Stage(1.0, rate_rps=1),),
+        bodies=(b"{}",),
+        expectations=(Expectation("requests", ">=", 0),),
+    )
+    result, checks = _with_checks(scenario, {"requests": 5, "faults": []})
+    assert result["passed"] is True and verdict_text(result, checks).endswith("PASSED")
+    died = {"requests": 5, "faults": [], "node_died": True, "node_exit_code": 9}
+    result, checks = _with_checks(scenario, died)
+    assert result["passed"] is False
+    lines = verdict_text(result, checks).splitlines()
+    assert lines[-2:] == ["  FAIL the node exited during the run with code 9", "FAILED (1 failed)"]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "target", "message"),
+    [
+        (
+            {"endpoint": "add"},
+            "http://127.0.0.1:1",
+            'a scenario with "service": null needs "serviceId"',
+        ),
+        (
+            {"serviceId": "bench", "endpoint": "add"},
+            None,
+            ('without --target the scenario needs a "service" directory'),
+        ),
+        (
+            {"service": "svc", "serviceId": "other", "endpoint": "add"},
+            None,
+            "serviceId 'other' does not match {svc}/service.json id 'bench'",
+        ),
+    ],
+)
+def test_a_scenario_that_cannot_name_its_service_is_a_usage_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    scenario: dict[str, Any],
+    target: str | None,
+    message: str,
+) -> None:
+    """The file (with the command line) does not say what to load: exit 2, a usage
+    error, before any node or connection; exit 3 said "could not run", as for an
+    unreachable target, a condition worth retrying."""
+    service = tmp_path / "svc"
+    service.mkdir()
+    (service / "service.json").write_text('{"id": "bench", "endpoints": []}')
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({**scenario, "stages": [{"duration": 1, "rate": 1}]}))
+    argv = ["scenario", str(path), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*argv, *(["--target", target] if target else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"lightnode-loadtest: error: scenario s: {message.format(svc=service)}"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--key", "k\u201cy"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--key", "k\r\nX: y"],
+        ["run", "http://127.0.0.1:1", "--service", "s", "--endpoint", "e", "--key", ""],
+        ["scenario", "s.json", "--target", "http://127.0.0.1:1", "--admin-key", "\u00e9t\u00e9"],
+    ],
+)
+def test_a_key_that_cannot_be_a_header_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key pasted with a typographic quote crashed the run with a
+    UnicodeEncodeError traceback; one with a line break would have split the
+    request's head. Refused up front: a key is printable ASCII."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("lightnode-loadtest ") and "error: argument --" in err[-1]
+    assert "key: must be printable ASCII without spaces" in err[-1]
