@@ -301,7 +301,9 @@ def to_jsonable(obj: Any, path: str = "$") -> Any:
                 return None
             return int(obj) if obj == obj.to_integral_value() else float(obj)
         if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
-            return obj.isoformat()
+            # pandas' NaT is a datetime whose isoformat() is "NaT", no ISO 8601 date: null,
+            # as NaN is and as pandas' own to_json() writes it.
+            return None if _is_missing(obj) else obj.isoformat()
         return _foreign(obj, path)
     except (NotSerializable, RecursionError):
         raise  # RecursionError: encode_result() says "nested too deeply"
@@ -324,7 +326,15 @@ def _key_text(key: Any, path: str) -> str:
     if key is None or isinstance(key, (bool, int, float, decimal.Decimal)):
         return _dumps(to_jsonable(key, path))
     if isinstance(key, (datetime.date, datetime.time)):
-        return key.isoformat()
+        return "null" if _is_missing(key) else key.isoformat()
+    if (type(key).__module__ or "").split(".", 1)[0] in ("numpy", "pandas"):
+        # A numpy scalar (np.unique's labels, a groupby's index): the text of its value, as
+        # for the Python value it stands for ("3", "true", an ISO date).
+        value = _foreign(key, "%s (a key)" % path)
+        if value is None or isinstance(value, (bool, int, float)):
+            return _dumps(value)
+        if isinstance(value, str):
+            return value
     raise NotSerializable(_type_name(key), "%s (a key)" % path)
 
 
@@ -347,11 +357,21 @@ def _foreign(obj: Any, path: str) -> Any:
             return obj.isoformat()
         if _is_missing(obj):
             return None
+        dtype = getattr(obj, "dtype", None)
+        if root == "numpy" and getattr(dtype, "kind", None) == "M" and str(getattr(dtype, "str", ""))[-3:] in _SUB_MICROSECOND:
+            # numpy datetime64 (scalar or array) in ns (pandas' unit) or finer: tolist()
+            # gives ints there, datetimes (ISO strings; NaT None) down to µs. (A pandas
+            # object's tolist() gives Timestamps, time zone included.)
+            obj = obj.astype("datetime64[us]")
         if hasattr(obj, "tolist"):  # ndarray, numpy scalars, Series
             return to_jsonable(obj.tolist(), path)
         if hasattr(obj, "item"):
             return to_jsonable(obj.item(), path)
     raise NotSerializable(_type_name(obj), path)
+
+
+# The ends of numpy's datetime64 dtype strings ("<M8[ns]") whose tolist() gives ints.
+_SUB_MICROSECOND = ("ns]", "ps]", "fs]", "as]")
 
 
 def _is_missing(obj: Any) -> bool:
@@ -410,6 +430,7 @@ class Binder:
         self.accepts_any = signature is None
         names = set()
         required = []
+        positional_only = []
         for param in signature.parameters.values() if signature is not None else ():
             if param.kind is param.VAR_KEYWORD:
                 self.accepts_any = True
@@ -418,23 +439,32 @@ class Binder:
                 if param.default is param.empty:
                     required.append(param.name)
             elif param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
-                required.append(param.name)  # cannot be passed by name: always missing
+                positional_only.append(param.name)
         self.names = frozenset(names)
         self.required = tuple(required)
         self._required_set = frozenset(required)
+        # Required positional-only parameters (`def f(a, /)`): no attribute can fill them,
+        # so no call binds. Always missing, even when the body has the name: with **kwargs
+        # the value would land there and the call's TypeError come back as a 500
+        # FunctionError (which "may have run") instead of this 400.
+        self.positional_only = tuple(positional_only)
 
     def problems(self, params: Dict[str, Any]) -> Optional[str]:
         """Return an InvalidParameters message, or None when the call binds."""
         keys = params.keys()
-        if self._required_set <= keys and (self.accepts_any or keys <= self.names):
+        if self._required_set <= keys and (self.accepts_any or keys <= self.names) and not self.positional_only:
             return None  # the usual case, in two set comparisons
         missing = [name for name in self.required if name not in params]
-        unexpected = [] if self.accepts_any else sorted(k for k in params if k not in self.names)
-        if not missing and not unexpected:
+        unexpected = [] if self.accepts_any else sorted(
+            k for k in params if k not in self.names and k not in self.positional_only
+        )
+        if not missing and not unexpected and not self.positional_only:
             return None
         parts = []
-        if missing:
-            parts.append("missing: " + ", ".join(repr(n) for n in missing))
+        if missing or self.positional_only:
+            shown = ["%r (positional-only: it cannot be passed by name)" % n for n in self.positional_only]
+            shown += [repr(n) for n in missing]
+            parts.append("missing: " + ", ".join(shown))
         if unexpected:
             parts.append("unexpected: " + ", ".join(repr(n) for n in unexpected))
         return "Invalid parameters for %s: %s" % (self.signature_text, "; ".join(parts))
@@ -527,6 +557,74 @@ def _pick_function(module: Any, name: Optional[str], code_path: str) -> Callable
             "function (found: %s)" % (code_path, found)
         )
     return candidates[0]
+
+
+# -------------------------------------------------------------------- user logging
+
+# User code's log records at INFO and above go to stderr, that is to the node's log
+# (SPEC §3.2), as in DSS's function workers: Python alone drops INFO (its root logger
+# is at WARNING), so an init's `logging.info("model loaded")` would never be seen.
+USER_LOG_LEVEL = 20  # logging.INFO
+
+
+def _configure_logging(logging: Any) -> None:
+    """Let records at USER_LOG_LEVEL through while user code has configured no handler.
+
+    The root logger goes to USER_LOG_LEVEL, and so does Python's last-resort handler
+    (stderr, used only while no handler is configured), with Python's own format,
+    `LEVEL:logger:message`; the node adds time, endpoint and pid. User code that
+    configures logging itself (`logging.basicConfig(...)`, its own handlers) still does:
+    no handler is added. Left alone if something configured the root logger before.
+    """
+    root = logging.getLogger()
+    if root.handlers or root.level != logging.WARNING:
+        return
+    root.setLevel(USER_LOG_LEVEL)
+    last_resort = getattr(logging, "lastResort", None)
+    if last_resort is not None:
+        last_resort.setLevel(USER_LOG_LEVEL)
+        last_resort.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+
+
+class _ConfigureLoggingOnImport:
+    """A meta path finder that configures `logging` once the first import of it ran.
+
+    The runtime does not import logging itself (some 6 ms of every pipeline start, for a
+    function that may never log); user code that logs imports it, at init or in a call.
+    Once found it leaves sys.meta_path: later imports never see it.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:  # user code rearranged sys.meta_path
+            pass
+        spec = importlib.util.find_spec(name)  # the standard finders' spec
+        loader = getattr(spec, "loader", None)
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None or isinstance(loader, type):  # a frozen or built-in module's shared loader
+            return spec
+
+        def exec_and_configure(module: Any) -> None:
+            exec_module(module)
+            try:
+                _configure_logging(module)
+            except Exception:  # boundary: the service's own `logging.py`, shadowing the standard one
+                pass
+
+        loader.exec_module = exec_and_configure  # type: ignore[union-attr]  # this spec's loader only
+        return spec
+
+
+def _route_user_logging() -> None:
+    """Make user code's logging reach the node's log (see USER_LOG_LEVEL)."""
+    logging = sys.modules.get("logging")
+    if logging is not None:  # imported at interpreter start (a code env's sitecustomize)
+        _configure_logging(logging)
+    else:
+        sys.meta_path.insert(0, _ConfigureLoggingOnImport())
 
 
 # ---------------------------------------------------------------------- the call
@@ -739,6 +837,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # the node may have prefetched into its pipe: the node gives that call to another pipeline.
     signal.signal(signal.SIGUSR1, _on_kill_notice)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+    _route_user_logging()
     return serve(fd_in, fd_out, spec)
 
 
