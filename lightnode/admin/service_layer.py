@@ -19,6 +19,7 @@ Imports: services/, config/, errors, admin.keys. Never http/ or scheduler/.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -414,7 +415,14 @@ class ServiceLayer:
         # Errors name the file the command writes, also when it does not exist yet.
         base = EndpointConfig(pool=base.pool, limits=base.limits, source=str(path))
         config = merge_tuning(base, overrides)
-        write_endpoint_config(path, config)
+        try:
+            write_endpoint_config(path, config)
+        except OSError as exc:
+            # Not the temp file's name and "[Errno 30]": the file the command writes, and why.
+            hint = ""
+            if exc.errno == errno.EROFS:
+                hint = " (a read-only mount, e.g. a Kubernetes ConfigMap: change the tuning where it comes from)"
+            raise LightnodeError("InternalError", f"cannot write {path}: {exc.strerror or exc}{hint}") from None
         answer = endpoint_config_to_json(config)
         if note is not None:
             answer["note"] = note

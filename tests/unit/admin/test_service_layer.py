@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -288,3 +289,20 @@ def test_tune_errors_name_the_file_even_before_it_exists(layer: ServiceLayer) ->
         layer.tune("svc", "e", {"pool": {"floor": 9}})
     assert info.value.source == str(path) and str(info.value).startswith(str(path))
     assert not path.exists()
+
+
+def test_tune_on_a_read_only_mount_names_the_file_and_the_mount(
+    layer: ServiceLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ConfigMap mount: the error named the temp file (".e.json.xxxx.tmp") with "[Errno 30]".
+    def read_only(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path.parent / ".e.json.x.tmp"))
+
+    monkeypatch.setattr("lightnode.config.load.write_file_atomically", read_only)
+    path = layer.data_dir.endpoint_config_path("svc", "e")
+    with pytest.raises(LightnodeError) as info:
+        layer.tune("svc", "e", {"pool": {"ceil": 3}})
+    assert info.value.message == (
+        f"cannot write {path}: Read-only file system (a read-only mount, e.g. a Kubernetes"
+        " ConfigMap: change the tuning where it comes from)"
+    )
