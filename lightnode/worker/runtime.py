@@ -688,10 +688,16 @@ def _raised_text(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
-def _traceback_text(exc: BaseException) -> str:
-    """The exception's traceback as text (lines ending in newlines), or a placeholder line."""
+def _traceback_text(exc: BaseException, from_call: bool = False) -> str:
+    """The exception's traceback as text (lines ending in newlines), or a placeholder line.
+
+    from_call: leave out the first frame, call_once's own (the user code's start from the next).
+    """
+    tb = exc.__traceback__
+    if from_call and tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
     try:
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return "".join(traceback.format_exception(type(exc), exc, tb))
     except BaseException as broken:  # boundary: its __str__ raised, say
         return "(no traceback: formatting it raised %s)\n" % type(broken).__name__
 
@@ -723,8 +729,34 @@ def _function_error(exc: BaseException, dev: bool) -> bytes:
     message = "Failed to run function : <class '%s'> : %s" % (_type_name(exc), _exception_text(exc))
     detailed = message + note
     if dev:
-        detailed = detailed + "\n" + _traceback_text(exc)
+        detailed = detailed + "\n" + _traceback_text(exc, from_call=True)
+    else:
+        _log_traceback(exc, time.monotonic())
     return _error("FunctionError", message, status, detailed)
+
+
+# The answer carries a traceback in dev mode only (SPEC §3.4); outside it the operator
+# finds it in the node's log (this process's stderr): one per TRACEBACK_LOG_INTERVAL_S
+# per pipeline at most, so a function that always raises cannot flood the log.
+TRACEBACK_LOG_INTERVAL_S = 10.0
+_traceback_log = [float("-inf"), 0]  # [when the last one was written, calls that raised since]
+
+
+def _log_traceback(exc: BaseException, now: float) -> None:
+    """Write the traceback of a call that raised to stderr, unless one was written lately."""
+    last, unshown = _traceback_log
+    if now - last < TRACEBACK_LOG_INTERVAL_S:
+        _traceback_log[1] = unshown + 1
+        return
+    _traceback_log[0], _traceback_log[1] = now, 0
+    since = ""
+    if unshown:
+        since = " (%d more raised since the last traceback, not shown)" % unshown
+    text = "a call raised; its traceback follows%s:\n%s" % (since, _traceback_text(exc, from_call=True))
+    try:
+        os.write(2, text.encode("utf-8", "backslashreplace"))  # not sys.stderr: user code may replace it
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------ process

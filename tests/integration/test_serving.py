@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Node, write_service, write_tuning
+from tests.conftest import Node, until, write_service, write_tuning
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +106,10 @@ def test_function_error_wording_and_custom_status(node: Node) -> None:
     assert "Traceback" not in body["detailedMessage"]
     status, body = node.run("svc", "boom", {"kind": "teapot"})
     assert (status, body["errorType"]) == (418, "FunctionError")
+    # The traceback the answer leaves out is in the node's log, tagged with the endpoint.
+    until(lambda: "raise ValueError('bad value')" in node.log(), what="the traceback in the log")
+    line = next(line for line in node.log().splitlines() if "a call raised; its traceback follows" in line)
+    assert "svc/boom" in line
 
 
 def test_conversions_and_empty_response(node: Node) -> None:

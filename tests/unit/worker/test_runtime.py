@@ -292,6 +292,32 @@ def test_function_error_wording_and_http_status() -> None:
     assert "Traceback" in error["detailedMessage"]
 
 
+def test_a_call_that_raised_logs_its_traceback_at_most_once_per_interval(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Outside dev mode the answer has no traceback (SPEC §3.4): the node's log has it, or
+    # an operator could not find the failing line. A function that always raises: one
+    # per TRACEBACK_LOG_INTERVAL_S, then a count of those not shown.
+    monkeypatch.setattr(runtime, "_traceback_log", [float("-inf"), 0])
+    clock = [1000.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock[0])
+    binder = _binder("def f(x):\n    return {}[x]\n")
+    for _ in range(3):
+        assert runtime.call_once(binder, b'{"x": "missing"}', False)[0] == ERROR
+    first = capfd.readouterr().err
+    assert first.count("Traceback (most recent call last)") == 1
+    assert "a call raised; its traceback follows:" in first
+    assert 'File "<string>", line 2, in f' in first and "KeyError: 'missing'" in first
+    assert "runtime.py" not in first  # the user's frames only
+    clock[0] += runtime.TRACEBACK_LOG_INTERVAL_S
+    runtime.call_once(binder, b'{"x": "again"}', False)
+    second = capfd.readouterr().err
+    assert "(2 more raised since the last traceback, not shown)" in second
+    assert "KeyError: 'again'" in second
+    runtime.call_once(binder, b'{"x": 1}', True)  # dev mode: the answer carries it instead
+    assert capfd.readouterr().err == ""
+
+
 def test_result_not_serializable_is_an_error_frame() -> None:
     kind, body, _ = runtime.call_once(_binder("def f(): return {'x': object()}"), b"{}", False)
     error = json.loads(body)
