@@ -33,11 +33,13 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +58,7 @@ PROBE_TIMEOUT_S = 30.0
 # each env the several seconds that bootstrapping its own pip (ensurepip) costs.
 PIP_PYTHON_OPTION = (22, 3)
 PIP_TAIL_LINES = 60  # pip output kept for the error message when it fails
+STOP_POLL_S = 0.2  # how soon a stopped build stops reading pip's output
 
 _PROBE = (
     "import json, platform, sys\n"
@@ -257,7 +260,9 @@ def plan_env(code_env: dict[str, Any], root: Path, code_envs_dir: Path) -> EnvPl
         raise CodeEnvError(f"code_env requirements {requirements_path}: {exc.strerror}") from None
     python = probe_python(find_python(code_env.get("python"), root))
     digest = env_hash(python, requirements)
-    return EnvPlan(digest, Path(code_envs_dir) / digest, python, requirements_path, requirements, root)
+    # Absolute: venv and pip run in the service root, the rest of the build in ours.
+    env_dir = Path(os.path.abspath(code_envs_dir)) / digest
+    return EnvPlan(digest, env_dir, python, requirements_path, requirements, root)
 
 
 def is_built(env_dir: Path) -> bool:
@@ -267,23 +272,75 @@ def is_built(env_dir: Path) -> bool:
 # --------------------------------------------------------------------- building
 
 
-def build_env(plan: EnvPlan, *, progress: TextIO | None = None, label: str = "") -> EnvBuild:
+class BuildStop:
+    """Stops a build under way from another thread (a `lightnode test` or `dev` run that
+    is stopped): its venv or pip process is killed, and the build raises CodeEnvError
+    (its staging directory removed, as for any failed build)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.requested = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self.requested = True
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+
+    def check(self) -> None:
+        """Raises CodeEnvError if a stop was requested."""
+        if self.requested:
+            raise CodeEnvError("the code env build was stopped")
+
+    def _running(self, proc: subprocess.Popen[bytes] | None) -> None:
+        with self._lock:
+            self._proc = proc
+            if proc is not None and self.requested:
+                proc.kill()
+
+
+def build_env(
+    plan: EnvPlan, *, progress: TextIO | None = None, label: str = "", stop: BuildStop | None = None
+) -> EnvBuild:
     """Build the env of `plan` unless it exists; concurrent callers build it once.
 
     Args:
         plan: from `plan_env`.
         progress: where venv and pip output goes as it happens (None: nowhere).
         label: who needs it (e.g. "service S endpoint E"), for messages.
+        stop: lets another thread stop the build.
 
     Raises:
-        CodeEnvError: venv or pip failed; the message names the requirement pip
-            could not install when pip says which.
+        CodeEnvError: stopped, venv or pip failed (the message names the requirement pip
+            could not install when pip says which), or the code envs directory
+            cannot be created or written.
     """
     started = time.monotonic()
-    plan.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. dev/test's default ~/.cache under a read-only HOME
+        raise CodeEnvError(f"cannot create the code envs directory {plan.path.parent}: "
+                           f"{exc.strerror or exc}") from None
+    try:
+        built = _build_locked(plan, progress, label, stop)
+    except OSError as exc:  # a full disk, a permission: said as such, not as a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise CodeEnvError(f"cannot build code env {plan.hash} in {plan.path.parent}: "
+                           f"{exc.strerror or exc}{where}") from None
+    outcome = _outcome(plan, built=built, started=started)
+    if built:
+        _emit(progress, f"code env {plan.hash} built in {outcome.seconds:.1f} s: {plan.path}")
+    return outcome
+
+
+def _build_locked(plan: EnvPlan, progress: TextIO | None, label: str, stop: BuildStop | None) -> bool:
+    """Build the env under its lock unless it is built; True if this call built it."""
     with _lock(plan.path.parent / f".{plan.hash}.lock"):
         if is_built(plan.path):
-            return _outcome(plan, built=False, started=started)
+            return False
+        if stop is not None:
+            stop.check()
         for stale in plan.path.parent.glob(f".build-{plan.hash}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a builder that died
         staging = plan.path.parent / f".build-{plan.hash}-{os.getpid()}"
@@ -291,9 +348,9 @@ def build_env(plan: EnvPlan, *, progress: TextIO | None = None, label: str = "")
             _emit(progress, f"building code env {plan.hash} ({plan.python.ident}) for {label or plan.root}")
             _run_logged([plan.python.path, "-m", "venv", "--without-pip", "--prompt",
                          f"lightnode-{plan.hash}", str(staging)],
-                        cwd=plan.root, progress=progress, what="python -m venv")
+                        cwd=plan.root, progress=progress, what="python -m venv", stop=stop)
             if _has_requirements(plan.requirements):
-                _pip_install(plan, staging / "bin" / "python", progress, label)
+                _pip_install(plan, staging / "bin" / "python", progress, label, stop)
             _relocate_scripts(staging / "bin", str(staging), str(plan.path))
             _write_env_file(staging, plan)
             if os.path.lexists(plan.path):  # not built (checked above): debris, not an env
@@ -301,9 +358,7 @@ def build_env(plan: EnvPlan, *, progress: TextIO | None = None, label: str = "")
             os.rename(staging, plan.path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    outcome = _outcome(plan, built=True, started=started)
-    _emit(progress, f"code env {plan.hash} built in {outcome.seconds:.1f} s: {plan.path}")
-    return outcome
+    return True
 
 
 def _remove(path: Path) -> None:
@@ -342,12 +397,12 @@ def _has_requirements(requirements: bytes) -> bool:
     return False
 
 
-def _pip_command(venv_python: Path, progress: TextIO | None) -> list[str]:
+def _pip_command(venv_python: Path, progress: TextIO | None, stop: BuildStop | None) -> list[str]:
     version = _node_pip_version()
     if version is not None and version >= PIP_PYTHON_OPTION:
         return [sys.executable, "-m", "pip", "--python", str(venv_python)]
     _run_logged([str(venv_python), "-m", "ensurepip", "--default-pip"],
-                cwd=venv_python.parent, progress=progress, what="ensurepip")
+                cwd=venv_python.parent, progress=progress, what="ensurepip", stop=stop)
     return [str(venv_python), "-m", "pip"]
 
 
@@ -364,11 +419,13 @@ def _node_pip_version() -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) if parts else None
 
 
-def _pip_install(plan: EnvPlan, venv_python: Path, progress: TextIO | None, label: str) -> None:
-    command = _pip_command(venv_python, progress) + [
+def _pip_install(
+    plan: EnvPlan, venv_python: Path, progress: TextIO | None, label: str, stop: BuildStop | None
+) -> None:
+    command = _pip_command(venv_python, progress, stop) + [
         "install", "--disable-pip-version-check", "--no-input", "-r", str(plan.requirements_path),
     ]
-    code, tail = _run_streamed(command, cwd=plan.root, progress=progress)
+    code, tail = _run_streamed(command, cwd=plan.root, progress=progress, stop=stop)
     if code != 0:
         raise CodeEnvError(pip_failure_message(tail, code, plan.requirements_path, label))
 
@@ -405,27 +462,62 @@ def pip_failure_message(lines: Iterable[str], code: int, requirements_path: Path
     return head + ":\n" + "\n".join(f"  {line}" for line in errors)
 
 
-def _run_streamed(command: list[str], *, cwd: Path, progress: TextIO | None) -> tuple[int, list[str]]:
-    """Run, copying each output line to `progress`; return (exit code, last lines)."""
+def _run_streamed(
+    command: list[str], *, cwd: Path, progress: TextIO | None, stop: BuildStop | None = None
+) -> tuple[int, list[str]]:
+    """Run, copying each output line to `progress`; return (exit code, last lines).
+
+    Raises:
+        CodeEnvError: it cannot be run, or `stop` stopped it.
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     tail: collections.deque[str] = collections.deque(maxlen=PIP_TAIL_LINES)
     try:
+        # In our process group, so that a CI runner's kill of the group reaches pip too.
         proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", env=env)
+                                stderr=subprocess.STDOUT, env=env)
     except OSError as exc:
         raise CodeEnvError(f"cannot run {command[0]}: {exc}") from None
-    with proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail.append(line)
-            if progress is not None:
-                progress.write(line)
-                progress.flush()
+    if stop is not None:
+        stop._running(proc)
+    try:
+        with proc:
+            assert proc.stdout is not None
+            for line in _output_lines(proc.stdout.fileno(), stop):
+                tail.append(line)
+                if progress is not None:
+                    progress.write(line)
+                    progress.flush()
+    finally:
+        if stop is not None:
+            stop._running(None)
+    if stop is not None:
+        stop.check()
     return proc.returncode, list(tail)
 
 
-def _run_logged(command: list[str], *, cwd: Path, progress: TextIO | None, what: str) -> None:
-    code, tail = _run_streamed(command, cwd=cwd, progress=progress)
+def _output_lines(fd: int, stop: BuildStop | None) -> Iterator[str]:
+    """The lines read from `fd` until EOF, or until a stop: then at once, as a child
+    of the killed pip (a build backend) may hold the pipe open until it ends."""
+    pending = b""
+    while stop is None or not stop.requested:
+        ready, _, _ = select.select([fd], [], [], STOP_POLL_S)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace") + "\n"
+    if pending:
+        yield pending.decode("utf-8", "replace") + "\n"
+
+
+def _run_logged(
+    command: list[str], *, cwd: Path, progress: TextIO | None, what: str, stop: BuildStop | None = None
+) -> None:
+    code, tail = _run_streamed(command, cwd=cwd, progress=progress, stop=stop)
     if code != 0:
         detail = "".join(tail[-10:]).rstrip() or "no output"
         raise CodeEnvError(f"{what} failed with exit code {code}:\n{detail}")

@@ -118,3 +118,50 @@ def test_relocate_scripts_rewrites_the_staging_path(tmp_path: Path) -> None:
     assert script.read_text().startswith(f"#!{tmp_path}/final/bin/python")
     assert os.access(script, os.X_OK)
     assert str(tmp_path / "final") in (bin_dir.parent / "pyvenv.cfg").read_text()
+
+
+def test_a_build_that_cannot_write_says_where_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk or a permission is a CodeEnvError naming the directory (the import or
+    `lightnode test` reports it as an env that cannot be built), not a bare OSError."""
+    monkeypatch.setattr(codeenv, "probe_python", lambda python: PY312)
+    (tmp_path / "requirements.txt").write_text("tinypkg\n")
+    plan = codeenv.plan_env({"requirements": "requirements.txt"}, tmp_path, tmp_path / "envs")
+
+    def no_space(path: Path) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(codeenv, "_lock", no_space)
+    with pytest.raises(CodeEnvError, match=rf"cannot build code env {plan.hash} in {tmp_path / 'envs'}: "
+                                           r"No space left on device \(.*\.lock\)"):
+        codeenv.build_env(plan)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    plan = codeenv.plan_env({"requirements": "requirements.txt"}, tmp_path, blocker / "envs")
+    with pytest.raises(CodeEnvError, match=f"cannot create the code envs directory {blocker / 'envs'}: Not a directory"):
+        codeenv.build_env(plan)
+
+
+def test_output_lines_joins_chunks_and_ends_at_once_on_a_stop() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"Collecting tiny\nInstall")
+        os.write(write_end, "ing \u00e9\n".encode() + b"no newline at the end")
+        os.close(write_end)
+        write_end = -1
+        assert list(codeenv._output_lines(read_end, None)) == [
+            "Collecting tiny\n", "Installing \u00e9\n", "no newline at the end\n"]
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    # the pipe still open (a child of pip holds it): a stop ends the reading anyway
+    read_end, write_end = os.pipe()
+    try:
+        stop = codeenv.BuildStop()
+        stop.stop()
+        assert list(codeenv._output_lines(read_end, stop)) == []
+        with pytest.raises(CodeEnvError, match="the code env build was stopped"):
+            stop.check()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
