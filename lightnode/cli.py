@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightnode import __version__, hotbuild
-from lightnode.devtools.cli import port_number
+from lightnode.devtools.cli import host_name, port_number
 from lightnode.errors import ConfigError, IdError
 
 COMMANDS = ("serve", "init", "admin", "dev", "test", "package", "deploy")
@@ -43,14 +43,6 @@ def file_path(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty (give a file path)")
     return Path(text)
-
-
-def host_name(text: str) -> str:
-    """argparse type of --host: never "" (`--host "$UNSET"`), which would listen on every
-    interface, IPv4 and IPv6, where the default is loopback only (server.json refuses it too)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty (give an address: 127.0.0.1, 0.0.0.0, ::)")
-    return text
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:

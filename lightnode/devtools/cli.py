@@ -25,6 +25,14 @@ def port_number(text: str) -> int:
     return port
 
 
+def host_name(text: str) -> str:
+    """argparse type of --host: never "" (`--host "$UNSET"`), which would listen on every
+    interface, IPv4 and IPv6, where the default is loopback only (server.json refuses it too)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (give an address: 127.0.0.1, 0.0.0.0, ::)")
+    return text
+
+
 TEST_EPILOG = """\
 exit codes:
   0  every endpoint loads and every test query answers 200 and matches its expect
@@ -67,7 +75,7 @@ def add_dev_parsers(sub: Any) -> None:
     dev = sub.add_parser("dev", help="serve a source directory, reload and replay test queries on change",
                          description=DEV_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(dev)
-    dev.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    dev.add_argument("--host", type=host_name, default="127.0.0.1", help="listen address (default 127.0.0.1)")
     dev.add_argument("--port", type=port_number, default=12000, help="listen port (default 12000; 0 = any free port)")
     test = sub.add_parser(
         "test", help="play the test queries once (CI): exit 0 only if all load and pass",
@@ -87,6 +95,7 @@ def _check_src(src_dir: Path) -> str | None:
 def run_dev(args: argparse.Namespace) -> int:
     import uvloop
 
+    from lightnode.daemon import StartupError
     from lightnode.devtools.server import serve_dev
     from lightnode.devtools.session import default_code_envs_dir
 
@@ -96,7 +105,11 @@ def run_dev(args: argparse.Namespace) -> int:
         return 2
     setup_dev_logging(args.log_level)
     code_envs = args.code_envs or default_code_envs_dir()
-    return uvloop.run(serve_dev(args.src_dir, host=args.host, port=args.port, code_envs_dir=code_envs))
+    try:
+        return uvloop.run(serve_dev(args.src_dir, host=args.host, port=args.port, code_envs_dir=code_envs))
+    except StartupError as exc:  # port in use, an address that does not resolve: a message, not a traceback
+        print(f"lightnode dev: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_test(args: argparse.Namespace) -> int:

@@ -13,7 +13,9 @@ watched all the time, not only between replays: a change while SRC_DIR loads
 (initialization code may hang) or the test queries play (one may hang)
 interrupts them and reloads at once, as the code under way is stale.
 The reload loop is a boundary: an unexpected error in one reload is printed
-and the loop goes on waiting for the next change.
+and the loop goes on waiting for the next change. A watch of SRC_DIR that fails
+(Linux's inotify watch limit) stops the dev server with the reason, exit 1: a
+dev server that silently no longer reloads would serve stale code.
 
 Imports: devtools.session, devtools.report, watchfiles.
 """
@@ -72,10 +74,11 @@ def say(out: TextIO, text: str) -> None:
 async def serve_dev(
     src_dir: Path, *, host: str, port: int, code_envs_dir: Path, out: TextIO = sys.stdout
 ) -> int:
-    """Run the dev server until SIGINT/SIGTERM; return the exit code (0).
+    """Run the dev server until SIGINT/SIGTERM; return the exit code: 0, or 1 when
+    SRC_DIR cannot be watched (a dev server that no longer reloads stops, saying why).
 
     Raises:
-        OSError: the node cannot listen (port in use, bad address).
+        StartupError: the node cannot listen (port in use, an address that does not resolve).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -84,6 +87,7 @@ async def serve_dev(
     session = DevSession(src_dir, host=host, port=port, code_envs_dir=code_envs_dir, progress=sys.stderr,
                          notice=lambda text: say(out, text))
     await session.start()
+    code = 0
     try:
         say(out, f"lightnode dev: serving {session.src_dir} on {session.url} (Ctrl-C to stop)")
         reloads = loop.create_task(_reload_loop(session, stop, out))
@@ -91,11 +95,22 @@ async def serve_dev(
         await asyncio.wait({reloads, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         reloads.cancel()
-        await asyncio.gather(reloads, stopped, return_exceptions=True)
+        results = await asyncio.gather(reloads, stopped, return_exceptions=True)
+        if isinstance(results[0], WatchFailed):
+            say(out, f"lightnode dev: {results[0]}")
+            code = 1
+        elif isinstance(results[0], Exception):
+            say(out, "lightnode dev: the reload loop failed:\n" + "".join(
+                traceback.format_exception(type(results[0]), results[0], results[0].__traceback__)))
+            code = 1
     finally:
         say(out, "lightnode dev: stopping")
         await session.close()
-    return 0
+    return code
+
+
+class WatchFailed(Exception):
+    """SRC_DIR can no longer be watched (e.g. the inotify watch limit is reached)."""
 
 
 class Changes:
@@ -133,7 +148,9 @@ async def _reload_loop(session: DevSession, stop: asyncio.Event, out: TextIO) ->
             await asyncio.wait({taken, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not taken.done():  # the watcher ended: stop set, or it failed
                 taken.cancel()
-                watcher.result()
+                failure = watcher.exception()
+                if failure is not None:
+                    raise WatchFailed(f"cannot watch {session.src_dir} for changes: {failure}") from failure
                 return
             names = taken.result()
             more = f" and {len(names) - CHANGED_NAMES_SHOWN} more" if len(names) > CHANGED_NAMES_SHOWN else ""

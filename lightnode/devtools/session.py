@@ -26,7 +26,8 @@ back every later reload. Hence that kill, and a previous generation's pipelines
 still running `OLD_GENERATION_GRACE_S` after a switch are killed too.
 
 Requirements code envs are built before the switch into a persistent cache
-(`code_envs_dir`), so a session restart reuses them.
+(`code_envs_dir`), so a session restart reuses them. A session closed while one
+builds (Ctrl-C, SIGTERM) stops the build rather than wait for pip to finish.
 
 Imports: daemon (Node), scheduler.registry, services.*, devtools.expect, config.
 Never http/ internals: queries go through a real socket like any client.
@@ -53,7 +54,7 @@ from lightnode.devtools.expect import Mismatch, match_expect
 from lightnode.errors import ConfigError
 from lightnode.scheduler.registry import SWITCH_WARMUP_TIMEOUT_S
 from lightnode.scheduler.scheduler import EndpointPool
-from lightnode.services.codeenv import CodeEnvError, build_env, interpreter_for, plan_env
+from lightnode.services.codeenv import BuildStop, CodeEnvError, build_env, interpreter_for, plan_env
 from lightnode.services.model import EndpointDef, ServiceDef, TestQuery, load_service_dir
 from lightnode.services.store import DataDir, MappingEntry, ServiceState
 
@@ -86,6 +87,16 @@ class DevDataDir(DataDir):
     @property
     def code_envs_dir(self) -> Path:
         return self._code_envs_dir
+
+    def ensure_layout(self) -> None:
+        """The temp dir's layout, without the shared code envs cache: `build_env` creates
+        that when an env is first built, so a service without requirements envs never
+        needs it (a CI container's HOME may not be writable)."""
+        shared, self._code_envs_dir = self._code_envs_dir, self.root / "code-envs"
+        try:
+            super().ensure_layout()
+        finally:
+            self._code_envs_dir = shared
 
     def generation_dir(self, service_id: str, generation: str) -> Path:
         path = super().generation_dir(service_id, generation)  # checks both ids
@@ -155,12 +166,13 @@ class DevSession:
     _cutting: set[asyncio.Task[None]] = field(default_factory=set)
     _cut_pools: set[int] = field(default_factory=set)  # id() of the pools a _cut_old task watches
     _env_build: asyncio.Future[dict[str, str]] | None = None
+    _build_stop: BuildStop = field(default_factory=BuildStop)  # of the build under way
     loading: str | None = None  # the generation a load is switching to
     # (endpoint id, query name, perf_counter at its start) of the query being played
     playing: tuple[str, str, float] | None = None
 
     async def start(self) -> None:
-        """Start the node on an empty temp data dir. Raises OSError (e.g. port in use)."""
+        """Start the node on an empty temp data dir. Raises StartupError (e.g. port in use)."""
         self.src_dir = Path(os.path.abspath(self.src_dir))
         self._tmp = Path(tempfile.mkdtemp(prefix="lightnode-dev-"))
         store = DevDataDir(self._tmp, self.src_dir, Path(self.code_envs_dir))
@@ -191,6 +203,10 @@ class DevSession:
         """Drain and stop the node (staged shutdown), remove the temp data dir."""
         for task in list(self._cutting):
             task.cancel()
+        if self._env_build is not None and not self._env_build.done():
+            # A build left running (the run was stopped while it loaded): not to the end of pip.
+            self._build_stop.stop()
+            await asyncio.wait([self._env_build])
         if self.node is not None and self.node.registry is not None:
             await self.node.shutdown()
         self.node = None
@@ -227,7 +243,9 @@ class DevSession:
             # A build left running by a cancelled load ends first: two builds of one env must not race.
             if self._env_build is not None and not self._env_build.done():
                 await asyncio.wait([self._env_build])
-            self._env_build = asyncio.get_running_loop().run_in_executor(None, self._build_envs, definition)
+            self._build_stop = BuildStop()
+            self._env_build = asyncio.get_running_loop().run_in_executor(
+                None, self._build_envs, definition, self._build_stop)
             env_errors = await asyncio.shield(self._env_build)
             await self._switch(definition, generation)
         finally:
@@ -235,13 +253,14 @@ class DevSession:
         statuses = tuple(self._status(definition, generation, ep, env_errors) for ep in definition.endpoints)
         return LoadReport(self.src_dir, definition.id, generation, definition, statuses)
 
-    def _build_envs(self, definition: ServiceDef) -> dict[str, str]:
+    def _build_envs(self, definition: ServiceDef, stop: BuildStop) -> dict[str, str]:
         errors: dict[str, str] = {}
         for endpoint in definition.endpoints:
             if isinstance(endpoint.code_env, dict):
                 try:
+                    stop.check()
                     plan = plan_env(endpoint.code_env, definition.root, self.store.code_envs_dir)
-                    build_env(plan, progress=self.progress, label=f"endpoint {endpoint.id}")
+                    build_env(plan, progress=self.progress, label=f"endpoint {endpoint.id}", stop=stop)
                 except CodeEnvError as exc:
                     errors[endpoint.id] = str(exc)
         return errors

@@ -89,8 +89,9 @@ def test_an_empty_pidfile_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
 def test_an_empty_host_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """`--host ""` (`--host "$UNSET"`) would listen on every interface, IPv4 and IPv6, where the
     default is loopback only; server.json refuses an empty listen.host, and so does the flag."""
-    with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["serve", "--data-dir", "D", "--host", ""])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and "argument --host: must not be empty" in err
+    for argv in (["serve", "--data-dir", "D", "--host", ""], ["dev", "SRC", "--host", " "]):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "argument --host: must not be empty" in err
     assert build_parser().parse_args(["serve", "--data-dir", "D", "--host", "0.0.0.0"]).host == "0.0.0.0"
