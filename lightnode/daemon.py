@@ -40,6 +40,7 @@ from lightnode.config.load import load_server_settings, server_settings_path
 from lightnode.config.model import EndpointConfig, ServerSettings
 from lightnode.config.watch import (
     Change,
+    CodeEnvsChanged,
     ConfigWatcher,
     KeysChanged,
     ServerSettingsChanged,
@@ -262,6 +263,8 @@ class Node:
             self.registry.tuning_refused(change.service_id, change.endpoint_id, change.error)
         elif isinstance(change, ServiceFilesChanged):
             self.registry.service_changed(change.service_id)
+        elif isinstance(change, CodeEnvsChanged):
+            self.registry.code_envs_changed()
         elif isinstance(change, KeysChanged) and self.keys.reload() is not None:
             self.config_errors_total += 1  # refused whole: the last good keys stay
         elif isinstance(change, ServerSettingsChanged):

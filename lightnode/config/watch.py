@@ -16,6 +16,8 @@ What the snapshot holds, and why:
 - `config/keys.json`, `config/server.json`: a hash of the bytes.
 - each `services/S/`: a cheap signature (state.json's stat, the generation
   names), never a walk of user code.
+- the names in `code-envs/` (one per built env), so that an env built after an
+  endpoint found it missing lets that endpoint start.
 
 File events come from watchfiles, watching only the few directories above
 (not recursively), so a large generation tree costs no inotify watches; also
@@ -90,6 +92,11 @@ class ServiceFilesChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class CodeEnvsChanged:
+    """An env came or went in DATA_DIR/code-envs (`admin build-env`, an import)."""
+
+
+@dataclass(frozen=True, slots=True)
 class KeysChanged:
     """DATA_DIR/config/keys.json changed."""
 
@@ -104,6 +111,7 @@ Change = (
     | TuningRemoved
     | TuningInvalid
     | ServiceFilesChanged
+    | CodeEnvsChanged
     | KeysChanged
     | ServerSettingsChanged
 )
@@ -114,6 +122,10 @@ Change = (
 # half-written file, while a short wait keeps the delay from write to report
 # around 40-60 ms with the default debounce, well inside SPEC §5's one second.
 MAX_STEP_MS = 50
+# DATA_DIR/code-envs (services.store.DataDir.code_envs_dir): its entries are listed,
+# the envs themselves never walked; names starting with "." (a build's staging
+# directory, its lock) are ignored, so a build reports once, when its env is renamed in.
+CODE_ENVS_DIR = "code-envs"
 
 _TuningKey = tuple[str, str]
 # A directory watched for events, with its inode so a re-created one is noticed.
@@ -131,6 +143,7 @@ class _Snapshot:
     tuning: dict[_TuningKey, _TuningState] = field(default_factory=dict)
     services: dict[str, tuple[object, ...]] = field(default_factory=dict)
     keys: bytes | None = None
+    code_envs: tuple[str, ...] = ()  # the names in DATA_DIR/code-envs (built envs)
 
 
 def _digest(data: bytes) -> bytes:
@@ -239,10 +252,20 @@ class ConfigWatcher:
             if force or services.get(service_id) != old.services.get(service_id):
                 changes.append(ServiceFilesChanged(service_id))
 
+        # An endpoint whose requirements env was not built has no pipelines: the env
+        # built later (as its 503 advises) must let it start without a restart.
+        code_envs_listed = self._list_dir(self._data_dir / CODE_ENVS_DIR, targets)
+        if code_envs_listed is None:  # unreadable right now: keep what we knew
+            code_envs = old.code_envs
+        else:
+            code_envs = tuple(entry.name for entry in code_envs_listed)
+        if not first and code_envs != old.code_envs:
+            changes.append(CodeEnvsChanged())
+
         tuning, tuning_changes = self._scan_tuning(old.tuning, force, targets)
         changes.extend(tuning_changes)
 
-        self._snapshot = _Snapshot(tuning=tuning, services=services, keys=keys)
+        self._snapshot = _Snapshot(tuning=tuning, services=services, keys=keys, code_envs=code_envs)
         self._watch_targets = frozenset(targets)
         return changes
 

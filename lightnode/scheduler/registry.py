@@ -149,9 +149,12 @@ class Registry:
         return runtime
 
     def _start_pools(self, service_id: str, gen: GenerationRuntime) -> None:
-        if gen.definition is None or gen.pools:
+        """Start a pool for each endpoint of `gen` that has none (all of them, the first time)."""
+        if gen.definition is None:
             return
         for endpoint in gen.definition.endpoints:
+            if endpoint.id in gen.pools:
+                continue
             try:
                 spec = self._worker_spec(service_id, gen, endpoint)
             except LightnodeError as exc:
@@ -159,10 +162,27 @@ class Registry:
                 gen.load_error = exc.message
                 gen.endpoint_errors[endpoint.id] = exc.message
                 continue
+            if gen.endpoint_errors.pop(endpoint.id, None) is not None:
+                log.info("%s/%s: starting, its code env is built now", service_id, endpoint.id)
             config = self.endpoint_config(service_id, endpoint.id)
             pool = EndpointPool(self.loop, spec, config, self.sink, worker_factory=self.worker_factory)
             gen.pools[endpoint.id] = pool
             pool.start()
+        if not gen.endpoint_errors:
+            gen.load_error = None
+
+    def code_envs_changed(self) -> None:
+        """An env came into DATA_DIR/code-envs: endpoints that had none start now.
+
+        An endpoint whose requirements env is not built gets no pool (503, naming
+        `admin build-env`); the build, by that command or an import, needs no restart.
+        """
+        for runtime in [*self.services.values(), *self._pending.values()]:
+            if not runtime.state.enabled or self.draining:
+                continue
+            for gen in runtime.generations.values():
+                if gen.endpoint_errors:
+                    self._start_pools(runtime.service_id, gen)
 
     def _worker_spec(self, service_id: str, gen: GenerationRuntime, endpoint: EndpointDef) -> WorkerSpec:
         assert gen.definition is not None

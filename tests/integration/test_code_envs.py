@@ -16,7 +16,7 @@ import pytest
 
 from lightnode.services import codeenv
 from lightnode.services.codeenv import CodeEnvError
-from tests.conftest import write_service
+from tests.conftest import until, write_service
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +176,23 @@ def test_requirements_env_is_built_once_reused_and_served(tmp_path: Path, node_f
     assert status == 200, body
     assert body["response"] == {"value": "tiny", "executable": str(env / "bin" / "python")}
     assert body["apiContext"]["serviceGeneration"] == "v2"
+
+
+def test_an_env_built_while_the_node_runs_lets_its_endpoint_start(tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
+    """The 503 of an endpoint whose env is not built says to run `admin build-env`: doing
+    so makes it serve, without a restart of the node (nor a SIGHUP)."""
+    data = tmp_path / "data"
+    _service_with_requirements(data, "v1", f"--no-index\n{make_wheel(tmp_path)}\n", sys.executable)
+    node = node_factory(data)
+    status, body = node.run("reqs", "tiny")
+    assert status == 503 and "lightnode admin build-env" in body["message"]
+    built = lightnode("admin", "build-env", "reqs", "v1", "--data-dir", str(data))
+    assert built.returncode == 0, built.stderr
+    status, body = until(lambda: (lambda answer: answer if answer[0] == 200 else None)(node.run("reqs", "tiny")),
+                         timeout_s=20, what="the endpoint serving once its env is built")
+    assert body["response"]["value"] == "tiny"
+    assert body["response"]["executable"].startswith(str(data / "code-envs"))
+    assert "reqs/tiny: starting, its code env is built now" in node.log()
 
 
 def test_a_requirement_pip_cannot_install_is_named_and_nothing_is_left(tmp_path: Path) -> None:

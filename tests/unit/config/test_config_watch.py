@@ -22,6 +22,7 @@ from lightnode.config.model import PoolLimits
 from lightnode.config.validate import MAX_CONFIG_FILE_BYTES
 from lightnode.config.watch import (
     Change,
+    CodeEnvsChanged,
     ConfigWatcher,
     KeysChanged,
     ServerSettingsChanged,
@@ -266,6 +267,21 @@ def test_keys_and_server_settings(tmp_path: Path) -> None:
     assert w.scan() == [ServerSettingsChanged()]
     assert w.scan() == []
     assert w.rescan_all() == []  # server.json: only a real change is reported
+
+
+def test_an_env_coming_or_going_in_code_envs_is_reported_once(tmp_path: Path) -> None:
+    envs = tmp_path / "code-envs"
+    w = watcher(tmp_path)
+    assert w.scan() == []
+    envs.mkdir()
+    (envs / ".build-abc-123").mkdir()  # a build under way, and its lock: not yet
+    (envs / ".abc.lock").write_text("")
+    assert w.scan() == []
+    (envs / ".build-abc-123").rename(envs / "abc")  # the build's last step
+    assert w.scan() == [CodeEnvsChanged()]
+    assert w.scan() == []
+    (envs / "abc").rmdir()
+    assert w.scan() == [CodeEnvsChanged()]
 
 
 def test_bad_ids_and_hidden_names_are_skipped(
