@@ -63,21 +63,23 @@ def add_admin_parser(sub: Any) -> None:
 
     add_lifecycle_commands(commands, target)
 
-    from lightnode.services.codeenv import add_build_env_parser
-
-    add_build_env_parser(commands)
+    build_env = commands.add_parser(
+        "build-env",
+        parents=[target],
+        help="build the code envs (requirements venvs) of a service generation",
+        description="Build the requirements code envs of a generation into DATA_DIR/code-envs/<hash>/ "
+        "(with --data-dir, pip's output on stderr). Envs already built are reused. GENERATION "
+        "defaults to the newest. A running node starts the endpoints that were waiting for them.",
+    )
+    build_env.add_argument("service")
+    build_env.add_argument("generation", nargs="?")
 
 
 def run_admin(args: argparse.Namespace) -> int:
+    from lightnode.admin.lifecycle_cli import LIFECYCLE_HANDLERS
     from lightnode.cli import CliError
 
-    if args.admin_command == "build-env":
-        from lightnode.services.codeenv import run_build_env
-
-        return run_build_env(args)
-    from lightnode.admin.lifecycle_cli import LIFECYCLE_HANDLERS
-
-    handlers = {"status": _status, "tune": _tune, **LIFECYCLE_HANDLERS}
+    handlers = {"status": _status, "tune": _tune, "build-env": _build_env, **LIFECYCLE_HANDLERS}
     handler = handlers.get(args.admin_command)
     if handler is None:
         raise CliError(f"unknown admin command {args.admin_command}", 2)
@@ -168,6 +170,22 @@ def render_status(payload: dict[str, Any]) -> str:
                 f" retirements={counters['retirements']} rejections: {rejections}"
             )
     return "\n".join(lines)
+
+
+def _build_env(args: argparse.Namespace) -> int:
+    """0 when every env is built or reused; 1 (CliError) otherwise."""
+    from lightnode.admin.lifecycle_cli import call_target
+
+    service = check_id(args.service, "service id")
+    answer = call_target(args, "build_envs", service, args.generation)
+    generation = answer["generation"]
+    if not answer["envs"]:
+        print(f"{service} {generation}: no endpoint has a requirements code env")
+    for env in answer["envs"]:
+        state = f"built in {env['seconds']:.1f} s" if env["built"] else "already built, reused"
+        print(f"{service} {generation} {', '.join(env['endpoints'])}: code env {env['hash']} "
+              f"({env['python']}) {state}: {env['interpreter']}")
+    return 0
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -139,6 +139,10 @@ class RemoteAdmin:
     def set_mapping(self, service_id: str, mapping: object) -> Any:
         return self.call("POST", f"services/{_quote(service_id)}/actions/setMapping", mapping)
 
+    def build_envs(self, service_id: str, generation: str | None = None) -> Any:
+        body = {} if generation is None else {"generation": generation}
+        return self.call("POST", f"services/{_quote(service_id)}/actions/buildEnv", body)
+
     def enable(self, service_id: str) -> Any:
         return self.call("POST", f"services/{_quote(service_id)}/actions/enable")
 

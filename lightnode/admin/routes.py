@@ -3,7 +3,9 @@
 Paths and answers follow `dataikuapi.APINodeAdminClient` (dataiku-api-client
 15.2.0): services, generations, importFromArchive, switchToNewest,
 switchTo/<G>, setMapping, enable, disable, keys, metrics; plus the endpoint
-tuning route of SPEC §5 and the status/stats routes of SPEC §10.
+tuning route of SPEC §5, the status/stats routes of SPEC §10, and
+`services/<S>/actions/buildEnv` (body `{"generation": G}`, the newest without it),
+which `lightnode admin build-env --url` uses (SPEC §8: every admin command by URL).
 
 Every operation is carried out by `admin.service_layer.ServiceLayer` (the one
 layer the `lightnode admin` commands use too). Mutations run on a single admin
@@ -245,6 +247,7 @@ class AdminRoutes:
             ("POST", ("services", "{S}", "actions", "switchTo", "{G}"), self._switch_to),
             ("POST", ("services", "{S}", "actions", "setMapping"), self._set_mapping),
             ("POST", ("services", "{S}", "actions", "enable"), self._enable),
+            ("POST", ("services", "{S}", "actions", "buildEnv"), self._build_env),
             ("POST", ("services", "{S}", "actions", "disable"), self._disable),
             ("GET", ("services", "{S}", "endpoints", "{E}", "settings"), self._get_settings),
             ("POST", ("services", "{S}", "endpoints", "{E}", "settings"), self._set_settings),
@@ -397,6 +400,14 @@ class AdminRoutes:
     def _set_mapping(self, exchange: Exchange, p: Params) -> None:
         mapping = _json_body(exchange)
         self._mutate(exchange, p, lambda: self.layer.set_mapping(p["S"], mapping), service_id=p["S"], switch=True)
+
+    def _build_env(self, exchange: Exchange, p: Params) -> None:
+        generation = _object_body(exchange).get("generation")
+        if generation is not None and not isinstance(generation, str):
+            raise LightnodeError("BadRequest", f"generation: must be a generation id (got {generation!r})")
+        # On the admin thread (pip may take minutes); the watcher then sees the new env
+        # in code-envs/ and starts the endpoints that were waiting for it.
+        self._mutate(exchange, p, lambda: self.layer.build_envs(p["S"], generation))
 
     def _enable(self, exchange: Exchange, p: Params) -> None:
         self._mutate(exchange, p, lambda: self.layer.enable(p["S"]), service_id=p["S"], switch=True)

@@ -331,6 +331,44 @@ class ServiceLayer:
             self._check_generation(service_id, entry.generation)
         return self._write_state(service_id, ServiceState(True, entries))
 
+    def build_envs(self, service_id: str, generation: str | None = None) -> dict[str, Any]:
+        """`admin build-env` (actions/buildEnv): build the requirements code envs of a
+        generation (the newest by default) into DATA_DIR/code-envs; envs already built
+        are reused. A running node starts the endpoints that were waiting for them.
+
+        Raises:
+            LightnodeError: NotFound (no such service or generation), BadRequest (an env
+                that cannot be built: pip's reason; an invalid service.json).
+        """
+        check_id(service_id, "service id")
+        if generation is None:
+            newest = self.data_dir.newest_generation(service_id)
+            if newest is None:
+                raise LightnodeError("NotFound", f"service {service_id} has no generation in {self.data_dir.root}")
+            generation = newest.id
+        check_id(generation, "generation")
+        if not self.data_dir.generation_dir(service_id, generation).is_dir():
+            raise LightnodeError("NotFound", f"service {service_id} has no generation {generation}")
+        try:
+            builds = build_env_for_generation(self.data_dir, service_id, generation, progress=self._env_progress)
+        except (CodeEnvError, ConfigError) as exc:
+            raise LightnodeError("BadRequest", str(exc)) from None
+        return {
+            "serviceId": service_id,
+            "generation": generation,
+            "envs": [
+                {
+                    "hash": build.hash,
+                    "endpoints": list(build.endpoints),
+                    "python": build.python,
+                    "interpreter": str(build.interpreter),
+                    "built": build.built,
+                    "seconds": round(build.seconds, 3),
+                }
+                for build in builds
+            ],
+        }
+
     def enable(self, service_id: str) -> dict[str, Any]:
         """actions/enable: serve the mapping of state.json.
 

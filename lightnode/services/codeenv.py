@@ -18,15 +18,16 @@ directory, so relative paths in requirements.txt are relative to the service.
 
 The node never builds at load time: an env that is not built makes its
 endpoint unavailable with a message that says how to build it
-(`lightnode admin build-env`, or the import that builds by default).
+(`lightnode admin build-env`, or the import that builds by default); a node
+running on the data directory starts it once the env appears (its config
+watcher lists `code-envs/`). The `build-env` command itself is the admin
+layer's (ServiceLayer.build_envs), so that it also works through `--url`.
 
-Imports: standard library, `lightnode.errors`, `lightnode.config.model`,
-`lightnode.services.model`/`store`. Never the scheduler, HTTP or worker layers.
+Imports: standard library, `lightnode.services.model`/`store`. Never the scheduler, HTTP or worker layers.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import fcntl
 import hashlib
@@ -45,8 +46,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from lightnode.config.model import check_id
-from lightnode.errors import ConfigError, IdError
 from lightnode.services.model import ServiceDef, load_service_dir
 from lightnode.services.store import DataDir
 
@@ -604,43 +603,3 @@ def build_env_for_generation(
     root = store.generation_dir(service_id, generation)
     definition = load_service_dir(root)
     return build_envs_for_service(definition, store.code_envs_dir, progress=progress)
-
-
-# ----------------------------------------------------------------- command line
-
-
-def add_build_env_parser(commands: Any) -> None:
-    """Register `lightnode admin build-env SERVICE [GENERATION] --data-dir DIR`."""
-    parser = commands.add_parser(
-        "build-env",
-        help="build the code envs (requirements venvs) of a service generation",
-        description="Build the requirements code envs of a generation into DATA_DIR/code-envs/<hash>/ "
-        "(pip's output on stderr). Envs already built are reused. GENERATION defaults to the newest.",
-    )
-    parser.add_argument("service")
-    parser.add_argument("generation", nargs="?")
-    parser.add_argument("--data-dir", type=Path, required=True, help="the node's data directory")
-
-
-def run_build_env(args: argparse.Namespace) -> int:
-    """`admin build-env`: 0 when every env is built or reused, 1 otherwise."""
-    store = DataDir(Path(args.data_dir))
-    try:
-        service_id = check_id(args.service, "service id")
-        generation = args.generation
-        if generation is None:
-            newest = store.newest_generation(service_id)
-            if newest is None:
-                raise CodeEnvError(f"service {service_id} has no generation in {store.root}")
-            generation = newest.id
-        builds = build_env_for_generation(store, service_id, generation, progress=sys.stderr)
-    except (CodeEnvError, ConfigError, IdError) as exc:
-        print(f"lightnode: {exc}", file=sys.stderr)
-        return 1
-    if not builds:
-        print(f"{service_id} {generation}: no endpoint has a requirements code env")
-    for build in builds:
-        state = f"built in {build.seconds:.1f} s" if build.built else "already built, reused"
-        print(f"{service_id} {generation} {', '.join(build.endpoints)}: code env {build.hash} "
-              f"({build.python}) {state}: {build.interpreter}")
-    return 0

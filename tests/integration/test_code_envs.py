@@ -180,14 +180,19 @@ def test_requirements_env_is_built_once_reused_and_served(tmp_path: Path, node_f
 
 def test_an_env_built_while_the_node_runs_lets_its_endpoint_start(tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
     """The 503 of an endpoint whose env is not built says to run `admin build-env`: doing
-    so makes it serve, without a restart of the node (nor a SIGHUP)."""
+    so makes it serve, without a restart of the node (nor a SIGHUP). Through the admin
+    API (`--url`, SPEC §8) here; test_requirements_env_is_built_once_reused_and_served
+    builds with --data-dir."""
     data = tmp_path / "data"
     _service_with_requirements(data, "v1", f"--no-index\n{make_wheel(tmp_path)}\n", sys.executable)
     node = node_factory(data)
     status, body = node.run("reqs", "tiny")
     assert status == 503 and "lightnode admin build-env" in body["message"]
-    built = lightnode("admin", "build-env", "reqs", "v1", "--data-dir", str(data))
+    unknown = lightnode("admin", "build-env", "nope", "--url", node.url)
+    assert unknown.returncode == 1 and "HTTP 404: service nope has no generation" in unknown.stderr
+    built = lightnode("admin", "build-env", "reqs", "--url", node.url)
     assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith("reqs v1 tiny: code env ") and " built in " in built.stdout
     status, body = until(lambda: (lambda answer: answer if answer[0] == 200 else None)(node.run("reqs", "tiny")),
                          timeout_s=20, what="the endpoint serving once its env is built")
     assert body["response"]["value"] == "tiny"
