@@ -261,8 +261,13 @@ def _set_mapping(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    call_target(args, "delete_service", check_id(args.service, "service id"))
+    answer = call_target(args, "delete_service", check_id(args.service, "service id"))
     print(f"deleted service {args.service}")
+    kept = answer.get("keysKept", 0) if isinstance(answer, dict) else 0
+    if kept:
+        print(f"its {kept} API key(s) stay in config/keys.json, valid for any service deployed as"
+              f" {args.service} later: `lightnode admin keys list` shows them, `keys delete ID` revokes one",
+              file=sys.stderr)
     return 0
 
 

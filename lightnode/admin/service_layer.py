@@ -165,13 +165,21 @@ class ServiceLayer:
     def delete_service(self, service_id: str) -> dict[str, Any]:
         """DELETE services/<S>: the service disappears at once (one rename), then its files go.
 
-        Tuning files under config/ stay: they are the operator's configuration.
+        Tuning files under config/ stay: they are the operator's configuration; so do
+        the service's API keys (a re-import of the same service keeps its callers).
+        The answer counts those keys (`keysKept`), as a later, unrelated service
+        deployed under the same id would accept them.
         """
         path = self._require_service(service_id)
         graveyard = self.data_dir.services_dir / f".deleted-{service_id}-{secrets.token_hex(4)}"
         os.rename(path, graveyard)
         shutil.rmtree(graveyard, ignore_errors=True)
-        return {"deleted": service_id}
+        try:
+            self.keys.load()
+            kept = sum(1 for entry in self.keys.entries() if entry.service_id == service_id)
+        except ConfigError:  # an unreadable keys.json: the delete is done all the same
+            kept = 0
+        return {"deleted": service_id, "keysKept": kept}
 
     def _staging(self, what: str) -> Path:
         self.data_dir.services_dir.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,10 @@ def test_package_import_switch_cycle(tmp_path: Path, data: Path, capsys: pytest.
     assert "svc\tenabled=False\tmapping=g1=1" in out
     code, _, err = run(capsys, "admin", "set-mapping", "svc", "g1=0.5", "g2=0.5", "--data-dir", d)
     assert code == 1 and "g2" in err
-    assert run(capsys, "admin", "delete", "svc", "--data-dir", d)[0] == 0
+    assert run(capsys, "admin", "keys", "create", "--service", "svc", "--data-dir", d)[0] == 0
+    code, out, err = run(capsys, "admin", "delete", "svc", "--data-dir", d)
+    assert (code, out) == (0, "deleted service svc\n")
+    assert "its 1 API key(s) stay in config/keys.json, valid for any service deployed as svc later" in err
     assert not (data / "services" / "svc").exists()
 
 

@@ -55,7 +55,9 @@ def test_create_list_and_delete(layer: ServiceLayer) -> None:
     with pytest.raises(LightnodeError, match="already exists"):
         layer.create_service("svc")
     assert [s["id"] for s in layer.services()] == ["svc"]
-    assert layer.delete_service("svc") == {"deleted": "svc"}
+    layer.create_key(service_id="svc")
+    layer.create_key(service_id="other")
+    assert layer.delete_service("svc") == {"deleted": "svc", "keysKept": 1}
     assert layer.services() == []
     assert not [p for p in os.listdir(layer.data_dir.services_dir)]  # nothing left behind
     with pytest.raises(LightnodeError) as info:
