@@ -37,6 +37,8 @@ PACKAGE_FILE = "lightnode-package.json"  # written at the root of every package 
 # A mapping whose probabilities sum to 1 within this is accepted: 0.1 + 0.2 + 0.7
 # is not exactly 1.0 in floating point, while any operator typo is far larger.
 PROBA_SUM_TOLERANCE = 1e-6
+# state.json and the sample's lightnode-package.json: readable by a node running as another user.
+STATE_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +354,7 @@ class DataDir:
 
         Raises:
             IdError: invalid service id.
+            OSError: the service's directory cannot be written (names state.json).
         """
         path = self.state_path(service_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,13 +363,26 @@ class DataDir:
 
 def _write_json_atomic(path: Path, payload: object) -> None:
     """Write to a temporary file beside `path`, fsync it, rename it over `path`,
-    then fsync the directory so the rename itself survives a crash."""
+    then fsync the directory so the rename itself survives a crash.
+
+    The file is made 0644 like the rest of a package (mkstemp makes it 0600): a node
+    may run as another user than the one who imported the service (services owned by
+    root and read-only to the node, a shared read-only services/ volume), and a
+    state.json it cannot read would leave the service unloaded.
+
+    Raises:
+        OSError: the directory cannot be written; it names `path`.
+    """
     data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # named after the file written, not a temp file that never exists
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with open(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), STATE_FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
