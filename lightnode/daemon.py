@@ -130,7 +130,15 @@ class PidLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Empty the file, then unlock it. A pid left in it after the node has gone would
+        have `kill $(cat run/lightnode.pid)` signal whatever process reuses that pid. The
+        file is not removed: a node starting meanwhile may hold it open already, and would
+        lock a file that a third node, creating the path anew, would not see."""
         if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass  # the lock goes anyway; a stale pid is a lesser harm than a stuck stop
             os.close(self._fd)
             self._fd = None
 
