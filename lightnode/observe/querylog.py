@@ -25,6 +25,7 @@ queries.log, not to the old file, where they would be lost (a removed
 logs/ directory is made again). A write
 error drops the buffered lines, is logged (at most once per
 ERROR_LOG_INTERVAL_S) and counted in `dropped_lines`; the node keeps serving.
+Once the file takes lines again, how many were dropped is logged (a warning).
 
 Imports: standard library, ujson and `observe.logsetup`; `http.app` for types only.
 """
@@ -101,6 +102,8 @@ class QueryLog:
         self._fragments: dict[tuple[str, str, str, int, str | None], str] = {}
         self._last_error_at = -ERROR_LOG_INTERVAL_S
         self.dropped_lines = 0
+        self._dropped_unsaid = 0  # dropped since the file last took lines
+        self._lines_written = 0  # by the current flush, for the count of those dropped
         self._open()
 
     # --------------------------------------------------------------- observer
@@ -186,6 +189,7 @@ class QueryLog:
         lines = self._buffer
         self._buffer = []
         self._buffered = 0
+        self._lines_written = 0
         try:
             if self._fd >= 0 and names_another_file(self.path, self._inode):
                 os.close(self._fd)
@@ -194,27 +198,55 @@ class QueryLog:
                 self._open()
             self._write_lines(lines)
         except OSError as exc:
-            self.dropped_lines += len(lines)
+            dropped = len(lines) - self._lines_written
+            self.dropped_lines += dropped
+            self._dropped_unsaid += dropped
             now = time.monotonic()
             if now - self._last_error_at >= ERROR_LOG_INTERVAL_S:
                 self._last_error_at = now
                 log.error(
                     "query log %s: %s (%d lines dropped so far)", self.path, exc, self.dropped_lines
                 )
+            return
+        if self._dropped_unsaid:
+            # The error was logged when lines were first dropped, maybe to a server log on
+            # the same full disk: the gap in the file is said where it ends as well.
+            log.warning(
+                "query log %s: writing again; %d lines were dropped while it could not be written",
+                self.path, self._dropped_unsaid,
+            )  # fmt: skip
+            self._dropped_unsaid = 0
 
     def _write_lines(self, lines: list[bytes]) -> None:
-        """Write `lines`, rotating between two lines whenever the next would pass max_bytes."""
+        """Write `lines`, rotating between two lines whenever the next would pass max_bytes.
+
+        Before a rotation the file's size is read again (one fstat, only then): logrotate's
+        copytruncate empties the file in place, and the count kept since the last write
+        would rotate the next lines into queries.log.1 as if the file were full.
+        """
         start = 0
         pending = 0
+        size_read = False
         for index, line in enumerate(lines):
             if self._size + pending + len(line) > self.max_bytes and self._size + pending > 0:
+                if not size_read:
+                    size_read = True
+                    self._size = os.fstat(self._fd).st_size
+                    if (
+                        self._size + pending + len(line) <= self.max_bytes
+                        or self._size + pending == 0
+                    ):
+                        pending += len(line)
+                        continue
                 if pending:
                     self._write_all(b"".join(lines[start:index]))
+                    self._lines_written += index - start
                 self._rotate()
                 start, pending = index, 0
             pending += len(line)
         if pending:
             self._write_all(b"".join(lines[start:]) if start else b"".join(lines))
+            self._lines_written += len(lines) - start
 
     def close(self) -> None:
         """Flush and close; later lines reopen the file."""
@@ -224,11 +256,28 @@ class QueryLog:
             self._fd = -1
 
     def _write_all(self, data: bytes) -> None:
+        """Write whole lines. A write error (a full disk) after part of them is written
+        leaves the whole lines, counted in _lines_written, and cuts the part of a line
+        that followed: the next line written must start a line of its own."""
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            self._size += written
-            view = view[written:]
+        done = 0
+        try:
+            while done < len(data):
+                written = os.write(self._fd, view[done:])
+                self._size += written
+                done += written
+        except OSError:
+            if done:
+                self._lines_written += data.count(b"\n", 0, done)
+                partial = done - (data.rfind(b"\n", 0, done) + 1)
+                if partial:
+                    try:  # shrinking a file needs no space
+                        size = os.fstat(self._fd).st_size - partial
+                        os.ftruncate(self._fd, size)
+                        self._size = size
+                    except OSError:
+                        pass
+            raise
 
     def _open(self) -> None:
         os.makedirs(self.path.parent, exist_ok=True)  # after `rm -rf logs`
