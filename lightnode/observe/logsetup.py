@@ -35,6 +35,8 @@ SERVER_LOG = "lightnode.log"
 # The server log rotates like the query log's defaults: 5 x 50 MB at most.
 SERVER_LOG_MAX_BYTES = 50 * 1024 * 1024
 SERVER_LOG_BACKUPS = 5
+# A server log that cannot be written (a full disk) is said on stderr at most this often.
+WRITE_ERROR_REPORT_S = 60.0
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 
@@ -97,9 +99,19 @@ class ServerLogHandler(logging.handlers.RotatingFileHandler):
     One stat() per record: about 1 µs, against some 200 µs that RotatingFileHandler
     already spends on a record (its size check, write and flush; measured on a user
     output flood's lines).
+
+    A file that cannot be written (a full disk) is said on stderr in one line at most
+    once per WRITE_ERROR_REPORT_S, not in logging's traceback per record, which on a
+    busy node would flood the journal; every record still goes to stderr by the other
+    handler. The file is reopened at the next record, and once it takes lines again its
+    first line says how many it missed.
     """
 
     _inode: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the open stream
+    _unwritten = 0  # records that did not reach the file since it last took one
+    _write_error = ""  # why, for the line that counts them
+    _failed = False  # set by handleError during one write
+    _reported_at = float("-inf")  # monotonic time of the last report on stderr
 
     def _open(self) -> io.TextIOWrapper:
         os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)  # after `rm -rf logs`
@@ -112,7 +124,60 @@ class ServerLogHandler(logging.handlers.RotatingFileHandler):
         if self.stream is not None and names_another_file(self.baseFilename, self._inode):
             stream, self.stream = self.stream, None  # the next write opens the path anew
             stream.close()
+        if self._unwritten:
+            missed = logging.LogRecord(
+                "lightnode", logging.WARNING, __file__, 0,
+                "%s: %d lines were not written (%s); see stderr (the journal) for them",
+                (self.baseFilename, self._unwritten, self._write_error), None,
+            )  # fmt: skip
+            missed.created = record.created
+            _end_partial_line(self.baseFilename)
+            if not self._write(missed):
+                self._unwritten += 1  # still failing: this record would fail as well
+                return
+            self._unwritten = 0
+        if not self._write(record):
+            self._unwritten += 1
+
+    def _write(self, record: logging.LogRecord) -> bool:
+        """RotatingFileHandler.emit; False if the file did not take the record."""
+        self._failed = False
         super().emit(record)
+        return not self._failed
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):  # a fault of the record (a bad format): logging's report
+            super().handleError(record)
+            return
+        self._failed = True
+        self._write_error = exc.strerror or str(exc)
+        stream, self.stream = self.stream, None  # its buffer may hold part of a line: reopen
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+        now = time.monotonic()
+        if now - self._reported_at >= WRITE_ERROR_REPORT_S:
+            self._reported_at = now
+            sys.stderr.write(
+                f"lightnode: cannot write {self.baseFilename}: {self._write_error}"
+                f" ({self._unwritten + 1} lines not written so far; every line still goes to stderr)\n"
+            )
+
+
+def _end_partial_line(path: str) -> None:
+    """End the part of a line that a full disk left at the end of `path`, if any."""
+    try:
+        with open(path, "rb+") as file:
+            if file.seek(0, os.SEEK_END) == 0:
+                return
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                file.write(b"\n")
+    except OSError:
+        pass  # the record's own write says why
 
 
 def names_another_file(path: str | Path, inode: tuple[int, int]) -> bool:
