@@ -10,7 +10,9 @@
   ConfigMaps parsed by lightnode's own config loader;
 - systemd (config/systemd/lightnode.service): the keys, and `systemd-analyze
   verify` where it exists;
-- container (config/container/Containerfile): a structural lint (no engine here).
+- container (config/container/Containerfile): a structural lint (no engine here);
+- logrotate (config/logrotate/lightnode): its directives against how the node reopens
+  its logs, and the systemd unit's data directory and user.
 """
 
 from __future__ import annotations
@@ -262,6 +264,36 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     _, container = pod_spec()
     assert container["resources"]["requests"]["cpu"]  # utilisation needs a request
+
+
+# ------------------------------------------------------------------- logrotate
+
+
+def logrotate_config() -> tuple[list[str], dict[str, list[str]]]:
+    """config/logrotate/lightnode: the files of its one block, and its directives."""
+    text = (CONFIG / "logrotate" / "lightnode").read_text()
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    assert lines[0].endswith("{") and lines[-1] == "}" and sum("{" in line for line in lines) == 1
+    directives = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+    return lines[0][:-1].split(), directives
+
+
+def test_logrotate_rotates_the_units_logs_by_moving_them_away() -> None:
+    """The node reopens a log moved away at its next line (observe.logsetup, observe.querylog):
+    no copytruncate (it loses the lines written between copy and truncate), no create
+    (the node makes the file as its own user), dated names apart from the node's own
+    size rotation's .1 ... .5, as the systemd unit's user, on its data directory."""
+    from lightnode.observe.logsetup import SERVER_LOG
+
+    files, directives = logrotate_config()
+    state_dir = "/var/lib/" + unit()["Service"]["StateDirectory"]
+    assert sorted(files) == sorted(f"{state_dir}/logs/{name}" for name in (SERVER_LOG, "queries.log"))
+    assert "copytruncate" not in directives and "create" not in directives
+    assert {"nocreate", "dateext", "missingok", "delaycompress"} <= set(directives)
+    user = unit()["Service"]["User"]
+    assert directives["su"] == [user, unit()["Service"]["Group"]]
+    assert int(directives["rotate"][0]) > 0
 
 
 # --------------------------------------------------------------------- systemd
