@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -362,6 +363,16 @@ def test_admin_tune_and_status_cli(node_factory: Any, tmp_path: Path) -> None:
     status = subprocess.run([*cli, "status", "--data-dir", str(node.data_dir)], capture_output=True, text=True, timeout=30)
     assert status.returncode == 0, status.stderr
     assert "sleep@v1" in status.stdout and "ceil=6" in status.stdout and " staged=0 " in status.stdout
+    # A copy of the directory (run/lightnode.addr with it) is not that node's, nor is a
+    # directory whose node was killed: status says so, instead of showing another node.
+    copy = tmp_path / "copy"
+    shutil.copytree(node.data_dir, copy, ignore=shutil.ignore_patterns("logs"))
+    other = subprocess.run([*cli, "status", "--data-dir", str(copy)], capture_output=True, text=True, timeout=30)
+    assert other.returncode == 1 and "sleep@v1" not in other.stdout
+    assert f"names {node.url}, the node of {node.data_dir}" in other.stderr
+    node.stop()
+    gone = subprocess.run([*cli, "status", "--data-dir", str(copy)], capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1 and f"names {node.url}, which does not answer" in gone.stderr
 
 
 def test_reload_delay_and_pipeline_start_time(node_factory: Any, tmp_path: Path) -> None:
