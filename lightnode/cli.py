@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_args(sub.add_parser("serve", help="run the node in the foreground"))
     init = sub.add_parser("init", help="lay out a data directory with the sample service")
-    init.add_argument("dir", type=data_dir_path)
+    init.add_argument("dir", type=data_dir_path, nargs="?", help="the data directory to lay out")
+    # Every other command names its data directory with --data-dir: accepted here too.
+    init.add_argument("--data-dir", type=data_dir_path, dest="data_dir_option", metavar="DIR",
+                      help="the same as DIR")
     from lightnode.admin.cli import add_admin_parser
 
     add_admin_parser(sub)
@@ -112,7 +115,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return daemon.run(options)
     if args.command == "init":
-        return _init(args.dir)
+        if (args.dir is None) == (args.data_dir_option is None):
+            raise CliError("init: give the data directory once: `lightnode init DIR` or `--data-dir DIR`", 2)
+        return _init(args.dir or args.data_dir_option)
     if args.command == "admin":
         from lightnode.admin.cli import run_admin
 

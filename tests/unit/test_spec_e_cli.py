@@ -14,7 +14,7 @@ from lightnode.daemon import DaemonOptions, settings_for
 # (argv of the command, the options SPEC §8 names for it)
 SPEC_COMMANDS = [
     (["serve"], ["--data-dir", "--host", "--port", "--log-level", "--pidfile"]),
-    (["init"], ["dir"]),
+    (["init"], ["dir", "--data-dir"]),
     (["dev"], ["SRC_DIR", "--host", "--port"]),
     (["test"], ["SRC_DIR", "--json"]),
     (["package"], ["SRC_DIR", "-o", "--generation"]),
@@ -74,6 +74,18 @@ def test_init_of_a_file_says_it_is_not_a_directory(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert err == f"lightnode: {path} is not a directory\n"
     assert path.read_text() == "x"
+
+
+def test_init_takes_its_directory_as_dir_or_as_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every other command names its data directory with --data-dir: init accepts it too."""
+    assert main(["init", "--data-dir", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "services").is_dir()
+    capsys.readouterr()
+    for argv in (["init"], ["init", str(tmp_path / "b"), "--data-dir", str(tmp_path / "c")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            "lightnode: init: give the data directory once: `lightnode init DIR` or `--data-dir DIR`\n")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_an_empty_pidfile_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
