@@ -219,7 +219,8 @@ class Node:
         assert registry is not None
         request_metrics = RequestMetrics(self._knows_endpoint)
         self.metrics = MetricsCollector(
-            request_metrics, registry.all_pools, lambda: self.config_errors_total
+            request_metrics, registry.all_pools, lambda: self.config_errors_total,
+            query_log_dropped=lambda: self.query_log.dropped_lines if self.query_log is not None else 0,
         )
         self.metrics.start(self.loop)
         self.app.observers.append(request_metrics)

@@ -266,6 +266,7 @@ class MetricsCollector:
         requests: the request observer whose series are exposed.
         pools: returns every pool the registry holds now (live and draining).
         config_errors: returns the node-wide count of refused configuration files.
+        query_log_dropped: returns the query log's dropped lines (None: no such series).
         process: also expose prometheus_client's process_* series (RSS, CPU, fds).
     """
 
@@ -275,11 +276,13 @@ class MetricsCollector:
         pools: Callable[[], Iterable[PoolLike]],
         config_errors: Callable[[], int],
         *,
+        query_log_dropped: Callable[[], int] | None = None,
         process: bool = True,
     ) -> None:
         self.requests = requests
         self._pools = pools
         self._config_errors = config_errors
+        self._query_log_dropped = query_log_dropped
         self._known: dict[PoolLike, Key] = {}  # every pool seen and not folded yet
         self.carried: dict[Key, PoolTotals] = {}  # final counters of folded pools
         self._timer: asyncio.TimerHandle | None = None
@@ -373,6 +376,12 @@ class MetricsCollector:
             "Configuration files refused since the node started (the last good values stayed in force)",
             value=self._config_errors(),
         )
+        if self._query_log_dropped is not None:
+            yield CounterMetricFamily(
+                "lightnode_query_log_dropped_lines_total",
+                "Query log lines dropped because the file could not be written (a full disk)",
+                value=self._query_log_dropped(),
+            )
 
     def _request_families(self) -> Iterator[Metric]:
         labels = ["service", "endpoint"]

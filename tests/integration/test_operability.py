@@ -205,6 +205,7 @@ def test_metrics_series_and_counters_across_reload_and_switch(
     wait_for(
         lambda: metric(node, "lightnode_config_errors_total") == 1, what="config error counted"
     )
+    assert metric(node, "lightnode_query_log_dropped_lines_total") == 0.0
     labels = {"service": "svc", "endpoint": "add"}
     samples = metric_samples(node)
     names = {name for name, _ in samples}

@@ -119,6 +119,17 @@ class World:
         return self.collector.render()
 
 
+def test_the_query_logs_dropped_lines_are_a_counter() -> None:
+    dropped = [0]
+    collector = MetricsCollector(RequestMetrics(lambda s, e: True), list, lambda: 0,
+                                 query_log_dropped=lambda: dropped[0], process=False)
+    assert value(collector.render(), "lightnode_query_log_dropped_lines_total") == 0
+    dropped[0] = 7
+    assert value(collector.render(), "lightnode_query_log_dropped_lines_total") == 7
+    assert b"query_log_dropped" not in MetricsCollector(RequestMetrics(lambda s, e: True), list, lambda: 0,
+                                                         process=False).render()
+
+
 # ---------------------------------------------------------------- histogram
 
 
