@@ -19,13 +19,15 @@ Imports: services/, config/, errors, admin.keys. Never http/ or scheduler/.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
@@ -450,6 +452,12 @@ class ServiceLayer:
                 nothing is written.
         """
         path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
+        with _tuning_lock(path):
+            return self._tune_locked(service_id, endpoint_id, path, overrides)
+
+    def _tune_locked(
+        self, service_id: str, endpoint_id: str, path: Path, overrides: dict[str, Any]
+    ) -> dict[str, Any]:
         note = None
         try:
             base = load_endpoint_config(path)
@@ -520,6 +528,24 @@ class ServiceLayer:
         except KeyError:
             raise LightnodeError("NotFound", missing) from None
         return {"deleted": entry.id}
+
+
+@contextlib.contextmanager
+def _tuning_lock(path: Path) -> Iterator[None]:
+    """Hold an flock beside the tuning file for tune's read-modify-write: two `admin tune`
+    runs at once (two terminals, a script's loop, the admin API beside the CLI) would
+    otherwise both read the old file, and the later write lose the earlier change. The
+    lock file's name starts with "." (the watcher ignores it). Where it cannot be made
+    (a read-only ConfigMap mount) the tune goes on: its write then says why it fails."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.parent / f".{path.name}.lock", "a")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _refuse_past_expiry(expiry: object) -> None:

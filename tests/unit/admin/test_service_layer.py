@@ -6,6 +6,7 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -291,6 +292,34 @@ def test_tune_errors_name_the_file_even_before_it_exists(layer: ServiceLayer) ->
         layer.tune("svc", "e", {"pool": {"floor": 9}})
     assert info.value.source == str(path) and str(info.value).startswith(str(path))
     assert not path.exists()
+
+
+def test_two_tunes_at_once_keep_both_changes(layer: ServiceLayer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each reads the file, overlays its change and writes: without a lock both read the
+    # old file, and the later write lost the earlier change.
+    import threading
+    import time
+
+    from lightnode.admin import service_layer
+
+    read = service_layer.load_endpoint_config
+
+    def slow_read(path: Path) -> Any:
+        config = read(path)
+        time.sleep(0.2)  # both tunes are between their read and their write
+        return config
+
+    monkeypatch.setattr(service_layer, "load_endpoint_config", slow_read)
+    tunes = [
+        threading.Thread(target=layer.tune, args=("svc", "e", {"pool": {"queue": 7}})),
+        threading.Thread(target=layer.tune, args=("svc", "e", {"pool": {"timeout": 1234}})),
+    ]
+    for tune in tunes:
+        tune.start()
+    for tune in tunes:
+        tune.join()
+    pool = layer.endpoint_settings("svc", "e")["pool"]
+    assert (pool["queue"], pool["timeout"]) == (7, 1234)
 
 
 def test_tune_on_a_read_only_mount_names_the_file_and_the_mount(
