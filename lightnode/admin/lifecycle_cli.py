@@ -326,6 +326,8 @@ def run_package(args: argparse.Namespace) -> int:
     built = build_package(args.src_dir, output=args.output, generation=args.generation)
     print(f"wrote {built.path} (service {built.service_id}, generation {built.generation}, "
           f"{built.files} files)")
+    for earlier in built.skipped:
+        print(f"left out {earlier}: an earlier package", file=sys.stderr)
     return 0
 
 

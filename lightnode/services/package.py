@@ -4,6 +4,11 @@
 contents of every managed folder. A folder outside SRC_DIR is bundled under
 `_folders/<name>/` and the service.json inside the zip points at that copy,
 so a package is self-contained. The zip's root holds lightnode-package.json.
+Earlier packages found in the tree are left out: `lightnode package .` writes
+its zip into the source directory, and each package would otherwise carry all
+the ones before it (a size that doubles with every build). The zip is created
+with the umask's permissions, like any file: a node running as another user
+reads the file that `admin import --url` names.
 
 `import_package` unpacks an archive into `services/<S>/generations/<G>/` or
 refuses it whole. The members of the zip's central directory are counted
@@ -87,6 +92,7 @@ class BuiltPackage:
     service_id: str
     generation: str
     files: int
+    skipped: tuple[Path, ...] = ()  # earlier packages found in the tree, not bundled
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +149,23 @@ def build_package(
     members = list(_walk(src, "", skip={out}))
     for arc_dir, folder in external.items():
         members.extend(_walk(Path(folder), arc_dir, skip={out}))
+    skipped = tuple(p for _, p in members if p is not None and _is_package(p))
+    members = [(name, p) for name, p in members if p is None or p not in skipped]
     _write_zip(out, members, raw, manifest, rewritten=bool(external))
-    return BuiltPackage(out, definition.id, generation, sum(1 for _, p in members if p))
+    return BuiltPackage(out, definition.id, generation, sum(1 for _, p in members if p), skipped)
+
+
+def _is_package(path: Path) -> bool:
+    """A lightnode package (a zip with lightnode-package.json at its root), as this
+    module writes them: a zip of the service's own data is not one."""
+    if not path.name.lower().endswith(".zip"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.getinfo(PACKAGE_FILE)
+    except (KeyError, OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError):
+        return False
+    return True
 
 
 def _bundle_external_folders(raw: dict[str, Any], src: Path) -> dict[str, str]:
@@ -237,6 +258,7 @@ def _write_zip(
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide it from a node of another user
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
             for name, path in members:
                 if name in (PACKAGE_FILE,) or (rewritten and name == SERVICE_FILE):
@@ -254,6 +276,21 @@ def _write_zip(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask. Linux shows it in /proc (no window where another thread
+    would create files with a changed one); elsewhere it is read by setting it."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _zip_time(created: str) -> tuple[int, int, int, int, int, int]:

@@ -60,6 +60,14 @@ def test_package_import_switch_cycle(tmp_path: Path, data: Path, capsys: pytest.
     assert not (data / "services" / "svc").exists()
 
 
+def test_package_says_which_earlier_packages_it_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_src(tmp_path)
+    assert run(capsys, "package", str(src), "-o", str(src / "g1.zip"), "--generation", "g1")[0] == 0
+    code, _, err = run(capsys, "package", str(src), "-o", str(src / "g2.zip"), "--generation", "g2")
+    assert code == 0 and err == f"left out {src / 'g1.zip'}: an earlier package\n"
+    assert "g1.zip" not in zipfile.ZipFile(src / "g2.zip").namelist()
+
+
 def test_package_reports_service_json_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = make_src(tmp_path)
     (src / "service.json").write_text(json.dumps({"id": "svc", "endpoints": [{"id": "e", "type": "nope"}]}))
