@@ -32,8 +32,12 @@ class Mismatch:
     path: str
     expected: Any
     actual: Any  # MISSING when the key is absent
+    hint: str = ""  # how to fix the expect, when the mismatch shows a mistake in it
 
     def describe(self) -> str:
+        return self._what() + (f"; {self.hint}" if self.hint else "")
+
+    def _what(self) -> str:
         if self.expected is MISSING:
             return f"{self.path}: unexpected {show(self.actual)}"
         if self.actual is MISSING:

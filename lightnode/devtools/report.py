@@ -61,7 +61,9 @@ def render_load(report: LoadReport) -> str:
         else:
             first, _, rest = (status.error or "").partition("\n")
             rows.append([status.endpoint_id, "FAILED", first])
-            details[len(rows)] = "\n".join(filter(None, [rest, user_traceback(status.traceback or "")]))
+            detail = "\n".join(filter(None, [rest.strip("\n"), user_traceback(status.traceback or "")]))
+            if detail:  # none for a hung init or a missing interpreter: no empty line under the row
+                details[len(rows)] = detail
     lines += _with_details(table(["ENDPOINT", "LOADS", "DETAIL"], rows), details)
     return "\n".join(lines)
 

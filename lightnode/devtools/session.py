@@ -50,7 +50,7 @@ from typing import Any, TextIO
 
 from lightnode.config.model import ListenSettings, ServerSettings, ShutdownSettings
 from lightnode.daemon import DaemonOptions, Node
-from lightnode.devtools.expect import Mismatch, match_expect
+from lightnode.devtools.expect import MISSING, Mismatch, match_expect
 from lightnode.errors import ConfigError
 from lightnode.scheduler.registry import SWITCH_WARMUP_TIMEOUT_S
 from lightnode.scheduler.scheduler import EndpointPool
@@ -62,12 +62,15 @@ DEV_GENERATION = re.compile(r"dev-[0-9]+")
 # A dev node stops quickly on Ctrl-C: a query still running after this is cut.
 DEV_SHUTDOWN_GRACE_MS = 5000
 QUERY_TIMEOUT_S = 120.0
+SUGGESTION_CHARS = 200  # longest corrected expect a hint shows
 SWITCH_POLL_S = 0.01
 # A previous generation's pipelines still running this long after a switch are killed.
 OLD_GENERATION_GRACE_S = DEV_SHUTDOWN_GRACE_MS / 1000
 OLD_GENERATION_POLL_S = 0.1
 # Set for the pipelines of a dev node (see the module docstring).
 DEV_PIPELINE_ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+# The top-level keys of an answer (SPEC §3.3, §3.4): an expect naming another one can never match.
+ENVELOPE_KEYS = ("response", "responseIsEmpty", "timing", "apiContext", "errorType", "message", "detailedMessage")
 
 
 def default_code_envs_dir() -> Path:
@@ -168,6 +171,7 @@ class DevSession:
     _env_build: asyncio.Future[dict[str, str]] | None = None
     _build_stop: BuildStop = field(default_factory=BuildStop)  # of the build under way
     loading: str | None = None  # the generation a load is switching to
+    _load_started_s: float = 0.0  # time.monotonic() at the start of the last load
     # (endpoint id, query name, perf_counter at its start) of the query being played
     playing: tuple[str, str, float] | None = None
 
@@ -239,6 +243,7 @@ class DevSession:
         self._count += 1
         generation = f"dev-{self._count}"
         self.loading = generation
+        self._load_started_s = time.monotonic()
         try:
             # A build left running by a cancelled load ends first: two builds of one env must not race.
             if self._env_build is not None and not self._env_build.done():
@@ -364,6 +369,13 @@ class DevSession:
         if snap.load_state == "failed":
             error = pool.last_load_error or snap.last_load_error or "failed to load"
             return EndpointStatus(endpoint.id, False, error, pool.last_load_traceback)
+        if snap.load_state == "loading":
+            # Never ready: the switch came after the registry's warm-up timeout, with the
+            # pipeline still in its initialization code (a hung download, a lock). Its
+            # test queries would only wait in the queue into a 503 QueueTimeout.
+            waited = time.monotonic() - self._load_started_s
+            return EndpointStatus(endpoint.id, False,
+                                  f"still starting after {waited:.0f} s: its initialization code has not returned")
         start_ms = None if pool.last_start_s is None else round(pool.last_start_s * 1000, 1)
         return EndpointStatus(endpoint.id, True, start_ms=start_ms)
 
@@ -467,8 +479,27 @@ def judge(endpoint_id: str, query: TestQuery, status: int, body: Any, latency_ms
     if status != 200 and not expects_error:
         return replace(outcome, error=_error_line(status, body))
     mismatches = tuple(match_expect(expect, body)) if expect is not None else ()
+    if status == 200:  # a success whose result the table shows: the keys may sit outside "response"
+        mismatches = tuple(_with_hints(list(mismatches)))
     return replace(outcome, passed=not mismatches, mismatches=mismatches,
                    error=f"{len(mismatches)} difference(s) from expect" if mismatches else None)
+
+
+def _with_hints(mismatches: list[Mismatch]) -> list[Mismatch]:
+    """Say how to fix an expect that names the result's keys at its top
+    (`{"churn_score": 22.0}`): it is matched against the whole answer, where they
+    are missing, while the table shows them in the result."""
+    stray = [m for m in mismatches if m.actual is MISSING and m.path.count(".") == 1 and "[" not in m.path
+             and m.path[2:] not in ENVELOPE_KEYS]
+    if not stray:
+        return mismatches
+    suggestion = json.dumps({"response": {m.path[2:]: m.expected for m in stray}}, ensure_ascii=False)
+    if len(suggestion) > SUGGESTION_CHARS:
+        suggestion = '{"response": {...}}'
+    first = (f"not a key of the answer ({', '.join(ENVELOPE_KEYS)}): expect is matched against the whole "
+             f'answer, and the function\'s result is under "response": write {suggestion}')
+    hints = {id(m): (first if i == 0 else "not a key of the answer") for i, m in enumerate(stray)}
+    return [replace(m, hint=hints[id(m)]) if id(m) in hints else m for m in mismatches]
 
 
 def _error_line(status: int, body: Any) -> str:
