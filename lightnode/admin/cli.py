@@ -30,6 +30,18 @@ TUNE_FLAGS = {
     "max_requests": "limits",
     "max_rss_mb": "limits",
 }
+TUNE_HELP = {
+    "floor": "pipelines always running (default 1)",
+    "cruise": "pipelines kept when load falls (default 2)",
+    "ceil": "most pipelines (default 8)",
+    "queue": "requests that may wait at ceil before 503 QueueFull (default 16)",
+    "timeout": "ms a request may wait for a pipeline before 503 QueueTimeout (default 10000)",
+    "scale_down_delay": "ms a pipeline above cruise stays idle before it stops (default 0: at once)",
+    "prefetch": "1 lets a busy pipeline of a fast endpoint take requests ahead, 0 not (default 1)",
+    "exec_timeout": "ms a call may run before its pipeline is killed, 504 (default 0: no limit)",
+    "max_requests": "calls after which a pipeline is replaced (default 0: no limit)",
+    "max_rss_mb": "MB of RSS past which a serving pipeline is replaced (default 0: no limit)",
+}
 
 
 def add_admin_parser(sub: Any) -> None:
@@ -57,7 +69,7 @@ def add_admin_parser(sub: Any) -> None:
     tune.add_argument("service")
     tune.add_argument("endpoint")
     for name in TUNE_FLAGS:
-        tune.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N")
+        tune.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N", help=TUNE_HELP[name])
 
     from lightnode.admin.lifecycle_cli import add_lifecycle_commands
 

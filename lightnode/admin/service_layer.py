@@ -478,9 +478,31 @@ class ServiceLayer:
                 hint = " (a read-only mount, e.g. a Kubernetes ConfigMap: change the tuning where it comes from)"
             raise LightnodeError("InternalError", f"cannot write {path}: {exc.strerror or exc}{hint}") from None
         answer = endpoint_config_to_json(config)
-        if note is not None:
-            answer["note"] = note
+        notes = [n for n in (note, self._unknown_endpoint(service_id, endpoint_id)) if n]
+        if notes:
+            answer["note"] = "; ".join(notes)
         return answer
+
+    def _unknown_endpoint(self, service_id: str, endpoint_id: str) -> str | None:
+        """A note when no generation of the service has the endpoint (a typo, `scroe`): the
+        file is written all the same (a tuning may come before its deploy), and tunes nothing."""
+        try:
+            infos = self.data_dir.generations(service_id)
+        except (ConfigError, OSError):
+            return None
+        if not infos:
+            return f"service {service_id} is not deployed here yet: the file applies once it is"
+        endpoints: set[str] = set()
+        for info in infos:
+            try:
+                definition = load_service_dir(self.data_dir.generation_dir(service_id, info.id))
+            except (ConfigError, OSError):
+                continue
+            endpoints.update(endpoint.id for endpoint in definition.endpoints)
+        if not endpoints or endpoint_id in endpoints:
+            return None
+        return (f"no generation of service {service_id} has an endpoint {endpoint_id} (its endpoints:"
+                f" {', '.join(sorted(endpoints))}): the file tunes nothing until one has")
 
     # ---------------------------------------------------------------- keys
 

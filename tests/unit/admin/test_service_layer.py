@@ -294,6 +294,18 @@ def test_tune_errors_name_the_file_even_before_it_exists(layer: ServiceLayer) ->
     assert not path.exists()
 
 
+def test_tune_of_an_endpoint_no_generation_has_says_so(layer: ServiceLayer, tmp_path: Path) -> None:
+    # `admin tune churn scroe` (a typo) wrote scroe.json and said nothing.
+    assert layer.tune("svc", "e", {"pool": {"ceil": 3}})["note"] == (
+        "service svc is not deployed here yet: the file applies once it is")
+    imported(layer, tmp_path, "g1")
+    assert "note" not in layer.tune("svc", "e", {"pool": {"ceil": 4}})
+    answer = layer.tune("svc", "scroe", {"pool": {"ceil": 4}})
+    assert answer["note"] == (
+        "no generation of service svc has an endpoint scroe (its endpoints: e): the file tunes nothing until one has")
+    assert answer["pool"]["ceil"] == 4  # written all the same
+
+
 def test_two_tunes_at_once_keep_both_changes(layer: ServiceLayer, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each reads the file, overlays its change and writes: without a lock both read the
     # old file, and the later write lost the earlier change.
