@@ -182,10 +182,11 @@ def mapping_target(args: argparse.Namespace) -> Any:
     return target_for(args)
 
 
-def call_mapping(args: argparse.Namespace, operation: str, *params: Any) -> Any:
-    """`call_target` for an operation that changes a mapping (see `mapping_target`)."""
+def call_mapping(args: argparse.Namespace, operation: str, *params: Any, target: Any = None) -> Any:
+    """`call_target` for an operation that changes a mapping (see `mapping_target`,
+    which picks `target` unless the caller did)."""
     try:
-        return getattr(mapping_target(args), operation)(*params)
+        return getattr(target if target is not None else mapping_target(args), operation)(*params)
     except RemoteError as exc:
         raise _cli_error(str(exc)) from None
     except LightnodeError as exc:
@@ -336,6 +337,9 @@ def run_deploy(args: argparse.Namespace) -> int:
     from lightnode.cli import CliError
 
     with tempfile.TemporaryDirectory(prefix="lightnode-deploy-") as tmp:
+        # The node opens the package by path: one running as another user (systemd's
+        # `lightnode`) must be able to enter the directory (mkdtemp makes it 0700).
+        os.chmod(tmp, 0o755)
         built = build_package(args.src_dir, output=Path(tmp) / "package.zip", generation=args.generation)
         try:
             call_target(args, "import_archive", built.service_id, built.path)
@@ -344,6 +348,11 @@ def run_deploy(args: argparse.Namespace) -> int:
             source = f"{os.path.abspath(args.src_dir)} (packaged as generation {built.generation})"
             raise _cli_error(str(exc).replace(str(built.path), source)) from None
         print(f"imported {built.service_id} generation {built.generation}", file=sys.stderr)
-        call_mapping(args, "switch_to", built.service_id, built.generation)
+        target = mapping_target(args)
+        call_mapping(args, "switch_to", built.service_id, built.generation, target=target)
     print(f"deployed {built.service_id} generation {built.generation}")
+    if isinstance(target, ServiceLayer):
+        # No node loaded it: a syntax error in the code would only show when one starts.
+        print(f"no node runs on {args.data_dir}: its files are changed, and the code loads when a node"
+              f" starts there (`lightnode test {args.src_dir}` runs it now)", file=sys.stderr)
     return 0

@@ -36,6 +36,7 @@ def test_a_deploy_the_running_node_refuses_is_reported_as_failed(tmp_path: Path,
     first = deploy(src, data, "g1")
     assert first.returncode == 0, first.stderr
     assert "deployed svc generation g1" in first.stdout
+    assert "no node runs on" not in first.stderr  # the running node loaded it
     status, body = node.run("svc", "e")  # served as soon as deploy returns
     assert (status, body.get("response")) == (200, "g1"), body
 
@@ -68,5 +69,7 @@ def test_without_a_running_node_deploy_only_writes_the_files(tmp_path: Path) -> 
     done = deploy(src, data, "g1")
     assert done.returncode == 0, done.stderr  # nothing to ask: the node applies it when it starts
     assert "deployed svc generation g1" in done.stdout
+    # ... and says that no node has loaded the code (it fails at init here).
+    assert f"no node runs on {data}: its files are changed, and the code loads when a node starts there" in done.stderr
     state = json.loads((data / "services" / "svc" / "state.json").read_text())
     assert state["mapping"]["entries"] == [{"generation": "g1", "proba": 1.0}]

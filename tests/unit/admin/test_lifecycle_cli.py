@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,25 @@ def test_deploy_is_package_import_switch(tmp_path: Path, data: Path, capsys: pyt
     assert code == 0 and "deployed svc generation g5" in out
     state = json.loads((data / "services" / "svc" / "state.json").read_text())
     assert state == {"enabled": True, "mapping": {"entries": [{"generation": "g5", "proba": 1.0}]}}
+
+
+def test_deploy_lets_a_node_of_another_user_open_its_package(
+    tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node opens the package by its path (import by --url): mkdtemp's 0700 shut it out.
+    from lightnode.admin import lifecycle_cli
+
+    modes: list[int] = []
+    real = lifecycle_cli.call_target
+
+    def spy(args: Any, operation: str, *params: Any, **kwargs: Any) -> Any:
+        if operation == "import_archive":
+            modes.append(Path(params[1]).parent.stat().st_mode & 0o777)
+        return real(args, operation, *params, **kwargs)
+
+    monkeypatch.setattr(lifecycle_cli, "call_target", spy)
+    assert run(capsys, "deploy", str(make_src(tmp_path)), "--data-dir", str(data))[0] == 0
+    assert modes == [0o755]
 
 
 def test_keys_create_prints_the_key_alone(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
