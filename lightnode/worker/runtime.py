@@ -538,11 +538,6 @@ def load_function(spec: Dict[str, Any]) -> Callable[..., Any]:
 
 
 def _pick_function(module: Any, name: Optional[str], code_path: str) -> Callable[..., Any]:
-    if name:
-        function = getattr(module, name, None)
-        if function is None or not callable(function):
-            raise AttributeError("%s defines no function named %r" % (code_path, name))
-        return function  # type: ignore[no-any-return]
     candidates = [
         value
         for key, value in vars(module).items()
@@ -550,8 +545,15 @@ def _pick_function(module: Any, name: Optional[str], code_path: str) -> Callable
         and inspect.isfunction(value)
         and getattr(value, "__module__", None) == module.__name__
     ]
+    found = ", ".join(sorted(f.__name__ for f in candidates)) or "none"
+    if name:
+        function = getattr(module, name, None)
+        if function is None or not callable(function):
+            # A typo in "function": the names it could have meant.
+            raise AttributeError("%s defines no function named %r (its public functions: %s)"
+                                 % (code_path, name, found))
+        return function  # type: ignore[no-any-return]
     if len(candidates) != 1:
-        found = ", ".join(sorted(f.__name__ for f in candidates)) or "none"
         raise AttributeError(
             '%s: "function" is not set and the module must define exactly one public '
             "function (found: %s)" % (code_path, found)

@@ -190,6 +190,18 @@ def _binder(source: str, name: str = "f") -> Binder:
     return Binder(namespace[name])
 
 
+def test_a_function_name_the_module_lacks_names_its_public_functions() -> None:
+    # A typo in service.json's "function" ('scroe'): the error lists what it could mean.
+    import types
+
+    module = types.ModuleType("m")
+    exec("import json\ndef score(x): return x\ndef score_batch(xs): return xs\ndef _helper(): pass\n",
+         module.__dict__)
+    with pytest.raises(AttributeError) as info:
+        runtime._pick_function(module, "scroe", "/src/m.py")
+    assert str(info.value) == "/src/m.py defines no function named 'scroe' (its public functions: score, score_batch)"
+
+
 def test_call_once_result_and_timing() -> None:
     kind, body, elapsed = runtime.call_once(_binder("def f(a, b): return {'sum': a + b}"), b'{"a":1,"b":2}', False)
     assert (kind, json.loads(body)) == (RESULT, {"sum": 3})
