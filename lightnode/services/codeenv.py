@@ -222,7 +222,14 @@ def _path_interpreter(value: str, root: Path) -> str:
         _probe_path(value, venv_python)
         return str(venv_python)  # never resolved: the venv's own path makes it a venv
     if not path.exists():
-        raise CodeEnvError(f"code_env interpreter not found: {path}")
+        hint = ""
+        if os.sep not in value and shutil.which(value):
+            # "python3": a path is wanted, not a command name (as `"python"` of a
+            # requirements env takes); PATH differs between a shell and a service.
+            hint = (f" (a path relative to the service root or absolute is wanted, not a command"
+                    f" name; write {json.dumps(shutil.which(value))}, or"
+                    f' {{"requirements": "requirements.txt", "python": {json.dumps(value)}}} for a venv built with it)')
+        raise CodeEnvError(f"code_env interpreter not found: {path}{hint}")
     if not os.access(path, os.X_OK):
         raise CodeEnvError(f"code_env interpreter is not executable: {path}")
     _probe_path(value, path)

@@ -43,6 +43,14 @@ def test_bad_paths_are_explained(tmp_path: Path, value: str, fragment: str) -> N
         codeenv.interpreter_for(value, tmp_path, tmp_path / "envs")
 
 
+def test_a_command_name_as_code_env_says_a_path_is_wanted(tmp_path: Path) -> None:
+    # "code_env": "python3" was only "interpreter not found: SRC_DIR/python3".
+    with pytest.raises(CodeEnvError) as info:
+        codeenv.interpreter_for("python3", tmp_path, tmp_path / "envs")
+    assert str(info.value).startswith(f"code_env interpreter not found: {tmp_path / 'python3'} (a path relative")
+    assert "not a command name" in str(info.value) and '"python": "python3"}' in str(info.value)
+
+
 def test_hash_covers_python_version_and_requirements_bytes() -> None:
     base = codeenv.env_hash(PY312, b"numpy==2.0\n")
     assert base == codeenv.env_hash(PY312, b"numpy==2.0\n")
