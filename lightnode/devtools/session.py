@@ -172,6 +172,9 @@ class DevSession:
     _build_stop: BuildStop = field(default_factory=BuildStop)  # of the build under way
     loading: str | None = None  # the generation a load is switching to
     _load_started_s: float = 0.0  # time.monotonic() at the start of the last load
+    # A private service ("auth": {"public": false}) answers 401 without a key: the
+    # session makes one in its temp data dir, per service id, for its test queries.
+    _keys: dict[str, str] = field(default_factory=dict)
     # (endpoint id, query name, perf_counter at its start) of the query being played
     playing: tuple[str, str, float] | None = None
 
@@ -240,6 +243,8 @@ class DevSession:
             definition = load_service_dir(self.src_dir)
         except ConfigError as exc:
             return LoadReport(self.src_dir, self.service_id, self.generation, None, problem=str(exc))
+        if not definition.public:
+            self._key_for(definition.id)
         self._count += 1
         generation = f"dev-{self._count}"
         self.loading = generation
@@ -257,6 +262,17 @@ class DevSession:
             self.loading = None
         statuses = tuple(self._status(definition, generation, ep, env_errors) for ep in definition.endpoints)
         return LoadReport(self.src_dir, definition.id, generation, definition, statuses)
+
+    def _key_for(self, service_id: str) -> str:
+        """The session's key for a private service, made once (and said, in dev)."""
+        key = self._keys.get(service_id)
+        if key is None and self.node is not None:
+            _, key = self.node.keys.create(admin=False, service_id=service_id, label="lightnode dev/test queries")
+            self._keys[service_id] = key
+            if self.notice is not None:
+                self.notice(f"service {service_id} is private: its test queries send a key of this session;"
+                            f" so can you: -H 'Authorization: Bearer {key}'")
+        return key or ""
 
     def _build_envs(self, definition: ServiceDef, stop: BuildStop) -> dict[str, str]:
         errors: dict[str, str] = {}
@@ -400,7 +416,8 @@ class DevSession:
                     continue
                 self.playing = (endpoint.id, query.name, time.perf_counter())
                 try:
-                    outcomes.append(await play_query(self.url, report.definition.id, endpoint.id, query))
+                    outcomes.append(await play_query(self.url, report.definition.id, endpoint.id, query,
+                                                     key=self._keys.get(report.definition.id)))
                 finally:
                     self.playing = None
         return outcomes
@@ -417,12 +434,14 @@ class DevSession:
         return f"{self.url}/public/api/v1/{self.service_id}/{endpoint_id}/run"
 
 
-async def play_query(base_url: str, service_id: str, endpoint_id: str, query: TestQuery) -> QueryOutcome:
-    """POST one test query and judge the answer."""
+async def play_query(
+    base_url: str, service_id: str, endpoint_id: str, query: TestQuery, *, key: str | None = None
+) -> QueryOutcome:
+    """POST one test query (with `key` as a Bearer token, if any) and judge the answer."""
     path = f"/public/api/v1/{service_id}/{endpoint_id}/run"
     started = time.perf_counter()
     try:
-        status, raw = await asyncio.wait_for(http_post(base_url, path, json.dumps(query.q).encode()),
+        status, raw = await asyncio.wait_for(http_post(base_url, path, json.dumps(query.q).encode(), key=key),
                                              QUERY_TIMEOUT_S)
     except asyncio.TimeoutError:  # before OSError, of which it is a subclass
         return QueryOutcome(endpoint_id, query.name, error=f"no answer within {QUERY_TIMEOUT_S:g} s")
@@ -436,7 +455,7 @@ async def play_query(base_url: str, service_id: str, endpoint_id: str, query: Te
     return judge(endpoint_id, query, status, body, latency_ms)
 
 
-async def http_post(base_url: str, path: str, body: bytes) -> tuple[int, bytes]:
+async def http_post(base_url: str, path: str, body: bytes, *, key: str | None = None) -> tuple[int, bytes]:
     """One HTTP/1.1 POST on its own connection, on the event loop's thread.
 
     Not urllib in a worker thread: a thread that opens sockets while the loop
@@ -450,8 +469,9 @@ async def http_post(base_url: str, path: str, body: bytes) -> tuple[int, bytes]:
     host = url.hostname or "127.0.0.1"
     reader, writer = await asyncio.open_connection(host, url.port or 80)
     try:
+        authorization = f"Authorization: Bearer {key}\r\n" if key else ""
         head = (f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+                f"{authorization}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         writer.write(head.encode("latin-1") + body)
         await writer.drain()
         try:

@@ -304,6 +304,17 @@ def test_test_command_passes_with_exit_0_and_a_json_report(tmp_path: Path) -> No
     assert queries[0]["latencyMs"] > 0
 
 
+def test_test_command_plays_the_queries_of_a_private_service_with_a_key(tmp_path: Path) -> None:
+    # "auth": {"public": false}: every query was answered 401 Unknown API key.
+    src = write_src(tmp_path / "src", {"quote.py": QUOTE_V1}, TESTED)
+    service = json.loads((src / "service.json").read_text())
+    (src / "service.json").write_text(json.dumps({**service, "auth": {"public": False}}))
+    done = run_test_command(src, tmp_path, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    queries = json.loads(done.stdout)["endpoints"][0]["queries"]
+    assert [(q["name"], q["status"]) for q in queries] == [("typical", 200), ("no-expect", 200), ("bad-params", 400)]
+
+
 def test_test_command_mismatch_exits_1_with_a_diff(tmp_path: Path) -> None:
     src = write_src(tmp_path / "src", {"quote.py": QUOTE_V2}, TESTED)
     done = run_test_command(src, tmp_path)
