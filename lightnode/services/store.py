@@ -30,13 +30,6 @@ from lightnode.errors import ConfigError
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_SERVICE_ID = "demo"
 SAMPLE_GENERATION = "v1"
-# The sample endpoint's tuning file: the defaults but for scale_down_delay. With the
-# default 0 (SPEC §4 rule 7, the seed's behaviour), a load above cruise (the README's
-# load test: 16 connections, cruise 2) stops a pipeline each time the queue is
-# momentarily empty and starts one at the next request: ~70 starts in 5 s, ~1,400 req/s,
-# p99 ~130 ms here; with 10 s, 8 starts, 4,100-5,200 req/s, p99 9-15 ms. It also shows
-# where tuning files live.
-SAMPLE_TUNING = {"pool": {"scale_down_delay": 10000}}
 
 STATE_FILE = "state.json"
 PACKAGE_FILE = "lightnode-package.json"  # written at the root of every package (SPEC §6)
@@ -288,13 +281,8 @@ class DataDir:
             except OSError:
                 if not os.path.lexists(target):
                     raise  # otherwise another process installed it first: keep theirs
-                return
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        tuning = self.endpoint_config_path(SAMPLE_SERVICE_ID, "quote")
-        if not os.path.lexists(tuning):
-            tuning.parent.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(tuning, SAMPLE_TUNING)
 
     # --- services and generations --------------------------------------------
 

@@ -119,22 +119,6 @@ def test_init_sample_is_idempotent_and_never_overwrites_demo(tmp_path: Path) -> 
     assert data.read_state("demo") == ServiceState(False, ())
 
 
-def test_init_sample_tunes_its_endpoint_with_a_scale_down_delay(tmp_path: Path) -> None:
-    # The defaults but for scale_down_delay, so the README's load test on the sample
-    # does not start and stop pipelines all the time (see store.SAMPLE_TUNING).
-    import dataclasses
-
-    from lightnode.config.load import load_endpoint_config
-    from lightnode.config.model import EndpointConfig
-
-    data = DataDir(tmp_path)
-    data.init_sample()
-    config = load_endpoint_config(data.endpoint_config_path("demo", "quote"))
-    defaults = EndpointConfig()
-    assert config.pool == dataclasses.replace(defaults.pool, scale_down_delay=10000)
-    assert config.limits == defaults.limits
-
-
 def test_init_sample_keeps_a_user_demo_service(tmp_path: Path) -> None:
     data = DataDir(tmp_path)
     (tmp_path / "services" / "demo" / "generations" / "mine").mkdir(parents=True)
