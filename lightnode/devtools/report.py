@@ -26,6 +26,7 @@ EXIT_QUERY_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOAD_FAILED = 3
 EXIT_TERMINATED = 128 + 15  # stopped by SIGTERM, as a shell reports it
+EXIT_INTERRUPTED = 128 + 2  # stopped by SIGINT (Ctrl-C)
 
 
 def exit_code(report: LoadReport, outcomes: Sequence[QueryOutcome]) -> int:

@@ -5,7 +5,7 @@ A node is started on a free loopback port with SRC_DIR as its only service
 node is stopped. The exit code tells CI what happened (see `report.EXIT_*`).
 SIGTERM (a cancelled or timed-out CI job) stops the run as Ctrl-C does: the
 node shuts down (its pipelines stopped, the temp data dir removed) before the
-exit, with code 143.
+exit, with code 143 (130 for Ctrl-C).
 
 Imports: devtools.session, devtools.report.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lightnode.devtools.report import (
+    EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     exit_code,
     json_report,
@@ -37,23 +38,30 @@ async def run_tests(
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    terminated = asyncio.Event()
+    stopped_by: list[int] = []
 
-    def on_sigterm() -> None:
-        if not terminated.is_set():  # once: a second cancel would cut the node's shutdown
-            terminated.set()
+    def on_signal(signum: int) -> None:
+        if not stopped_by:  # once: a second cancel would cut the node's shutdown
+            stopped_by.append(signum)
             task.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    # Both through the loop (not asyncio.Runner's SIGINT handler, run only when the
+    # interpreter gets control back): the node is shut down before the exit either way.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         report, outcomes = await play_once(src_dir, code_envs_dir=code_envs_dir)
     except asyncio.CancelledError:
-        if not terminated.is_set():
+        if not stopped_by:
             raise
+        if stopped_by[0] == signal.SIGINT:
+            print("lightnode test: stopped by Ctrl-C", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print("lightnode test: stopped by SIGTERM", file=sys.stderr)
         return EXIT_TERMINATED
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
     if as_json:
         json.dump(json_report(report, outcomes), out, indent=2, ensure_ascii=False)
         out.write("\n")
