@@ -360,8 +360,9 @@ def test_test_command_usage_error_exits_2(tmp_path: Path) -> None:
 
 
 
-def test_test_command_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
-    """A CI job cancelled or timed out gets SIGTERM: no pipeline nor temp data dir left behind."""
+def stop_a_test_run_during_its_query(tmp_path: Path, signum: int) -> tuple[int, str, str]:
+    """Run `lightnode test` on a query that never ends, send `signum` once it runs, and
+    check that no pipeline nor temp data dir is left behind; (exit code, stdout, stderr)."""
     marker = tmp_path / "running.pid"
     src = write_src(tmp_path / "src", {"stuck.py": (
         "import os, time\n"
@@ -378,17 +379,23 @@ def test_test_command_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
     try:
         assert _until(lambda: marker.exists() and marker.read_text(), 30), "the query never ran"
         pipeline = int(marker.read_text())
-        proc.terminate()
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 143, (proc.returncode, out, err)
-    assert "stopped by SIGTERM" in err
-    assert "Traceback" not in err
     assert not os.path.exists(f"/proc/{pipeline}") or "zombie" in Path(f"/proc/{pipeline}/status").read_text()
     assert list(scratch.iterdir()) == []
+    return proc.returncode, out, err
+
+
+def test_test_command_stopped_by_sigterm_cleans_up(tmp_path: Path) -> None:
+    """A CI job cancelled or timed out gets SIGTERM: no pipeline nor temp data dir left behind."""
+    code, out, err = stop_a_test_run_during_its_query(tmp_path, signal.SIGTERM)
+    assert code == 143, (code, out, err)
+    assert "stopped by SIGTERM" in err
+    assert "Traceback" not in err
 
 NUMPY_STATS = (
     "import numpy as np\n"

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_devtools import QUOTE_V1, dev_server, post, write_src
+from tests.integration.test_devtools import (
+    QUOTE_V1,
+    dev_server,
+    post,
+    stop_a_test_run_during_its_query,
+    write_src,
+)
 
 __all__ = ["dev_server"]  # the fixture, shared with test_devtools.py
 
@@ -122,35 +128,9 @@ def test_test_command_of_a_service_without_code_envs_needs_no_cache_dir(tmp_path
 def test_test_command_stopped_by_ctrl_c_exits_130_and_cleans_up(tmp_path: Path) -> None:
     """The documented exit code 130 (Ctrl-C): the node and its pipelines are stopped and the
     temp data dir removed first, as for SIGTERM (test_devtools.py)."""
-    marker = tmp_path / "running.pid"
-    src = write_src(tmp_path / "src", {"stuck.py": (
-        "import os, time\n"
-        "def stuck():\n"
-        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
-        "    time.sleep(600)\n")},
-        [{"id": "stuck", "code": "stuck.py", "test_queries": [{"name": "q", "q": {}}]}])
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lightnode", "test", str(src), "--code-envs", str(tmp_path / "envs")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch)},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), "the query never ran"
-        pipeline = int(marker.read_text())
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, (proc.returncode, out, err)
+    code, out, err = stop_a_test_run_during_its_query(tmp_path, signal.SIGINT)
+    assert code == 130, (code, out, err)
     assert "Traceback" not in err, err
-    assert not os.path.exists(f"/proc/{pipeline}") or "zombie" in Path(f"/proc/{pipeline}/status").read_text()
-    assert list(scratch.iterdir()) == []
 
 
 def test_dev_server_that_cannot_watch_src_dir_says_why_and_exits_1(
