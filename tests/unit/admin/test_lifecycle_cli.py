@@ -11,15 +11,7 @@ import pytest
 
 from lightnode.cli import main
 from lightnode.services.store import DataDir
-
-
-def make_src(root: Path) -> Path:
-    src = root / "src"
-    src.mkdir()
-    (src / "e.py").write_text("def e():\n    return 1\n")
-    service = {"id": "svc", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}
-    (src / "service.json").write_text(json.dumps(service))
-    return src
+from tests.unit.admin.test_service_layer import make_src
 
 
 @pytest.fixture

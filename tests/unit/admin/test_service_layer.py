@@ -25,13 +25,6 @@ def make_src(root: Path, name: str = "src", body: str = "return 1") -> Path:
     return src
 
 
-@pytest.fixture
-def layer(tmp_path: Path) -> ServiceLayer:
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
-    return ServiceLayer(data)
-
-
 def imported(layer: ServiceLayer, tmp_path: Path, *generations: str) -> None:
     src = tmp_path / "src"
     if not src.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,23 +11,7 @@ from lightnode.admin.service_layer import ServiceLayer
 from lightnode.errors import LightnodeError
 from lightnode.services.package import build_package
 from lightnode.services.store import DataDir, ServiceState
-
-
-def make_src(root: Path) -> Path:
-    src = root / "src"
-    src.mkdir()
-    (src / "e.py").write_text("def e():\n    return 1\n")
-    service = {"id": "svc", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}
-    (src / "service.json").write_text(json.dumps(service))
-    return src
-
-
-@pytest.fixture
-def layer(tmp_path: Path) -> ServiceLayer:
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
-    return ServiceLayer(data)
-
+from tests.unit.admin.test_service_layer import make_src
 
 # --- §6: "creating the service if it does not exist (disabled until a switch)" ---------
 
