@@ -255,11 +255,15 @@ def test_a_pipeline_dying_while_idle_is_logged(setup: Any, caplog: pytest.LogCap
     assert len(FakeWorker.instances) == 2  # replaced
 
 
-def _rss_pool(make: Any) -> EndpointPool:
+def _rss_pool(make: Any, ready_rss_mb: int) -> tuple[EndpointPool, FakeWorker]:
+    """A pool with limits.max_rss_mb 40, and its pipeline ready at `ready_rss_mb`."""
     config = EndpointConfig(pool=PoolLimits(floor=1, cruise=1, ceil=2), limits=ExecLimits(max_rss_mb=40))
     pool: EndpointPool = make(floor=1, cruise=1, ceil=2)
     pool.apply_config(config)
-    return pool
+    worker = FakeWorker.instances[0]
+    worker.rss = ready_rss_mb << 20
+    worker.ready()
+    return pool, worker
 
 
 def test_a_pipeline_over_max_rss_once_loaded_is_not_retired_in_a_loop(
@@ -269,10 +273,7 @@ def test_a_pipeline_over_max_rss_once_loaded_is_not_retired_in_a_loop(
     # be over the limit too, and retiring each would start a model load a second forever.
     caplog.set_level(logging.INFO, logger="lightnode")
     make, sink, _ = setup
-    pool = _rss_pool(make)
-    worker = FakeWorker.instances[0]
-    worker.rss = 80 << 20
-    worker.ready()
+    pool, worker = _rss_pool(make, ready_rss_mb=80)
     for _ in range(3):
         pool._check_rss()
     assert len(FakeWorker.instances) == 1  # no successor
@@ -289,10 +290,7 @@ def test_a_pipeline_that_grew_over_max_rss_is_retired_and_said_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger="lightnode")
     make, _, _ = setup
-    pool = _rss_pool(make)
-    worker = FakeWorker.instances[0]
-    worker.rss = 10 << 20
-    worker.ready()
+    pool, worker = _rss_pool(make, ready_rss_mb=10)
     pool._check_rss()
     assert len(FakeWorker.instances) == 1
     worker.rss = 80 << 20  # it grew while serving
