@@ -13,6 +13,7 @@ from dataikuapi.utils import DataikuException
 
 from lightnode.cli import main
 from tests.conftest import Node, build_test_package, tree_listing
+from tests.conftest import until as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -219,15 +220,6 @@ def test_import_route_refuses_unsafe_archives_and_writes_nothing(node_factory: A
     assert {p for p in tree_listing(node.data_dir.parent) - around if "escaped" in p} == set()
 
 
-def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_refused_state_json_is_repaired_through_the_admin_api_and_the_cli(

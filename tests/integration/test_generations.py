@@ -20,9 +20,13 @@ import pytest
 from dataikuapi.utils import DataikuException
 
 from lightnode.cli import main
-from tests.conftest import Node, build_test_package, tree_listing, write_tuning
+from tests.conftest import Node, build_test_package, tree_listing, until, write_tuning
 
 pytestmark = pytest.mark.integration
+
+
+def wait_until(condition: Any) -> None:
+    until(condition, timeout_s=15.0)
 
 # Every generation answers the same; apiContext.serviceGeneration tells them apart.
 # The module sleeps at load, like a model load, so a switch has something to warm up.
@@ -93,13 +97,6 @@ def install(node: Node, tmp_path: Path, generations: list[str]) -> None:
         client.service("svc").import_generation_from_archive(str(archive))
 
 
-def wait_until(condition: Any, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_switch_under_continuous_load_has_zero_errors(node_factory: Any, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dataikuapi.utils import DataikuException
 
 from lightnode.cli import main
 from tests.conftest import Node, write_service
+from tests.conftest import until as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +36,6 @@ def create_key(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out.strip()
 
 
-def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def all_bytes(root: Path) -> bytes:

@@ -23,20 +23,13 @@ import pytest
 from dataikuapi.utils import DataikuException
 
 from lightnode.cli import main
-from tests.conftest import Node, build_test_package, write_tuning
+from tests.conftest import Node, build_test_package, until, write_tuning
 
 pytestmark = pytest.mark.integration
 
 SLOW = "import time\ndef e(s=0.0):\n    time.sleep(s)\n    return {'ok': True}\n"
 
 
-def until(condition: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_switch_lets_the_old_generation_finish_its_running_and_queued_requests(
@@ -62,7 +55,7 @@ def test_a_switch_lets_the_old_generation_finish_its_running_and_queued_requests
     threads = [threading.Thread(target=call) for _ in range(3)]
     for thread in threads:
         thread.start()
-    until(lambda: sum(e["queueLength"] for e in node.stats("svc")["endpoints"]) == 2)
+    until(lambda: sum(e["queueLength"] for e in node.stats("svc")["endpoints"]) == 2, timeout_s=20)
     client.service("svc").switch_to_single_generation("g2")
     status, body = node.run("svc", "e")  # new requests go to the new generation at once
     assert status == 200 and body["apiContext"]["serviceGeneration"] == "g2"
@@ -70,7 +63,7 @@ def test_a_switch_lets_the_old_generation_finish_its_running_and_queued_requests
         thread.join(60)
 
     assert [(s, b.get("apiContext", {}).get("serviceGeneration")) for s, b in answers] == [(200, "g1")] * 3, answers
-    until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"g2"})  # then the old pool stops
+    until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"g2"}, timeout_s=20)  # then the old pool stops
 
 
 def test_enable_without_a_mapping_is_refused_by_the_api_and_the_cli(
