@@ -17,27 +17,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import Node, until, write_service, write_tuning
+from tests.integration.test_pool_live import SLEEP, _pool_node
+from tests.integration.test_pool_live import _endpoint as endpoint_stats
 
 pytestmark = pytest.mark.integration
 
-SLEEP = (
-    "import time, os\n"
-    "def sleep(ms=0, tag=None):\n"
-    "    time.sleep(ms / 1000)\n"
-    "    return {'tag': tag, 'pid': os.getpid()}\n"
-)
-
-
-def _node(node_factory: Any, tmp_path: Path, tuning: dict[str, Any]) -> Node:
-    root = tmp_path / "tuned"
-    write_service(root, "p", {"sleep": SLEEP})
-    write_tuning(root, "p", "sleep", tuning)
-    node: Node = node_factory(root)
-    return node
-
 
 def _endpoint(node: Node) -> dict[str, Any]:
-    return next(e for e in node.stats("p")["endpoints"] if e["endpointId"] == "sleep")
+    return endpoint_stats(node, "p", "sleep")
 
 
 def _call(node: Node, payload: dict[str, Any]) -> tuple[int, Any]:
@@ -55,7 +42,7 @@ def _config_errors(node: Node) -> float:
 
 
 def test_a_deleted_tuning_file_means_defaults(node_factory: Any, tmp_path: Path) -> None:
-    node = _node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 2, "queue": 3}})
+    node = _pool_node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 2, "queue": 3}})
     path = node.data_dir / "config" / "services" / "p" / "sleep.json"
     assert _endpoint(node)["config"]["pool"]["ceil"] == 2
     path.unlink()
@@ -99,7 +86,7 @@ def test_a_lower_ceil_stops_busy_excess_when_done_and_keeps_the_queue(
     """§5: "a lower ceil stops idle excess pipelines now and busy ones when they finish
     ... queued requests stay queued" (also when the new ceil leaves less room than they
     take): nothing fails, nothing is cut short."""
-    node = _node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 3, "queue": 4}})
+    node = _pool_node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 3, "queue": 4}})
     with ThreadPoolExecutor(5) as pool:
         futures = [pool.submit(_call, node, {"ms": 3000, "tag": i}) for i in range(3)]
         until(lambda: _endpoint(node)["pipelinesByState"].get("busy") == 3, timeout_s=20, what="3 busy")
@@ -118,7 +105,7 @@ def test_a_lower_ceil_stops_busy_excess_when_done_and_keeps_the_queue(
 def test_a_lower_ceil_stops_idle_excess_now_and_a_higher_floor_starts_pipelines(
     node_factory: Any, tmp_path: Path
 ) -> None:
-    node = _node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 4}})
+    node = _pool_node(node_factory, tmp_path, {"pool": {"floor": 1, "cruise": 1, "ceil": 4}})
     assert _endpoint(node)["allocated"] == 1
     # A higher floor starts pipelines at once, with no request.
     write_tuning(node.data_dir, "p", "sleep", {"pool": {"floor": 3, "cruise": 3, "ceil": 4}})
@@ -149,7 +136,7 @@ def test_scale_down_delay_keeps_surplus_pipelines_idle_then_stops_them_unprompte
 ) -> None:
     """§4 rule 7 / §5 `pool.scale_down_delay`: a surplus pipeline stops after that many ms
     idle, on the pool's own timer (no request comes to trigger it)."""
-    node = _node(node_factory, tmp_path,
+    node = _pool_node(node_factory, tmp_path,
                  {"pool": {"floor": 1, "cruise": 1, "ceil": 3, "scale_down_delay": 5000}})  # fmt: skip
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(_call, node, {"ms": 1000, "tag": i}) for i in range(3)]
