@@ -41,6 +41,20 @@ def test_a_second_import_with_the_same_requirements_does_not_rebuild(tmp_path: P
     assert sorted(p.name for p in (data / "services" / "reqs" / "generations").iterdir()) == ["g1", "g2"]
 
 
+def _empty_requirements_src(root: Path, endpoint: str, code: str, python: str | None = None) -> Path:
+    """SRC_DIR of service `reqs`: one endpoint with a requirements code env that installs
+    nothing (a bare venv, built fast) and one test query."""
+    src = root / "src"
+    src.mkdir()
+    (src / f"{endpoint}.py").write_text(code)
+    (src / "requirements.txt").write_text("# nothing to install\n")
+    code_env = {"requirements": "requirements.txt", **({"python": python} if python else {})}
+    (src / "service.json").write_text(json.dumps({"id": "reqs", "endpoints": [{
+        "id": endpoint, "type": "python-function", "code": f"{endpoint}.py",
+        "code_env": code_env, "test_queries": [{"name": "q", "q": {}}]}]}))
+    return src
+
+
 def test_test_command_stopped_during_an_env_build_stops_the_build(tmp_path: Path) -> None:
     """SIGTERM (a cancelled CI job) while a requirements env builds: the build (venv, pip)
     is stopped with the run, nothing half-built is left. Was: the run waited for pip to
@@ -52,14 +66,7 @@ def test_test_command_stopped_during_an_env_build_stops_the_build(tmp_path: Path
         f'case "$*" in *"-m venv"*) sleep 60 & echo $$ $! > {marker}; wait; exit 1;; esac\n'
         f'exec {sys.executable} "$@"\n')
     slow_python.chmod(0o755)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "quote.py").write_text("def quote():\n    return 1\n")
-    (src / "requirements.txt").write_text("# nothing to install\n")
-    (src / "service.json").write_text(json.dumps({"id": "reqs", "endpoints": [{
-        "id": "quote", "type": "python-function", "code": "quote.py",
-        "code_env": {"requirements": "requirements.txt", "python": str(slow_python)},
-        "test_queries": [{"name": "q", "q": {}}]}]}))
+    src = _empty_requirements_src(tmp_path, "quote", "def quote():\n    return 1\n", python=str(slow_python))
     envs = tmp_path / "envs"
     proc = subprocess.Popen([sys.executable, "-m", "lightnode", "test", str(src), "--code-envs", str(envs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,13 +98,7 @@ def test_test_command_with_a_relative_code_envs_dir(tmp_path: Path) -> None:
     """`--code-envs envs` is relative to the working directory, as any path argument.
     Was: venv ran in the service root and made the env there, the rest looked for it in
     the working directory: the endpoint failed to load and SRC_DIR got an `envs/` dir."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "who.py").write_text("import sys\ndef who():\n    return sys.prefix\n")
-    (src / "requirements.txt").write_text("# nothing to install\n")
-    (src / "service.json").write_text(json.dumps({"id": "reqs", "endpoints": [{
-        "id": "who", "type": "python-function", "code": "who.py",
-        "code_env": {"requirements": "requirements.txt"}, "test_queries": [{"name": "q", "q": {}}]}]}))
+    src = _empty_requirements_src(tmp_path, "who", "import sys\ndef who():\n    return sys.prefix\n")
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run([sys.executable, "-m", "lightnode", "test", str(src), "--code-envs", "envs", "--json"],
