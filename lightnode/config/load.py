@@ -205,12 +205,16 @@ def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None
     replaced, in that file's directory, and the link stays. Replacing the link by
     a regular file would cut it from the file it named (a tuning file kept in a
     config repository, say): later edits there would be ignored without a word.
-    On a Kubernetes ConfigMap the named file is read-only, so that is an OSError.
+    On a Kubernetes ConfigMap the named file is read-only, so that is an OSError;
+    one raised before the temporary file exists names `path`, not that file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # named after the file written, not a temp file that never exists
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)

@@ -17,12 +17,12 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lightnode.config.load import write_file_atomically
 from lightnode.config.model import check_id, is_valid_id
 from lightnode.config.validate import load_json_document, read_config_bytes
 from lightnode.errors import ConfigError
@@ -362,10 +362,8 @@ class DataDir:
 
 
 def _write_json_atomic(path: Path, payload: object) -> None:
-    """Write to a temporary file beside `path`, fsync it, rename it over `path`,
-    then fsync the directory so the rename itself survives a crash.
-
-    The file is made 0644 like the rest of a package (mkstemp makes it 0600): a node
+    """Write `payload` as JSON atomically (config.load.write_file_atomically: temp file,
+    fsync, rename, fsync of the directory), 0644 like the rest of a package: a node
     may run as another user than the one who imported the service (services owned by
     root and read-only to the node, a shared read-only services/ volume), and a
     state.json it cannot read would leave the service unloaded.
@@ -374,28 +372,7 @@ def _write_json_atomic(path: Path, payload: object) -> None:
         OSError: the directory cannot be written; it names `path`.
     """
     data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:  # named after the file written, not a temp file that never exists
-        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
-    try:
-        with open(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), STATE_FILE_MODE)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_file_atomically(path, data, mode=STATE_FILE_MODE)
 
 
 def _utc(timestamp: float) -> datetime:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from lightnode.services import store
 from lightnode.services.store import DataDir, MappingEntry, ServiceState
 
 
@@ -61,7 +61,7 @@ def test_a_state_json_that_cannot_be_written_is_named_not_its_temp_file(
             errno.EACCES, "Permission denied", os.path.join(dir, prefix + "x1y2" + suffix)
         )
 
-    monkeypatch.setattr(store.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # the module store writes through
     with pytest.raises(PermissionError) as caught:
         data.write_state("pricing", ServiceState(False))
     assert caught.value.filename == str(data.state_path("pricing"))
