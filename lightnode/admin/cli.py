@@ -102,33 +102,28 @@ def run_admin(args: argparse.Namespace) -> int:
 
 
 def node_url(args: argparse.Namespace) -> str:
+    from lightnode.admin.lifecycle_cli import IN_FORCE_TIMEOUT_S, node_addr, serves
     from lightnode.cli import CliError
 
     if args.url:
         return str(args.url).rstrip("/")
-    addr = Path(args.data_dir) / "run" / "lightnode.addr"
+    data_dir = Path(args.data_dir)
+    addr = data_dir / "run" / "lightnode.addr"
+    url = node_addr(data_dir)
+    if not url:
+        raise CliError(f"no running node for {args.data_dir} (no {addr})")
+    # The node the file names must answer, and serve this very directory (node_addr).
     try:
-        url = addr.read_text().strip().rstrip("/")
-    except OSError:
-        raise CliError(f"no running node for {args.data_dir} (no {addr})") from None
-    # run/lightnode.addr outlives a node killed with SIGKILL, and comes along when the
-    # directory is copied: the node it names must answer, and serve this very directory.
-    try:
-        status = RemoteAdmin(url, getattr(args, "key", None)).call("GET", "status", timeout_s=ADDR_CHECK_TIMEOUT_S)
+        status = RemoteAdmin(url, getattr(args, "key", None)).call("GET", "status", timeout_s=IN_FORCE_TIMEOUT_S)
     except RemoteError as exc:
         if exc.status is None:
             raise CliError(f"no running node for {args.data_dir}: {addr} names {url}, which does not answer"
                            f" ({exc}); a node killed with SIGKILL leaves that file behind") from None
         return url  # it answers (401: no key given): the command's own call says why
-    served = status.get("dataDir") if isinstance(status, dict) else None
-    if isinstance(served, str) and os.path.realpath(served) != os.path.realpath(args.data_dir):
-        raise CliError(f"no running node for {args.data_dir}: {addr} names {url}, the node of {served}"
+    if serves(status, data_dir) is False:
+        raise CliError(f"no running node for {args.data_dir}: {addr} names {url}, the node of {status['dataDir']}"
                        " (the file came with a copy of that directory?)")
     return url
-
-
-# How long node_url waits for the node run/lightnode.addr names (a stale file answers at once).
-ADDR_CHECK_TIMEOUT_S = 5.0
 
 
 def request(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:

@@ -115,17 +115,32 @@ def target_for(args: argparse.Namespace) -> Any:
     )
 
 
-# How long `tune --data-dir` waits for the running node's tuning in force (it needs
-# it only when the file is refused; a stale run/lightnode.addr answers at once).
+# How long a `--data-dir` command waits for the node run/lightnode.addr names (for its
+# status, or its tuning in force when a tuning file is refused); a stale file answers at once.
 IN_FORCE_TIMEOUT_S = 5.0
+
+
+def node_addr(data_dir: Path) -> str:
+    """The URL in DATA_DIR/run/lightnode.addr: that of the node started on `data_dir`, if
+    one is running ("" when none was). The file outlives a node killed with SIGKILL and
+    comes along when the directory is copied: see `serves`."""
+    try:
+        return (data_dir / "run" / "lightnode.addr").read_text().strip().rstrip("/")
+    except OSError:
+        return ""
+
+
+def serves(status: object, data_dir: Path) -> bool | None:
+    """Whether a node's GET status answer says it serves `data_dir` (None: it does not say)."""
+    served = status.get("dataDir") if isinstance(status, dict) else None
+    if not isinstance(served, str):
+        return None
+    return os.path.realpath(served) == os.path.realpath(data_dir)
 
 
 def running_node_tuning(data_dir: Path, key: str | None, service_id: str, endpoint_id: str) -> EndpointConfig | None:
     """The tuning the node running on `data_dir` has in force for the endpoint, if it can tell."""
-    try:
-        url = (data_dir / "run" / "lightnode.addr").read_text().strip()
-    except OSError:
-        return None
+    url = node_addr(data_dir)
     if not url:
         return None
     raw = RemoteAdmin(url, key).tuning_in_force(service_id, endpoint_id, timeout_s=IN_FORCE_TIMEOUT_S)
@@ -162,10 +177,7 @@ def mapping_target(args: argparse.Namespace) -> Any:
     if getattr(args, "url", None):
         return target_for(args)
     data_dir = Path(args.data_dir)
-    try:
-        url = (data_dir / "run" / "lightnode.addr").read_text().strip()
-    except OSError:
-        url = ""
+    url = node_addr(data_dir)
     if url:
         admin = RemoteAdmin(url, getattr(args, "key", None))
         try:
@@ -176,8 +188,7 @@ def mapping_target(args: argparse.Namespace) -> Any:
                       f" node at {url} applies it is not known ({exc}); see `lightnode admin status`",
                       file=sys.stderr)
         else:
-            served = status.get("dataDir") if isinstance(status, dict) else None
-            if isinstance(served, str) and os.path.realpath(served) == os.path.realpath(data_dir):
+            if serves(status, data_dir):
                 return admin
     return target_for(args)
 
