@@ -228,16 +228,10 @@ class QueryLog:
         pending = 0
         size_read = False
         for index, line in enumerate(lines):
+            if not size_read and self._size + pending + len(line) > self.max_bytes:
+                size_read = True
+                self._size = os.fstat(self._fd).st_size  # truncated in place meanwhile?
             if self._size + pending + len(line) > self.max_bytes and self._size + pending > 0:
-                if not size_read:
-                    size_read = True
-                    self._size = os.fstat(self._fd).st_size
-                    if (
-                        self._size + pending + len(line) <= self.max_bytes
-                        or self._size + pending == 0
-                    ):
-                        pending += len(line)
-                        continue
                 if pending:
                     self._write_all(b"".join(lines[start:index]))
                     self._lines_written += index - start
