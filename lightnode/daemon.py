@@ -178,7 +178,10 @@ class Node:
         except OSError as exc:  # a host that does not resolve says only "Name or service not known"
             raise StartupError(f"cannot listen on {listen.host} port {listen.port}: {exc.strerror or exc}") from None
         port = self._server.sockets[0].getsockname()[1]
-        self.registry = Registry(self.loop, self.data_dir, self.app, port=port, dev=self.options.dev)
+        self.registry = Registry(
+            self.loop, self.data_dir, self.app, port=port, dev=self.options.dev,
+            switch_warmup_s=self.settings.switch.warmup_timeout_ms / 1000,
+        )  # fmt: skip
         self.app.registry = self.registry
         self.admin_routes = AdminRoutes(self, self.keys)
         self.admin_routes.install(self.app)

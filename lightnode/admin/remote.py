@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 # Mutations answer once the node has applied them, which for a switch means the
-# new generation's pools reached floor: that may take as long as a model load.
-MUTATION_TIMEOUT_S = 300.0
+# new generation's pools reached floor: that may take as long as a model load, up to
+# server.json's switch.warmup_timeout_ms (at most 10 minutes).
+MUTATION_TIMEOUT_S = 660.0
 READ_TIMEOUT_S = 30.0
 
 

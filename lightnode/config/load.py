@@ -33,6 +33,7 @@ from lightnode.config.model import (
     ServerLimits,
     ServerSettings,
     ShutdownSettings,
+    SwitchSettings,
     check_id,
 )
 from lightnode.config.validate import (
@@ -101,6 +102,8 @@ _SERVER_SCHEMA: Mapping[str, Section] = {
     ),
     "metrics": Section(MetricsSettings, {"public": boolean}),
     "shutdown": Section(ShutdownSettings, {"grace_ms": int_at_least(0)}),
+    # At most 10 minutes: an admin client waits MUTATION_TIMEOUT_S for a switch's answer.
+    "switch": Section(SwitchSettings, {"warmup_timeout_ms": int_between(1, 600000)}),
 }
 
 # `floor <= cruise <= ceil` (SPEC §4), checked on the values after defaults.

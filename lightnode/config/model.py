@@ -101,6 +101,12 @@ class ShutdownSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchSettings:
+    # How long a switch waits for the new generation's pools to reach their floor.
+    warmup_timeout_ms: int = 120000
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """`config/server.json` (SPEC §8) after command-line overrides."""
 
@@ -109,3 +115,4 @@ class ServerSettings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    switch: SwitchSettings = field(default_factory=SwitchSettings)

@@ -29,8 +29,10 @@ from lightnode.services.store import DataDir, ServiceState
 
 log: Final = logging.getLogger("lightnode.registry")
 
-# How long a switch waits for the new generation's pools to reach floor before it
-# routes to them anyway (a pool that failed to load counts as settled at once).
+# How long a switch waits, by default, for the new generation's pools to reach floor
+# (server.json `switch.warmup_timeout_ms`; a pool that failed to load counts as settled
+# at once). Past it, the switch goes ahead on the pipelines that are ready, unless an
+# endpoint has none: then it is refused while the previous generation serves.
 SWITCH_WARMUP_TIMEOUT_S: Final = 120.0
 
 
@@ -80,8 +82,10 @@ class Registry:
         port: int = 0,
         dev: bool = False,
         worker_factory: WorkerFactory = WorkerHandle,
+        switch_warmup_s: float = SWITCH_WARMUP_TIMEOUT_S,
     ) -> None:
         self.loop = loop
+        self.switch_warmup_s = switch_warmup_s
         self.worker_factory = worker_factory  # how pools start pipelines (tests: in-process fakes)
         self.data_dir = data_dir
         self.sink = sink
@@ -347,13 +351,12 @@ class Registry:
             try:
                 for gen in new.generations.values():
                     self._start_pools(service_id, gen)
-                await self._warm(new)
+                warm = await self._warm(new)
             finally:
                 self._pending.pop(service_id, None)
             if self.draining:
                 return  # shutdown began meanwhile: drain_all() stops these pools too
-            # A dev server serves the code as it is now, broken or not (SPEC §7.1).
-            failure = None if self.dev else _switch_failure(old, new)
+            failure = self._refusal(old, new, warm)
             if failure is not None and old is not None:
                 # Zero downtime (SPEC §6): traffic never moves to pools that cannot serve.
                 old.switch_error = failure
@@ -368,15 +371,23 @@ class Registry:
             keep = {id(g) for g in new.generations.values()} if new.state.enabled else set()
             self._retire(old, keep=keep)
 
-    async def _warm(self, runtime: ServiceRuntime) -> None:
-        deadline = self.loop.time() + SWITCH_WARMUP_TIMEOUT_S
+    def _refusal(self, old: ServiceRuntime | None, new: ServiceRuntime, warm: bool) -> str | None:
+        """Why `new`, warmed up (or not, past the warm-up time), must not take `old`'s traffic."""
+        if self.dev:  # a dev server serves the code as it is now, broken or not (SPEC §7.1)
+            return None
+        return _switch_failure(old, new) or (None if warm else _not_ready(old, new, self.switch_warmup_s))
+
+    async def _warm(self, runtime: ServiceRuntime) -> bool:
+        """Wait until every pool of `runtime` reached its floor or failed to load: True,
+        or False once `switch_warmup_s` has passed (or the node began to drain)."""
+        deadline = self.loop.time() + self.switch_warmup_s
         while self.loop.time() < deadline and not self.draining:
             if all(_settled(p) for g in runtime.generations.values() for p in g.pools.values()):
-                return
+                return True
             await asyncio.sleep(0.02)
         if not self.draining:
-            log.warning("service %s: new generation not warm after %.0f s; switching anyway",
-                        runtime.service_id, SWITCH_WARMUP_TIMEOUT_S)
+            log.warning("service %s: new generation not warm after %g s", runtime.service_id, self.switch_warmup_s)
+        return False
 
     def _retire(self, runtime: ServiceRuntime, keep: set[int]) -> None:
         """Drain the pools of `runtime`'s generations not in `keep`, in the background.
@@ -460,25 +471,58 @@ def _switch_failure(old: ServiceRuntime | None, new: ServiceRuntime) -> str | No
     the service (or SIGHUP, which tries again). Nothing serving means nothing to
     keep: a first deploy, a disabled or failing old state go ahead.
     """
-    # Not `old.error`: a refused read of state.json leaves `old` serving its last good state.
-    if old is None or not old.state.enabled or old.state_refused:
+    if not _serves(old):
         return None
-    if any(g.load_error or any(_failed(p) for p in g.pools.values()) for g in old.generations.values()):
-        return None
-    kept = {id(g) for g in old.generations.values()}
-    for name, gen in new.generations.items():
-        if id(gen) in kept:
-            continue
+    assert old is not None
+    for name, gen in _added(old, new):
         problem = gen.load_error or next(
             (p.last_load_error or "no pipeline started" for p in gen.pools.values() if _failed(p)), None
         )
         if problem is not None:
-            serving = ", ".join(sorted(old.generations)) or "the previous state"
-            return (
-                f"switch not applied: generation {name} failed to load ({problem});"
-                f" {serving} stays in service"
-            )
+            return f"switch not applied: generation {name} failed to load ({problem}); {_in_service(old)}"
     return None
+
+
+def _not_ready(old: ServiceRuntime | None, new: ServiceRuntime, waited_s: float) -> str | None:
+    """After a warm-up that timed out: why `new` must not take `old`'s traffic, or None.
+
+    An endpoint of an added generation with no pipeline ready (an initialization
+    still running: a slow model load, a hang) would only queue its requests into
+    QueueTimeouts, so the switch is refused while `old` serves. One ready
+    pipeline is enough to go ahead: the rest join as they finish.
+    """
+    if not _serves(old):
+        return None
+    assert old is not None
+    for name, gen in _added(old, new):
+        for endpoint_id, pool in sorted(gen.pools.items()):
+            snap = pool.snapshot()
+            serving = snap.pipelines.get("idle", 0) + snap.pipelines.get("busy", 0)
+            if snap.load_state != "failed" and snap.config.pool.floor > 0 and serving == 0:
+                return (
+                    f"switch not applied: generation {name} not ready after {waited_s:g} s"
+                    f" (endpoint {endpoint_id}: no pipeline has finished initializing; see"
+                    f" server.json switch.warmup_timeout_ms); {_in_service(old)}"
+                )
+    return None
+
+
+def _serves(old: ServiceRuntime | None) -> bool:
+    """`old` serves, so a switch away from it must not lose its traffic."""
+    # Not `old.error`: a refused read of state.json leaves `old` serving its last good state.
+    if old is None or not old.state.enabled or old.state_refused:
+        return False
+    return not any(g.load_error or any(_failed(p) for p in g.pools.values()) for g in old.generations.values())
+
+
+def _added(old: ServiceRuntime, new: ServiceRuntime) -> list[tuple[str, GenerationRuntime]]:
+    """The generations of `new` that `old` does not already run."""
+    kept = {id(g) for g in old.generations.values()}
+    return [(name, gen) for name, gen in new.generations.items() if id(gen) not in kept]
+
+
+def _in_service(old: ServiceRuntime) -> str:
+    return f"{', '.join(sorted(old.generations)) or 'the previous state'} stays in service"
 
 
 def _settled(pool: EndpointPool) -> bool:

@@ -184,6 +184,41 @@ def test_a_switch_to_a_generation_that_cannot_load_is_not_applied(node_factory: 
     assert node.stats("svc")["switchError"] is None
 
 
+def test_a_switch_to_a_generation_whose_init_never_returns_is_not_applied(node_factory: Any, tmp_path: Path) -> None:
+    """Past server.json's switch.warmup_timeout_ms with no pipeline of the new generation
+    ready (an init that hangs on a model or a database), the switch is refused while the
+    previous generation serves, and the pipelines still initializing are stopped."""
+    data_dir = tmp_path / "node"
+    (data_dir / "config").mkdir(parents=True)
+    (data_dir / "config" / "server.json").write_text(json.dumps({"switch": {"warmup_timeout_ms": 1500}}))
+    node = node_factory(data_dir)
+    install(node, tmp_path, ["v1"])
+    admin_post(node, "services/svc/actions/switchToNewest")
+    pids = tmp_path / "hung-pids"
+    hung = f"import os, time\nwith open({str(pids)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\ndef e():\n    return 1\n"
+    archive = build_test_package(tmp_path, "svc", "hung", {"e": hung})
+    dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+    with Load(node, "svc") as load:
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            admin_post(node, "services/svc/actions/switchTo/hung")
+        waited = time.monotonic() - started
+        time.sleep(0.3)
+    message = json.loads(info.value.read())["message"]
+    assert info.value.code == 503 and 1.5 <= waited < 10
+    assert message == (
+        "switch not applied: generation hung not ready after 1.5 s (endpoint e: no pipeline has"
+        " finished initializing; see server.json switch.warmup_timeout_ms); v1 stays in service"
+    )
+    answers = load.since(started)
+    assert answers and {(status, generation) for _, _, status, generation, _ in answers} == {(200, "v1")}
+    assert node.stats("svc")["switchError"] == message
+    started_pids = [int(line) for line in pids.read_text().split()]
+    assert started_pids
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started_pids))
+    wait_until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"v1"})
+
+
 def _zip(members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -322,10 +322,12 @@ def test_server_settings_file(tmp_path: Path) -> None:
                 "listen": {"port": 8080},
                 "logging": {"format": "json", "level": "debug", "log_params": True},
                 "shutdown": {"grace_ms": 0},
+                "switch": {"warmup_timeout_ms": 300000},
             }
         )
     )
     settings = load_server_settings(path)
+    assert settings.switch.warmup_timeout_ms == 300000
     assert settings.listen.port == 8080 and settings.listen.host == "127.0.0.1"
     assert (settings.logging.format, settings.logging.level) == ("json", "debug")
     assert settings.logging.log_params is True
@@ -335,11 +337,22 @@ def test_server_settings_file(tmp_path: Path) -> None:
 
 def test_server_settings_invalid_file(tmp_path: Path) -> None:
     path = tmp_path / "server.json"
-    path.write_text('{"listen": {"port": "80"}, "logging": {"level": "loud"}}')
+    path.write_text('{"listen": {"port": "80"}, "logging": {"level": "loud"}, "switch": {"warmup_timeout_ms": 0}}')
     with pytest.raises(ConfigError) as info:
         load_server_settings(path)
     assert info.value.source == str(path)
-    assert [p.split(":")[0] for p in info.value.problems] == ["listen.port", "logging.level"]
+    assert [p.split(":")[0] for p in info.value.problems] == ["listen.port", "logging.level", "switch.warmup_timeout_ms"]
+
+
+def test_a_switch_waits_at_most_as_long_as_an_admin_client_does() -> None:
+    """A warm-up time an admin client would give up on is refused (RemoteAdmin's timeout)."""
+    from lightnode.admin.remote import MUTATION_TIMEOUT_S
+
+    ok = parse_server_settings({"switch": {"warmup_timeout_ms": 600000}}, source="s")
+    assert ok.switch.warmup_timeout_ms / 1000 < MUTATION_TIMEOUT_S
+    with pytest.raises(ConfigError) as info:
+        parse_server_settings({"switch": {"warmup_timeout_ms": 600001}}, source="s")
+    assert info.value.problems == ["switch.warmup_timeout_ms: must be an integer between 1 and 600000 (got 600001)"]
 
 
 # -- paths ------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The registry's live changes of state.json (SPEC §6), with in-process fake pipelines.
 
 A generation named `b*` fails to load (its pipelines report an ImportError at
-start); every other generation loads. No process, socket or watcher: the tests
+start); in one named `h*` no pipeline ever finishes its initialization; in one
+named `p*` only the first pipeline of each pool does; every other generation loads. No process, socket or watcher: the tests
 call `service_changed` as the watcher would.
 """
 
@@ -20,13 +21,16 @@ from lightnode.errors import LightnodeError
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.worker_handle import WorkerSpec
 from lightnode.services.store import DataDir
-from tests.conftest import write_service
+from tests.conftest import write_service, write_tuning
 
 SOURCE = "def e():\n    return 1\n"
 
 
 class FakeWorker:
-    """Ready at once, or (generation b*) an ImportError at start; exits when stopped."""
+    """Ready at once, or (generation b*) an ImportError at start, or (h*, and p* but its
+    first pipeline) an initialization that never returns; exits when stopped."""
+
+    started: set[str] = set()  # p* generations whose first pipeline started
 
     def __init__(self, loop: asyncio.AbstractEventLoop, worker_id: int, spec: WorkerSpec, listener: Any) -> None:
         self.loop = loop
@@ -40,7 +44,12 @@ class FakeWorker:
         if self.spec.generation.startswith("b"):
             self.loop.call_soon(self.listener.worker_init_failed, self.worker_id, "ImportError: No module named 'nope'", "")
             self.loop.call_soon(self.listener.worker_exited, self.worker_id, "exit code 1")
+        elif self.spec.generation.startswith("h"):
+            pass
+        elif self.spec.generation.startswith("p") and self.spec.generation in FakeWorker.started:
+            pass
         else:
+            FakeWorker.started.add(self.spec.generation)
             self.loop.call_soon(self.listener.worker_ready, self.worker_id, {"signature": "e()"})
 
     def send_call(self, body: bytes) -> None:
@@ -65,10 +74,10 @@ class Sink:
 
 
 class Node:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **options: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.state = root / "services" / "demo" / "state.json"
-        self.registry = Registry(self.loop, DataDir(root), Sink(), worker_factory=FakeWorker)
+        self.registry = Registry(self.loop, DataDir(root), Sink(), worker_factory=FakeWorker, **options)
         self.registry.load_all()
         self.settle()
 
@@ -116,6 +125,58 @@ def test_a_switch_to_a_generation_that_cannot_load_is_refused(node: Node) -> Non
     failure = node.changed()
     assert failure is not None and failure.startswith("switch not applied: generation b3 failed to load")
     assert node.serving() == "v1" and node.runtime.switch_error == failure
+
+
+def test_a_switch_to_a_generation_with_no_pipeline_ready_in_time_is_refused(tmp_path: Path) -> None:
+    """An initialization that never returns (a hang, a load slower than the warm-up time):
+    past `switch_warmup_s` the switch is refused while the previous generation serves,
+    and the pipelines still initializing are stopped."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation="h2")
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    node = Node(root, switch_warmup_s=0.2)
+    try:
+        node.write(("h2", 1.0))
+        failure = node.changed()
+        assert failure == (
+            "switch not applied: generation h2 not ready after 0.2 s (endpoint e: no pipeline has"
+            " finished initializing; see server.json switch.warmup_timeout_ms); v1 stays in service"
+        )
+        assert node.serving() == "v1" and node.runtime.switch_error == failure
+        assert [p.spec.generation for p in node.registry.all_pools()] == ["v1"]  # h2's stopped
+    finally:
+        node.close()
+
+
+def test_past_the_warm_up_time_one_ready_pipeline_is_enough_to_switch(tmp_path: Path) -> None:
+    """A pool below its floor but serving takes the traffic: the rest join as they finish."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation="p2")
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    write_tuning(root, "demo", "e", {"pool": {"floor": 2, "cruise": 2}})
+    node = Node(root, switch_warmup_s=0.2)
+    try:
+        node.write(("p2", 1.0))
+        assert node.changed() is None and node.serving() == "p2"
+        pipelines = node.registry.resolve("demo", "e").snapshot().pipelines
+        assert {state: n for state, n in pipelines.items() if n} == {"idle": 1, "starting": 1}
+    finally:
+        node.close()
+
+
+def test_with_nothing_serving_a_switch_waits_no_more_than_the_warm_up_time(tmp_path: Path) -> None:
+    """No previous generation serves (a first switch): nothing to keep, the switch goes ahead."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation="h2")
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    node = Node(root, switch_warmup_s=0.2)
+    try:
+        node.write(("v1", 1.0), enabled=False)
+        assert node.changed() is None
+        node.write(("h2", 1.0))
+        assert node.changed() is None and node.serving() == "h2"
+    finally:
+        node.close()
 
 
 def test_after_a_briefly_unreadable_state_json_the_switch_is_still_refused(node: Node) -> None:
