@@ -23,11 +23,13 @@ Imports: devtools.session, devtools.report, watchfiles.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sys
+import time
 import traceback
-from collections.abc import Set
+from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +43,9 @@ from lightnode.devtools.session import DevSession, QueryOutcome
 WATCH_STEP_MS = 50
 WATCH_DEBOUNCE_MS = 1000
 CHANGED_NAMES_SHOWN = 5
+# A file changed this long after a reload ended still counts as changed during it
+# (watchfiles may hold an event back WATCH_DEBOUNCE_MS): see Changes.
+SELF_WRITE_WINDOW_S = WATCH_DEBOUNCE_MS / 1000 + 0.5
 # Vim probes a directory before a write with a file named 4913 (then 5036, ... if taken).
 VIM_PROBE_FIRST, VIM_PROBE_STEP = 4913, 123
 
@@ -114,13 +119,48 @@ class WatchFailed(Exception):
 
 
 class Changes:
-    """Names of the files changed since the reload loop last took them."""
+    """Names of the files changed since the reload loop last took them.
 
-    def __init__(self) -> None:
+    Files the service writes itself (a cache or a log its initialization code or
+    function writes into SRC_DIR or one of its folders) would reload it for ever: each
+    reload writes them again. So a file other than code (`.py`, service.json, a
+    requirements file) that changes during a reload, or within SELF_WRITE_WINDOW_S
+    after it, and had changed during the reload before too, is taken as written by
+    the service: it is ignored from then on, and `notice` says so once.
+    """
+
+    def __init__(self, notice: Callable[[str], None] | None = None) -> None:
         self.names: set[str] = set()
         self.event = asyncio.Event()
+        self.notice = notice
+        self.ignored: set[str] = set()
+        self._reloading = False
+        self._reload_ended = -math.inf
+        self._during_last: set[str] = set()  # non-code files changed during the reload before
+        self._during_this: set[str] = set()  # ... and during the one under way (or just over)
+
+    def reload_started(self) -> None:
+        self._during_last, self._during_this = self._during_this, set()
+        self._reloading = True
+
+    def reload_ended(self) -> None:
+        self._reloading = False
+        self._reload_ended = time.monotonic()
 
     def add(self, names: Set[str]) -> None:
+        names = set(names) - self.ignored
+        if self._reloading or time.monotonic() - self._reload_ended < SELF_WRITE_WINDOW_S:
+            suspects = {name for name in names if not _is_code(name)}
+            written = suspects & self._during_last
+            self._during_this |= suspects - written
+            if written:
+                self.ignored |= written
+                names -= written
+                if self.notice is not None:
+                    listed = ", ".join(sorted(written))
+                    self.notice(f"\n{listed}: changed again while the service reloaded, so taken as written by the"
+                                " service itself; changes to it no longer reload (restart lightnode dev to watch it"
+                                " again, or save another file to reload)")
         if names:
             self.names |= names
             self.event.set()
@@ -138,8 +178,14 @@ async def _watch(src_dir: Path, stop: asyncio.Event, changes: Changes) -> None:
         changes.add({os.path.relpath(path, src_dir) for _, path in batch})
 
 
+def _is_code(name: str) -> bool:
+    """A file of the service's code or definition: never taken as written by the service."""
+    base = os.path.basename(name)
+    return base.endswith(".py") or base == "service.json" or (base.startswith("requirements") and base.endswith(".txt"))
+
+
 async def _reload_loop(session: DevSession, stop: asyncio.Event, out: TextIO) -> None:
-    changes = Changes()
+    changes = Changes(notice=lambda text: say(out, text))
     watcher = asyncio.get_running_loop().create_task(_watch(session.src_dir, stop, changes))
     try:
         await cycle(session, out, changes)
@@ -166,6 +212,16 @@ async def cycle(session: DevSession, out: TextIO, changes: Changes | None = None
     A change (in `changes`) while SRC_DIR loads or the queries play interrupts
     them: what was played is printed, with the query under way marked INTERRUPTED.
     """
+    if changes is not None:
+        changes.reload_started()
+    try:
+        await _cycle(session, out, changes)
+    finally:
+        if changes is not None:
+            changes.reload_ended()
+
+
+async def _cycle(session: DevSession, out: TextIO, changes: Changes | None) -> None:
     try:
         load = asyncio.ensure_future(session.load())
         if not await _until_changed(load, changes):

@@ -271,6 +271,30 @@ def test_dev_server_reloads_while_initialization_code_hangs(tmp_path: Path, dev_
     assert "Traceback" not in server.err_path.read_text()
 
 
+WRITES_CACHE = ("import os, time\n"
+                "with open(os.path.join(folders[0], 'cache.txt'), 'w') as f:\n"
+                "    f.write(str(time.time()))\n"
+                "def quote(age):\n"
+                "    return {'quote': age, 'version': %d}\n")
+
+
+def test_dev_server_does_not_reload_for_ever_on_files_the_service_writes(tmp_path: Path, dev_server: Any) -> None:
+    """Initialization code that writes a cache into its folder: each reload would write it
+    again and reload again, for ever. After one such reload the file is taken as the
+    service's own, and saves of the code still reload."""
+    src = write_src(tmp_path / "src", {"quote.py": WRITES_CACHE % 1},
+                    [{"id": "quote", "code": "quote.py", "folders": ["models"]}])
+    (src / "models").mkdir()
+    server = dev_server(src)
+    server.wait_for(r"models/cache\.txt: changed again while the service reloaded, so taken as written by the service")
+    time.sleep(3)  # longer than a reload here: a loop would have gone round several times
+    assert server.output().count("; reloading") == 1, server.output()
+    assert _served_version(server.run_url("pricing", "quote")) == 1
+    (src / "quote.py").write_text(WRITES_CACHE % 2)
+    assert _until(lambda: _served_version(server.run_url("pricing", "quote")) == 2, 30), server.output()
+    assert server.interrupt() == 0
+
+
 # ------------------------------------------------------------------ lightnode test
 
 

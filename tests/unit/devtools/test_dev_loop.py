@@ -29,6 +29,49 @@ def test_changes_made_during_a_reload_are_taken_at_once_and_merged() -> None:
     assert asyncio.run(scenario()) == [["a.py", "b.py"], ["service.json"]]
 
 
+def _changed(changes: Changes, *names: str) -> set[str]:
+    """Add a save of `names`; the names that ask for a reload (taken), or none."""
+    changes.add(set(names))
+    taken, changes.names = changes.names, set()
+    assert changes.event.is_set() == bool(taken)
+    changes.event.clear()
+    return taken
+
+
+def test_a_file_changed_during_two_reloads_in_a_row_is_taken_as_written_by_the_service() -> None:
+    notices: list[str] = []
+    changes = Changes(notice=notices.append)
+    changes.reload_started()
+    assert _changed(changes, "models/cache.txt") == {"models/cache.txt"}  # may be a save: it reloads
+    changes.reload_ended()
+    changes.reload_started()
+    assert _changed(changes, "models/cache.txt", "logs/x.log") == {"logs/x.log"}  # x.log: its first time
+    changes.reload_ended()
+    assert changes.ignored == {"models/cache.txt"} and len(notices) == 1
+    assert "models/cache.txt: changed again while the service reloaded" in notices[0]
+    assert _changed(changes, "models/cache.txt") == set()  # ignored from then on, said once
+    assert len(notices) == 1
+    for _ in range(2):  # code is never taken as the service's own
+        changes.reload_started()
+        assert _changed(changes, "quote.py", "service.json", "requirements.txt") == {
+            "quote.py", "service.json", "requirements.txt"}
+        changes.reload_ended()
+    assert changes.ignored == {"models/cache.txt"}
+
+
+def test_a_data_file_saved_between_reloads_always_reloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer editing a data file: saves that come while no reload runs are saves."""
+    import lightnode.devtools.server as server
+
+    monkeypatch.setattr(server, "SELF_WRITE_WINDOW_S", 0.0)
+    changes = Changes()
+    for _ in range(3):
+        changes.reload_started()
+        changes.reload_ended()
+        assert _changed(changes, "data.csv")
+    assert changes.ignored == set()
+
+
 def test_an_interrupted_query_is_shown_as_such() -> None:
     cut = QueryOutcome("quote", "hangs", latency_ms=1500.0, interrupted=True, error="interrupted by a change")
     line = rp.render_queries([cut]).splitlines()[1]
