@@ -17,7 +17,11 @@ before it, then the connection closes (after draining unread input briefly):
   a chunked body when it grows past it: 413 PayloadTooLarge;
 - a connection beyond `max_connections` gets 503 TooManyConnections at once.
 Upgrade and CONNECT are not supported: such a request goes to the app like
-any other, and the connection closes after its answer; one with a body gets 400.
+any other (RFC 9110 §7.8: the upgrade is ignored), and the connection closes
+after its answer. Its Content-Length body is read by the protocol (httptools
+ends the request at its head): java.net.http's client and `curl --http2` send
+each POST of a new plain-HTTP connection with `Upgrade: h2c`. One with a chunked
+body gets 400.
 
 Timeouts: a connection that has connected or begun a request but has not
 completed its headers within `header_timeout_ms` is closed without an answer
@@ -269,6 +273,9 @@ class HttpProtocol:
         self._expect_continue = False
         self._request_id: str | None = None
         self._http10 = False
+        # An upgrade request whose body the protocol reads itself (see _on_upgrade); in
+        # neither _pending nor _ready until its body is complete.
+        self._raw_exchange: _ServerExchange | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -339,8 +346,11 @@ class HttpProtocol:
         return not self._closed
 
     def data_received(self, data: bytes) -> None:
-        if not self._accepting or self._closed:
-            return  # discarding input after a refusal or a closing request
+        if not self._accepting or self._closed or self._raw_exchange is not None:
+            # Discarding input after a refusal or a closing request, or reading the body
+            # of an upgrade request (only while accepting: _stop_reading clears it).
+            self._raw_body_received(data)
+            return
         # The keep-alive timer sees None and does not close. Assigned from a name typed
         # `float | None`: a literal None would narrow the attribute to None for the rest
         # of this method, but _dispatch() may set it (the compiled build trusts narrowing).
@@ -350,8 +360,8 @@ class HttpProtocol:
         body_before = self._body_bytes
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._on_upgrade()
+        except httptools.HttpParserUpgrade as upgrade:
+            self._on_upgrade(data, upgrade.args)
         except httptools.HttpParserError as exc:
             self._on_parse_error(exc)
         if self._in_head:
@@ -661,28 +671,71 @@ class HttpProtocol:
             self._refuse(400, "BadRequest", f"Malformed HTTP request: {exc}")
         # else: bytes after a request that closes the connection; they are ignored
 
-    def _on_upgrade(self) -> None:
+    def _on_upgrade(self, data: bytes, args: tuple[Any, ...]) -> None:
         """Upgrade and CONNECT are not supported: the request is answered, then the connection closes.
 
+        The upgrade is ignored (RFC 9110 §7.8): the client reads an HTTP/1.1 answer.
         httptools ends an upgrade request at its head and hands back the bytes after
-        it as the new protocol's. A body the request declared would be lost, so such
-        a request is refused (400) instead of being run without it.
+        it (from `data[args[0]]` on) as the new protocol's. A Content-Length body is read here
+        instead (_raw_body_received) and the request handed over once it is complete:
+        java.net.http's client (HTTP/2 by default) and `curl --http2` send a POST of a
+        new plain-HTTP connection that way. A chunked body would need a chunk parser of
+        our own: that request is refused (400) rather than run without its body.
         """
         if self._ready and not self._in_request:
-            if self._content_length > 0 or self._has_transfer_encoding:
-                exchange = self._ready.pop()  # not dispatched yet: the app never sees it
+            exchange = self._ready[-1]
+            if self._has_transfer_encoding:
+                self._ready.pop()  # not dispatched yet: the app never sees it
                 self._pending.remove(exchange)
                 self._accepting = True  # the request it read is undone: refuse it in its place
-                self._refuse(400, "BadRequest", "Protocol upgrade is not supported with a request body")
+                self._refuse(
+                    400, "BadRequest", "Protocol upgrade is not supported with a chunked request body"
+                )
                 return
-            self._ready[-1].keep_alive = False
+            exchange.keep_alive = False
+            if self._content_length > 0:
+                self._ready.pop()  # handed over once its body is read
+                self._pending.remove(exchange)
+                self._raw_exchange = exchange
+                self._in_request = True  # the body timeout and the idle checks see a request
+                self._continue_wanted = self._expect_continue and not self._http10
+                offset: int = args[0] if args else len(data)
+                if offset < len(data):
+                    self._raw_body_received(data[offset:])
+                return  # data_received arms the body timeout or hands the request over
             self._stop_reading()
         else:
             self._refuse(400, "BadRequest", "Protocol upgrade is not supported")
 
+    def _raw_body_received(self, data: bytes) -> None:
+        """Body bytes of the upgrade request in `_raw_exchange` (see _on_upgrade).
+
+        Its Content-Length is within `max_body_bytes` (checked with its head). Once the
+        body is complete the request joins `_pending` and goes to the app; reading
+        stops, as after any upgrade request: bytes after it are the new protocol's.
+        """
+        exchange = self._raw_exchange
+        if exchange is None or self._closed:
+            return
+        left = self._content_length - self._body_bytes
+        self._continue_wanted = False  # the body is coming
+        self.on_body(data[:left] if len(data) > left else data)
+        if self._body_bytes < self._content_length:
+            self._body_progress_s = self._loop.time()
+            self._arm_header_timer()
+            return
+        body = self._body
+        exchange.body = body[0] if len(body) == 1 else b"".join(body)
+        exchange.started = _monotonic()
+        self._stop_reading()  # clears _raw_exchange
+        self._pending.append(exchange)
+        self._ready.append(exchange)
+        self._dispatch()
+
     def _stop_reading(self) -> None:
         self._accepting = False
         self._in_request = False
+        self._raw_exchange = None  # an upgrade request whose body was incomplete: never handed over
         self._in_head = False
         self._continue_wanted = False
         self._cancel_header_timer()
@@ -933,6 +986,7 @@ class HttpProtocol:
         self._drop_held()
         pending, self._pending = self._pending, deque()
         self._ready = []
+        self._raw_exchange = None  # never handed over: nothing to cancel
         for exchange in pending:
             try:
                 exchange.cancel()
