@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 
 import ujson
 
-from lightnode.errors import LightnodeError
+from lightnode.errors import BAD_JSON_MESSAGE, LightnodeError
 from lightnode.http.exchange import CLIENT_GONE, CLIENT_GONE_STATUS, Exchange
 from lightnode.http.routing import (
     RUN_PREFIX,
@@ -48,6 +48,18 @@ _RUN: Final = RouteKind.RUN
 # Read from C variables in the compiled build (a module attribute is a dict lookup).
 _time: Final = time.time
 _monotonic: Final = time.monotonic
+# RFC 8259 §8.1: a JSON text may come with it (Windows editors, PowerShell), a parser may ignore it.
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+_BOM_FIRST_BYTE: Final = 0xEF
+CORS_PREFLIGHT_MESSAGE: Final = (
+    "Method OPTIONS is not allowed: this is a browser's CORS preflight, and the node answers"
+    " none (it sends no Access-Control-* headers); call it from a server, or through a proxy"
+    " that adds CORS headers"
+)
+GET_WITH_BODY_MESSAGE: Final = (
+    "A GET request takes its parameters from the query string (?a=1&b=x), and this one"
+    " has a body: send the JSON object with POST"
+)
 
 
 def _is_loopback(client: str) -> bool:
@@ -194,11 +206,10 @@ class NodeApp:
     def _run(self, exchange: Exchange, route: Route) -> None:
         method = exchange.method
         if method != b"POST" and method != b"GET":
-            raise LightnodeError(
-                "MethodNotAllowed",
-                f"Method {method.decode('latin-1')} is not allowed",
-                headers=ALLOW_RUN,
-            )
+            message = f"Method {method.decode('latin-1')} is not allowed"
+            if method == b"OPTIONS" and exchange.header(b"access-control-request-method") is not None:
+                message = CORS_PREFLIGHT_MESSAGE  # its developer wrote a POST, not this request
+            raise LightnodeError("MethodNotAllowed", message, headers=ALLOW_RUN)
         if self.draining:
             raise LightnodeError("ShuttingDown", "The node is shutting down")
         if self.not_alive:
@@ -209,6 +220,10 @@ class NodeApp:
         if not registry.is_public(service_id):  # 401 before telling anything of the service
             self.check_api_key(exchange, service_id)
         pool = registry.resolve(service_id, route.endpoint_id)
+        if method == b"GET" and exchange.body:
+            # `curl -X GET -d '{...}'`: running it with the query's parameters alone would
+            # answer a call other than the one sent (after the 401 and 404 of its URL).
+            raise LightnodeError("BadRequest", GET_WITH_BODY_MESSAGE)
         call = pool.submit(_params(exchange), exchange)
         if not exchange.done:  # a client gone before the answer: _client_gone((pool, call))
             exchange.on_cancel = self._on_client_gone
@@ -345,6 +360,8 @@ class NodeApp:
         self, pool: EndpointPool, call: Call, error: LightnodeError, exec_us: int, function_us: int
     ) -> None:
         exchange: Exchange = call.exchange
+        if error.error_type == "BadRequest" and error.message == BAD_JSON_MESSAGE:
+            error = _explain_bad_body(exchange, call.body, error)
         # An accepted call's answer, even while draining: it does not close the connection,
         # which would drop the calls pipelined behind it (SPEC §11: they are answered). The
         # protocol closes it, saying so, once nothing is pending.
@@ -420,7 +437,110 @@ def _defines_endpoint(registry: Registry, service_id: str, endpoint_id: str) -> 
 
 def _params(exchange: Exchange) -> bytes:
     """The parameters a /run request carries, as the pipeline gets them and the query log
-    shows them: a GET's query as its JSON object (SPEC §3.3), else the body."""
+    shows them: a GET's query as its JSON object (SPEC §3.3), else the body (without a
+    UTF-8 byte order mark: RFC 8259 §8.1 lets a parser ignore it, and the pipeline's
+    parser would refuse it)."""
     if exchange.method == b"GET":
         return ujson.dumps(query_to_object(exchange.query)).encode()
-    return exchange.body
+    body = exchange.body
+    if body and body[0] == _BOM_FIRST_BYTE and body.startswith(_UTF8_BOM):
+        return body[len(_UTF8_BOM) :]
+    return body
+
+
+# What a body that the pipeline could not read as a JSON object is, when its first byte
+# says so (see _explain_bad_body).
+_JSON_VALUE_KINDS: Final[dict[bytes, str]] = {
+    b"[": "a JSON array",
+    b'"': "a JSON string",
+    **{digit: "a JSON number" for digit in (b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9")},
+}
+_JSON_LITERALS: Final[dict[bytes, str]] = {b"true": "JSON true", b"false": "JSON false", b"null": "JSON null"}
+_SEND_AN_OBJECT: Final = "send one JSON object, whose attributes are the function's parameters"
+
+
+_ARRAY_SECOND_BYTES: Final = b'{["]-0123456789tfn'
+# What JavaScript's fetch() sends for an object given as the body, without JSON.stringify().
+_JS_OBJECT_TEXT: Final = b"[object "
+
+
+def _json_kind(text: bytes) -> str | None:
+    """The kind of JSON value `text` (stripped; no object) is, when its first bytes tell."""
+    first = text[:1]
+    if first == b"-":  # a negative number; a multipart body begins with "--"
+        return "a JSON number" if text[1:2].isdigit() else None
+    if first == b"[":  # "[object Object]" is no array
+        second = text[1:].lstrip(b" \t\r\n")[:1]
+        return "a JSON array" if second and second in _ARRAY_SECOND_BYTES else None
+    return _JSON_VALUE_KINDS.get(first) or _JSON_LITERALS.get(text.rstrip(b" \t\r\n"))
+
+
+def _explain_bad_body(exchange: Exchange, body: bytes, error: LightnodeError) -> LightnodeError:
+    """The pipeline's 400 for a body that is no JSON object, its detailedMessage saying what
+    the body is instead when its first byte or headers tell (SPEC §3.4: a message to act
+    on; the official client shows detailedMessage), else `error`. `message` keeps the DSS
+    wording, for alerts that match it.
+
+    The usual mistakes of a client library: a JSON value other than an object, a form
+    (Python requests' `data=` with a dict), an upload form (`files=`), a compressed body,
+    a JavaScript object given to fetch() as it is.
+    The body's first byte comes first: `curl -d` and urllib label any body a form, and a
+    body that begins as an object is JSON with an error in it (the pipeline's words stand,
+    unless it is no UTF-8).
+    Called on that failure only, never on the path of a call that runs.
+    """
+    stripped = body.lstrip(b" \t\r\n")
+    if stripped[:1] == b"{":
+        return _explain_bad_object(body, error)
+    kind = _json_kind(stripped)
+    reason = ""
+    if kind is not None:
+        reason = f"the body is {kind}; {_SEND_AN_OBJECT}"
+    elif stripped.startswith(_JS_OBJECT_TEXT):
+        reason = (
+            "the body is the text '[object Object]', a JavaScript object sent as the body without"
+            " JSON.stringify(); send JSON.stringify(payload)"
+        )
+    else:
+        encoding = exchange.header(b"content-encoding")
+        content_type = exchange.header(b"content-type") or b""
+        media = content_type.partition(b";")[0].strip().lower()
+        if encoding and encoding.lower() != b"identity":
+            coding = encoding.decode("latin-1")
+            reason = (
+                f"the body is sent with Content-Encoding: {coding}, which the node does not decode;"
+                " send it uncompressed"
+            )
+        elif media == b"application/x-www-form-urlencoded":
+            reason = (
+                "the body is form-encoded (Content-Type: application/x-www-form-urlencoded); send the"
+                " JSON object itself as the body (Python requests: json=payload, not data=payload)"
+            )
+        elif media == b"multipart/form-data":
+            reason = (
+                "the body is multipart/form-data (an upload form; Python requests: files=); send the"
+                " JSON object itself as the body"
+            )
+    return _with_reason(error, reason)
+
+
+def _explain_bad_object(body: bytes, error: LightnodeError) -> LightnodeError:
+    """A body that begins as a JSON object: said to be no UTF-8 when it is not (Windows
+    PowerShell 5.1 sends a string body as ISO-8859-1), else the pipeline's words stand."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _with_reason(
+            error,
+            f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}); JSON is"
+            " sent as UTF-8 (RFC 8259 §8.1): make the client encode it so",
+        )
+    return error
+
+
+def _with_reason(error: LightnodeError, reason: str) -> LightnodeError:
+    """`error` with `reason` added to its detailedMessage (its message stays), if any."""
+    if not reason:
+        return error
+    detailed = f"{error.detailed_message}: {reason}"
+    return LightnodeError(error.error_type, error.message, detailed, status=error.status, headers=error.headers)

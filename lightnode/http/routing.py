@@ -116,11 +116,11 @@ def _parse_run(path: bytes) -> Route:
     if len(path) < len(RUN_PREFIX) + len(b"/run"):  # "/public/api/v1/run": prefix and suffix overlap
         # Checked, not sliced: the compiled build raises SystemError for a bytes slice
         # whose start is past its end, where Python returns b"".
-        raise BadId("expected /public/api/v1/<service>/<endpoint>/run")
+        raise _bad_run_path(path)
     middle = path[len(RUN_PREFIX) : -len(b"/run")]
     parts = middle.split(b"/")
     if len(parts) != 2:
-        raise BadId("expected /public/api/v1/<service>/<endpoint>/run")
+        raise _bad_run_path(path)
     service = unquote(parts[0].decode("latin-1"))
     endpoint = unquote(parts[1].decode("latin-1"))
     if not is_valid_id(service):
@@ -128,6 +128,18 @@ def _parse_run(path: bytes) -> Route:
     if not is_valid_id(endpoint):
         raise BadId(f"Endpoint does not exist: {endpoint}")
     return Route(RouteKind.RUN, service, endpoint)
+
+
+def _bad_run_path(path: bytes) -> BadId:
+    """A /run path without exactly a service and an endpoint: what came, and what is expected.
+
+    The prefix twice is a client given the URL of an endpoint's API (as a service's page
+    shows it) for its base: `APINodeClient("http://host:port/public/api/v1", ...)`.
+    """
+    hint = ""
+    if RUN_PREFIX in path[len(RUN_PREFIX) - 1 :]:
+        hint = "; the client's base URL is the node's alone (http://host:port), without /public/api/v1"
+    return BadId(f"Not found: {path.decode('latin-1')}: expected /public/api/v1/<service>/<endpoint>/run{hint}")
 
 
 def _parse_verb(path: bytes) -> Route | None:

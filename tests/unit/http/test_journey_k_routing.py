@@ -1,0 +1,26 @@
+"""What a /run path of the wrong shape is told (SPEC §3.4: a message to act on)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightnode.http.routing import BadId, parse_path
+
+
+def test_a_base_url_holding_the_api_prefix_is_named() -> None:
+    """`APINodeClient("http://host:port/public/api/v1", "svc")`, the URL copied from a
+    service's page: each request is /public/api/v1/public/api/v1/svc/<endpoint>/run."""
+    with pytest.raises(BadId) as raised:
+        parse_path(b"/public/api/v1/public/api/v1/svc/add/run")
+    message = str(raised.value)
+    assert "/public/api/v1/public/api/v1/svc/add/run" in message  # what was asked
+    assert "expected /public/api/v1/<service>/<endpoint>/run" in message
+    assert "base URL" in message and "http://host:port" in message
+
+
+def test_a_run_path_of_the_wrong_shape_shows_the_path() -> None:
+    with pytest.raises(BadId) as raised:
+        parse_path(b"/public/api/v1/svc/run")
+    message = str(raised.value)
+    assert "/public/api/v1/svc/run" in message and "expected" in message
+    assert "base URL" not in message
