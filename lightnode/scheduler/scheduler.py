@@ -146,9 +146,11 @@ class EndpointPool:
         self._drained = loop.create_future()
         self._rss_timer: asyncio.TimerHandle | None = None
         # limits.max_rss_mb: each pipeline's RSS once loaded (read at READY while a limit
-        # is set), and the pipelines already found over the limit (see _check_rss).
+        # is set), the pipelines already retired for it, and those said to be over it as
+        # soon as they loaded (see _check_rss).
         self._ready_rss: dict[int, int] = {}
         self._rss_reported: set[int] = set()
+        self._rss_warned: set[int] = set()
         self.last_start_s: float | None = None  # duration of the last successful start
         self.last_start_at: float | None = None
         self.last_load_error: str | None = None
@@ -217,6 +219,7 @@ class EndpointPool:
     def apply_config(self, config: EndpointConfig) -> None:
         if config.limits.max_rss_mb != self.machine.config.limits.max_rss_mb:
             self._rss_reported.clear()  # a new limit: every pipeline is checked against it
+            self._rss_warned.clear()
         self._feed(ev.LimitsChanged(config))
         self._arm_rss_check()
 
@@ -589,6 +592,7 @@ class EndpointPool:
         worker = self.workers.pop(worker_id, None)
         self._ready_rss.pop(worker_id, None)
         self._rss_reported.discard(worker_id)
+        self._rss_warned.discard(worker_id)
         state = self._state_of(worker_id)
         pid = worker.pid if worker is not None else "?"
         start_failure = ""
@@ -669,17 +673,30 @@ class EndpointPool:
             rss = worker.rss_bytes()
             if rss <= limit:
                 continue
-            self._rss_reported.add(worker_id)
-            if self._ready_rss.get(worker_id, 0) > limit:
+            loaded = self._ready_rss.get(worker_id, 0)
+            if loaded > limit:
                 # The code needs more than the limit just to load: its successor would be
                 # over it too, and retiring each would load the code again every second.
-                log.warning(
-                    "%s: pipeline pid %s was over limits.max_rss_mb (%d MB) as soon as it loaded"
-                    " (%d MB): not retired, as a successor would be too; raise the limit",
-                    self.spec.tag, worker.pid, limit_mb, self._ready_rss[worker_id] >> 20,
+                # It is kept while it grows by less than the limit past its loaded size; a
+                # leak beyond that retires it all the same (its successor starts below that
+                # bound), else the limit would stop bounding anything on this endpoint.
+                if worker_id not in self._rss_warned:
+                    self._rss_warned.add(worker_id)
+                    log.warning(
+                        "%s: pipeline pid %s was over limits.max_rss_mb (%d MB) as soon as it loaded"
+                        " (%d MB): not retired, as a successor would be too, unless it grows by"
+                        " %d MB more; raise the limit",
+                        self.spec.tag, worker.pid, limit_mb, loaded >> 20, limit_mb,
+                    )  # fmt: skip
+                if rss <= loaded + limit:
+                    continue
+                log.info(
+                    "%s: pipeline pid %s grew by over %d MB RSS since it loaded (%d MB, now %d MB): retiring",
+                    self.spec.tag, worker.pid, limit_mb, loaded >> 20, rss >> 20,
                 )  # fmt: skip
-                continue
-            log.info("%s: pipeline pid %s over %d MB RSS: retiring", self.spec.tag, worker.pid, limit_mb)
+            else:
+                log.info("%s: pipeline pid %s over %d MB RSS: retiring", self.spec.tag, worker.pid, limit_mb)
+            self._rss_reported.add(worker_id)
             self._feed(ev.WorkerOverLimit(worker_id))
         self._arm_rss_check()
 
