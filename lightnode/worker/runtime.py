@@ -21,8 +21,9 @@ The wire (defined here once; the daemon imports these names):
 Frames travel on two dedicated pipe fds, never on stdout/stderr, so `print()`
 in user code cannot corrupt the channel; stdout and stderr go to the node's log.
 The loop has the shape of CPython's `_process_worker`: read a frame, call, write
-one answer. It exits when its input pipe reaches EOF (the node is gone) and
-ignores SIGINT so the terminal's Ctrl-C reaches the node, which drains first.
+one answer. It exits when its input pipe reaches EOF (a stop, or the node is
+gone), within EXIT_GRACE_S even if user code left a thread running, and ignores
+SIGINT so the terminal's Ctrl-C reaches the node, which drains first.
 """
 
 from __future__ import annotations
@@ -861,6 +862,41 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
         write_frame(fd_out, answer_kind, answer, elapsed)
 
 
+# Once the serving loop has ended (the node closed the call pipe to stop this pipeline,
+# or died), the process ends within this many seconds even if user code left a
+# non-daemon thread running (a heartbeat, a library's monitor): the interpreter's exit
+# would wait for that thread for ever, and the node would SIGTERM the process only after
+# 5 s, each stopped pipeline holding its memory meanwhile (many at once, as a pool
+# under load stops and starts pipelines all the time). Threads that end within it leave
+# the exit as it was: the atexit handlers run after them, for as long as they take.
+EXIT_GRACE_S = 1.0
+
+
+def _exit_within(grace_s: float, code: int) -> None:
+    """End the process `grace_s` from now with `code` if the threads of user code still run then.
+
+    The interpreter runs the atexit handlers once every non-daemon thread has ended;
+    the first of them (the last registered: this one) calls the forced exit off.
+    """
+    import atexit
+    import threading
+
+    exiting = threading.Event()
+
+    def leave() -> None:
+        if exiting.wait(grace_s):
+            return  # the threads ended: the normal exit goes on
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # user code may have replaced or closed it
+                pass
+        os._exit(code)
+
+    threading.Thread(target=leave, name="lightnode-exit", daemon=True).start()
+    atexit.register(exiting.set)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     fd_in, fd_out, spec = int(args[0]), int(args[1]), _loads(args[2])
@@ -872,7 +908,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGUSR1, _on_kill_notice)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
     _route_user_logging()
-    return serve(fd_in, fd_out, spec)
+    code = serve(fd_in, fd_out, spec)
+    _exit_within(EXIT_GRACE_S, code)
+    return code
 
 
 if __name__ == "__main__":
