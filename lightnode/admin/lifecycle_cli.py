@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +30,7 @@ from lightnode.admin.service_layer import ServiceLayer, parse_mapping_args
 from lightnode.config.load import parse_endpoint_config
 from lightnode.config.model import EndpointConfig, check_id
 from lightnode.errors import ConfigError, LightnodeError
-from lightnode.services.package import build_package
+from lightnode.services.package import build_package, is_partial_package
 from lightnode.services.store import DataDir
 
 
@@ -339,15 +341,54 @@ def run_package(args: argparse.Namespace) -> int:
     print(f"wrote {built.path} (service {built.service_id}, generation {built.generation}, "
           f"{built.files} files)")
     for earlier in built.skipped:
-        print(f"left out {earlier}: an earlier package", file=sys.stderr)
+        if is_partial_package(earlier):
+            print(f"left out {earlier}: an unfinished package (a `lightnode package` killed half way);"
+                  " delete it", file=sys.stderr)
+        else:
+            print(f"left out {earlier}: an earlier package", file=sys.stderr)
     return 0
+
+
+# deploy packages into $TMPDIR/lightnode-deploy-<pid>-<random>/: one that was killed (kill -9,
+# a closed ssh session) cannot remove its own, a zip as large as the service.
+DEPLOY_TMP_PREFIX = "lightnode-deploy-"
+_DEPLOY_TMP = re.compile(re.escape(DEPLOY_TMP_PREFIX) + r"(\d+)-")
+
+
+def remove_stale_deploy_dirs(tmp_dir: Path) -> None:
+    """Remove the temporary directories of deploys whose process is gone. Those of
+    running deploys, of other users (not ours to remove) and names without a pid stay."""
+    try:
+        with os.scandir(tmp_dir) as entries:
+            names = [e.name for e in entries if e.name.startswith(DEPLOY_TMP_PREFIX) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for name in names:
+        match = _DEPLOY_TMP.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # a deploy still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # another user's process, or not a pid
+        try:
+            if os.stat(tmp_dir / name, follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(tmp_dir / name, ignore_errors=True)
 
 
 def run_deploy(args: argparse.Namespace) -> int:
     """package + import + switch."""
     from lightnode.cli import CliError
 
-    with tempfile.TemporaryDirectory(prefix="lightnode-deploy-") as tmp:
+    remove_stale_deploy_dirs(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=f"{DEPLOY_TMP_PREFIX}{os.getpid()}-") as tmp:
         # The node opens the package by path: one running as another user (systemd's
         # `lightnode`) must be able to enter the directory (mkdtemp makes it 0700).
         os.chmod(tmp, 0o755)

@@ -40,13 +40,30 @@ from lightnode.config.load import (
     merge_tuning,
     parse_endpoint_config,
     write_endpoint_config,
+    write_file_atomically,
 )
 from lightnode.config.model import EndpointConfig, check_id
 from lightnode.errors import ConfigError, LightnodeError
 from lightnode.services.codeenv import CodeEnvError, build_env_for_generation
 from lightnode.services.model import load_service_dir
-from lightnode.services.package import ImportedPackage, PackageRefused, import_package
-from lightnode.services.store import DataDir, MappingEntry, ServiceState, parse_mapping
+from lightnode.services.package import (
+    GRAVEYARD_PREFIX,
+    ImportedPackage,
+    PackageRefused,
+    import_done,
+    import_given_up,
+    import_package,
+    import_pending,
+    remove_stale_staging,
+)
+from lightnode.services.store import (
+    STATE_FILE_MODE,
+    DataDir,
+    MappingEntry,
+    ServiceState,
+    flush_directory,
+    parse_mapping,
+)
 
 MountedView = Callable[[str], "set[str] | None"]
 # For (service, endpoint): the tuning a running node has in force, if known.
@@ -147,15 +164,18 @@ class ServiceLayer:
         return [self.service_info(sid) for sid in self.data_dir.service_ids()]
 
     def create_service(self, service_id: str) -> dict[str, Any]:
-        """POST services/: an empty, disabled service."""
+        """POST services/: an empty, disabled service (flushed to disk before the answer:
+        a power cut right after it must not leave an empty state.json)."""
         path = self.data_dir.service_dir(service_id)
         if os.path.lexists(path):
             raise LightnodeError("BadRequest", f"Service {service_id} already exists")
         staging = self._staging(f"create-{service_id}")
         try:
             (staging / "generations").mkdir()
-            (staging / "state.json").write_text(_state_text(ServiceState(enabled=False)))
+            state = _state_text(ServiceState(enabled=False)).encode("utf-8")
+            write_file_atomically(staging / "state.json", state, mode=STATE_FILE_MODE)  # + fsync of staging
             os.rename(staging, path)
+            flush_directory(self.data_dir.services_dir)
         except OSError:
             if os.path.lexists(path):
                 raise LightnodeError("BadRequest", f"Service {service_id} already exists") from None
@@ -170,12 +190,16 @@ class ServiceLayer:
         Tuning files under config/ stay: they are the operator's configuration; so do
         the service's API keys (a re-import of the same service keeps its callers).
         The answer counts those keys (`keysKept`), as a later, unrelated service
-        deployed under the same id would accept them.
+        deployed under the same id would accept them. Graveyards that earlier deletes
+        and imports killed half way left (a service of GBs takes a while to remove)
+        go too.
         """
         path = self._require_service(service_id)
-        graveyard = self.data_dir.services_dir / f".deleted-{service_id}-{secrets.token_hex(4)}"
+        graveyard = self.data_dir.services_dir / f"{GRAVEYARD_PREFIX}{service_id}-{secrets.token_hex(4)}"
         os.rename(path, graveyard)
+        flush_directory(self.data_dir.services_dir)  # deleted for good, even if a power cut follows
         shutil.rmtree(graveyard, ignore_errors=True)
+        remove_stale_staging(self.data_dir.services_dir)
         try:
             self.keys.load()
             kept = sum(1 for entry in self.keys.entries() if entry.service_id == service_id)
@@ -233,10 +257,13 @@ class ServiceLayer:
             raise LightnodeError("BadRequest", f"filePath must be an absolute path (got {str(archive)!r})")
         if not path.is_file():
             raise LightnodeError("BadRequest", f"No such archive: {path}")
+        # Pending until its envs are built: an import killed meanwhile is replaced by the
+        # next import of the same generation, and no switch goes to it.
         result: ImportedPackage = import_package(
-            self.data_dir, service_id, path, max_bytes=self.max_package_bytes
+            self.data_dir, service_id, path, max_bytes=self.max_package_bytes, pending=True
         )
         self._build_envs(result, str(path))
+        import_done(result)
         return {
             "serviceId": result.service_id,
             "generation": result.generation,
@@ -272,9 +299,10 @@ class ServiceLayer:
 
     def _remove_generation(self, imported: ImportedPackage) -> None:
         """Take a generation just imported (never mapped yet) out again, in one rename."""
+        import_given_up(imported)
         services = self.data_dir.services_dir
         token = secrets.token_hex(4)
-        graveyard = services / f".deleted-{imported.service_id}-{imported.generation}-{token}"
+        graveyard = services / f"{GRAVEYARD_PREFIX}{imported.service_id}-{imported.generation}-{token}"
         os.rename(imported.path, graveyard)
         shutil.rmtree(graveyard, ignore_errors=True)
         if imported.created_service:
@@ -283,7 +311,7 @@ class ServiceLayer:
                 os.rmdir(self.data_dir.generations_dir(imported.service_id))
             except OSError:
                 return  # another generation arrived meanwhile: keep the service
-            graveyard = services / f".deleted-{imported.service_id}-{token}"
+            graveyard = services / f"{GRAVEYARD_PREFIX}{imported.service_id}-{token}"
             os.rename(service_dir, graveyard)
             shutil.rmtree(graveyard, ignore_errors=True)
 
@@ -307,6 +335,11 @@ class ServiceLayer:
         root = self.data_dir.generation_dir(service_id, generation)
         if not root.is_dir():
             raise LightnodeError("NotFound", f"Generation {generation} of service {service_id} does not exist")
+        pending = import_pending(root)
+        if pending is not None:
+            why = ("its import is still building its code envs" if pending else
+                   "its import was killed before its code envs were built: import the package again")
+            raise LightnodeError("BadRequest", f"Generation {generation} of service {service_id} is not fully imported: {why}")
         load_service_dir(root)  # ConfigError: never switch to a generation that cannot load
 
     # ---------------------------------------------------- state.json edits
@@ -363,6 +396,9 @@ class ServiceLayer:
             builds = build_env_for_generation(self.data_dir, service_id, generation, progress=self._env_progress)
         except (CodeEnvError, ConfigError) as exc:
             raise LightnodeError("BadRequest", str(exc)) from None
+        root = self.data_dir.generation_dir(service_id, generation)
+        if import_pending(root) is False:  # an import killed before it built them: now complete
+            import_done(ImportedPackage(service_id, generation, root, False, 0))
         return {
             "serviceId": service_id,
             "generation": generation,
@@ -436,7 +472,7 @@ class ServiceLayer:
         """
         path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
         config = parse_endpoint_config(raw, source=str(path))
-        write_endpoint_config(path, config)
+        _write_tuning(path, config)
         return endpoint_config_to_json(config)
 
     def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -469,14 +505,7 @@ class ServiceLayer:
         # Errors name the file the command writes, also when it does not exist yet.
         base = EndpointConfig(pool=base.pool, limits=base.limits, source=str(path))
         config = merge_tuning(base, overrides)
-        try:
-            write_endpoint_config(path, config)
-        except OSError as exc:
-            # Not the temp file's name and "[Errno 30]": the file the command writes, and why.
-            hint = ""
-            if exc.errno == errno.EROFS:
-                hint = " (a read-only mount, e.g. a Kubernetes ConfigMap: change the tuning where it comes from)"
-            raise LightnodeError("InternalError", f"cannot write {path}: {exc.strerror or exc}{hint}") from None
+        _write_tuning(path, config)
         answer = endpoint_config_to_json(config)
         notes = [n for n in (note, self._unknown_endpoint(service_id, endpoint_id)) if n]
         if notes:
@@ -550,6 +579,22 @@ class ServiceLayer:
         except KeyError:
             raise LightnodeError("NotFound", missing) from None
         return {"deleted": entry.id}
+
+
+def _write_tuning(path: Path, config: EndpointConfig) -> None:
+    """Write a tuning file (`tune`, POST .../settings).
+
+    Raises:
+        LightnodeError: InternalError naming the file the command writes and why (not the
+            temp file's name, nor a bare "[Errno 28]" of a full disk).
+    """
+    try:
+        write_endpoint_config(path, config)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EROFS:
+            hint = " (a read-only mount, e.g. a Kubernetes ConfigMap: change the tuning where it comes from)"
+        raise LightnodeError("InternalError", f"cannot write {path}: {exc.strerror or exc}{hint}") from None
 
 
 @contextlib.contextmanager

@@ -209,7 +209,8 @@ def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None
     a regular file would cut it from the file it named (a tuning file kept in a
     config repository, say): later edits there would be ignored without a word.
     On a Kubernetes ConfigMap the named file is read-only, so that is an OSError;
-    one raised before the temporary file exists names `path`, not that file.
+    one raised before the temporary file exists names `path`, not that file, and
+    so does one of a write or fsync (a full disk), which names no file at all.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink():
@@ -225,15 +226,22 @@ def write_file_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None
             os.fchmod(tmp.fileno(), mode)
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # A full disk fails write or fsync with a bare "[Errno 28]": name the file written.
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    flush_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable. Some filesystems refuse fsync on a
-    # directory; the data is already safe in the file, so that is not an error.
+def flush_directory(directory: Path) -> None:
+    """fsync a directory, so that the entries made in it (a rename) survive a power cut.
+    Some filesystems refuse fsync on a directory; the data is already safe in the
+    files, so that is not an error."""
     try:
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -19,10 +19,25 @@ written (no "..", no absolute name, no link or special file, no duplicate,
 declared sizes within `max_bytes`); then members are extracted into a hidden
 staging directory `services/.import-<pid>-*` while the bytes actually written
 are counted (declared sizes can lie), the unpacked service.json is validated,
-and one rename puts the generation (or the whole new service) in place. On
+every file and directory staged is flushed to disk (fsync), and one rename puts
+the generation (or the whole new service) in place, itself flushed by an fsync
+of the directory that received it: an import reported done survives a power
+cut whole, and one cut short leaves at most a hidden staging directory. On
 any refusal the staging directory is removed: nothing is left behind. An
 import killed half way (kill -9, the OOM killer) cannot remove its own: the
-next import removes every staging directory whose process is gone.
+next import removes every staging directory whose process is gone, or that
+bears this very process's pid without being one of its imports in progress
+(in a container the restarted node gets the pid of the one killed). It also
+removes the graveyards `services/.deleted-*` that a delete killed half way
+left (the admin layer renames what it deletes there, then removes it).
+
+An import that has more to do once the generation is in place (the admin layer
+builds its code envs there) asks for a pending mark: the file
+`.lightnode-import-pending` (the importer's pid) in the generation, removed by
+`import_done`. A generation still marked whose importer is gone was cut short
+by a kill: `import_package` of the same generation replaces it (unless a
+mapping names it), and `import_pending` tells the admin layer not to switch to
+it.
 
 Imports: standard library, `lightnode.errors`, `lightnode.config.model`,
 `lightnode.services.model`, `lightnode.services.store`. Never the scheduler,
@@ -38,6 +53,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -48,7 +64,13 @@ from typing import IO, Any
 from lightnode.config.model import check_id, is_valid_id
 from lightnode.errors import ConfigError
 from lightnode.services.model import SERVICE_FILE, load_service_dir
-from lightnode.services.store import PACKAGE_FILE, DataDir, ServiceState
+from lightnode.services.store import (
+    PACKAGE_FILE,
+    DataDir,
+    ServiceState,
+    flush_directory,
+    flush_tree,
+)
 
 # Where folders from outside SRC_DIR are bundled inside the package.
 EXTERNAL_FOLDERS_DIR = "_folders"
@@ -75,6 +97,22 @@ COPY_CHUNK_BYTES = 1024 * 1024
 # Hidden staging directories of imports under services/: `.import-<pid>-<random>`.
 STAGING_PREFIX = ".import-"
 _STAGING = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-")
+# What is being deleted under services/: `.deleted-<S>-...` (admin.service_layer renames a
+# service or generation there, then removes it). Nothing reads it: any left is debris.
+GRAVEYARD_PREFIX = ".deleted-"
+# The staging directories of this process's imports in progress (the node runs admin
+# imports in threads), so that its own pid does not make a dead import's look alive.
+_ACTIVE_STAGING: set[str] = set()
+_ACTIVE_STAGING_LOCK = threading.Lock()
+
+# In a generation whose import has not finished (its code envs being built): the importer's pid.
+PENDING_FILE = ".lightnode-import-pending"
+# Generation directories whose import runs in this process, still pending.
+_PENDING_IMPORTS: set[str] = set()
+
+# The temporary file `_write_zip` writes a package to (`.<out name>.<mkstemp's 8>.tmp`,
+# beside it): one left by a killed `lightnode package` must not be bundled by the next.
+_PARTIAL_PACKAGE = re.compile(r"\..+\.zip\.[a-z0-9_]{8}\.tmp", re.IGNORECASE)
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -149,10 +187,16 @@ def build_package(
     members = list(_walk(src, "", skip={out}))
     for arc_dir, folder in external.items():
         members.extend(_walk(Path(folder), arc_dir, skip={out}))
-    skipped = tuple(p for _, p in members if p is not None and _is_package(p))
+    skipped = tuple(p for _, p in members if p is not None and (_is_package(p) or is_partial_package(p)))
     members = [(name, p) for name, p in members if p is None or p not in skipped]
     _write_zip(out, members, raw, manifest, rewritten=bool(external))
     return BuiltPackage(out, definition.id, generation, sum(1 for _, p in members if p), skipped)
+
+
+def is_partial_package(path: Path) -> bool:
+    """The temporary file of a package being written, or of one whose `lightnode package`
+    was killed (it is never renamed to its name then)."""
+    return _PARTIAL_PACKAGE.fullmatch(path.name) is not None
 
 
 def _is_package(path: Path) -> bool:
@@ -401,7 +445,7 @@ def read_manifest(zf: zipfile.ZipFile, source: str) -> dict[str, Any]:
 
 
 def import_package(
-    data_dir: DataDir, service_id: str, archive: Path, *, max_bytes: int
+    data_dir: DataDir, service_id: str, archive: Path, *, max_bytes: int, pending: bool = False
 ) -> ImportedPackage:
     """Unpack `archive` as a new generation of `service_id`, or refuse it whole.
 
@@ -412,11 +456,14 @@ def import_package(
         service_id: the service to import into.
         archive: a zip written by `build_package`.
         max_bytes: `limits.max_package_bytes`: most bytes the package may unpack to.
+        pending: install the generation with a pending mark, for the caller to
+            remove with `import_done` once its own part (code envs) is done.
 
     Raises:
         IdError: invalid service id.
         PackageRefused: an unsafe or invalid archive, or a generation already
-            present; nothing was written.
+            present (one whose import was killed half way is replaced, unless a
+            mapping names it); nothing was written.
     """
     check_id(service_id, "service id")
     source = str(archive)
@@ -436,21 +483,27 @@ def import_package(
         generation = str(read_manifest(zf, source)["generation"])
         target = data_dir.generation_dir(service_id, generation)
         if os.path.lexists(target):
-            raise PackageRefused(
-                source, [f"generation {generation} of service {service_id} is already present"]
-            )
+            _take_out_abandoned(data_dir, service_id, generation, source)
         data_dir.services_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(data_dir.services_dir)
-        staging = Path(
-            tempfile.mkdtemp(dir=data_dir.services_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-")
-        )
+        with _ACTIVE_STAGING_LOCK:
+            staging = Path(
+                tempfile.mkdtemp(dir=data_dir.services_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-")
+            )
+            _ACTIVE_STAGING.add(staging.name)
+        installed = False
         try:
             staged_gen = staging / "service" / "generations" / generation
             unpacked = _extract(zf, staged_gen, max_bytes=max_bytes, source=source)
             _validate_unpacked(staged_gen, source)
-            created = _install(data_dir, service_id, generation, staging, source)
+            created = _install(data_dir, service_id, generation, staging, source, pending=pending)
+            installed = True
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            with _ACTIVE_STAGING_LOCK:
+                _ACTIVE_STAGING.discard(staging.name)
+                if not installed:
+                    _PENDING_IMPORTS.discard(str(target))
     return ImportedPackage(service_id, generation, target, created, unpacked)
 
 
@@ -494,16 +547,33 @@ def count_members(handle: IO[bytes], *, stop_after: int) -> int | None:
 
 
 def remove_stale_staging(services_dir: Path) -> None:
-    """Remove the staging directories of imports whose process is gone (killed half way)."""
+    """Remove what imports and deletes killed half way left under `services_dir`: the
+    staging directories of imports whose process is gone (or that bear this process's
+    pid but are none of its imports in progress: a restarted node may get the pid of
+    the one killed), and every delete's graveyard (`.deleted-*`). Another process
+    removing a graveyard at the same time is harmless: both ignore what is gone."""
     try:
         with os.scandir(services_dir) as entries:
-            names = [e.name for e in entries if e.name.startswith(STAGING_PREFIX)]
+            names = [e.name for e in entries if e.name.startswith((STAGING_PREFIX, GRAVEYARD_PREFIX))]
     except OSError:
         return
-    for name in names:
-        match = _STAGING.match(name)
-        if match is None or _process_alive(int(match.group(1))):
-            continue  # an import in progress (or a name not ours)
+    own = os.getpid()
+    stale: list[str] = []
+    with _ACTIVE_STAGING_LOCK:  # a name judged here cannot become an import in progress later
+        for name in names:
+            if name.startswith(GRAVEYARD_PREFIX):
+                stale.append(name)
+                continue
+            match = _STAGING.match(name)
+            if match is None:
+                continue  # a name not ours
+            pid = int(match.group(1))
+            if pid == own:
+                if name not in _ACTIVE_STAGING:
+                    stale.append(name)
+            elif not _process_alive(pid):
+                stale.append(name)
+    for name in stale:
         shutil.rmtree(services_dir / name, ignore_errors=True)
 
 
@@ -555,24 +625,103 @@ def _validate_unpacked(generation_dir: Path, source: str) -> None:
         raise PackageRefused(f"{source}: {SERVICE_FILE}", exc.problems) from None
 
 
-def _install(data_dir: DataDir, service_id: str, generation: str, staging: Path, source: str) -> bool:
+def import_pending(generation_dir: Path) -> bool | None:
+    """Whether the generation's import has not finished: None when it has (or it is no
+    import's), True while its importer runs, False when that importer is gone (killed)."""
+    try:
+        text = (generation_dir / PENDING_FILE).read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return True  # unreadable: not ours to judge
+    try:
+        pid = int(text.strip())
+    except ValueError:
+        return False  # torn: its importer never finished writing it
+    if pid == os.getpid():
+        with _ACTIVE_STAGING_LOCK:
+            return str(generation_dir) in _PENDING_IMPORTS
+    return _process_alive(pid)
+
+
+def import_done(imported: ImportedPackage) -> None:
+    """Remove the pending mark of an import made with `pending=True`: it is complete."""
+    with _ACTIVE_STAGING_LOCK:
+        _PENDING_IMPORTS.discard(str(imported.path))
+    (imported.path / PENDING_FILE).unlink(missing_ok=True)
+    flush_directory(imported.path)
+
+
+def import_given_up(imported: ImportedPackage) -> None:
+    """Forget an import made with `pending=True` that the caller took out again."""
+    with _ACTIVE_STAGING_LOCK:
+        _PENDING_IMPORTS.discard(str(imported.path))
+
+
+def _take_out_abandoned(data_dir: DataDir, service_id: str, generation: str, source: str) -> None:
+    """Remove a present generation whose import was killed half way, so that the same
+    package imports again; or refuse, as for any generation present.
+
+    Raises:
+        PackageRefused: the generation is present and complete, its import still runs,
+            or a mapping names it (replacing files a node may serve is not an import's).
+    """
+    target = data_dir.generation_dir(service_id, generation)
+    present = f"generation {generation} of service {service_id} is already present"
+    state = import_pending(target)
+    if state is None:
+        raise PackageRefused(source, [present])
+    if state:
+        raise PackageRefused(source, [f"{present}: its import is still running"])
+    try:
+        mapped = generation in {e.generation for e in data_dir.read_state(service_id).entries}
+    except ConfigError:
+        mapped = True  # unknown: keep it
+    if mapped:
+        raise PackageRefused(source, [
+            f"{present}, half imported (its import was killed before its code envs were built)"
+            f" and named by the service's mapping: `lightnode admin build-env {service_id} {generation}`"
+            " completes it"
+        ])
+    graveyard = data_dir.services_dir / f"{GRAVEYARD_PREFIX}{service_id}-{generation}-{os.urandom(4).hex()}"
+    try:
+        os.rename(target, graveyard)
+    except OSError as exc:
+        raise PackageRefused(source, [f"{present}, half imported, and cannot be replaced: {exc.strerror or exc}"]) from None
+    flush_directory(target.parent)
+    shutil.rmtree(graveyard, ignore_errors=True)
+
+
+def _install(
+    data_dir: DataDir, service_id: str, generation: str, staging: Path, source: str, *, pending: bool = False
+) -> bool:
     """Move the staged generation into place; True when the service was created."""
     staged_service = staging / "service"
     staged_gen = staged_service / "generations" / generation
     _stamp_import_time(staged_gen)
+    if pending:
+        (staged_gen / PENDING_FILE).write_text(f"{os.getpid()}\n", encoding="ascii")
+        with _ACTIVE_STAGING_LOCK:
+            _PENDING_IMPORTS.add(str(data_dir.generation_dir(service_id, generation)))
     service_dir = data_dir.service_dir(service_id)
-    if not os.path.lexists(service_dir):
+    created_service = not os.path.lexists(service_dir)
+    if created_service:
         state = ServiceState(enabled=False, entries=())
         (staged_service / "state.json").write_text(json.dumps(state.to_json(), indent=2) + "\n")
+    _flush_tree(staged_service, source)
+    if created_service:
         try:
             os.rename(staged_service, service_dir)
+            flush_directory(data_dir.services_dir)
             return True
         except OSError:
             if not os.path.lexists(service_dir):
                 raise
             # created meanwhile by someone else: add the generation to it
     generations = data_dir.generations_dir(service_id)
-    generations.mkdir(parents=True, exist_ok=True)
+    if not generations.is_dir():
+        generations.mkdir(parents=True, exist_ok=True)
+        flush_directory(service_dir)
     target = generations / generation
     if os.path.lexists(target):
         raise PackageRefused(source, [f"generation {generation} of service {service_id} is already present"])
@@ -580,7 +729,26 @@ def _install(data_dir: DataDir, service_id: str, generation: str, staging: Path,
         os.rename(staged_gen, target)
     except OSError as exc:
         raise PackageRefused(source, [f"cannot install generation {generation}: {exc.strerror or exc}"]) from None
+    flush_directory(generations)
     return False
+
+
+def _flush_tree(root: Path, source: str) -> None:
+    """fsync every file, then every directory, under `root` (`store.flush_tree`).
+
+    Unflushed, the files of an import that answered done may be lost to a power cut
+    in the seconds after it, while the rename that installed them survives: a
+    generation in place with empty files (ext4 writes data back after the metadata).
+
+    Raises:
+        PackageRefused: a file cannot be flushed (a full disk or an I/O error that
+            only shows now, as on NFS).
+    """
+    try:
+        flush_tree(root)
+    except OSError as exc:
+        where = Path(exc.filename).relative_to(root).as_posix() if exc.filename else root.name
+        raise PackageRefused(source, [f"cannot write {where} to disk: {exc.strerror or exc}"]) from None
 
 
 def _stamp_import_time(generation_dir: Path) -> None:

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lightnode.config.load import flush_directory as flush_directory  # re-exported: package, admin
 from lightnode.config.load import write_file_atomically
 from lightnode.config.model import check_id, is_valid_id
 from lightnode.config.validate import load_json_document, read_config_bytes
@@ -276,8 +277,10 @@ class DataDir:
             _write_json_atomic(generation / PACKAGE_FILE, package)
             state = ServiceState(True, (MappingEntry(SAMPLE_GENERATION, 1.0),))
             _write_json_atomic(staging / STATE_FILE, state.to_json())
+            flush_tree(staging)  # a power cut right after `init` must not leave empty files
             try:
                 os.rename(staging, target)
+                flush_directory(self.services_dir)
             except OSError:
                 if not os.path.lexists(target):
                     raise  # otherwise another process installed it first: keep theirs
@@ -373,6 +376,32 @@ def _write_json_atomic(path: Path, payload: object) -> None:
     """
     data = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
     write_file_atomically(path, data, mode=STATE_FILE_MODE)
+
+
+def flush_tree(root: Path) -> None:
+    """fsync every file, then every directory, under `root` (itself included), so that
+    a tree about to be renamed into place survives a power cut whole. One pass after
+    the tree is written, not one per file: the kernel has started writing most of it
+    back meanwhile.
+
+    Raises:
+        OSError: a file cannot be flushed (a full disk, an I/O error); names the file.
+    """
+    directories: list[str] = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        directories.append(dirpath)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, path) from None
+    for directory in reversed(directories):
+        flush_directory(Path(directory))
 
 
 def _utc(timestamp: float) -> datetime:
