@@ -57,6 +57,7 @@ from lightnode.observe.metrics import MetricsCollector, RequestMetrics
 from lightnode.observe.querylog import QueryLog
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.worker_handle import flush_user_output
+from lightnode.services.package import remove_stale_staging
 from lightnode.services.store import DataDir
 
 log = logging.getLogger("lightnode")
@@ -408,6 +409,8 @@ async def serve(options: DaemonOptions) -> int:
         for lock in locks:
             lock.acquire()
             held.append(lock)
+        # What imports and deletes killed with the last node left (up to a package's size each).
+        remove_stale_staging(data_dir.services_dir)
         node = Node(options, settings)
         try:
             await node.start()
