@@ -9,9 +9,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import until
-
 from lightnode.services.package import build_package
+from tests.conftest import until
 
 
 def make_package(tmp_path: Path, generation: str, files: int = 300) -> Path:
