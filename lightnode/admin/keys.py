@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 from lightnode.config.load import write_file_atomically
@@ -100,8 +100,56 @@ def is_loopback(client: str) -> bool:
         return False
 
 
-def unauthorized() -> LightnodeError:
-    return LightnodeError("Unauthorized", "Unknown API key", headers=UNAUTHORIZED_HEADERS)
+HOW_TO_SEND: Final = "send the key as the HTTP Basic user name or as Authorization: Bearer KEY"
+
+
+def unauthorized(authorization: bytes | None = None, key: str | None = None) -> LightnodeError:
+    """401 Unauthorized. Its message is SPEC §3.4's (and DSS's) for every case; its
+    detailedMessage says when no key came at all, or came in a way the node does not
+    read (a header of another scheme, a bare key), so a caller whose key is right but
+    sent wrongly is not told that the key is unknown. It never repeats what was sent."""
+    detail = "Unknown API key"
+    if key is None:
+        raw = (authorization or b"").strip()
+        if not raw:
+            detail = f"No API key sent: {HOW_TO_SEND}"
+        else:
+            scheme = raw.partition(b" ")[0].decode("latin-1")
+            if scheme.lower() in ("bearer", "basic"):
+                detail = f"The Authorization header's {scheme} credentials hold no key: {HOW_TO_SEND}"
+            elif b" " not in raw or looks_like_key(scheme):
+                detail = f"The Authorization header holds no scheme: {HOW_TO_SEND}"
+            else:
+                detail = f"Authorization scheme {scheme[:20]!r} is not supported: {HOW_TO_SEND}"
+    return LightnodeError("Unauthorized", "Unknown API key", detail, headers=UNAUTHORIZED_HEADERS)
+
+
+# Refused requests are logged at most once per client in this many seconds, with a count
+# of those left out: a client with a stale key retrying in a loop (or a scan) would
+# otherwise write one line per request, rotating the log's history away in minutes.
+AUTH_LOG_INTERVAL_S: Final = 10.0
+_AUTH_LOG_CLIENTS: Final = 4096  # clients remembered at most; beyond, the table starts over
+
+
+class FailureLog:
+    """The audit lines of refused requests, at most one per client per AUTH_LOG_INTERVAL_S."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, int]] = {}  # client -> (time of its line, left out since)
+
+    def warning(self, client: str, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(client)
+        if last is not None and now - last[0] < AUTH_LOG_INTERVAL_S:
+            self._last[client] = (last[0], last[1] + 1)
+            return
+        if last is None and len(self._last) >= _AUTH_LOG_CLIENTS:
+            self._last.clear()
+        self._last[client] = (now, 0)
+        if last is not None and last[1]:
+            fmt += " (and %d more refused from this client since its last line)"
+            args = (*args, last[1])
+        audit.warning(fmt, *args)
 
 
 def presented_key(authorization: bytes | None) -> str | None:
@@ -278,6 +326,7 @@ class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._entries: tuple[KeyEntry, ...] = ()
+        self.failures = FailureLog()
 
     # ------------------------------------------------------------ reading
 
@@ -333,8 +382,8 @@ class KeyStore:
         if entry is not None and entry.service_id == service_id:
             return entry
         reason = "no key" if key is None else f"key {fingerprint(key)} not valid for this service"
-        audit.warning("auth failure: service %s from %s: %s", service_id, client, reason)
-        raise unauthorized()
+        self.failures.warning(client, "auth failure: service %s from %s: %s", service_id, client, reason)
+        raise unauthorized(authorization, key)
 
     def check_admin_request(self, authorization: bytes | None, client: str) -> KeyEntry | None:
         """Admin API access: an admin key, or loopback while no admin key exists.
@@ -354,8 +403,8 @@ class KeyStore:
         if entry is not None and entry.admin:
             return entry
         reason = "no key" if key is None else f"key {fingerprint(key)} is not an admin key"
-        audit.warning("admin auth failure from %s: %s", client, reason)
-        raise unauthorized()
+        self.failures.warning(client, "admin auth failure from %s: %s", client, reason)
+        raise unauthorized(authorization, key)
 
     # ------------------------------------------------------------ mutations
 

@@ -133,3 +133,52 @@ def test_failures_are_logged_without_the_key(store: KeyStore, caplog: pytest.Log
         store.check_service_request(basic(key[:-1]), "s", "10.1.2.3")
     assert "10.1.2.3" in caplog.text and "auth failure" in caplog.text
     assert key not in caplog.text and key[:-1] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("authorization", "detail"),
+    [
+        (None, "No API key sent: send the key as the HTTP Basic user name or as Authorization: Bearer KEY"),
+        (b"Token abc", "Authorization scheme 'Token' is not supported: send the key as"),
+        (b"lnk_" + b"a" * 43, "The Authorization header holds no scheme: send the key as"),
+        (b"Bearer ", "The Authorization header's Bearer credentials hold no key: send the key as"),
+        (b"Basic !!!notbase64", "The Authorization header's Basic credentials hold no key: send the key as"),
+        (b"Bearer lnk_wrong", "Unknown API key"),
+    ],
+)
+def test_a_refusal_says_when_no_key_came_or_came_in_a_way_not_read(
+    store: KeyStore, authorization: bytes | None, detail: str
+) -> None:
+    """A right key sent the wrong way (curl -H "Authorization: $KEY") was told the key is
+    unknown. The message stays SPEC §3.4's; detailedMessage tells, never echoing a key."""
+    with pytest.raises(LightnodeError) as info:
+        store.check_service_request(authorization, "s", "10.1.2.3")
+    error = info.value
+    assert (error.status, error.error_type, error.message) == (401, "Unauthorized", "Unknown API key")
+    assert error.detailed_message.startswith(detail)
+    assert "lnk_" not in error.detailed_message
+
+
+def test_refusals_are_logged_once_per_client_per_interval_with_a_count(
+    store: KeyStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client retrying a stale key in a loop wrote one audit line per request (200,000
+    lines, 28 MB, for as many requests), rotating the log's history away."""
+    from lightnode.admin import keys
+
+    now = [1000.0]
+    monkeypatch.setattr(keys.time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.INFO, logger="lightnode.audit")
+    for _ in range(100):
+        with pytest.raises(LightnodeError):
+            store.check_service_request(None, "s", "10.1.2.3")
+    with pytest.raises(LightnodeError):
+        store.check_service_request(None, "s", "10.9.9.9")  # another client: its own line
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["auth failure: service s from 10.1.2.3: no key", "auth failure: service s from 10.9.9.9: no key"]
+    now[0] += keys.AUTH_LOG_INTERVAL_S
+    with pytest.raises(LightnodeError):
+        store.check_service_request(None, "s", "10.1.2.3")
+    assert caplog.records[-1].getMessage() == (
+        "auth failure: service s from 10.1.2.3: no key (and 99 more refused from this client since its last line)"
+    )
