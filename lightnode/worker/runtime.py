@@ -645,6 +645,8 @@ def call_once(binder: Binder, body: bytes, dev: bool) -> Tuple[int, bytes, int]:
             message = "%s: nested too deep: more than %d levels" % (_BAD_BODY, UJSON_MAX_DEPTH)
             return ERROR, _error("BadRequest", message, 400), 0
         params = None if body.strip() else {}  # an empty body: no parameters
+        if params is None:
+            return ERROR, _error("BadRequest", _BAD_BODY, 400, _parse_problem(body)), 0
     if not isinstance(params, dict):
         return ERROR, _error("BadRequest", _BAD_BODY, 400), 0
     problem = binder.problems(params)
@@ -665,6 +667,23 @@ def call_once(binder: Binder, body: bytes, dev: bool) -> Tuple[int, bytes, int]:
 
 
 _BAD_BODY = "Could not parse a JsonObject from request body"
+
+
+def _parse_problem(body: bytes) -> Optional[str]:
+    """For a body that begins as a JSON object but does not parse: why and where, in the
+    standard library's words (ujson's say neither), for the detailedMessage. None for
+    anything else: the node names what such a body is (a form, a JSON array...)."""
+    if body.lstrip()[:1] != b"{":
+        return None
+    import json
+
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        return "%s: %s: line %d column %d (char %d)" % (_BAD_BODY, exc.msg, exc.lineno, exc.colno, exc.pos)
+    except (ValueError, RecursionError):  # not UTF-8 (the node says so), or too deep
+        return None
+    return None  # the two parsers disagree: nothing more precise to say
 
 
 def _error(error_type: str, message: str, status: int, detailed: Optional[str] = None) -> bytes:

@@ -217,6 +217,24 @@ def test_call_once_bad_json(body: bytes) -> None:
     assert error["message"] == "Could not parse a JsonObject from request body"
 
 
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"x": 1,}', "Expecting property name enclosed in double quotes: line 1 column 9 (char 8)"),
+        (b"{'x': 1}", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        (b'{"x": 1} {"y": 2}', "Extra data: line 1 column 10 (char 9)"),
+        (b'{\n  "x": 1 // a comment\n}', "Expecting ',' delimiter: line 2 column 10 (char 11)"),
+    ],
+)
+def test_call_once_says_where_a_body_that_begins_as_an_object_stops_parsing(body: bytes, where: str) -> None:
+    """A trailing comma, single quotes, a comment: the message stays DSS's, and the
+    detailedMessage says why and where, as the standard library's parser does."""
+    kind, answer, _ = runtime.call_once(_binder("def f(**k): return k"), body, False)
+    error = json.loads(answer)
+    assert (kind, error["message"]) == (ERROR, "Could not parse a JsonObject from request body")
+    assert error["detailedMessage"] == f"Could not parse a JsonObject from request body: {where}"
+
+
 def test_call_once_body_nested_too_deep_says_so() -> None:
     depth = runtime.UJSON_MAX_DEPTH + 1
     body = b'{"a":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
