@@ -206,6 +206,22 @@ def call_mapping(args: argparse.Namespace, operation: str, *params: Any, target:
         raise _cli_error(exc.message) from None
 
 
+def not_serving(target: Any, service_id: str, generation: str) -> bool:
+    """After a switch a node applied: True, having said why on stderr, when the generation
+    switched to does not serve (it failed to load). The node refuses such a switch while
+    an older generation serves; with nothing to keep (a first deploy, a failing old one)
+    it applies it, and the command must not then say "deployed" and exit 0."""
+    if not isinstance(target, RemoteAdmin):
+        return False
+    failures = target.load_failures(service_id, generation, timeout_s=IN_FORCE_TIMEOUT_S)
+    if failures:
+        print(f"lightnode: {service_id} is switched to generation {generation}, but it does not serve:",
+              file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+    return bool(failures)
+
+
 # ----------------------------------------------------------------- commands
 
 
@@ -244,10 +260,13 @@ def _import(args: argparse.Namespace) -> int:
 
 def _switch(args: argparse.Namespace) -> int:
     service = check_id(args.service, "service id")
+    target = mapping_target(args)
     if args.newest:
-        result = call_mapping(args, "switch_to_newest", service)
+        result = call_mapping(args, "switch_to_newest", service, target=target)
     else:
-        result = call_mapping(args, "switch_to", service, check_id(args.generation, "generation id"))
+        result = call_mapping(args, "switch_to", service, check_id(args.generation, "generation id"), target=target)
+    if not_serving(target, service, result["switchedToGeneration"]):
+        return 1
     print(f"{service}: switched to {result['switchedToGeneration']}")
     return 0
 
@@ -402,6 +421,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         print(f"imported {built.service_id} generation {built.generation}", file=sys.stderr)
         target = mapping_target(args)
         call_mapping(args, "switch_to", built.service_id, built.generation, target=target)
+    if not_serving(target, built.service_id, built.generation):
+        return 1
     print(f"deployed {built.service_id} generation {built.generation}")
     if isinstance(target, ServiceLayer):
         # No node loaded it: a syntax error in the code would only show when one starts.

@@ -196,6 +196,24 @@ class RemoteAdmin:
                 return {"pool": dict(config.get("pool") or {}), "limits": dict(config.get("limits") or {})}
         return None
 
+    def load_failures(self, service_id: str, generation: str, timeout_s: float | None = None) -> list[str]:
+        """Why `generation` of `service_id` does not serve on the node, one line per
+        endpoint that failed to load (or the generation's own error); [] when it loads,
+        or when the node cannot tell."""
+        try:
+            stats = self.call("GET", f"services/{_quote(service_id)}/stats", timeout_s=timeout_s)
+        except RemoteError:
+            return []
+        stats = stats if isinstance(stats, dict) else {}
+        failures = []
+        error = (stats.get("generationErrors") or {}).get(generation)
+        if error:
+            failures.append(f"generation {generation}: {error}")
+        for endpoint in stats.get("endpoints") or []:
+            if endpoint.get("generation") == generation and endpoint.get("loadState") == "failed":
+                failures.append(f"endpoint {endpoint.get('endpointId')}: {endpoint.get('lastLoadError')}")
+        return failures
+
     def list_keys(self) -> Any:
         return self.call("GET", "keys")
 

@@ -62,6 +62,26 @@ def test_a_deploy_the_running_node_refuses_is_reported_as_failed(tmp_path: Path,
     assert node.run("svc", "e")[1]["response"] == "g3"
 
 
+def test_a_first_deploy_that_cannot_load_is_reported_as_failed(tmp_path: Path, node_factory: Any) -> None:
+    # Was: exit 0 and "deployed svc generation g1" while every request got 503: with no
+    # generation serving before, the node applies the switch (nothing to keep).
+    data = tmp_path / "data"
+    node = node_factory(data)
+    src = write_service_src(tmp_path / "src", "svc", {"e": BROKEN})
+    first = deploy(src, data, "g1")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "deployed" not in first.stdout
+    assert "svc is switched to generation g1, but it does not serve:" in first.stderr
+    assert "endpoint e: Failed to load endpoint: RuntimeError: boom at init" in first.stderr, first.stderr
+    assert node.run("svc", "e")[0] == 503
+    switch = lightnode("admin", "switch", "svc", "g1", "--url", node.url)  # the same through --url
+    assert switch.returncode == 1 and "endpoint e: Failed to load endpoint: RuntimeError: boom at init" in switch.stderr, switch.stderr
+    (src / "e.py").write_text(GOOD.format(generation="g2"))
+    fixed = deploy(src, data, "g2")
+    assert fixed.returncode == 0, fixed.stderr
+    assert node.run("svc", "e")[1]["response"] == "g2"
+
+
 def test_without_a_running_node_deploy_only_writes_the_files(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert lightnode("init", str(data)).returncode == 0
