@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, Node, until, write_service, write_tuning
+from tests.conftest import REPO, Node, until, write_service, write_tuning
 
 # Each call notes its id in a file when it starts, then sleeps: what ran is on disk.
 MARKED = """\
