@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,10 @@ class Registry:
 
     def _load_generation(self, service_id: str, generation: str) -> GenerationRuntime:
         root = self.data_dir.generation_dir(service_id, generation)
+        if not os.path.lexists(root):  # a hand-edited state.json, or a generation deleted by hand
+            error = f"generation {generation} does not exist (state.json names it; see `lightnode admin generations {service_id}`)"
+            log.error("service %s: %s", service_id, error)
+            return GenerationRuntime(generation, None, load_error=error)
         try:
             definition = load_service_dir(root)
         except (ConfigError, OSError) as exc:

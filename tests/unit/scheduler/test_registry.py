@@ -340,3 +340,18 @@ def test_a_tuning_file_refused_with_no_good_values_before_says_defaults_are_in_f
         assert registry.endpoint_config("demo", "e") == good
     finally:
         loop.close()
+
+
+def test_a_state_json_naming_a_generation_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """Was: ".../generations/gone/service.json: file does not exist", as if a file were missing."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    (root / "services" / "demo" / "state.json").write_text(
+        json.dumps({"enabled": True, "mapping": {"entries": [{"generation": "gone", "proba": 1.0}]}}))
+    node = Node(root)
+    try:
+        assert node.runtime.generations["gone"].load_error == (
+            "generation gone does not exist (state.json names it; see `lightnode admin generations demo`)"
+        )
+    finally:
+        node.close()
