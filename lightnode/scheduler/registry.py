@@ -63,10 +63,12 @@ class ServiceRuntime:
     state_refused: bool = False
 
 
-def resolve_python(code_env: object, root: Path, data_dir: DataDir) -> str:
+def resolve_python(code_env: object, root: Path, data_dir: DataDir, service_id: str, generation: str) -> str:
     """The interpreter for an endpoint's `code_env` (SPEC §7.2; see services.codeenv)."""
+    # Not the data dir's path: the message reaches public clients in the 503.
+    build = f"lightnode admin build-env {service_id} {generation} --data-dir DIR"
     try:
-        return interpreter_for(code_env, root, data_dir.code_envs_dir)
+        return interpreter_for(code_env, root, data_dir.code_envs_dir, build)
     except CodeEnvError as exc:
         raise LightnodeError("EndpointUnavailable", str(exc)) from None
 
@@ -205,7 +207,7 @@ class Registry:
             function=endpoint.function,
             folders=tuple(endpoint.folders),
             env=dict(endpoint.env),
-            python=resolve_python(endpoint.code_env, root, self.data_dir),
+            python=resolve_python(endpoint.code_env, root, self.data_dir, service_id, gen.generation),
             port=self.port,
             dev=self.dev,
         )

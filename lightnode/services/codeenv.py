@@ -178,13 +178,14 @@ def find_python(python: str | None, root: Path) -> str:
     return found
 
 
-def interpreter_for(code_env: object, root: Path, code_envs_dir: Path) -> str:
+def interpreter_for(code_env: object, root: Path, code_envs_dir: Path, build_command: str | None = None) -> str:
     """The interpreter that runs an endpoint's pipelines (SPEC §7.2).
 
     Args:
         code_env: the endpoint's `code_env` value from service.json.
         root: the service (generation) root; relative paths resolve against it.
         code_envs_dir: `DATA_DIR/code-envs`.
+        build_command: the command that builds the env, for the error when it is not built.
 
     Raises:
         CodeEnvError: the interpreter or venv does not exist, or the
@@ -200,7 +201,7 @@ def interpreter_for(code_env: object, root: Path, code_envs_dir: Path) -> str:
             return str(plan.interpreter)
         raise CodeEnvError(
             f"code env {plan.hash} ({plan.python.ident}, {plan.requirements_path.name}) is not built: "
-            "run `lightnode admin build-env SERVICE GENERATION --data-dir DIR`"
+            f"run `{build_command or 'lightnode admin build-env SERVICE GENERATION --data-dir DIR'}`"
         )
     raise CodeEnvError(f"code_env must be null, a path or an object (got {type(code_env).__name__})")
 

@@ -146,7 +146,8 @@ def test_requirements_env_is_built_once_reused_and_served(tmp_path: Path, node_f
     node = node_factory(data)
     status, body = node.run("reqs", "tiny")
     assert status == 503 and body["errorType"] == "EndpointUnavailable"
-    assert "lightnode admin build-env" in body["message"]
+    assert "run `lightnode admin build-env reqs v1 --data-dir DIR`" in body["message"]
+    assert str(data) not in body["message"]  # no server path to public clients
     node.stop()
 
     first = lightnode("admin", "build-env", "reqs", "v1", "--data-dir", str(data))
