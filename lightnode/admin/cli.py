@@ -153,6 +153,14 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+# limits.* in status, with their units; 0 is no limit.
+_LIMITS = {"exec_timeout": "ms", "max_requests": "", "max_rss_mb": "MB"}
+
+
+def _limit_text(name: str, value: object) -> str:
+    return "none" if not value else f"{value}{_LIMITS[name]}"
+
+
 def render_status(payload: dict[str, Any]) -> str:
     lines = []
     if "ready" in payload:
@@ -177,9 +185,15 @@ def render_status(payload: dict[str, Any]) -> str:
                 f" queue={ep['queueLength']} staged={ep.get('stagedRequests', 0)}"
                 f" oldest_wait={ep['oldestWaitMs']}ms"
             )
+            limits = ep["config"].get("limits") or {}
             lines.append(
                 f"    config floor={pool['floor']} cruise={pool['cruise']} ceil={pool['ceil']}"
-                f" queue={pool['queue']} timeout={pool['timeout']}ms from {ep['configSource']}"
+                f" queue={pool['queue']} timeout={pool['timeout']}ms"
+                f" scale_down_delay={pool.get('scale_down_delay', 0)}ms prefetch={pool.get('prefetch', 1)}"
+                f" from {ep['configSource']}"
+            )
+            lines.append(
+                "    limits " + " ".join(f"{name}={_limit_text(name, limits.get(name, 0))}" for name in _LIMITS)
             )
             start = ep["lastStart"]
             if start["durationMs"] is not None:

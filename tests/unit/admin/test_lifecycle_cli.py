@@ -260,6 +260,26 @@ def test_status_shows_the_switch_error() -> None:
     assert "switchError" not in render_status({"services": [{**service, "switchError": None}]})
 
 
+def test_status_shows_every_tuning_value_in_force() -> None:
+    """An operator could not tell from `status` whether an exec timeout was in force:
+    scale_down_delay, prefetch and the limits were in the stats JSON only."""
+    from lightnode.admin.cli import render_status
+
+    endpoint = {"endpointId": "e", "generation": "v1", "loadState": "ready",
+                "pipelinesByState": {"idle": 1}, "queueLength": 0, "stagedRequests": 0, "oldestWaitMs": 0.0,
+                "config": {"pool": {"floor": 1, "cruise": 2, "ceil": 4, "queue": 16, "timeout": 10000,
+                                    "scale_down_delay": 5000, "prefetch": 0},
+                           "limits": {"exec_timeout": 2000, "max_requests": 0, "max_rss_mb": 512}},
+                "configSource": "config/services/svc/e.json", "lastStart": {"secondsAgo": None, "durationMs": None},
+                "lastLoadError": None, "lastConfigError": None,
+                "counters": {"served": 0, "starts": 1, "crashes": 0, "retirements": 0, "rejections": {}}}
+    service = {"serviceId": "svc", "enabled": True, "mapping": [], "error": None, "switchError": None,
+               "generationErrors": {}, "endpoints": [endpoint]}
+    text = render_status({"services": [service]})
+    assert "scale_down_delay=5000ms prefetch=0 from config/services/svc/e.json" in text
+    assert "    limits exec_timeout=2000ms max_requests=none max_rss_mb=512MB" in text
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--data-dir", ""], ["serve", "--data-dir", ""], ["admin", "services", "--data-dir", ""],
