@@ -43,12 +43,17 @@ def test_a_stopped_pipeline_exits_although_a_user_thread_still_runs(tmp_path: Pa
     except subprocess.TimeoutExpired:
         raise AssertionError("the pipeline was still running 4.5 s after its call pipe closed") from None
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
-        if call_w >= 0:
-            os.close(call_w)
-        os.close(ans_r)
+        _end(proc, call_w, ans_r)
+
+
+def _end(proc: subprocess.Popen[bytes], call_w: int, ans_r: int) -> None:
+    """Kill the runtime if still running and close the test's ends of its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate(timeout=5)
+    if call_w >= 0:
+        os.close(call_w)
+    os.close(ans_r)
 
 
 def test_atexit_handlers_of_user_code_still_run_to_their_end(tmp_path: Path) -> None:
@@ -74,9 +79,4 @@ def test_atexit_handlers_of_user_code_still_run_to_their_end(tmp_path: Path) -> 
         assert proc.returncode == 0, stderr.decode()
         assert marker.read_text() == "done"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
-        if call_w >= 0:
-            os.close(call_w)
-        os.close(ans_r)
+        _end(proc, call_w, ans_r)
