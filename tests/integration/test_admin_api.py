@@ -74,7 +74,7 @@ def test_every_admin_client_method(node_factory: Any, tmp_path: Path) -> None:
     assert auth.list_keys() == []
     first = auth.add_key(label="ops", description="operators", created_by="test")
     assert first["key"].startswith("lnk_") and first["label"] == "ops" and first["admin"] is True
-    with pytest.raises(DataikuException, match="Unauthorized: Unknown API key"):
+    with pytest.raises(DataikuException, match="Unauthorized: No API key sent: send the key as the HTTP Basic user name"):
         client.list_services()  # an admin key exists now: loopback alone is not enough
     admin = dataikuapi.APINodeAdminClient(node.url, first["key"])
     second = admin.auth().add_key(label="ci")
