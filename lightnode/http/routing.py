@@ -130,6 +130,10 @@ def _parse_run(path: bytes) -> Route:
     return Route(RouteKind.RUN, service, endpoint)
 
 
+# The start of an API key (admin.keys.KEY_PREFIX), also percent-encoded ("lnk%5f").
+_KEY_PREFIX: Final = b"lnk"
+
+
 def _bad_run_path(path: bytes) -> BadId:
     """A /run path without exactly a service and an endpoint: what came, and what is expected.
 
@@ -139,7 +143,9 @@ def _bad_run_path(path: bytes) -> BadId:
     hint = ""
     if RUN_PREFIX in path[len(RUN_PREFIX) - 1 :]:
         hint = "; the client's base URL is the node's alone (http://host:port), without /public/api/v1"
-    return BadId(f"Not found: {path.decode('latin-1')}: expected /public/api/v1/<service>/<endpoint>/run{hint}")
+    # An API key typed into the URL (lnk_..., maybe percent-encoded): not repeated back.
+    shown = "a path holding an API key" if _KEY_PREFIX in path.lower() else path.decode("latin-1")
+    return BadId(f"Not found: {shown}: expected /public/api/v1/<service>/<endpoint>/run{hint}")
 
 
 def _parse_verb(path: bytes) -> Route | None:

@@ -24,3 +24,12 @@ def test_a_run_path_of_the_wrong_shape_shows_the_path() -> None:
     message = str(raised.value)
     assert "/public/api/v1/svc/run" in message and "expected" in message
     assert "base URL" not in message
+
+
+@pytest.mark.parametrize("path", [b"/public/api/v1/lnk_abcDEF123/run", b"/public/api/v1/svc/LNK%5Fabc/x/run"])
+def test_a_run_path_holding_an_api_key_is_not_repeated_back(path: bytes) -> None:
+    with pytest.raises(BadId) as raised:
+        parse_path(path)
+    message = str(raised.value)
+    assert "abc" not in message.lower()
+    assert message.startswith("Not found: a path holding an API key: expected /public/api/v1/<service>/<endpoint>/run")
