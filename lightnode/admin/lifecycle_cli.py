@@ -30,7 +30,7 @@ from lightnode.admin.service_layer import ServiceLayer, parse_mapping_args
 from lightnode.config.load import parse_endpoint_config
 from lightnode.config.model import EndpointConfig, check_id
 from lightnode.errors import ConfigError, LightnodeError
-from lightnode.services.package import build_package, is_partial_package
+from lightnode.services.package import build_package, is_partial_package, process_alive
 from lightnode.services.store import DataDir
 
 
@@ -386,14 +386,8 @@ def remove_stale_deploy_dirs(tmp_dir: Path) -> None:
         match = _DEPLOY_TMP.match(name)
         if match is None:
             continue
-        pid = int(match.group(1))
-        try:
-            os.kill(pid, 0)
-            continue  # a deploy still running
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue  # another user's process, or not a pid
+        if process_alive(int(match.group(1))):
+            continue  # a deploy still running (or another user's process)
         try:
             if os.stat(tmp_dir / name, follow_symlinks=False).st_uid != os.getuid():
                 continue

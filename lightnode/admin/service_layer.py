@@ -47,9 +47,9 @@ from lightnode.errors import ConfigError, LightnodeError
 from lightnode.services.codeenv import CodeEnvError, build_env_for_generation
 from lightnode.services.model import load_service_dir
 from lightnode.services.package import (
-    GRAVEYARD_PREFIX,
     ImportedPackage,
     PackageRefused,
+    bury,
     import_done,
     import_given_up,
     import_package,
@@ -195,10 +195,8 @@ class ServiceLayer:
         go too.
         """
         path = self._require_service(service_id)
-        graveyard = self.data_dir.services_dir / f"{GRAVEYARD_PREFIX}{service_id}-{secrets.token_hex(4)}"
-        os.rename(path, graveyard)
-        flush_directory(self.data_dir.services_dir)  # deleted for good, even if a power cut follows
-        shutil.rmtree(graveyard, ignore_errors=True)
+        # Flushed: deleted for good, even if a power cut follows.
+        bury(path, self.data_dir.services_dir, service_id, flush=self.data_dir.services_dir)
         remove_stale_staging(self.data_dir.services_dir)
         try:
             self.keys.load()
@@ -301,19 +299,13 @@ class ServiceLayer:
         """Take a generation just imported (never mapped yet) out again, in one rename."""
         import_given_up(imported)
         services = self.data_dir.services_dir
-        token = secrets.token_hex(4)
-        graveyard = services / f"{GRAVEYARD_PREFIX}{imported.service_id}-{imported.generation}-{token}"
-        os.rename(imported.path, graveyard)
-        shutil.rmtree(graveyard, ignore_errors=True)
+        bury(imported.path, services, f"{imported.service_id}-{imported.generation}")
         if imported.created_service:
-            service_dir = self.data_dir.service_dir(imported.service_id)
             try:
                 os.rmdir(self.data_dir.generations_dir(imported.service_id))
             except OSError:
                 return  # another generation arrived meanwhile: keep the service
-            graveyard = services / f"{GRAVEYARD_PREFIX}{imported.service_id}-{token}"
-            os.rename(service_dir, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
+            bury(self.data_dir.service_dir(imported.service_id), services, imported.service_id)
 
     def preload(self, service_id: str, generation: str) -> dict[str, Any]:
         """generations/<G>/preload: check that G exists and its service.json loads.

@@ -571,13 +571,31 @@ def remove_stale_staging(services_dir: Path) -> None:
             if pid == own:
                 if name not in _ACTIVE_STAGING:
                     stale.append(name)
-            elif not _process_alive(pid):
+            elif not process_alive(pid):
                 stale.append(name)
     for name in stale:
         shutil.rmtree(services_dir / name, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
+def bury(path: Path, services_dir: Path, tag: str, *, flush: Path | None = None) -> None:
+    """Remove `path` (a service or generation directory under `services_dir`) in one rename
+    into a graveyard `services_dir/.deleted-<tag>-<random>`, then delete that: readers see
+    it whole or gone, never half removed, and a kill half way leaves only a graveyard,
+    removed by `remove_stale_staging`. `flush`: a directory to fsync after the rename.
+
+    Raises:
+        OSError: the rename failed; nothing changed.
+    """
+    graveyard = services_dir / f"{GRAVEYARD_PREFIX}{tag}-{os.urandom(4).hex()}"
+    os.rename(path, graveyard)
+    if flush is not None:
+        flush_directory(flush)
+    shutil.rmtree(graveyard, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user's counts, as does a value that
+    is no pid): the owner of a directory named after it may still be at work."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -641,7 +659,7 @@ def import_pending(generation_dir: Path) -> bool | None:
     if pid == os.getpid():
         with _ACTIVE_STAGING_LOCK:
             return str(generation_dir) in _PENDING_IMPORTS
-    return _process_alive(pid)
+    return process_alive(pid)
 
 
 def import_done(imported: ImportedPackage) -> None:
@@ -683,13 +701,10 @@ def _take_out_abandoned(data_dir: DataDir, service_id: str, generation: str, sou
             f" and named by the service's mapping: `lightnode admin build-env {service_id} {generation}`"
             " completes it"
         ])
-    graveyard = data_dir.services_dir / f"{GRAVEYARD_PREFIX}{service_id}-{generation}-{os.urandom(4).hex()}"
     try:
-        os.rename(target, graveyard)
+        bury(target, data_dir.services_dir, f"{service_id}-{generation}", flush=target.parent)
     except OSError as exc:
         raise PackageRefused(source, [f"{present}, half imported, and cannot be replaced: {exc.strerror or exc}"]) from None
-    flush_directory(target.parent)
-    shutil.rmtree(graveyard, ignore_errors=True)
 
 
 def _install(
