@@ -450,8 +450,7 @@ def _params(exchange: Exchange) -> bytes:
 
 # What a body that the pipeline could not read as a JSON object is, when its first byte
 # says so (see _explain_bad_body).
-_JSON_VALUE_KINDS: Final[dict[bytes, str]] = {
-    b"[": "a JSON array",
+_JSON_VALUE_KINDS: Final[dict[bytes, str]] = {  # "[" and "-": see _json_kind
     b'"': "a JSON string",
     **{digit: "a JSON number" for digit in (b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9")},
 }

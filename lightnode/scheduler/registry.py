@@ -22,6 +22,7 @@ from typing import Final
 from lightnode.config.load import load_endpoint_config
 from lightnode.config.model import EndpointConfig
 from lightnode.errors import ConfigError, LightnodeError
+from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.scheduler import CallSink, EndpointPool, WorkerFactory
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec
 from lightnode.services.codeenv import CodeEnvError, interpreter_for
@@ -504,8 +505,7 @@ def _not_ready(old: ServiceRuntime | None, new: ServiceRuntime, waited_s: float)
     for name, gen in _added(old, new):
         for endpoint_id, pool in sorted(gen.pools.items()):
             snap = pool.snapshot()
-            serving = snap.pipelines.get("idle", 0) + snap.pipelines.get("busy", 0)
-            if snap.load_state != "failed" and snap.config.pool.floor > 0 and serving == 0:
+            if snap.load_state != "failed" and snap.config.pool.floor > 0 and _serving(snap) == 0:
                 return (
                     f"switch not applied: generation {name} not ready after {waited_s:g} s"
                     f" (endpoint {endpoint_id}: no pipeline has finished initializing; see"
@@ -536,5 +536,9 @@ def _settled(pool: EndpointPool) -> bool:
     snap = pool.snapshot()
     if snap.load_state == "failed":
         return True
-    serving = snap.pipelines.get("idle", 0) + snap.pipelines.get("busy", 0)
-    return serving >= snap.config.pool.floor
+    return _serving(snap) >= snap.config.pool.floor
+
+
+def _serving(snap: PoolSnapshot) -> int:
+    """Pipelines of a pool that are ready: idle or busy."""
+    return snap.pipelines.get("idle", 0) + snap.pipelines.get("busy", 0)
