@@ -165,14 +165,20 @@ def test_graveyard_of_a_killed_delete_is_removed_by_the_next_import_and_delete(
     assert sorted(p.name for p in data.services_dir.iterdir()) == []
 
 
-def test_package_leaves_out_the_partial_zip_of_a_killed_package_run(tmp_path: Path) -> None:
-    # `lightnode package . -o svc.zip` killed half way leaves its temp file
-    # `.svc.zip.<random>.tmp` in the source directory, and the next package bundled it
-    # (seen: 25 MB of a broken zip in every later generation).
+def _service_src(tmp_path: Path) -> Path:
+    """A service's source directory (SERVICE, one endpoint) under `tmp_path`."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "service.json").write_text(json.dumps(SERVICE))
     (src / "e.py").write_text("def run(x=1):\n    return x\n")
+    return src
+
+
+def test_package_leaves_out_the_partial_zip_of_a_killed_package_run(tmp_path: Path) -> None:
+    # `lightnode package . -o svc.zip` killed half way leaves its temp file
+    # `.svc.zip.<random>.tmp` in the source directory, and the next package bundled it
+    # (seen: 25 MB of a broken zip in every later generation).
+    src = _service_src(tmp_path)
     partial = src / ".s-v1.zip.k3_9xq2a.tmp"
     partial.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     own = src / ".notes.tmp"  # not one of ours: bundled as any file
@@ -201,10 +207,7 @@ def test_deploy_removes_the_temp_packages_of_killed_deploys(tmp_path: Path) -> N
 
 
 def test_deploy_names_its_temp_dir_after_its_pid(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "service.json").write_text(json.dumps(SERVICE))
-    (src / "e.py").write_text("def run(x=1):\n    return x\n")
+    src = _service_src(tmp_path)
     data = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "lightnode", "init", str(data)], check=True, capture_output=True)
     stale = tmp_path / "tmp" / f"lightnode-deploy-{dead_pid()}-abcd1234"

@@ -127,13 +127,19 @@ def test_a_switch_to_a_generation_that_cannot_load_is_refused(node: Node) -> Non
     assert node.serving() == "v1" and node.runtime.switch_error == failure
 
 
+def _with_v1(tmp_path: Path, other: str) -> Path:
+    """A data dir whose service demo has generations `other` and v1 (state.json: v1)."""
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation=other)
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    return root
+
+
 def test_a_switch_to_a_generation_with_no_pipeline_ready_in_time_is_refused(tmp_path: Path) -> None:
     """An initialization that never returns (a hang, a load slower than the warm-up time):
     past `switch_warmup_s` the switch is refused while the previous generation serves,
     and the pipelines still initializing are stopped."""
-    root = tmp_path / "data"
-    write_service(root, "demo", {"e": SOURCE}, generation="h2")
-    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    root = _with_v1(tmp_path, "h2")
     node = Node(root, switch_warmup_s=0.2)
     try:
         node.write(("h2", 1.0))
@@ -150,9 +156,7 @@ def test_a_switch_to_a_generation_with_no_pipeline_ready_in_time_is_refused(tmp_
 
 def test_past_the_warm_up_time_one_ready_pipeline_is_enough_to_switch(tmp_path: Path) -> None:
     """A pool below its floor but serving takes the traffic: the rest join as they finish."""
-    root = tmp_path / "data"
-    write_service(root, "demo", {"e": SOURCE}, generation="p2")
-    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    root = _with_v1(tmp_path, "p2")
     write_tuning(root, "demo", "e", {"pool": {"floor": 2, "cruise": 2}})
     node = Node(root, switch_warmup_s=0.2)
     try:
@@ -166,9 +170,7 @@ def test_past_the_warm_up_time_one_ready_pipeline_is_enough_to_switch(tmp_path: 
 
 def test_with_nothing_serving_a_switch_waits_no_more_than_the_warm_up_time(tmp_path: Path) -> None:
     """No previous generation serves (a first switch): nothing to keep, the switch goes ahead."""
-    root = tmp_path / "data"
-    write_service(root, "demo", {"e": SOURCE}, generation="h2")
-    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    root = _with_v1(tmp_path, "h2")
     node = Node(root, switch_warmup_s=0.2)
     try:
         node.write(("v1", 1.0), enabled=False)
