@@ -186,25 +186,25 @@ class RemoteAdmin:
 
         None also when the node cannot tell (no pool of that endpoint, an error).
         """
-        try:
-            stats = self.call("GET", f"services/{_quote(service_id)}/stats", timeout_s=timeout_s)
-        except RemoteError:
-            return None
-        for endpoint in (stats or {}).get("endpoints") or []:
+        for endpoint in self._stats(service_id, timeout_s).get("endpoints") or []:
             config = endpoint.get("config")
             if endpoint.get("endpointId") == endpoint_id and isinstance(config, dict):
                 return {"pool": dict(config.get("pool") or {}), "limits": dict(config.get("limits") or {})}
         return None
 
+    def _stats(self, service_id: str, timeout_s: float | None) -> dict[str, Any]:
+        """GET services/<S>/stats, or {} when the node cannot tell (an error, no such service)."""
+        try:
+            stats = self.call("GET", f"services/{_quote(service_id)}/stats", timeout_s=timeout_s)
+        except RemoteError:
+            return {}
+        return stats if isinstance(stats, dict) else {}
+
     def load_failures(self, service_id: str, generation: str, timeout_s: float | None = None) -> list[str]:
         """Why `generation` of `service_id` does not serve on the node, one line per
         endpoint that failed to load (or the generation's own error); [] when it loads,
         or when the node cannot tell."""
-        try:
-            stats = self.call("GET", f"services/{_quote(service_id)}/stats", timeout_s=timeout_s)
-        except RemoteError:
-            return []
-        stats = stats if isinstance(stats, dict) else {}
+        stats = self._stats(service_id, timeout_s)
         failures = []
         error = (stats.get("generationErrors") or {}).get(generation)
         if error:
