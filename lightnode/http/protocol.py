@@ -17,11 +17,13 @@ before it, then the connection closes (after draining unread input briefly):
   a chunked body when it grows past it: 413 PayloadTooLarge;
 - a connection beyond `max_connections` gets 503 TooManyConnections at once.
 Upgrade and CONNECT are not supported: such a request goes to the app like
-any other (RFC 9110 §7.8: the upgrade is ignored), and the connection closes
-after its answer. Its Content-Length body is read by the protocol (httptools
-ends the request at its head): java.net.http's client and `curl --http2` send
-each POST of a new plain-HTTP connection with `Upgrade: h2c`. One with a chunked
-body gets 400.
+any other (RFC 9110 §7.8: the upgrade is ignored). Its Content-Length body is
+read by the protocol (httptools ends the request at its head): java.net.http's
+client and `curl --http2` send each POST of a new plain-HTTP connection with
+`Upgrade: h2c`. One with a chunked body gets 400. After an ignored `h2c`
+upgrade the connection goes on in HTTP/1.1 (a client sends no HTTP/2 before a
+101, RFC 7540 §3.2), so that such clients keep their connections; after any
+other (a WebSocket, CONNECT) it closes after the answer.
 
 Timeouts: a connection that has connected or begun a request but has not
 completed its headers within `header_timeout_ms` is closed without an answer
@@ -157,6 +159,14 @@ def client_request_id(value: bytes) -> str | None:
 _NOT_IDLE: Final[float | None] = None  # see data_received
 
 
+def _asks_for_h2c(exchange: Exchange) -> bool:
+    """An `Upgrade: h2c` request (not CONNECT): HTTP/1.1 may go on after it (see _on_upgrade)."""
+    upgrade = exchange.header(b"upgrade")
+    return (
+        upgrade is not None and upgrade.strip().lower() == b"h2c" and exchange.method != b"CONNECT"
+    )
+
+
 class ServerState:
     """Shared by all connections of one listening server."""
 
@@ -276,6 +286,7 @@ class HttpProtocol:
         # An upgrade request whose body the protocol reads itself (see _on_upgrade); in
         # neither _pending nor _ready until its body is complete.
         self._raw_exchange: _ServerExchange | None = None
+        self._upgrade_kept = False  # that request asked for h2c: HTTP/1.1 goes on after it
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -349,7 +360,7 @@ class HttpProtocol:
         if not self._accepting or self._closed or self._raw_exchange is not None:
             # Discarding input after a refusal or a closing request, or reading the body
             # of an upgrade request (only while accepting: _stop_reading clears it).
-            self._raw_body_received(data)
+            self._read_raw(data)
             return
         # The keep-alive timer sees None and does not close. Assigned from a name typed
         # `float | None`: a literal None would narrow the attribute to None for the rest
@@ -361,7 +372,7 @@ class HttpProtocol:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._on_upgrade(data, upgrade.args)
+            self._upgraded(data, upgrade.args)
         except httptools.HttpParserError as exc:
             self._on_parse_error(exc)
         if self._in_head:
@@ -671,8 +682,8 @@ class HttpProtocol:
             self._refuse(400, "BadRequest", f"Malformed HTTP request: {exc}")
         # else: bytes after a request that closes the connection; they are ignored
 
-    def _on_upgrade(self, data: bytes, args: tuple[Any, ...]) -> None:
-        """Upgrade and CONNECT are not supported: the request is answered, then the connection closes.
+    def _on_upgrade(self, data: bytes, args: tuple[Any, ...]) -> bytes:
+        """Upgrade and CONNECT are not supported: the request is answered in HTTP/1.1.
 
         The upgrade is ignored (RFC 9110 §7.8): the client reads an HTTP/1.1 answer.
         httptools ends an upgrade request at its head and hands back the bytes after
@@ -681,6 +692,14 @@ class HttpProtocol:
         java.net.http's client (HTTP/2 by default) and `curl --http2` send a POST of a
         new plain-HTTP connection that way. A chunked body would need a chunk parser of
         our own: that request is refused (400) rather than run without its body.
+
+        After an `h2c` upgrade on a connection kept alive, HTTP/1.1 goes on: a client
+        sends no HTTP/2 before a 101 (RFC 7540 §3.2), and Java's client, which asks on
+        every new connection, would otherwise connect once per request. A fresh parser
+        takes the bytes after the request (returned here to be fed to it), as llhttp
+        does not resume after an upgrade. After any other upgrade (a WebSocket, whose
+        client may already be sending frames) or CONNECT, the connection closes after
+        the answer.
         """
         if self._ready and not self._in_request:
             exchange = self._ready[-1]
@@ -691,46 +710,90 @@ class HttpProtocol:
                 self._refuse(
                     400, "BadRequest", "Protocol upgrade is not supported with a chunked request body"
                 )
-                return
-            exchange.keep_alive = False
+                return b""
+            kept = exchange.keep_alive and _asks_for_h2c(exchange)
+            exchange.keep_alive = kept
+            self._upgrade_kept = kept
+            offset: int = args[0] if args else len(data)
             if self._content_length > 0:
                 self._ready.pop()  # handed over once its body is read
                 self._pending.remove(exchange)
                 self._raw_exchange = exchange
                 self._in_request = True  # the body timeout and the idle checks see a request
                 self._continue_wanted = self._expect_continue and not self._http10
-                offset: int = args[0] if args else len(data)
                 if offset < len(data):
-                    self._raw_body_received(data[offset:])
-                return  # data_received arms the body timeout or hands the request over
+                    return self._raw_body_received(data[offset:])
+                return b""  # data_received arms the body timeout or hands the request over
+            if kept:
+                self._parser = httptools.HttpRequestParser(self)
+                return data[offset:]
             self._stop_reading()
         else:
             self._refuse(400, "BadRequest", "Protocol upgrade is not supported")
+        return b""
 
-    def _raw_body_received(self, data: bytes) -> None:
+    def _upgraded(self, data: bytes, args: tuple[Any, ...]) -> None:
+        """The parser stopped at an upgrade request in `data`: see _on_upgrade."""
+        rest = self._on_upgrade(data, args)
+        while rest:  # requests after ignored h2c upgrades (a loop: one may follow another)
+            rest = self._feed_after_upgrade(rest)
+
+    def _read_raw(self, data: bytes) -> None:
+        """Input while the protocol reads an upgrade request's body, or discards input.
+
+        Bytes after the body of an ignored h2c upgrade are a read of their own (one
+        level deep: while they are parsed, no body is read raw here).
+        """
+        rest = self._raw_body_received(data)
+        if rest:
+            self.data_received(rest)
+
+    def _feed_after_upgrade(self, data: bytes) -> bytes:
+        """Bytes after an ignored h2c upgrade, to the fresh parser; returns those after the next one."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return self._on_upgrade(data, upgrade.args)
+        except httptools.HttpParserError as exc:
+            self._on_parse_error(exc)
+        return b""
+
+    def _raw_body_received(self, data: bytes) -> bytes:
         """Body bytes of the upgrade request in `_raw_exchange` (see _on_upgrade).
 
         Its Content-Length is within `max_body_bytes` (checked with its head). Once the
-        body is complete the request joins `_pending` and goes to the app; reading
-        stops, as after any upgrade request: bytes after it are the new protocol's.
+        body is complete the request joins `_pending` and goes to the app. After an h2c
+        upgrade on a connection kept alive, the bytes after the body are returned, to be
+        parsed as the next requests by a fresh parser; after any other, reading stops:
+        bytes after it are the new protocol's. Returns b"" while the body is incomplete
+        (or when discarding input).
         """
         exchange = self._raw_exchange
         if exchange is None or self._closed:
-            return
+            return b""
         left = self._content_length - self._body_bytes
         self._continue_wanted = False  # the body is coming
         self.on_body(data[:left] if len(data) > left else data)
         if self._body_bytes < self._content_length:
             self._body_progress_s = self._loop.time()
             self._arm_header_timer()
-            return
+            return b""
         body = self._body
         exchange.body = body[0] if len(body) == 1 else b"".join(body)
         exchange.started = _monotonic()
-        self._stop_reading()  # clears _raw_exchange
+        rest = b""
+        if self._upgrade_kept:
+            self._raw_exchange = None
+            self._in_request = False
+            self._cancel_header_timer()
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[left:]
+        else:
+            self._stop_reading()  # clears _raw_exchange
         self._pending.append(exchange)
         self._ready.append(exchange)
         self._dispatch()
+        return rest
 
     def _stop_reading(self) -> None:
         self._accepting = False

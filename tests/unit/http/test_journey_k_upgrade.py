@@ -3,8 +3,9 @@
 Java's java.net.http.HttpClient (HTTP/2 by default) sends every request of a new
 plain-HTTP connection with `Connection: Upgrade, HTTP2-Settings` and `Upgrade: h2c`,
 POST bodies included, as does `curl --http2`. A server may ignore the upgrade and
-answer in HTTP/1.1; the client then goes on in HTTP/1.1. httptools ends such a
-request at its head, so the protocol reads its Content-Length body itself.
+answer in HTTP/1.1; the client then goes on in HTTP/1.1, on the same connection.
+httptools ends such a request at its head, so the protocol reads its Content-Length
+body itself, and a fresh parser the requests after it.
 """
 
 from __future__ import annotations
@@ -23,22 +24,63 @@ def upgrade_post(body: bytes, extra: bytes = b"") -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["whole", "lines", "bytes"])
-def test_an_h2c_upgrade_post_is_run_with_its_body_then_closed(mode: str) -> None:
+def test_an_h2c_upgrade_post_is_run_with_its_body_and_the_connection_goes_on(mode: str) -> None:
     c = connect()
     c.feed(upgrade_post(b'{"a": 1}'), mode)
     (exchange,) = c.app.exchanges
     assert exchange.method == b"POST" and exchange.body == b'{"a": 1}'
     (response,) = c.responses()
     assert response.status == 200 and response.json()["body"] == '{"a": 1}'
-    assert response.header("connection") == "close"  # as an upgrade without a body
-    assert c.transport.closed
+    assert response.header("connection") is None and not c.transport.closed
+    # Java's client asks again on each request of its connection: each is served.
+    c.feed(upgrade_post(b'{"a": 2}') + upgrade_post(b'{"a": 3}') + b"GET /after HTTP/1.1\r\n\r\n", mode)
+    assert [e.body for e in c.app.exchanges] == [b'{"a": 1}', b'{"a": 2}', b'{"a": 3}', b""]
+    assert [r.status for r in c.responses()] == [200] * 4
+    assert not c.transport.closed
+
+
+@pytest.mark.parametrize("mode", ["whole", "lines", "bytes"])
+def test_requests_after_an_h2c_upgrade_without_a_body_are_served(mode: str) -> None:
+    c = connect()
+    c.feed(b"GET /u HTTP/1.1\r\nHost: n\r\n" + H2C + b"\r\n" + b"GET /x HTTP/1.1\r\n\r\n" * 3, mode)
+    assert [e.path for e in c.app.exchanges] == [b"/u", b"/x", b"/x", b"/x"]
+    assert [r.status for r in c.responses()] == [200] * 4 and not c.transport.closed
+
+
+def test_many_h2c_upgrades_in_one_read_are_each_served() -> None:
+    # A loop, not recursion, takes each request after an upgrade.
+    c = connect(FakeApp())  # answers at once: the pipelining window never fills
+    c.feed(upgrade_post(b"{}") * 3000)
+    assert len(c.app.exchanges) == 3000 and not c.transport.closed
+
+
+def test_an_h2c_upgrade_asking_to_close_is_closed_after_its_answer() -> None:
+    c = connect()
+    c.feed(upgrade_post(b'{"a": 1}', b"Connection: close\r\n") + b"GET /never HTTP/1.1\r\n\r\n")
+    assert [e.body for e in c.app.exchanges] == [b'{"a": 1}']
+    (response,) = c.responses()
+    assert response.header("connection") == "close" and c.transport.closed
+
+
+def test_garbage_after_an_h2c_upgrade_is_refused_after_its_answer() -> None:
+    # HTTP/2 frames sent before any 101 (a faulty client) are malformed HTTP/1.1.
+    c = connect()
+    c.feed(upgrade_post(b'{"a": 1}') + b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04")
+    responses = c.responses()
+    assert [r.status for r in responses] == [200, 400]
+    assert responses[1].json()["errorType"] == "BadRequest" and responses[1].header("connection") == "close"
+    assert c.transport.eof_written or c.transport.closed
 
 
 def test_an_upgrade_post_behind_a_pipelined_request_keeps_the_order() -> None:
     c = connect()
     c.feed(b"GET /0 HTTP/1.1\r\n\r\n" + upgrade_post(b'{"b": 2}') + b"GET /after HTTP/1.1\r\n\r\n")
-    assert [(e.path, e.body) for e in c.app.exchanges] == [(b"/0", b""), (b"/public/api/v1/s/e/run", b'{"b": 2}')]
-    assert [r.status for r in c.responses()] == [200, 200]  # bytes after it are not read
+    assert [(e.path, e.body) for e in c.app.exchanges] == [
+        (b"/0", b""),
+        (b"/public/api/v1/s/e/run", b'{"b": 2}'),
+        (b"/after", b""),
+    ]
+    assert [r.status for r in c.responses()] == [200, 200, 200]
 
 
 def test_an_upgrade_post_with_expect_100_continue_gets_its_continue() -> None:
