@@ -17,10 +17,10 @@ before it, then the connection closes (after draining unread input briefly):
   a chunked body when it grows past it: 413 PayloadTooLarge;
 - a connection beyond `max_connections` gets 503 TooManyConnections at once.
 Upgrade and CONNECT are not supported: such a request goes to the app like
-any other (RFC 9110 §7.8: the upgrade is ignored). Its Content-Length body is
-read by the protocol (httptools ends the request at its head): java.net.http's
-client and `curl --http2` send each POST of a new plain-HTTP connection with
-`Upgrade: h2c`. One with a chunked body gets 400. After an ignored `h2c`
+any other (RFC 9110 §7.8: the upgrade is ignored). httptools ends such a
+request at its head, so the protocol reads its body: java.net.http's client and
+`curl --http2` send each POST of a new plain-HTTP connection with `Upgrade: h2c`
+(chunked when Java streams the body). After an ignored `h2c`
 upgrade the connection goes on in HTTP/1.1 (a client sends no HTTP/2 before a
 101, RFC 7540 §3.2), so that such clients keep their connections; after any
 other (a WebSocket, CONNECT) it closes after the answer.
@@ -167,6 +167,55 @@ def _asks_for_h2c(exchange: Exchange) -> bool:
     )
 
 
+_CHUNKED_HEAD: Final = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+_STAGE_HEAD: Final = 0  # the parser reads _CHUNKED_HEAD
+_STAGE_BODY: Final = 1  # the upgrade request's chunks and trailer fields
+_STAGE_AFTER: Final = 2  # the requests after it: every callback goes to the protocol
+
+
+class _ChunkedUpgradeBody:
+    """httptools callbacks for the parser that reads an upgrade request's chunked body.
+
+    httptools ends an upgrade request at its head, and llhttp does not resume after
+    it. A fresh parser is fed `_CHUNKED_HEAD`, then the bytes after the head: it reads
+    the chunks (and trailer fields) into the protocol as llhttp reads any body, and
+    then, after an h2c upgrade, the next requests. Its own head is not the client's
+    and is not shown to the protocol; what follows the body is passed on as is.
+    """
+
+    def __init__(self, protocol: HttpProtocol) -> None:
+        self.protocol = protocol
+        self.stage = _STAGE_HEAD
+
+    def on_message_begin(self) -> None:
+        if self.stage == _STAGE_AFTER:
+            self.protocol.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self.stage == _STAGE_AFTER:
+            self.protocol.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.stage != _STAGE_HEAD:  # a trailer field is checked there
+            self.protocol.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.stage == _STAGE_HEAD:
+            self.stage = _STAGE_BODY
+        else:
+            self.protocol.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.protocol.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.stage == _STAGE_BODY:
+            self.stage = _STAGE_AFTER
+            self.protocol._chunked_upgrade_body_complete()
+        else:
+            self.protocol.on_message_complete()
+
+
 class ServerState:
     """Shared by all connections of one listening server."""
 
@@ -287,6 +336,8 @@ class HttpProtocol:
         # neither _pending nor _ready until its body is complete.
         self._raw_exchange: _ServerExchange | None = None
         self._upgrade_kept = False  # that request asked for h2c: HTTP/1.1 goes on after it
+        # An upgrade request whose chunked body llhttp reads (see _ChunkedUpgradeBody).
+        self._chunked_exchange: _ServerExchange | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -688,10 +739,10 @@ class HttpProtocol:
         The upgrade is ignored (RFC 9110 §7.8): the client reads an HTTP/1.1 answer.
         httptools ends an upgrade request at its head and hands back the bytes after
         it (from `data[args[0]]` on) as the new protocol's. A Content-Length body is read here
-        instead (_raw_body_received) and the request handed over once it is complete:
-        java.net.http's client (HTTP/2 by default) and `curl --http2` send a POST of a
-        new plain-HTTP connection that way. A chunked body would need a chunk parser of
-        our own: that request is refused (400) rather than run without its body.
+        instead (_raw_body_received), a chunked one by a fresh parser (_ChunkedUpgradeBody),
+        and the request handed over once it is complete: java.net.http's client (HTTP/2
+        by default) and `curl --http2` send a POST of a new plain-HTTP connection that
+        way, chunked when Java streams the body (`BodyPublishers.ofInputStream`).
 
         After an `h2c` upgrade on a connection kept alive, HTTP/1.1 goes on: a client
         sends no HTTP/2 before a 101 (RFC 7540 §3.2), and Java's client, which asks on
@@ -703,18 +754,20 @@ class HttpProtocol:
         """
         if self._ready and not self._in_request:
             exchange = self._ready[-1]
-            if self._has_transfer_encoding:
-                self._ready.pop()  # not dispatched yet: the app never sees it
-                self._pending.remove(exchange)
-                self._accepting = True  # the request it read is undone: refuse it in its place
-                self._refuse(
-                    400, "BadRequest", "Protocol upgrade is not supported with a chunked request body"
-                )
-                return b""
             kept = exchange.keep_alive and _asks_for_h2c(exchange)
             exchange.keep_alive = kept
             self._upgrade_kept = kept
             offset: int = args[0] if args else len(data)
+            if self._has_transfer_encoding:
+                self._ready.pop()  # handed over once its body is read
+                self._pending.remove(exchange)
+                self._chunked_exchange = exchange
+                self._in_request = True  # the body timeout and the idle checks see a request
+                self._continue_wanted = self._expect_continue and not self._http10
+                # llhttp reads the chunks: a fresh parser is told a chunked head first.
+                self._parser = parser = httptools.HttpRequestParser(_ChunkedUpgradeBody(self))
+                parser.feed_data(_CHUNKED_HEAD)
+                return data[offset:]
             if self._content_length > 0:
                 self._ready.pop()  # handed over once its body is read
                 self._pending.remove(exchange)
@@ -731,6 +784,24 @@ class HttpProtocol:
         else:
             self._refuse(400, "BadRequest", "Protocol upgrade is not supported")
         return b""
+
+    def _chunked_upgrade_body_complete(self) -> None:
+        """The chunked body of the upgrade request in `_chunked_exchange` is read (see _on_upgrade)."""
+        exchange = self._chunked_exchange
+        if exchange is None:
+            return
+        self._chunked_exchange = None
+        self._in_request = False
+        self._continue_wanted = False
+        if self._header_timer is not None:
+            self._cancel_header_timer()
+        body = self._body
+        exchange.body = (body[0] if len(body) == 1 else b"".join(body)) if body else b""
+        exchange.started = _monotonic()
+        self._pending.append(exchange)
+        self._ready.append(exchange)  # handed over at the end of this read
+        if not self._upgrade_kept:
+            self._stop_reading()
 
     def _upgraded(self, data: bytes, args: tuple[Any, ...]) -> None:
         """The parser stopped at an upgrade request in `data`: see _on_upgrade."""
@@ -749,7 +820,7 @@ class HttpProtocol:
             self.data_received(rest)
 
     def _feed_after_upgrade(self, data: bytes) -> bytes:
-        """Bytes after an ignored h2c upgrade, to the fresh parser; returns those after the next one."""
+        """Bytes after an upgrade's head, to the fresh parser; returns those after the next upgrade."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -799,6 +870,7 @@ class HttpProtocol:
         self._accepting = False
         self._in_request = False
         self._raw_exchange = None  # an upgrade request whose body was incomplete: never handed over
+        self._chunked_exchange = None
         self._in_head = False
         self._continue_wanted = False
         self._cancel_header_timer()

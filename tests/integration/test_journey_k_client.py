@@ -163,19 +163,22 @@ def test_a_body_with_a_utf8_bom_is_served(node: Node) -> None:
 def test_a_post_asking_for_an_h2c_upgrade_is_served_in_http11(node: Node) -> None:
     """java.net.http.HttpClient (HTTP/2 by default) and `curl --http2` send a POST on a new
     plain-HTTP connection with `Upgrade: h2c`: it was refused 400, then served on a
-    connection closed after each answer. The connection now goes on in HTTP/1.1."""
+    connection closed after each answer (a chunked body still refused). The connection
+    now goes on in HTTP/1.1, and a chunked body is read."""
 
     def request(a: int) -> bytes:
         body = json.dumps({"a": a, "b": 2}).encode()
-        return (
+        head = (
             b"POST /public/api/v1/jk/add/run HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Java-http-client/21\r\n"
             b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
+        if a % 2:  # a streamed body (BodyPublishers.ofInputStream) comes in chunks
+            return head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
     with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
         reader = sock.makefile("rb")
-        for a in (40, 41, 42):  # Java's client asks again on each request of the connection
+        for a in (40, 41, 42, 43):  # Java's client asks again on each request of the connection
             sock.sendall(request(a))
             status = reader.readline()
             assert status.startswith(b"HTTP/1.1 200 "), status

@@ -11,7 +11,7 @@ body itself, and a fresh parser the requests after it.
 from __future__ import annotations
 
 import pytest
-from http_fakes import Connection, FakeApp, connect
+from http_fakes import FakeApp, connect
 
 from lightnode.config.model import ServerLimits
 
@@ -114,16 +114,69 @@ def test_an_upgrade_post_whose_client_closes_mid_body_is_dropped_unseen() -> Non
     assert c.transport.closed and c.app.exchanges == []
 
 
-def _still_refused(c: Connection) -> None:
-    (response,) = c.responses()
-    assert response.status == 400 and b"chunked" in response.body
+def chunked_upgrade_post(chunks: list[bytes], extra: bytes = b"", trailer: bytes = b"") -> bytes:
+    head = b"POST /public/api/v1/s/e/run HTTP/1.1\r\nHost: n\r\n" + H2C + extra
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return head + b"Transfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n" + trailer + b"\r\n"
+
+
+@pytest.mark.parametrize("mode", ["whole", "lines", "bytes"])
+def test_an_h2c_upgrade_post_with_a_chunked_body_is_run_with_it(mode: str) -> None:
+    """Java's client streams a body (`BodyPublishers.ofInputStream`) in chunks: it was 400."""
+    c = connect()
+    request = chunked_upgrade_post([b'{"x": ', b'"sent"}'], trailer=b"X-Checksum: 1\r\n")
+    c.feed(request + request + b"GET /after HTTP/1.1\r\n\r\n", mode)
+    assert [(e.path, e.body) for e in c.app.exchanges] == [
+        (b"/public/api/v1/s/e/run", b'{"x": "sent"}'),
+        (b"/public/api/v1/s/e/run", b'{"x": "sent"}'),
+        (b"/after", b""),
+    ]
+    assert [r.status for r in c.responses()] == [200] * 3 and not c.transport.closed
+    assert c.app.exchanges[0].header(b"x-checksum") is None  # trailers are dropped
+
+
+def test_a_chunked_upgrade_body_arriving_in_pieces_is_awaited() -> None:
+    c = connect()
+    request = chunked_upgrade_post([b'{"y": 1}'], b"Expect: 100-continue\r\n")
+    head, body = request.split(b"\r\n\r\n", 1)
+    c.feed(head + b"\r\n\r\n")
+    assert c.app.exchanges == [] and [r.status for r in c.responses()] == [100]
+    c.feed(body[:5])
     assert c.app.exchanges == []
+    c.feed(body[5:])
+    assert [e.body for e in c.app.exchanges] == [b'{"y": 1}']
+    assert [r.status for r in c.responses()] == [100, 200]
 
 
-def test_an_upgrade_with_a_chunked_body_is_still_refused() -> None:
+def test_a_chunked_upgrade_body_over_the_limit_is_refused() -> None:
+    c = connect(limits=ServerLimits(max_body_bytes=64))
+    c.feed(chunked_upgrade_post([b"x" * 40, b"x" * 40]))
+    (response,) = c.responses()
+    assert response.status == 413 and c.app.exchanges == []  # not run
+    assert c.transport.eof_written or c.transport.closed
+
+
+def test_a_forbidden_trailer_after_a_chunked_upgrade_body_is_refused() -> None:
+    c = connect()
+    c.feed(chunked_upgrade_post([b"{}"], trailer=b"Content-Length: 5\r\n"))
+    (response,) = c.responses()
+    assert response.status == 400 and c.app.exchanges == []
+
+
+def test_a_chunked_upgrade_body_that_stalls_is_disconnected_unseen() -> None:
+    c = connect(limits=ServerLimits(header_timeout_ms=1000))
+    c.feed(chunked_upgrade_post([b'{"d": 4}'])[:-7])
+    c.loop.advance(1.1)
+    assert c.transport.closed and c.app.exchanges == [] and c.responses() == []
+
+
+def test_a_websocket_upgrade_with_a_chunked_body_is_run_then_closed() -> None:
     c = connect(FakeApp())
     c.feed(
-        b"POST /run HTTP/1.1\r\nHost: n\r\n" + H2C + b"Transfer-Encoding: chunked\r\n\r\n"
-        b"d\r\n{\"x\": \"sent\"}\r\n0\r\n\r\n"
+        b"POST /run HTTP/1.1\r\nHost: n\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\nd\r\n{"x": "sent"}\r\n0\r\n\r\n\x81\x05hello'
     )
-    _still_refused(c)
+    assert [e.body for e in c.app.exchanges] == [b'{"x": "sent"}']
+    (response,) = c.responses()
+    assert response.status == 200 and response.header("connection") == "close"
+    assert c.transport.closed
