@@ -28,7 +28,8 @@ other (a WebSocket, CONNECT) it closes after the answer.
 Timeouts: a connection that has connected or begun a request but has not
 completed its headers within `header_timeout_ms` is closed without an answer
 (SPEC §3.4 "disconnected"); so is one whose request body stops making progress
-for that long (a slow body that keeps coming is fine). Requests read in full
+for that long, or, past that time, averages under 500 bytes/s (a drip that would
+hold the connection for days; any real client is faster). Requests read in full
 before the stalled one are answered first, the last answer closing the connection.
 An idle keep-alive connection is closed after `keepalive_timeout_ms` (bytes that
 begin no request, such as bare CRLFs, do not make it busy). Draining (SPEC §11)
@@ -108,6 +109,10 @@ _SPECIAL_HEADERS.update(
                  b"content-encoding")  # fmt: skip
     for spelling in (name, name.title())
 )
+
+# Bytes per second a request body must average once `header_timeout_ms` has passed
+# since it began (see _on_header_timeout): 1 MB in 35 minutes.
+_MIN_BODY_RATE: Final = 500.0
 
 _HASH: Final = ord("#")
 _QUESTION: Final = ord("?")
@@ -314,6 +319,7 @@ class HttpProtocol:
         self._seq = 0
         self._in_request = False
         self._body_progress_s = 0.0  # loop time of the last body bytes of an incomplete request
+        self._body_since_s = 0.0  # loop time of its first read with body still to come
         self._in_head = False
         self._head_bytes = 0
         self._head_partial = 0
@@ -439,8 +445,7 @@ class HttpProtocol:
                 self._count_chunk_framing(seq, body_before, len(data))
             # A body still incomplete: the same limit holds for a client that stops
             # sending in the middle of it (slowloris on the body).
-            self._body_progress_s = self._loop.time()
-            self._arm_header_timer()
+            self._body_progressed()
             if self._continue_wanted:
                 self._send_continue()
         elif self._continue_wanted:
@@ -528,7 +533,8 @@ class HttpProtocol:
         if self._in_head:
             self._arm_header_timer()
         elif self._in_request:
-            self._body_progress_s = self._loop.time()  # the client was not slow while paused
+            # The client was not slow while paused: its clocks start again.
+            self._body_progress_s = self._body_since_s = self._loop.time()
             self._arm_header_timer()
 
     def _update_reading(self) -> None:
@@ -612,7 +618,7 @@ class HttpProtocol:
         self._in_head = False
         if self._header_timer is not None:
             self._cancel_header_timer()
-        self._body_progress_s = 0.0
+        self._body_progress_s = self._body_since_s = 0.0
         parser = self._parser
         if self._has_connection or not parser.should_keep_alive():
             version = parser.get_http_version()
@@ -846,8 +852,7 @@ class HttpProtocol:
         self._continue_wanted = False  # the body is coming
         self.on_body(data[:left] if len(data) > left else data)
         if self._body_bytes < self._content_length:
-            self._body_progress_s = self._loop.time()
-            self._arm_header_timer()
+            self._body_progressed()
             return b""
         body = self._body
         exchange.body = body[0] if len(body) == 1 else b"".join(body)
@@ -1087,11 +1092,26 @@ class HttpProtocol:
                 self._header_timeout_s, self._on_header_timeout
             )
 
+    def _body_progressed(self) -> None:
+        """A read brought body bytes of a request whose body is still incomplete."""
+        now = self._loop.time()
+        self._body_progress_s = now
+        if self._body_since_s == 0.0:
+            self._body_since_s = now
+        self._arm_header_timer()
+
     def _on_header_timeout(self) -> None:
         self._header_timer = None
         if not self._in_head and self._in_request:
-            # Body in progress: close only if no byte came for the whole limit.
-            left_s = self._body_progress_s + self._header_timeout_s - self._loop.time()
+            # Body in progress: close if no byte came for the whole limit, or if, past
+            # that limit, the body has come slower than _MIN_BODY_RATE on average: a
+            # drip of a byte a second would hold the connection for days (as Apache's
+            # mod_reqtimeout, whose default MinRate this is).
+            left_s = (
+                min(self._body_progress_s, self._body_since_s + self._body_bytes / _MIN_BODY_RATE)
+                + self._header_timeout_s
+                - self._loop.time()
+            )
             if left_s > 0:
                 self._header_timer = self._loop.call_later(left_s, self._on_header_timeout)
                 return

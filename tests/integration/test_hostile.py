@@ -355,6 +355,26 @@ def test_max_connections_refuses_politely_and_keeps_serving(
             sock.close()
 
 
+def test_a_body_dripping_a_byte_at_a_time_is_not_held_forever(node: Node) -> None:
+    """Bytes that keep coming, but under 500 per second: cut once the header timeout has
+    passed (a drip of a byte a second with a 1 MB Content-Length held a slot for days)."""
+    with connect(node) as sock:
+        sock.sendall(
+            b"POST /public/api/v1/svc/echo/run HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n{"
+        )
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < 10:
+            try:
+                sock.sendall(b" ")  # one byte every 0.15 s: never stalled for the timeout
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            closed = closed_within(sock, 0.15)
+        elapsed = time.monotonic() - started
+    assert elapsed < 3, elapsed  # header_timeout_ms is 600
+    assert node.run("svc", "echo", {"a": 1})[0] == 200
+
+
 def test_a_stalled_body_is_not_held_forever(node: Node) -> None:
     with connect(node) as sock:
         sock.sendall(

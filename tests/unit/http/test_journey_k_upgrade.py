@@ -98,9 +98,10 @@ def test_an_upgrade_post_with_expect_100_continue_gets_its_continue() -> None:
 def test_an_upgrade_post_whose_body_stalls_is_disconnected_unseen() -> None:
     limits = ServerLimits(header_timeout_ms=1000)
     c = connect(limits=limits)
-    c.feed(upgrade_post(b'{"d": 4}')[:-3])
+    request = upgrade_post(b'{"d": "' + b"x" * 2000 + b'"}')
+    c.feed(request[:-1003])
     c.loop.advance(0.9)
-    c.feed(b"4")  # progress: the clock restarts
+    c.feed(request[-1003:-3])  # progress (over 500 bytes/s): the clock restarts
     c.loop.advance(0.9)
     assert not c.transport.closed
     c.loop.advance(0.2)

@@ -131,13 +131,29 @@ def test_a_body_stalled_behind_a_complete_request_lets_that_one_be_answered_then
 def test_a_slow_body_that_keeps_coming_is_not_cut() -> None:
     c = conn()
     limit_s = LIMITS.header_timeout_ms / 1000
-    c.feed(b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
-    c.loop.advance(limit_s * 0.6)
-    c.feed(b"c")
-    c.loop.advance(limit_s * 0.6)  # 1.2 x the limit since the head, but bytes keep coming
+    c.feed(b"POST /p HTTP/1.1\r\nContent-Length: 4000\r\n\r\n" + b"a" * 1000)
+    for _ in range(2):
+        c.loop.advance(limit_s * 0.6)
+        c.feed(b"b" * 1000)  # over 500 bytes/s
+    c.loop.advance(limit_s * 0.6)  # 1.8 x the limit since the head, but bytes keep coming
     assert not c.transport.closed
-    c.feed(b"d")
-    assert c.app.exchanges[0].body == b"abcd"
+    c.feed(b"c" * 1000)
+    assert len(c.app.exchanges[0].body) == 4000
+
+
+def test_a_body_dripping_under_the_minimum_rate_is_cut_after_the_header_timeout() -> None:
+    """A byte a second would hold the connection for as long as its Content-Length
+    allows: 12 days for 1 MB (40 such clients took every slot of max_connections=40)."""
+    c = conn()
+    limit_s = LIMITS.header_timeout_ms / 1000
+    c.feed(b"POST /p HTTP/1.1\r\nContent-Length: 1000000\r\n\r\nx")
+    for second in range(1, 10):
+        c.loop.advance(1.0)
+        if c.transport.closed:
+            break
+        c.feed(b"x")  # progress: the stall limit alone would never cut it
+    assert c.transport.closed and limit_s <= second <= limit_s + 1
+    assert c.app.exchanges == [] and c.responses() == []  # disconnected, SPEC §3.4
 
 
 def test_a_body_that_stalls_for_the_header_timeout_is_disconnected() -> None:
