@@ -87,6 +87,18 @@ SKIPPED_FILES = frozenset({".DS_Store"})
 # and a syscall or two, and a real service package has a few thousand at most.
 MAX_PACKAGE_MEMBERS = 100_000
 
+# A member nested deeper than this is refused: unpacking, flushing and removing a
+# tree recurse once per level (pathlib's mkdir, os.walk, shutil.rmtree), and a name
+# like "d/d/d/.../f" a thousand deep would end the import in a RecursionError (a
+# traceback, a 500 from the admin API) instead of a refusal. Real trees are a few
+# dozen deep.
+MAX_MEMBER_DEPTH = 256
+
+# A refusal names at most this many members at fault (then says how many more), each
+# name cut to about SHOWN_NAME_CHARS characters.
+MAX_LISTED_MEMBERS = 20
+SHOWN_NAME_CHARS = 120
+
 # lightnode-package.json is tiny; a larger one is not ours.
 MAX_MANIFEST_BYTES = 64 * 1024
 
@@ -360,6 +372,8 @@ def member_problem(name: str) -> str | None:
         return "path traversal (..)"
     if any(part in ("", ".") for part in parts):
         return "empty or '.' path component"
+    if len(parts) > MAX_MEMBER_DEPTH:
+        return f"nested {len(parts) - 1} directories deep: more than {MAX_MEMBER_DEPTH - 1}"
     return None
 
 
@@ -376,8 +390,14 @@ def _member_kind_problem(info: zipfile.ZipInfo) -> str | None:
 
 
 def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
-    """Every reason to refuse `zf` that its directory shows (names, kinds, declared sizes)."""
+    """Every reason to refuse `zf` that its directory shows (names, kinds, declared sizes).
+
+    The members at fault are named up to MAX_LISTED_MEMBERS, then counted: a package
+    of 90,000 members named "../..." would otherwise be refused in a message of tens
+    of megabytes, printed, answered by the admin API and written to the audit log.
+    """
     problems: list[str] = []
+    faults: list[str] = []  # one line per member at fault
     infos = zf.infolist()
     if len(infos) > MAX_PACKAGE_MEMBERS:
         problems.append(f"{len(infos)} members: more than {MAX_PACKAGE_MEMBERS}")
@@ -389,11 +409,11 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
         name = info.filename
         reason = member_problem(name) or _member_kind_problem(info)
         if reason is not None:
-            problems.append(f"member {name!r}: {reason}")
+            faults.append(f"member {_shown(name)}: {reason}")
             continue
         key = name.rstrip("/")
         if key in seen:
-            problems.append(f"member {name!r}: appears twice")
+            faults.append(f"member {_shown(name)}: appears twice")
         seen.add(key)
         parts = key.split("/")
         for depth in range(1, len(parts)):
@@ -405,7 +425,10 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
     for key, name in files.items():
         needs = directories.get(key)
         if needs is not None:
-            problems.append(f"member {name!r}: a file where member {needs!r} needs a directory")
+            faults.append(f"member {_shown(name)}: a file where member {_shown(needs)} needs a directory")
+    problems.extend(faults[:MAX_LISTED_MEMBERS])
+    if len(faults) > MAX_LISTED_MEMBERS:
+        problems.append(f"... and {len(faults) - MAX_LISTED_MEMBERS} more members refused")
     if declared > max_bytes:
         problems.append(f"unpacks to {declared} bytes: more than limits.max_package_bytes ({max_bytes})")
     if PACKAGE_FILE not in seen:
@@ -413,6 +436,15 @@ def check_archive(zf: zipfile.ZipFile, *, max_bytes: int) -> list[str]:
     if SERVICE_FILE not in seen:
         problems.append(f"no {SERVICE_FILE} at the root")
     return problems
+
+
+def _shown(name: str) -> str:
+    """A member name for a message: quoted, and cut in its middle past SHOWN_NAME_CHARS
+    (a zip name may be 64 KiB long)."""
+    if len(name) > SHOWN_NAME_CHARS:
+        half = SHOWN_NAME_CHARS // 2
+        return f"{name[:half]!r}...{name[-half:]!r} ({len(name)} characters)"
+    return repr(name)
 
 
 def read_manifest(zf: zipfile.ZipFile, source: str) -> dict[str, Any]:
@@ -432,6 +464,8 @@ def read_manifest(zf: zipfile.ZipFile, source: str) -> dict[str, Any]:
             raw = json.loads(handle.read(MAX_MANIFEST_BYTES + 1))
     except (ValueError, zipfile.BadZipFile, zlib.error, OSError) as exc:
         raise PackageRefused(source, [f"{PACKAGE_FILE}: unreadable: {exc}"]) from None
+    except RecursionError:  # "[[[[...": json.loads recurses once per level
+        raise PackageRefused(source, [f"{PACKAGE_FILE}: invalid JSON (nested too deeply)"]) from None
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise PackageRefused(source, [f"{PACKAGE_FILE}: must be a JSON object"])
@@ -629,9 +663,11 @@ def _extract(zf: zipfile.ZipFile, dest: Path, *, max_bytes: int, source: str) ->
                         )
                     out.write(chunk)
         except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as exc:
-            raise PackageRefused(source, [f"member {info.filename!r}: unreadable: {exc}"]) from None
+            raise PackageRefused(source, [f"member {_shown(info.filename)}: unreadable: {exc}"]) from None
         except OSError as exc:
-            raise PackageRefused(source, [f"member {info.filename!r}: cannot unpack: {exc.strerror or exc}"]) from None
+            raise PackageRefused(
+                source, [f"member {_shown(info.filename)}: cannot unpack: {exc.strerror or exc}"]
+            ) from None
     return written
 
 

@@ -418,7 +418,8 @@ def _package_created(generation_path: Path) -> datetime | None:
         if text.endswith("Z"):  # fromisoformat accepts "Z" only from Python 3.11
             text = text[:-1] + "+00:00"
         created = datetime.fromisoformat(text)
-    except (OSError, ValueError, KeyError, TypeError):
+    # RecursionError: JSON nested thousands deep, as json.loads cannot read it.
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if created.tzinfo is None:
         return created.replace(tzinfo=timezone.utc)
