@@ -1,0 +1,58 @@
+"""Journey P (security review): attacks on a live node through its admin API and public port."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Node, until, write_service
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "def e(x=0):\n    return {'x': x}\n"
+# A line of the server log as lightnode's formatter writes it.
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def raw_request(node: Node, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_admin_requests_cannot_forge_lines_in_the_audit_log(node_factory: Callable[..., Node], tmp_path: Path) -> None:
+    # The audit log records who did what on the admin API; a path segment or a
+    # refusal message holding a newline (a tuning key, an id in the path, both
+    # decoded from the request) wrote a line of the caller's choosing into it,
+    # with raw terminal escapes.
+    data = tmp_path / "data"
+    write_service(data, "s", {"e": SOURCE})
+    node = node_factory(data)
+    forged = "2026-01-01 00:00:00,000 INFO lightnode.audit: FORGED"
+    status, _, body = node.request(
+        "POST", "/admin/api/services/s/endpoints/e/settings",
+        json.dumps({"pool": {f"x\n{forged}\x1b[2J": 1}}).encode(),
+    )
+    assert status == 400, body
+    answer = raw_request(
+        node, b"DELETE /admin/api/keys/k%0a" + forged.replace(" ", "%20").encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert b" 404 " in answer.split(b"\r\n", 1)[0], answer
+    log = data / "logs" / "lightnode.log"
+    until(lambda: log.read_text().count("lightnode.audit: admin ") >= 2, what="both audit lines")
+    text = log.read_text()
+    assert "\x1b" not in text
+    for line in text.splitlines():
+        assert LOG_LINE.match(line) or line.startswith((" ", "\t", "Traceback")), f"forged line: {line!r}"
+    assert "\\x0a" in text  # the newline is shown, escaped, within its own line
