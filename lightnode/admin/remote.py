@@ -34,8 +34,25 @@ class RemoteError(Exception):
 
 
 def http_url(text: str) -> str:
-    """argparse type of --url: an http:// or https:// URL with a host."""
+    """argparse type of --url: an http:// or https:// URL with a host.
+
+    A URL holding credentials (`http://KEY@host:port`) is refused without repeating
+    it: urllib does not send them (it looks up a host named `KEY@host`), and the
+    message would print the key into a terminal or a CI log. So is a query or a
+    fragment, which the admin path would follow (`/?x/admin/api/...`).
+    """
     parts = urllib.parse.urlsplit(text)
+    if "@" in parts.netloc:
+        raise argparse.ArgumentTypeError(
+            "must not hold credentials (user@ or user:password@ before the host):"
+            " pass the admin key with --key or $LIGHTNODE_ADMIN_KEY"
+        )
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        shown = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        raise argparse.ArgumentTypeError(
+            f"must be the node's base URL, without a query or fragment (got {shown!r} and more);"
+            " pass the admin key with --key or $LIGHTNODE_ADMIN_KEY"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL with a host (got {text!r})")
     try:

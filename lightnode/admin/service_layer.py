@@ -253,6 +253,14 @@ class ServiceLayer:
         path = Path(archive)
         if not path.is_absolute():
             raise LightnodeError("BadRequest", f"filePath must be an absolute path (got {str(archive)!r})")
+        if path.is_dir():  # a source directory given where its package belongs
+            raise LightnodeError(
+                "BadRequest",
+                f"{path} is a directory, not a package zip: make one with `lightnode package {path}`"
+                " (or `lightnode deploy` it)",
+            )
+        if path.exists() and not path.is_file():
+            raise LightnodeError("BadRequest", f"{path} is not a regular file: not a package zip")
         if not path.is_file():
             raise LightnodeError("BadRequest", f"No such archive: {path}")
         # Pending until its envs are built: an import killed meanwhile is replaced by the
