@@ -30,7 +30,12 @@ from lightnode.admin.service_layer import ServiceLayer, parse_mapping_args
 from lightnode.config.load import parse_endpoint_config
 from lightnode.config.model import EndpointConfig, check_id
 from lightnode.errors import ConfigError, LightnodeError
-from lightnode.services.package import build_package, is_partial_package, process_alive
+from lightnode.services.package import (
+    BuiltPackage,
+    build_package,
+    is_partial_package,
+    process_alive,
+)
 from lightnode.services.store import DataDir
 
 
@@ -365,7 +370,18 @@ def run_package(args: argparse.Namespace) -> int:
                   " delete it", file=sys.stderr)
         else:
             print(f"left out {earlier}: an earlier package", file=sys.stderr)
+    say_outside_links(built)
     return 0
+
+
+def say_outside_links(built: BuiltPackage, limit: int = 10) -> None:
+    """Name the symbolic links whose targets, outside the source, were bundled."""
+    for link, target in built.outside_links[:limit]:
+        print(f"bundled {link} -> {target}: a link out of the source directory, followed;"
+              " remove it if that is not meant to ship", file=sys.stderr)
+    if len(built.outside_links) > limit:
+        print(f"... and {len(built.outside_links) - limit} more links out of the source directory",
+              file=sys.stderr)
 
 
 # deploy packages into $TMPDIR/lightnode-deploy-<pid>-<random>/: one that was killed (kill -9,
@@ -406,6 +422,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         # `lightnode`) must be able to enter the directory (mkdtemp makes it 0700).
         os.chmod(tmp, 0o755)
         built = build_package(args.src_dir, output=Path(tmp) / "package.zip", generation=args.generation)
+        say_outside_links(built)
         try:
             call_target(args, "import_archive", built.service_id, built.path)
         except (CliError, ConfigError) as exc:

@@ -143,6 +143,9 @@ class BuiltPackage:
     generation: str
     files: int
     skipped: tuple[Path, ...] = ()  # earlier packages found in the tree, not bundled
+    # (link, its target) for each symbolic link of SRC_DIR whose target lies outside it:
+    # bundled all the same, and said (a link to ~/.aws would ship credentials).
+    outside_links: tuple[tuple[Path, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +199,15 @@ def build_package(
         "generation": generation,
         "created": created.isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    members = list(_walk(src, "", skip={out}))
+    outside: list[tuple[Path, str]] = []
+    members = list(_walk(src, "", skip={out}, outside=outside))
     for arc_dir, folder in external.items():
-        members.extend(_walk(Path(folder), arc_dir, skip={out}))
+        members.extend(_walk(Path(folder), arc_dir, skip={out}, outside=outside))
     skipped = tuple(p for _, p in members if p is not None and (_is_package(p) or is_partial_package(p)))
     members = [(name, p) for name, p in members if p is None or p not in skipped]
     _write_zip(out, members, raw, manifest, rewritten=bool(external))
-    return BuiltPackage(out, definition.id, generation, sum(1 for _, p in members if p), skipped)
+    files = sum(1 for _, p in members if p)
+    return BuiltPackage(out, definition.id, generation, files, skipped, tuple(outside))
 
 
 def is_partial_package(path: Path) -> bool:
@@ -268,16 +273,29 @@ def _is_inside(path: str, root: Path) -> bool:
         return False
 
 
-def _walk(root: Path, arc_root: str, *, skip: set[Path]) -> list[tuple[str, Path | None]]:
+def _walk(
+    root: Path, arc_root: str, *, skip: set[Path], outside: list[tuple[Path, str]]
+) -> list[tuple[str, Path | None]]:
     """(archive name, file path) for every file, (archive dir name + "/", None) for every dir.
 
     Symbolic links are followed (their target is bundled as a regular file or
-    directory); a directory reached twice through links is walked once.
+    directory: a link to a shared model is how a tree points at it); a directory
+    reached twice through links is walked once. Each link whose target lies outside
+    `root` is added to `outside` with its target, for the command to say: what it
+    bundles is not in the tree its author reviewed.
     """
     found: list[tuple[str, Path | None]] = []
     if arc_root:
         found.append((arc_root + "/", None))
     seen: set[str] = set()
+    real_root = os.path.realpath(root)
+
+    def note_link(path: Path) -> None:
+        if path.is_symlink():
+            target = os.path.realpath(path)
+            if not _is_inside(target, Path(real_root)):
+                outside.append((path, target))
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -288,6 +306,7 @@ def _walk(root: Path, arc_root: str, *, skip: set[Path]) -> list[tuple[str, Path
         rel = Path(dirpath).relative_to(root).as_posix()
         base = "/".join(p for p in (arc_root, "" if rel == "." else rel) if p)
         for name in dirnames:
+            note_link(Path(dirpath) / name)
             found.append((f"{base}/{name}/" if base else f"{name}/", None))
         for name in sorted(filenames):
             path = Path(dirpath) / name
@@ -297,6 +316,7 @@ def _walk(root: Path, arc_root: str, *, skip: set[Path]) -> list[tuple[str, Path
                 raise PackageRefused(str(root), [f"{path}: broken symbolic link"])
             if not path.is_file():
                 continue  # sockets, fifos, devices: not part of a service
+            note_link(path)
             found.append((f"{base}/{name}" if base else name, path))
     return found
 

@@ -99,3 +99,45 @@ def test_an_overlong_member_name_is_shortened_in_the_message(tmp_path: Path) -> 
     with pytest.raises(PackageRefused, match="path traversal") as info:
         import_package(data, "s", archive, max_bytes=LIMIT)
     assert len(str(info.value)) < 1000
+
+
+def test_links_out_of_the_source_are_bundled_and_named(tmp_path: Path) -> None:
+    """`lightnode package` follows symbolic links: one to a directory outside the source
+    (`up -> ..`, a link to ~/.aws) shipped what it pointed at without a word."""
+    from lightnode.services.package import build_package
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "service.json").write_text(
+        json.dumps({"id": "s", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py", "function": "e"}]})
+    )
+    (src / "e.py").write_text("def e():\n    return 1\n")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "credentials").write_text("key")
+    (src / "creds").symlink_to(secrets)
+    (src / "token").symlink_to(secrets / "credentials")
+    (src / "inside").symlink_to(src / "e.py")  # a link within the source: not named
+    built = build_package(src, output=tmp_path / "p.zip", generation="g1")
+    assert sorted((link.name, target) for link, target in built.outside_links) == [
+        ("creds", str(secrets)),
+        ("token", str(secrets / "credentials")),
+    ]
+    with zipfile.ZipFile(built.path) as zf:
+        assert {"creds/credentials", "token", "inside"} <= set(zf.namelist())  # still bundled
+
+
+def test_package_says_which_links_leave_the_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lightnode.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "service.json").write_text(
+        json.dumps({"id": "s", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py", "function": "e"}]})
+    )
+    (src / "e.py").write_text("def e():\n    return 1\n")
+    (tmp_path / "sibling").mkdir()
+    (src / "up").symlink_to("..")
+    assert main(["package", str(src), "-o", str(tmp_path / "p.zip"), "--generation", "g1"]) == 0
+    err = capsys.readouterr().err
+    assert f"bundled {src / 'up'} -> {tmp_path}: a link out of the source directory" in err
