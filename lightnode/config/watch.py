@@ -13,9 +13,22 @@ What the snapshot holds, and why:
   `..data/E.json` and the kubelet swaps the `..data` link to a new timestamped
   directory. Names starting with "." and non-.json names are ignored, so the
   kubelet's directories and our own temp files never show up.
+  A file is read again only when its stat (through symlinks: device, inode,
+  size, mtime, ctime) differs from the one it had when last read, or when that
+  read came less than SETTLED_S after its last change (ctime): a second write in
+  the same clock tick would leave the stat as it was. Any write moves ctime,
+  which no tool can set back. Reading every file and listing every directory at
+  every scan cost a node of 40 services and 200 endpoints 15-20 ms of its event
+  loop each second, idle or not: a stall of every request, growing with the
+  endpoints. SIGHUP still lists and reads everything (an NFS client's cached
+  attributes may hide a change made on another host for a few seconds; a read
+  would not).
 - `config/keys.json`, `config/server.json`: a hash of the bytes.
 - each `services/S/`: a cheap signature (state.json's stat, the generation
   names), never a walk of user code.
+- the listing of each directory above, kept while the directory's stat stays
+  the same and settled (as for a tuning file, above): an entry that comes, goes or is
+  renamed changes its directory's mtime and ctime.
 - the names in `code-envs/` (one per built env), so that an env built after an
   endpoint found it missing lets that endpoint start.
 
@@ -38,6 +51,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +141,11 @@ MAX_STEP_MS = 50
 # directory, its lock) are ignored, so a build reports once, when its env is renamed in.
 CODE_ENVS_DIR = "code-envs"
 
+# A tuning file whose last change (ctime) is at least this old when it is read is
+# "settled": its stat alone tells a later change. Well above any filesystem's
+# timestamp granularity (ext4: a clock tick; FAT, some NFS servers: 1-2 s).
+SETTLED_S = 2.0
+
 _TuningKey = tuple[str, str]
 # A directory watched for events, with its inode so a re-created one is noticed.
 _WatchTarget = tuple[str, int]
@@ -136,6 +155,9 @@ _WatchTarget = tuple[str, int]
 class _TuningState:
     digest: bytes  # hash of the file's bytes, or of the read error
     config: EndpointConfig | None  # None: the last report was TuningInvalid
+    # The file's stat when it was read, if it had settled then: while it stays the
+    # same, the file is not read again. None: read it at the next scan.
+    signature: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -201,6 +223,11 @@ class ConfigWatcher:
         self._server_digest: bytes | None = None
         self._watch_targets: frozenset[_WatchTarget] = frozenset()
         self._warned: set[str] = set()
+        # Directory listings by path, with the settled stat they were taken at: those
+        # of the last scan, and those the running scan took or kept (see _scandir).
+        self._listings: dict[str, tuple[tuple[int, ...], list[os.DirEntry[str]]]] = {}
+        self._listed: dict[str, tuple[tuple[int, ...], list[os.DirEntry[str]]]] = {}
+        self._forced = False
 
     @property
     def services_dir(self) -> Path:
@@ -227,6 +254,14 @@ class ConfigWatcher:
         return self._scan(force=True)
 
     def _scan(self, *, force: bool) -> list[Change]:
+        self._forced = force
+        self._listed = {}
+        try:
+            return self._scan_tree(force)
+        finally:
+            self._listings, self._listed = self._listed, {}
+
+    def _scan_tree(self, force: bool) -> list[Change]:
         first = self._snapshot is None
         old = self._snapshot or _Snapshot()
         targets: set[_WatchTarget] = set()
@@ -297,10 +332,19 @@ class ConfigWatcher:
     def _check_tuning_file(
         self, key: _TuningKey, path: Path, previous: _TuningState | None, force: bool
     ) -> tuple[_TuningState | None, Change | None]:
-        """(new state, change to report); state None if the file vanished meanwhile."""
+        """(new state, change to report); state None if the file vanished meanwhile.
+
+        The file is read unless its settled stat is the one it had at its last read
+        (see the module docstring); the stat is taken before the read, so a change
+        between the two is read at the next scan.
+        """
+        signature = _settled_signature(path)
+        if previous is not None and not force and signature is not None and previous.signature == signature:
+            return previous, None
         try:
             data = read_config_bytes(path)
         except ConfigError as exc:
+            # Its state keeps no signature: a read error may pass (EMFILE, EIO) with the file as it is.
             digest = _digest(str(exc).encode())
             if previous is not None and previous.digest == digest and not force:
                 return previous, None  # reported when it appeared
@@ -309,14 +353,16 @@ class ConfigWatcher:
             return None, None
         digest = _digest(data)
         if previous is not None and previous.digest == digest and not force:
-            return previous, None
+            return _TuningState(digest, previous.config, signature), None
         try:
             config = decode_endpoint_config(data, source=str(path))
         except ConfigError as exc:
-            return self._refused(key, digest, exc)
+            state, change = self._refused(key, digest, exc)
+            state.signature = signature
+            return state, change
         if previous is not None and previous.config == config and not force:
-            return _TuningState(digest, config), None  # same values, other bytes
-        return _TuningState(digest, config), TuningChanged(*key, config)
+            return _TuningState(digest, config, signature), None  # same values, other bytes
+        return _TuningState(digest, config, signature), TuningChanged(*key, config)
 
     def _refused(
         self, key: _TuningKey, digest: bytes, error: ConfigError
@@ -330,27 +376,61 @@ class ConfigWatcher:
         if listed is None:
             return dict(self._snapshot.services) if self._snapshot else {}
         return {
-            service_id: _service_signature(service_dir, targets)
+            service_id: self._service_signature(service_dir, targets)
             for service_id, service_dir in listed
         }
+
+    def _service_signature(self, service_dir: Path, targets: set[_WatchTarget]) -> tuple[object, ...]:
+        """Changes when state.json is written or a generation comes or goes; cheap."""
+        try:
+            dir_inode = service_dir.stat().st_ino
+        except OSError:
+            return ("gone",)
+        if _watchable(service_dir):
+            targets.add((str(service_dir), dir_inode))
+        generations_dir = service_dir / "generations"
+        try:
+            generations_inode, entries = self._scandir(generations_dir)
+            generations = [(e.name, e.inode()) for e in entries]
+            targets.add((str(generations_dir), generations_inode))
+        except OSError:
+            generations = []
+        return (dir_inode, _stat_signature(service_dir / "state.json"), tuple(generations))
 
     # -- directory listing --------------------------------------------------
 
     def _list_dir(
         self, directory: Path, targets: set[_WatchTarget]
     ) -> list[os.DirEntry[str]] | None:
-        """Entries not starting with "."; [] if absent, None if unreadable."""
+        """Entries not starting with ".", by name; [] if absent, None if unreadable."""
         try:
-            inode = directory.stat().st_ino
-            with os.scandir(directory) as it:
-                entries = [e for e in it if not e.name.startswith(".")]
+            inode, entries = self._scandir(directory)
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
             self._warn_once(f"cannot list {directory}: {exc}")
             return None
         targets.add((str(directory), inode))
-        return sorted(entries, key=lambda e: e.name)
+        return entries
+
+    def _scandir(self, directory: Path) -> tuple[int, list[os.DirEntry[str]]]:
+        """(inode, entries not starting with "." by name) of `directory`; raises OSError.
+
+        The last scan's listing is used again while the directory's settled stat is
+        the one it was taken at (the module docstring says why that is enough).
+        """
+        info = directory.stat()
+        key = str(directory)
+        signature = _settled(info)
+        cached = self._listings.get(key)
+        if signature is not None and cached is not None and cached[0] == signature and not self._forced:
+            entries = cached[1]
+        else:
+            with os.scandir(directory) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        if signature is not None:
+            self._listed[key] = (signature, entries)
+        return info.st_ino, entries
 
     def _list_ids(
         self, directory: Path, what: str, targets: set[_WatchTarget]
@@ -523,23 +603,20 @@ def _add_link_target(link: Path, service_dir: Path, targets: set[_WatchTarget]) 
         _add_target(target_dir, targets)
 
 
-def _service_signature(service_dir: Path, targets: set[_WatchTarget]) -> tuple[object, ...]:
-    """Changes when state.json is written or a generation comes or goes; cheap."""
+def _settled_signature(path: Path) -> tuple[int, ...] | None:
+    """The stat of a file (through symlinks) if its last change is SETTLED_S old, else None."""
     try:
-        dir_inode = service_dir.stat().st_ino
+        return _settled(path.stat())
     except OSError:
-        return ("gone",)
-    if _watchable(service_dir):
-        targets.add((str(service_dir), dir_inode))
-    generations_dir = service_dir / "generations"
-    try:
-        generations_inode = generations_dir.stat().st_ino
-        with os.scandir(generations_dir) as it:
-            generations = sorted((e.name, e.inode()) for e in it if not e.name.startswith("."))
-        targets.add((str(generations_dir), generations_inode))
-    except OSError:
-        generations = []
-    return (dir_inode, _stat_signature(service_dir / "state.json"), tuple(generations))
+        return None
+
+
+def _settled(st: os.stat_result) -> tuple[int, ...] | None:
+    """What tells a later change of a file or directory, None if it changed within SETTLED_S
+    (another change in the same clock tick would leave its stat as it is)."""
+    if st.st_ctime_ns > time.time_ns() - round(SETTLED_S * 1e9):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _stat_signature(path: Path) -> tuple[int, ...] | None:
