@@ -37,6 +37,8 @@ SERVER_LOG_MAX_BYTES = 50 * 1024 * 1024
 SERVER_LOG_BACKUPS = 5
 # A server log that cannot be written (a full disk) is said on stderr at most this often.
 WRITE_ERROR_REPORT_S = 60.0
+# The file-event library's logger (config/watch.py): its INFO lines are dropped, see setup_logging.
+WATCH_LIBRARY_LOGGER = "watchfiles"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 
@@ -213,3 +215,8 @@ def setup_logging(
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(settings.level.upper())
+    # The config watcher's library logs "N changes detected" at INFO for each batch of
+    # file events: a line per deploy step and per tuning write, which the node's own
+    # line about the change says better. Its warnings stay; `level: debug` shows all.
+    debug = root.getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger(WATCH_LIBRARY_LOGGER).setLevel(logging.NOTSET if debug else logging.WARNING)
