@@ -9,6 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# The start of every API key (admin.keys.KEY_PREFIX). Ids never hold it by choice: a
+# service or endpoint id that does is a key typed in the wrong place (dataikuapi's
+# `APINodeClient(uri, KEY)` swaps the service id and the key), never to be repeated
+# in a message or written to a log.
+API_KEY_PREFIX = "lnk_"
+
+
+def holds_api_key(text: str) -> bool:
+    """True when an id holds the start of an API key (ids cannot hold percent-escapes)."""
+    return API_KEY_PREFIX in text.lower()
+
+
 # errorType -> HTTP status (SPEC §3.4). A 503 always means the function did not run.
 ERROR_STATUS: dict[str, int] = {
     "NotFound": 404,

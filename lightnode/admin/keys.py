@@ -47,11 +47,11 @@ from urllib.parse import unquote
 from lightnode.config.load import write_file_atomically
 from lightnode.config.model import is_valid_id
 from lightnode.config.validate import load_json_document, read_config_bytes
-from lightnode.errors import ConfigError, LightnodeError
+from lightnode.errors import API_KEY_PREFIX, ConfigError, LightnodeError
 
 audit = logging.getLogger("lightnode.audit")
 
-KEY_PREFIX = "lnk_"
+KEY_PREFIX = API_KEY_PREFIX
 # 32 random bytes = 256 bits: far beyond any guessing, which is why a plain SHA-256 suffices.
 KEY_RANDOM_BYTES = 32
 UNAUTHORIZED_HEADERS = (("WWW-Authenticate", 'Basic realm="lightnode"'),)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 
 import ujson
 
+from lightnode.errors import holds_api_key
 from lightnode.observe.logsetup import names_another_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +59,8 @@ ERROR_LOG_INTERVAL_S: Final = 60.0
 # JSON literals of the strings that repeat from line to line (ids, client
 # addresses, errorTypes) are kept; the cache is emptied when it reaches this size.
 LITERAL_CACHE_SIZE = 4096
+# Written in place of a service or endpoint id that holds an API key (errors.holds_api_key).
+KEY_AS_ID = "<an API key>"
 _MILLIS: Final = [f".{milli:03d}Z" for milli in range(1000)]
 
 
@@ -148,6 +151,11 @@ class QueryLog:
         """The keys serviceId .. errorType of a line, with a trailing comma (cached)."""
         service_id, endpoint_id, generation, status, error_type = key
         literal = self._literal
+        # An API key typed as an id (a 404 NotFound) is not written to the log.
+        if holds_api_key(service_id):
+            service_id = KEY_AS_ID
+        if holds_api_key(endpoint_id):
+            endpoint_id = KEY_AS_ID
         fragment = (
             f'"serviceId":{literal(service_id)},"endpointId":{literal(endpoint_id)},'
             f'"generation":{literal(generation)},"status":{int(status)},'

@@ -21,7 +21,7 @@ from typing import Final
 
 from lightnode.config.load import load_endpoint_config
 from lightnode.config.model import EndpointConfig
-from lightnode.errors import ConfigError, LightnodeError
+from lightnode.errors import ConfigError, LightnodeError, holds_api_key
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.scheduler import CallSink, EndpointPool, WorkerFactory
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec
@@ -30,6 +30,12 @@ from lightnode.services.model import EndpointDef, ServiceDef, load_service_dir
 from lightnode.services.store import DataDir, ServiceState
 
 log: Final = logging.getLogger("lightnode.registry")
+
+# The 404 of a /run path whose service or endpoint id holds an API key: not repeated back.
+_KEY_AS_ID: Final = (
+    "No such {what}: its id in the path looks like an API key. The key goes in the"
+    " Authorization header (dataikuapi: APINodeClient(uri, service_id, api_key))"
+)
 
 # How long a switch waits, by default, for the new generation's pools to reach floor
 # (server.json `switch.warmup_timeout_ms`; a pool that failed to load counts as settled
@@ -262,6 +268,8 @@ class Registry:
         """The pool that serves the next request, or raise the SPEC §3.4 error."""
         runtime = self.services.get(service_id)
         if runtime is None:
+            if holds_api_key(service_id):
+                raise LightnodeError("NotFound", _KEY_AS_ID.format(what="service"))
             raise LightnodeError("NotFound", f"Service {service_id} does not exist")
         if not runtime.state.enabled or not runtime.routes:
             if runtime.error:
@@ -280,6 +288,8 @@ class Registry:
         pool = gen.pools.get(endpoint_id)
         if pool is None:
             if gen.definition is not None and gen.definition.endpoint(endpoint_id) is None:
+                if holds_api_key(endpoint_id):
+                    raise LightnodeError("NotFound", _KEY_AS_ID.format(what="endpoint"))
                 raise LightnodeError("NotFound", f"Endpoint does not exist: {endpoint_id}")
             reason = gen.endpoint_errors.get(endpoint_id) or gen.load_error or "not loaded"
             raise LightnodeError("EndpointUnavailable", f"Endpoint {endpoint_id} cannot be loaded: {reason}")

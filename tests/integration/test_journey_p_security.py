@@ -56,3 +56,29 @@ def test_admin_requests_cannot_forge_lines_in_the_audit_log(node_factory: Callab
     for line in text.splitlines():
         assert LOG_LINE.match(line) or line.startswith((" ", "\t", "Traceback")), f"forged line: {line!r}"
     assert "\\x0a" in text  # the newline is shown, escaped, within its own line
+
+
+def test_an_api_key_typed_as_a_service_or_endpoint_id_is_neither_echoed_nor_logged(
+    node_factory: Callable[..., Node], tmp_path: Path
+) -> None:
+    """dataikuapi's APINodeClient(uri, KEY) swaps the service id and the key: the path
+    /public/api/v1/<key>/<endpoint>/run is well formed, and its 404 repeated the key, as
+    did queries.log (mode 0644) as its serviceId."""
+    data = tmp_path / "data"
+    write_service(data, "s", {"e": SOURCE})
+    node = node_factory(data)
+    key = "lnk_" + "Ab3" * 14
+    for service, endpoint in ((key, "e"), ("s", key)):
+        status, body = node.run(service, endpoint, {})
+        assert status == 404 and body["errorType"] == "NotFound", body
+        assert key not in json.dumps(body) and "looks like an API key" in body["message"]
+    assert node.run("s", "e", {"x": 1})[0] == 200
+    log = data / "logs" / "queries.log"
+    lines = until(lambda: log.exists() and len(text := log.read_text().splitlines()) >= 3 and text)
+    assert key not in "".join(lines)
+    records = [json.loads(line) for line in lines]
+    assert [(r["serviceId"], r["endpointId"], r["status"]) for r in records] == [
+        ("<an API key>", "e", 404),
+        ("s", "<an API key>", 404),
+        ("s", "e", 200),
+    ]
