@@ -13,6 +13,7 @@ Imports: standard library and `lightnode.errors` only.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -195,6 +196,22 @@ def json_problem(exc: ValueError | RecursionError) -> str:
     return f"invalid JSON ({exc})"
 
 
+# Read errors that say nothing of the file: the node is out of descriptors or memory.
+_NODE_SHORT_OF: frozenset[int] = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+class FileUnreadableNow(ConfigError):
+    """A configuration file could not be read for want of the node's resources (too many
+    open files, no memory), not for anything in the file: read it again later."""
+
+
+def _cannot_read(path: Path, exc: OSError) -> ConfigError:
+    reason = f"cannot read the file ({exc.strerror or exc})"
+    if exc.errno in _NODE_SHORT_OF:
+        return FileUnreadableNow(str(path), [reason])
+    return ConfigError(str(path), [reason])
+
+
 def read_config_bytes(path: Path, max_bytes: int = MAX_CONFIG_FILE_BYTES) -> bytes | None:
     """A configuration file's bytes, None if it does not exist.
 
@@ -202,14 +219,15 @@ def read_config_bytes(path: Path, max_bytes: int = MAX_CONFIG_FILE_BYTES) -> byt
     read only if it is a regular file of at most `max_bytes` (through symlinks).
 
     Raises:
-        ConfigError: "cannot read the file (...)": unreadable, not a regular file, too large.
+        ConfigError: "cannot read the file (...)": unreadable, not a regular file, too large;
+            FileUnreadableNow when the node is short of descriptors or memory.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from None
+        raise _cannot_read(path, exc) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -224,7 +242,7 @@ def read_config_bytes(path: Path, max_bytes: int = MAX_CONFIG_FILE_BYTES) -> byt
             size += len(chunk)
         raise ConfigError(str(path), [f"cannot read the file (larger than {max_bytes} bytes)"])
     except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file ({exc.strerror or exc})"]) from None
+        raise _cannot_read(path, exc) from None
     finally:
         os.close(fd)
 

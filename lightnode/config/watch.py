@@ -66,7 +66,7 @@ from lightnode.config.load import (
     tuning_root,
 )
 from lightnode.config.model import EndpointConfig, is_valid_id
-from lightnode.config.validate import MAX_CONFIG_FILE_BYTES, read_config_bytes
+from lightnode.config.validate import MAX_CONFIG_FILE_BYTES, FileUnreadableNow, read_config_bytes
 from lightnode.errors import ConfigError
 
 logger = logging.getLogger("lightnode.config")
@@ -190,9 +190,16 @@ def _read_digest(path: Path) -> bytes | None:
         return _digest(f"\0large: {signature}".encode())
     try:
         data = read_config_bytes(path)
+    except FileUnreadableNow:
+        return NOT_READ_NOW
     except ConfigError as exc:
         return _digest(f"\0unreadable: {exc}".encode())
     return None if data is None else _digest(data)
+
+
+# _read_digest's answer when the node could not read the file for want of descriptors
+# or memory: nothing is known of the file, and the last digest stands.
+NOT_READ_NOW = b"\0not read now"
 
 
 class ConfigWatcher:
@@ -273,12 +280,20 @@ class ConfigWatcher:
             if not _add_target(directory, targets):
                 _add_target(self._data_dir, targets)
 
+        # A file the node cannot read for want of descriptors (EMFILE) is as it was: a
+        # change reported then was a false "server.json refused", and keys reloaded.
         server = _read_digest(server_settings_path(self._data_dir))
+        if server == NOT_READ_NOW:
+            self._warn_short_of_resources(server_settings_path(self._data_dir))
+            server = self._server_digest
         if not first and server != self._server_digest:
             changes.append(ServerSettingsChanged())
         self._server_digest = server
 
         keys = _read_digest(keys_path(self._data_dir))
+        if keys == NOT_READ_NOW:
+            self._warn_short_of_resources(keys_path(self._data_dir))
+            keys = old.keys
         if keys != old.keys or (force and keys is not None):
             changes.append(KeysChanged())
 
@@ -343,6 +358,9 @@ class ConfigWatcher:
             return previous, None
         try:
             data = read_config_bytes(path)
+        except FileUnreadableNow:
+            self._warn_short_of_resources(path)
+            return previous, None  # as it was: read again at the next scan (no signature kept)
         except ConfigError as exc:
             # Its state keeps no signature: a read error may pass (EMFILE, EIO) with the file as it is.
             digest = _digest(str(exc).encode())
@@ -465,6 +483,13 @@ class ConfigWatcher:
             return True
         self._warn_once(f"ignoring {path}: {value!r} is not a valid {what} id (SPEC §2)")
         return False
+
+    def _warn_short_of_resources(self, path: Path) -> None:
+        self._warn_once(
+            f"cannot read {path} for now (too many open files, or no memory): its last good"
+            " content stays in force; raise the open files limit (ulimit -n, systemd LimitNOFILE=)"
+            " above limits.max_connections"
+        )
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
