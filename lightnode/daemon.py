@@ -24,6 +24,7 @@ import fcntl
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,41 @@ GRACE_OVER_MESSAGE = "The node is shutting down: its grace period ended before t
 # Young-generation collection threshold (CPython's default is 700): fewer pauses on
 # the request path for a little more memory held between collections.
 GC_GEN0_THRESHOLD = 20_000
+
+
+# Descriptors the node needs besides one per connection: the listening socket, logs,
+# three pipes per pipeline, the config watcher's, the admin's files.
+FD_RESERVE = 1024
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft open-files limit toward `max_connections` + FD_RESERVE (never past
+    the hard one), and warn at start when it stays below.
+
+    A node short of descriptors fails silently where it hurts: the kernel's accept
+    fails (EMFILE) and clients are reset with nothing logged; configuration files
+    cannot be read. The soft limit is often 1024 while limits.max_connections is
+    10000; raising it to the hard limit needs no privilege (nginx, systemd's
+    LimitNOFILE= and most servers do the same).
+    """
+    wanted = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the open files limit to %d: %s", target, exc)
+    if soft < wanted:
+        log.warning(
+            "the open files limit is %d (hard limit %s): below limits.max_connections (%d) + %d"
+            " for pipelines and files; past it, new connections are reset and nothing is logged."
+            " Raise it (ulimit -n, systemd LimitNOFILE=) or lower limits.max_connections",
+            soft, "unlimited" if hard == resource.RLIM_INFINITY else hard, max_connections, FD_RESERVE,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -399,6 +435,7 @@ async def serve(options: DaemonOptions) -> int:
     data_dir.ensure_layout()
     settings = settings_for(options)
     setup_logging(settings, data_dir.logs_dir)
+    raise_fd_limit(settings.limits.max_connections)
     # The data directory's own lock always (one node per data dir, SPEC §12), and the
     # operator's --pidfile besides: a pid file elsewhere must not let a second node in.
     locks = [PidLock(data_dir.run_dir / "lightnode.pid")]
