@@ -11,12 +11,17 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from lightnode.admin.remote import RemoteAdmin, RemoteError, http_url
 from lightnode.config.load import endpoint_config_path
 from lightnode.config.model import check_id
+
+# How long an admin command waits for a node that is starting (it holds run/lightnode.pid
+# and writes run/lightnode.addr once it serves: seconds with many endpoints).
+STARTING_WAIT_S = 60.0
 
 TUNE_FLAGS = {
     "floor": "pool",
@@ -102,7 +107,12 @@ def run_admin(args: argparse.Namespace) -> int:
 
 
 def node_url(args: argparse.Namespace) -> str:
-    from lightnode.admin.lifecycle_cli import IN_FORCE_TIMEOUT_S, node_addr, serves
+    from lightnode.admin.lifecycle_cli import (
+        IN_FORCE_TIMEOUT_S,
+        node_addr,
+        serves,
+        starting_node_pid,
+    )
     from lightnode.cli import CliError
 
     if args.url:
@@ -110,6 +120,19 @@ def node_url(args: argparse.Namespace) -> str:
     data_dir = Path(args.data_dir)
     addr = data_dir / "run" / "lightnode.addr"
     url = node_addr(data_dir)
+    pid = None if url else starting_node_pid(data_dir)
+    if pid is not None:
+        # A node holds the directory but serves not yet (it writes the address last,
+        # once its pipelines are started): wait for it rather than say there is none.
+        print(f"waiting for the node of {args.data_dir} (pid {pid}) to finish starting...", file=sys.stderr)
+        deadline = time.monotonic() + STARTING_WAIT_S
+        while not url and time.monotonic() < deadline and starting_node_pid(data_dir) is not None:
+            time.sleep(0.1)
+            url = node_addr(data_dir)
+        if not url:
+            raise CliError(f"the node of {args.data_dir} (pid {pid}) holds run/lightnode.pid but has not written"
+                           f" {addr} after {STARTING_WAIT_S:.0f} s: still starting, or stopped meanwhile;"
+                           " its log says which")
     if not url:
         raise CliError(f"no running node for {args.data_dir} (no {addr})")
     # The node the file names must answer, and serve this very directory (node_addr).

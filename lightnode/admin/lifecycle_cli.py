@@ -137,6 +137,21 @@ def node_addr(data_dir: Path) -> str:
         return ""
 
 
+def starting_node_pid(data_dir: Path) -> int | None:
+    """The pid in `data_dir`'s run/lightnode.pid if that process is alive and a lightnode
+    (a node that has not written run/lightnode.addr yet: it does last, once it serves).
+
+    Its lock is not tried: a lock taken to test it, however briefly, could make a
+    node starting at that moment refuse the directory as held by another.
+    """
+    try:
+        text = (data_dir / "run" / "lightnode.pid").read_text().strip()
+        cmdline = Path(f"/proc/{int(text)}/cmdline").read_bytes() if text.isdigit() else b""
+    except (OSError, ValueError):
+        return None
+    return int(text) if b"lightnode" in cmdline and int(text) != os.getpid() else None
+
+
 def serves(status: object, data_dir: Path) -> bool | None:
     """Whether a node's GET status answer says it serves `data_dir` (None: it does not say)."""
     served = status.get("dataDir") if isinstance(status, dict) else None

@@ -82,3 +82,28 @@ def test_an_api_key_typed_as_a_service_or_endpoint_id_is_neither_echoed_nor_logg
         ("s", "<an API key>", 404),
         ("s", "e", 200),
     ]
+
+
+def test_admin_status_waits_for_a_node_that_is_starting(node_factory: Callable[..., Node], tmp_path: Path) -> None:
+    """The node writes run/lightnode.addr last, once its pipelines are started (4-6 s
+    with 100 endpoints here): `admin status --data-dir` said "no running node" (exit 1)
+    meanwhile. Here a live node's address file is held back for a second."""
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    write_service(data, "s", {"e": SOURCE})
+    node_factory(data)
+    addr = data / "run" / "lightnode.addr"
+    held = addr.with_name("held-back")
+    addr.rename(held)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "lightnode", "admin", "status", "--data-dir", str(data)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)
+    held.rename(addr)
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    assert "waiting for the node" in err and "s" in out
