@@ -559,6 +559,11 @@ class PoolMachine:
         """Pipelines that run requests now (IDLE + BUSY)."""
         return self._workers.serving()
 
+    def waits_for_answers(self) -> bool:
+        """Requests wait and no pipeline starts for them: only an answer of a busy
+        pipeline lets the next one run (the scheduler then reads the answer pipes sooner)."""
+        return bool(self._waiting) and not self._workers.any_in(STARTING)
+
     def queue_deadline(self) -> float | None:
         """The earliest deadline of a waiting request (see `only_queue_deadline_moved`)."""
         return self._queue.next_deadline()
