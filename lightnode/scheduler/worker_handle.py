@@ -51,6 +51,8 @@ _unpack_header: Final = HEADER.unpack_from
 
 # How long a stopped worker may take to exit after its pipe closed before SIGTERM,
 # and SIGTERM before SIGKILL. Short: an idle worker exits at once on EOF.
+# Environment variables of the node that pipelines do not inherit (see _environment).
+NODE_SECRETS: Final = ("LIGHTNODE_ADMIN_KEY",)
 STOP_TERM_AFTER_S: Final = 5.0
 STOP_KILL_AFTER_S: Final = 3.0
 # After SIGUSR1 (stack dump) the worker gets this long to write it before SIGKILL.
@@ -383,6 +385,10 @@ class WorkerHandle:
     def _environment(self) -> dict[str, str]:
         spec = self.spec
         env = dict(os.environ)
+        # The node's own secrets are not user code's: the README's production setup
+        # exports the admin key in the shell that starts the node.
+        for name in NODE_SECRETS:
+            env.pop(name, None)
         env.update(spec.env)
         env.update(
             {

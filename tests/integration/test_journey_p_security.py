@@ -107,3 +107,16 @@ def test_admin_status_waits_for_a_node_that_is_starting(node_factory: Callable[.
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 0, err
     assert "waiting for the node" in err and "s" in out
+
+
+def test_the_admin_key_in_the_nodes_environment_does_not_reach_user_code(
+    node_factory: Callable[..., Node], tmp_path: Path
+) -> None:
+    """The README's production setup exports LIGHTNODE_ADMIN_KEY in the shell that starts
+    the node; every pipeline inherited it (a service returned it in its answer)."""
+    data = tmp_path / "data"
+    spy = "import os\ndef e():\n    return {k: v for k, v in os.environ.items() if 'ADMIN' in k or v.startswith('lnk_')}\n"
+    write_service(data, "s", {"e": spy})
+    node = node_factory(data, env={"LIGHTNODE_ADMIN_KEY": "lnk_" + "Zz9" * 14, "OTHER_SETTING": "kept"})
+    status, body = node.run("s", "e")
+    assert status == 200 and body["response"] == {}, body
