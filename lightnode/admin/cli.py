@@ -201,8 +201,12 @@ def render_status(payload: dict[str, Any]) -> str:
         for ep in service.get("endpoints", []):
             states = ep["pipelinesByState"]
             pool = ep["config"]["pool"]
+            load = ep["loadState"]
+            if load == "loading" and not any(states.values()) and pool["floor"] == 0:
+                # Nothing is loading: a hundred such endpoints read "loading" at idle.
+                load = "not loaded (floor 0: loads at its first request)"
             lines.append(
-                f"  {ep['endpointId']}@{ep['generation']}: {ep['loadState']}"
+                f"  {ep['endpointId']}@{ep['generation']}: {load}"
                 f" pipelines starting={states.get('starting', 0)} idle={states.get('idle', 0)}"
                 f" busy={states.get('busy', 0)} stopping={states.get('stopping', 0)}"
                 f" queue={ep['queueLength']} staged={ep.get('stagedRequests', 0)}"

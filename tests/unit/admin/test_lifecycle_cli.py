@@ -280,6 +280,24 @@ def test_status_shows_every_tuning_value_in_force() -> None:
     assert "    limits exec_timeout=2000ms max_requests=none max_rss_mb=512MB" in text
 
 
+def test_status_of_a_floor_0_endpoint_never_called_is_not_loading() -> None:
+    """It read "loading" for ever at idle: nothing loads until its first request."""
+    from lightnode.admin.cli import render_status
+
+    endpoint = {"endpointId": "e", "generation": "v1", "loadState": "loading",
+                "pipelinesByState": {"starting": 0, "idle": 0, "busy": 0, "stopping": 0},
+                "queueLength": 0, "stagedRequests": 0, "oldestWaitMs": 0.0,
+                "config": {"pool": {"floor": 0, "cruise": 2, "ceil": 4, "queue": 16, "timeout": 10000}},
+                "configSource": "defaults", "lastStart": {"secondsAgo": None, "durationMs": None},
+                "lastLoadError": None, "lastConfigError": None,
+                "counters": {"served": 0, "starts": 0, "crashes": 0, "retirements": 0, "rejections": {}}}
+    service = {"serviceId": "svc", "enabled": True, "mapping": [], "error": None, "switchError": None,
+               "generationErrors": {}, "endpoints": [endpoint]}
+    assert "e@v1: not loaded (floor 0: loads at its first request) pipelines" in render_status({"services": [service]})
+    starting = {**endpoint, "pipelinesByState": {**endpoint["pipelinesByState"], "starting": 1}}
+    assert "e@v1: loading pipelines starting=1" in render_status({"services": [{**service, "endpoints": [starting]}]})
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--data-dir", ""], ["serve", "--data-dir", ""], ["admin", "services", "--data-dir", ""],
