@@ -15,44 +15,26 @@ from lightnode.errors import LightnodeError
 from lightnode.scheduler.scheduler import Call, EndpointPool
 from lightnode.scheduler.worker_handle import WorkerSpec
 from lightnode.worker import runtime
+from tests.unit.scheduler.test_scheduler import FakeWorker
 
 SPEC = WorkerSpec("svc", "ep", "v1", Path("/tmp"), "ep.py", "f")
 
 
-class PipeWorker:
+class PipeWorker(FakeWorker):
     """A pipeline whose answers wait in its pipe (`written`) until the node reads them."""
 
-    instances: list[PipeWorker] = []
+    instances: list[PipeWorker] = []  # type: ignore[assignment]  # its own list, of its own kind
 
     def __init__(self, loop: Any, worker_id: int, spec: WorkerSpec, listener: Any) -> None:
-        self.worker_id = worker_id
-        self.listener = listener
-        self.pid = 1000 + worker_id
-        self.started_at = 0.0
-        self.sent: list[bytes] = []
+        super().__init__(loop, worker_id, spec, listener)
         self.written: list[bytes] = []  # answers in the pipe, not read by the node yet
         self.reads = 0
         PipeWorker.instances.append(self)
-
-    def spawn(self) -> None:
-        pass
-
-    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
-        self.sent.append(body)
 
     def read_answers(self) -> None:
         self.reads += 1
         while self.written:
             self.listener.worker_answered(self.worker_id, runtime.RESULT, 50_000, self.written.pop(0))
-
-    def stop(self) -> None:
-        pass
-
-    def kill(self, *, dump_stack: bool = True) -> None:
-        pass
-
-    def rss_bytes(self) -> int:
-        return 0
 
 
 class Sink:

@@ -17,8 +17,8 @@ from lightnode.observe.logsetup import request_extra, setup_logging
 
 @pytest.fixture
 def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    root, library = logging.getLogger(), logging.getLogger("watchfiles")
+    handlers, level, library_level = list(root.handlers), root.level, library.level
     yield
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -26,6 +26,7 @@ def restore_root() -> Iterator[None]:
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
+    library.setLevel(library_level)
 
 
 def emit(log_format: str, logs_dir: Path | None = None) -> str:
@@ -100,3 +101,25 @@ def test_a_removed_logs_directory_is_made_again(restore_root: None, tmp_path: Pa
     log.info("after rm -rf")
     assert (logs / "lightnode.log").read_text().endswith("lightnode.test: after rm -rf\n")
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_file_event_batches_are_not_logged_at_info(restore_root: None) -> None:
+    """watchfiles logs "N changes detected" at INFO for every batch of file events: a
+    line per deploy step and per tuning write (167 in journey N's 40 deploys), saying
+    nothing the node's own line about the change does not say better."""
+    stream = io.StringIO()
+    setup_logging(LoggingSettings(level="info"), None, stream=stream)
+    logging.getLogger("watchfiles.main").info("4 changes detected")
+    logging.getLogger("watchfiles.main").warning("a watch failed")
+    logging.getLogger("lightnode.registry").info("svc25/ep2: tuning applied")
+    text = stream.getvalue()
+    assert "changes detected" not in text
+    assert "a watch failed" in text and "tuning applied" in text
+
+
+def test_debug_level_shows_them(restore_root: None) -> None:
+    stream = io.StringIO()
+    setup_logging(LoggingSettings(level="info"), None, stream=stream)
+    setup_logging(LoggingSettings(level="debug"), None, stream=stream)
+    logging.getLogger("watchfiles.main").info("4 changes detected")
+    assert "changes detected" in stream.getvalue()
