@@ -60,7 +60,7 @@ ERROR_LOG_INTERVAL_S: Final = 60.0
 # addresses, errorTypes) are kept; the cache is emptied when it reaches this size.
 LITERAL_CACHE_SIZE = 4096
 # Written in place of a service or endpoint id that holds an API key (errors.holds_api_key).
-KEY_AS_ID = "<an API key>"
+KEY_AS_ID: Final = "<an API key>"
 _MILLIS: Final = [f".{milli:03d}Z" for milli in range(1000)]
 
 
