@@ -17,8 +17,8 @@ API_KEY_PREFIX = "lnk_"
 
 
 def holds_api_key(text: str) -> bool:
-    """True when an id holds the start of an API key (ids cannot hold percent-escapes)."""
-    return API_KEY_PREFIX in text.lower()
+    """True when an id is shaped like an API key (ids cannot hold percent-escapes)."""
+    return text[:4].lower() == API_KEY_PREFIX
 
 
 # errorType -> HTTP status (SPEC §3.4). A 503 always means the function did not run.

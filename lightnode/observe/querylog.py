@@ -151,11 +151,13 @@ class QueryLog:
         """The keys serviceId .. errorType of a line, with a trailing comma (cached)."""
         service_id, endpoint_id, generation, status, error_type = key
         literal = self._literal
-        # An API key typed as an id (a 404 NotFound) is not written to the log.
-        if holds_api_key(service_id):
-            service_id = KEY_AS_ID
-        if holds_api_key(endpoint_id):
-            endpoint_id = KEY_AS_ID
+        # An API key typed as an id (so a 404: a service of such an id keeps its name) is
+        # not written to the log.
+        if status == 404:
+            if holds_api_key(service_id):
+                service_id = KEY_AS_ID
+            if holds_api_key(endpoint_id):
+                endpoint_id = KEY_AS_ID
         fragment = (
             f'"serviceId":{literal(service_id)},"endpointId":{literal(endpoint_id)},'
             f'"generation":{literal(generation)},"status":{int(status)},'

@@ -310,3 +310,21 @@ def test_a_removed_logs_directory_is_made_again(tmp_path: Path) -> None:
     qlog.close()
     assert [e["requestId"] for e in lines(logs / "queries.log")] == ["after-rm-rf"]
     assert qlog.dropped_lines == 0
+
+
+def test_an_api_key_typed_as_an_id_is_not_written_but_a_service_named_so_is(tmp_path: Path) -> None:
+    """A key in the id of a /run path (dataikuapi's APINodeClient(uri, KEY)) gets a 404:
+    the line holds "<an API key>". A service that exists keeps its name, whatever it is."""
+    key = "lnk_" + "Ab3" * 14
+    qlog = make(tmp_path)
+    qlog.observe(record(service_id=key, status=404, error_type="NotFound"))
+    qlog.observe(record(endpoint_id=key.upper(), status=404, error_type="NotFound"))
+    qlog.observe(record(service_id="lnk_mapper", status=200))
+    qlog.close()
+    text = (tmp_path / "queries.log").read_text()
+    assert key.lower() not in text.lower()
+    assert [(line["serviceId"], line["endpointId"]) for line in lines(tmp_path / "queries.log")] == [
+        ("<an API key>", "ep"),
+        ("svc", "<an API key>"),
+        ("lnk_mapper", "ep"),
+    ]
