@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 import ujson
@@ -41,6 +41,7 @@ from lightnode.config.validate import decode_json
 from lightnode.errors import ConfigError, IdError, LightnodeError
 from lightnode.http.exchange import Exchange
 from lightnode.http.routing import Route
+from lightnode.observe.logsetup import one_line
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.scheduler import EndpointPool
@@ -207,18 +208,6 @@ def _object_body(exchange: Exchange) -> dict[str, Any]:
     return body
 
 
-# Control characters (but tab) as escapes in audit lines: a path segment or a refusal
-# message holding a newline (both decoded from the request: an id in the path, a key
-# of a tuning object) would otherwise write a line of the caller's choosing into the
-# audit log, or terminal escapes. The answer keeps the text as it is (JSON escapes it).
-_CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
-
-
-def _loggable(text: str) -> str:
-    """`text` as one line of the audit log: control characters escaped."""
-    return text if text.isprintable() else text.translate(_CONTROLS)
-
-
 def _public_path(rest: str) -> str:
     """The path for the audit log and messages: every segment that looks like a key is `<key>`.
 
@@ -328,7 +317,10 @@ class AdminRoutes:
         not apply (a generation that fails to load) is answered as an error.
         """
         who = p[WHO]
-        what = _loggable(f"{exchange.method.decode('latin-1')} {_public_path(p[PATH])}")
+        # A path segment or a refusal message holding a newline (both decoded from the
+        # request: an id in the path, a key of a tuning object) would otherwise write a
+        # line of the caller's choosing into the audit log. The answer keeps the text.
+        what = one_line(f"{exchange.method.decode('latin-1')} {_public_path(p[PATH])}")
         future = self.node.loop.run_in_executor(self._executor, operation)
 
         def answer(result: Any) -> None:
@@ -343,7 +335,7 @@ class AdminRoutes:
             if exc is not None:
                 error = _masked(_error_for(exc))
                 audit.info(
-                    "admin %s by %s from %s: refused: %s", what, who, exchange.client, _loggable(error.message)
+                    "admin %s by %s from %s: refused: %s", what, who, exchange.client, one_line(error.message)
                 )
                 exchange.respond_error(error)
                 return
@@ -359,7 +351,7 @@ class AdminRoutes:
             if failure is None or not switch:
                 answer(result)
                 return
-            audit.info("admin %s by %s from %s: not applied: %s", what, who, exchange.client, _loggable(failure))
+            audit.info("admin %s by %s from %s: not applied: %s", what, who, exchange.client, one_line(failure))
             exchange.respond_error(LightnodeError("EndpointUnavailable", failure))
 
         future.add_done_callback(done)

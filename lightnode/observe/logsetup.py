@@ -42,6 +42,17 @@ WATCH_LIBRARY_LOGGER = "watchfiles"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 
+# Control characters (but tab) as escapes, for `one_line`.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters (but tab) as escapes: what the node writes to
+    its logs from outside (a user's output, an id decoded from a request path) can then
+    neither forge a line nor write NULs or terminal escape sequences."""
+    return text if text.isprintable() else text.translate(_CONTROLS)
+
+
 def request_extra(request_id: str) -> dict[str, str]:
     """The `extra=` argument that tags a log record with a request id."""
     return {"request_id": request_id}

@@ -26,6 +26,7 @@ from typing import Final, Protocol, cast
 
 import ujson
 
+from lightnode.observe.logsetup import one_line
 from lightnode.worker import runtime
 from lightnode.worker.runtime import HEADER
 
@@ -299,14 +300,9 @@ async def flush_user_output(timeout_s: float) -> None:
         await asyncio.sleep(0.01)
 
 
-# Control characters (but tab) as escapes: a user's bytes must not write NULs or
-# terminal escape sequences into the node's log.
-_CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F)}
-
-
 def _printable(line: bytes) -> str:
-    text = line.decode("utf-8", "replace")
-    return text if text.isprintable() else text.translate(_CONTROLS)
+    """A line of user output for the node's log: no NULs or terminal escapes (one_line)."""
+    return one_line(line.decode("utf-8", "replace"))
 
 
 class WorkerHandle:
