@@ -183,6 +183,14 @@ class EndpointPool:
         self._feed(ev.Loaded())
         self._arm_rss_check()
 
+    def _read_answers_of(self, worker_ids: list[int]) -> None:
+        """Read now the answers these pipelines have written (those still alive)."""
+        workers = self.workers
+        for worker_id in worker_ids:
+            worker = workers.get(worker_id)
+            if worker is not None:
+                worker.read_answers()
+
     def submit(self, body: bytes, exchange: Any) -> Call:
         """Accept a request; exactly one of the sink's methods will be called for it.
 
@@ -208,11 +216,7 @@ class EndpointPool:
             and self.machine.waits_for_answers()
         ):
             self._poll_at = now + self.answer_poll_s
-            workers = self.workers
-            for worker_id in list(self._running):
-                worker = workers.get(worker_id)
-                if worker is not None:
-                    worker.read_answers()
+            self._read_answers_of(list(self._running))
             now = monotonic()
         call = Call(request_id, body, now, exchange)
         self.calls[request_id] = call
@@ -392,10 +396,7 @@ class EndpointPool:
         read_s = monotonic()
         overdue = self.machine.overdue_pipelines(read_s)
         if overdue:
-            for worker_id in overdue:
-                worker = self.workers.get(worker_id)
-                if worker is not None:
-                    worker.read_answers()
+            self._read_answers_of(overdue)
             self._feed(ev.AnswersRead(tuple(overdue), read_s))
         earliest = self.machine.next_start_by()
         if earliest is not None:
