@@ -801,13 +801,9 @@ class HttpProtocol:
         self._continue_wanted = False
         if self._header_timer is not None:
             self._cancel_header_timer()
-        body = self._body
-        exchange.body = (body[0] if len(body) == 1 else b"".join(body)) if body else b""
-        exchange.started = _monotonic()
-        self._pending.append(exchange)
-        self._ready.append(exchange)  # handed over at the end of this read
         if not self._upgrade_kept:
             self._stop_reading()
+        self._upgrade_body_read(exchange)  # handed over at the end of this read
 
     def _upgraded(self, data: bytes, args: tuple[Any, ...]) -> None:
         """The parser stopped at an upgrade request in `data`: see _on_upgrade."""
@@ -854,9 +850,6 @@ class HttpProtocol:
         if self._body_bytes < self._content_length:
             self._body_progressed()
             return b""
-        body = self._body
-        exchange.body = body[0] if len(body) == 1 else b"".join(body)
-        exchange.started = _monotonic()
         rest = b""
         if self._upgrade_kept:
             self._raw_exchange = None
@@ -866,10 +859,17 @@ class HttpProtocol:
             rest = data[left:]
         else:
             self._stop_reading()  # clears _raw_exchange
-        self._pending.append(exchange)
-        self._ready.append(exchange)
+        self._upgrade_body_read(exchange)
         self._dispatch()
         return rest
+
+    def _upgrade_body_read(self, exchange: _ServerExchange) -> None:
+        """The body of upgrade request `exchange` is read: it joins the requests to hand over."""
+        body = self._body
+        exchange.body = (body[0] if len(body) == 1 else b"".join(body)) if body else b""
+        exchange.started = _monotonic()
+        self._pending.append(exchange)
+        self._ready.append(exchange)
 
     def _stop_reading(self) -> None:
         self._accepting = False
