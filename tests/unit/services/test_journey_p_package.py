@@ -30,24 +30,33 @@ def snapshot(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+def data_dir(tmp_path: Path) -> DataDir:
+    data = DataDir(tmp_path / "data")
+    data.ensure_layout()
+    return data
+
+
+def refused_leaving_nothing(data: DataDir, archive: Path, match: str) -> None:
+    """Importing `archive` is refused with a message matching `match`; the data dir is as it was."""
+    before = snapshot(data.root)
+    with pytest.raises(PackageRefused, match=match):
+        import_package(data, "s", archive, max_bytes=LIMIT)
+    assert snapshot(data.root) == before
+
+
 @pytest.mark.parametrize("depth", [950, 1500, 3000])
 def test_a_deeply_nested_member_is_a_refusal_not_a_recursion_error(tmp_path: Path, depth: int) -> None:
     # A member "d/d/d/.../f" nested ~1000 deep made pathlib's recursive mkdir (and
     # os.walk / rmtree after it) raise RecursionError: a traceback from
     # `admin import --data-dir`, a 500 from the admin API.
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
+    data = data_dir(tmp_path)
     archive = tmp_path / "deep.zip"
     archive.write_bytes(package_with("d/" * depth + "f"))
-    before = snapshot(data.root)
-    with pytest.raises(PackageRefused, match="directories deep"):
-        import_package(data, "s", archive, max_bytes=LIMIT)
-    assert snapshot(data.root) == before
+    refused_leaving_nothing(data, archive, "directories deep")
 
 
 def test_a_member_at_the_depth_limit_still_imports(tmp_path: Path) -> None:
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
+    data = data_dir(tmp_path)
     archive = tmp_path / "deep-ok.zip"
     archive.write_bytes(package_with("d/" * (MAX_MEMBER_DEPTH - 1) + "f"))
     imported = import_package(data, "s", archive, max_bytes=LIMIT)
@@ -58,26 +67,21 @@ def test_a_member_at_the_depth_limit_still_imports(tmp_path: Path) -> None:
 def test_a_manifest_nested_too_deeply_is_a_refusal(tmp_path: Path) -> None:
     # lightnode-package.json of "[[[[...]]]]" 30000 deep (within its 64 KiB) ended the
     # import in a RecursionError: a traceback from `admin import`, a 500 from the API.
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
+    data = data_dir(tmp_path)
     service = {"id": "s", "endpoints": [{"id": "e", "type": "python-function", "code": "e.py"}]}
     archive = tmp_path / "deep-manifest.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(PACKAGE_FILE, "[" * 30000 + "]" * 30000)
         zf.writestr("service.json", json.dumps(service))
         zf.writestr("e.py", "def e():\n    return 1\n")
-    before = snapshot(data.root)
-    with pytest.raises(PackageRefused, match="nested too deeply"):
-        import_package(data, "s", archive, max_bytes=LIMIT)
-    assert snapshot(data.root) == before
+    refused_leaving_nothing(data, archive, "nested too deeply")
 
 
 def test_a_package_of_thousands_of_bad_members_gets_a_message_of_bounded_size(tmp_path: Path) -> None:
     # 90,000 members named "../xxx...": the refusal listed every one, a 21 MB message
     # printed by `admin import`, answered by the admin API and written as one line of
     # the audit log, at every attempt.
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
+    data = data_dir(tmp_path)
     archive = tmp_path / "many-bad.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr(PACKAGE_FILE, json.dumps({"service": "s", "generation": "g1", "created": "x"}))
@@ -92,8 +96,7 @@ def test_a_package_of_thousands_of_bad_members_gets_a_message_of_bounded_size(tm
 
 
 def test_an_overlong_member_name_is_shortened_in_the_message(tmp_path: Path) -> None:
-    data = DataDir(tmp_path / "data")
-    data.ensure_layout()
+    data = data_dir(tmp_path)
     archive = tmp_path / "long-bad.zip"
     archive.write_bytes(package_with("../" + "n" * 60000))
     with pytest.raises(PackageRefused, match="path traversal") as info:
