@@ -416,8 +416,9 @@ def test_serve_being_killed_starts_nothing_and_says_so(tmp_path: Path) -> None:
     assert read_frame(ans_r)[0] == READY
     runtime._KILL_NOTICE[0] = True  # what SIGUSR1 sets before an exec-timeout kill
     try:
-        write_frame(call_w, CALL, b'{"n": 1}')
-        write_frame(call_w, CALL, b'{"n": 2}')
+        # Both calls in one write: the worker exits after reading the first, so a second
+        # write could meet a closed pipe (EPIPE).
+        os.write(call_w, encode_frame(CALL, b'{"n": 1}') + encode_frame(CALL, b'{"n": 2}'))
         assert read_frame(ans_r) == (runtime.NOT_STARTED, runtime.NOT_STARTED_STOPPING, b"")
         thread.join(5)
         assert result == [0] and read_frame(ans_r) is None  # exited: nothing else answered
