@@ -24,6 +24,7 @@ from lightnode.config.model import EndpointConfig
 from lightnode.errors import ConfigError, LightnodeError, holds_api_key
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.scheduler import CallSink, EndpointPool, WorkerFactory
+from lightnode.scheduler.start_gate import StartGate, default_slots
 from lightnode.scheduler.worker_handle import WorkerHandle, WorkerSpec
 from lightnode.services.codeenv import CodeEnvError, interpreter_for
 from lightnode.services.model import EndpointDef, ServiceDef, load_service_dir
@@ -93,8 +94,12 @@ class Registry:
         dev: bool = False,
         worker_factory: WorkerFactory = WorkerHandle,
         switch_warmup_s: float = SWITCH_WARMUP_TIMEOUT_S,
+        start_slots: int | None = None,
     ) -> None:
         self.loop = loop
+        # Every pool's pipeline starts pass one gate: at most this many boot at once
+        # (start_gate.py; None: one per core, at least two).
+        self.start_gate = StartGate(loop, start_slots if start_slots is not None else default_slots())
         self.switch_warmup_s = switch_warmup_s
         self.worker_factory = worker_factory  # how pools start pipelines (tests: in-process fakes)
         self.data_dir = data_dir
@@ -183,7 +188,9 @@ class Registry:
             if gen.endpoint_errors.pop(endpoint.id, None) is not None:
                 log.info("%s/%s: starting, its code env is built now", service_id, endpoint.id)
             config = self.endpoint_config(service_id, endpoint.id)
-            pool = EndpointPool(self.loop, spec, config, self.sink, worker_factory=self.worker_factory)
+            pool = EndpointPool(
+                self.loop, spec, config, self.sink, worker_factory=self.worker_factory, start_gate=self.start_gate
+            )
             gen.pools[endpoint.id] = pool
             pool.start()
         if not gen.endpoint_errors:

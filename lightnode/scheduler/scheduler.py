@@ -34,6 +34,7 @@ from lightnode.pool import events as ev
 from lightnode.pool.machine import PoolMachine
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.pool.states import WorkerState
+from lightnode.scheduler.start_gate import StartGate
 from lightnode.scheduler.worker_handle import (
     NOT_STARTED,
     NOT_STARTED_STOPPING,
@@ -130,6 +131,7 @@ class EndpointPool:
         sink: CallSink,
         *,
         worker_factory: WorkerFactory = WorkerHandle,
+        start_gate: StartGate | None = None,
     ) -> None:
         self.loop = loop
         self.spec = spec
@@ -137,6 +139,11 @@ class EndpointPool:
         self.machine = PoolMachine(config)
         self._factory = worker_factory
         self.workers: dict[int, Any] = {}
+        # The node's gate on pipelines booting at once (start_gate.py); a pool built on
+        # its own starts its pipelines at once. The pipelines the machine started that
+        # still wait for a slot have a handle here but no process yet.
+        self.start_gate = start_gate if start_gate is not None else StartGate(loop, None)
+        self._unlaunched: set[int] = set()
         self.start_warning_s: float = START_WARNING_S  # tests shorten it
         # The START_WARNING_S timer of each pipeline starting (cancelled at READY or exit).
         self._start_timers: dict[int, asyncio.TimerHandle] = {}
@@ -273,15 +280,20 @@ class EndpointPool:
 
     def kill_all(self) -> None:
         """Last resort at shutdown: SIGKILL whatever still runs."""
-        for worker in list(self.workers.values()):
-            worker.kill(dump_stack=False)
+        for worker_id, worker in list(self.workers.items()):
+            if not self._never_launched(worker_id):
+                worker.kill(dump_stack=False)
 
     def snapshot(self) -> PoolSnapshot:
         return self.machine.snapshot(monotonic())
 
     def pipelines(self) -> list[dict[str, object]]:
         return [
-            {"workerId": wid, "pid": w.pid, "state": self.machine.worker_state(wid).value}
+            {
+                "workerId": wid,
+                "pid": None if wid in self._unlaunched else w.pid,  # None: waits for a start slot
+                "state": self.machine.worker_state(wid).value,
+            }
             for wid, w in sorted(self.workers.items())
         ]
 
@@ -342,11 +354,11 @@ class EndpointPool:
                 self._spawn(command.worker_id)
             elif isinstance(command, cmd.StopWorker):
                 worker = self.workers.get(command.worker_id)
-                if worker is not None:
+                if worker is not None and not self._never_launched(command.worker_id):
                     worker.stop()
             elif isinstance(command, cmd.KillWorker):
                 worker = self.workers.get(command.worker_id)
-                if worker is not None:
+                if worker is not None and not self._never_launched(command.worker_id):
                     log.warning("%s: killing pipeline pid %s: %s", self.spec.tag, worker.pid, command.reason)
                     worker.kill(dump_stack=True)
             elif isinstance(command, cmd.Drained):
@@ -405,18 +417,37 @@ class EndpointPool:
     # ---------------------------------------------------------------- commands
 
     def _spawn(self, worker_id: int) -> None:
+        """Start pipeline `worker_id` once the node's start gate lets it (see _launch)."""
         worker = self._factory(self.loop, worker_id, self.spec, self)
         self.workers[worker_id] = worker
+        self._unlaunched.add(worker_id)
+        self.start_gate.ask(worker, lambda: self._launch(worker_id, worker), lambda: worker.pid)
+
+    def _launch(self, worker_id: int, worker: Any) -> bool:
+        """The gate's turn for `worker`: spawn its process; False if none was spawned."""
+        if worker_id not in self._unlaunched:
+            return False  # stopped while it waited (never: _never_launched withdrew it)
+        self._unlaunched.discard(worker_id)
         try:
             worker.spawn()
         except OSError as exc:
             message = f"cannot start {self.spec.python}: {exc}"
             self.loop.call_soon(self.worker_init_failed, worker_id, message, "")
             self.loop.call_soon(self.worker_exited, worker_id, "not started")
-            return
+            return False
         self._start_timers[worker_id] = self.loop.call_later(
             self.start_warning_s, self._still_starting, worker_id, worker, self.start_warning_s
         )
+        return True
+
+    def _never_launched(self, worker_id: int) -> bool:
+        """Stopped while it waited for a start slot: it never starts, and has exited."""
+        if worker_id not in self._unlaunched:
+            return False
+        self._unlaunched.discard(worker_id)
+        self.start_gate.withdraw(self.workers[worker_id])
+        self.loop.call_soon(self.worker_exited, worker_id, "stopped before it started")
+        return True
 
     def _still_starting(self, worker_id: int, worker: object, waited_s: float) -> None:
         """Say so if pipeline `worker` has still not said READY after `waited_s` (see START_WARNING_S)."""
@@ -438,10 +469,14 @@ class EndpointPool:
         )
 
     def _started(self, worker_id: int) -> None:
-        """Pipeline `worker_id` is no longer starting (READY, or gone): no warning for it."""
+        """Pipeline `worker_id` is no longer starting (READY, failed, or gone): no warning
+        for it, and its start slot goes to the next."""
         timer = self._start_timers.pop(worker_id, None)
         if timer is not None:
             timer.cancel()
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            self.start_gate.release(worker)
 
     def _dispatch(self, command: cmd.Dispatch) -> None:
         call = self.calls[command.request_id]
@@ -537,6 +572,7 @@ class EndpointPool:
         self._feed(ev.WorkerReady(worker_id))
 
     def worker_init_failed(self, worker_id: int, message: str, traceback: str) -> None:
+        self._started(worker_id)
         self.last_load_error = message
         self.last_load_traceback = traceback
         worker = self.workers.get(worker_id)

@@ -342,6 +342,7 @@ class WorkerHandle:
 
     def spawn(self) -> None:
         """Start the process. Raises OSError if it cannot be started."""
+        self.started_at = time.monotonic()  # a start may have waited for the node's start gate
         spec = self.spec
         call_r, call_w = os.pipe()
         answer_r, answer_w = os.pipe()

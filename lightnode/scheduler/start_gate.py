@@ -1,0 +1,182 @@
+"""How many pipelines of the whole node boot at once.
+
+A pipeline's start is a Python interpreter importing the runtime and the user's code:
+tens of ms to seconds of CPU. Started all at once, as a node of a hundred floor-1
+endpoints does at start (or a large service's new generation at a deploy), the
+interpreters share the machine's cores with the node's event loop: measured with 101
+pipelines on 2 cores, the node answered nothing, /isAlive included, for 4-6 s, and the
+serving pipelines of other endpoints slowed as much.
+
+Every pool asks this node-wide gate before it starts a process. A start holds one of
+`slots` (one per core the node may run on, at least two) from its spawn until the
+pipeline says READY or exits, or until it stops wanting the CPU: a start whose process
+was runnable (on a core, or waiting for one) less than half of the last `CHECK_S` (it
+waits on the network, the disk or a lock), or has held its slot for `MAX_HOLD_S`, leaves
+its slot to the next. So inits that wait on I/O still overlap as before, and only
+CPU-bound boots queue. Runnable, not on-CPU, time: on a machine busy with other work a
+CPU-bound boot gets less than half a core, and must keep its slot all the same. The
+others wait in arrival order; the pool machine sees them as STARTING all along (its
+queue timeout and start rules are unchanged), and a pipeline stopped before its turn
+never starts.
+
+Imports: stdlib only (the pool and its handles are duck-typed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+# How often a holder's runnable time is read.
+CHECK_S: Final = 0.2
+# A start runnable less than this share of the last CHECK_S leaves its slot.
+BUSY_SHARE: Final = 0.5
+# A start holds a slot at most this long, busy or not: a slow CPU-bound init (a large
+# model parsed in Python) overlaps with the next starts rather than holding them back.
+MAX_HOLD_S: Final = 5.0
+
+_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def default_slots() -> int:
+    """One per core this process may run on, at least two."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(2, cores)
+
+
+def process_runnable_s(pid: int) -> float | None:
+    """Seconds process `pid` has been runnable (on a core or waiting for one), or None
+    where it cannot be read.
+
+    Linux: /proc/PID/schedstat's time on a core and time waiting in the run queue (ns);
+    on a kernel without it, the CPU time of /proc/PID/stat (fields 14 and 15, after the
+    command name, which may hold spaces and parentheses, hence the last ")").
+    """
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            on_core_ns, waiting_ns = f.read().split()[:2]
+        return (int(on_core_ns) + int(waiting_ns)) / 1e9
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    except (IndexError, ValueError):
+        return None
+
+
+class _Start:
+    """One pipeline start: `launch()` spawns it and says whether it was spawned."""
+
+    __slots__ = ("launch", "pid_of", "runnable_s", "checked_at", "held_since", "timer")
+
+    def __init__(self, launch: Callable[[], bool], pid_of: Callable[[], int]) -> None:
+        self.launch = launch
+        self.pid_of = pid_of
+        self.runnable_s: float | None = None
+        self.checked_at = 0.0
+        self.held_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class StartGate:
+    """Node-wide: at most `slots` pipeline starts use the CPU at once (None: no limit)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        slots: int | None,
+        *,
+        runnable_s: Callable[[int], float | None] = process_runnable_s,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loop = loop
+        self.slots = slots
+        self._runnable_s = runnable_s
+        self._clock = clock
+        self._holding: dict[object, _Start] = {}
+        self._waiting: deque[tuple[object, _Start]] = deque()
+
+    @property
+    def holding(self) -> int:
+        return len(self._holding)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def ask(self, key: object, launch: Callable[[], bool], pid_of: Callable[[], int]) -> None:
+        """Start `key` now if a slot is free, else when one is: `launch()` spawns it."""
+        start = _Start(launch, pid_of)
+        if self.slots is not None and len(self._holding) >= self.slots:
+            self._waiting.append((key, start))
+            return
+        self._launch(key, start)
+
+    def withdraw(self, key: object) -> bool:
+        """`key` is not to start: True if it was still waiting for a slot (it never will)."""
+        for index, (waiting_key, _) in enumerate(self._waiting):
+            if waiting_key is key:
+                del self._waiting[index]
+                return True
+        return False
+
+    def release(self, key: object) -> None:
+        """`key` is no longer booting (READY, failed, exited): its slot goes to the next."""
+        start = self._holding.pop(key, None)
+        if start is None:
+            return
+        if start.timer is not None:
+            start.timer.cancel()
+        self._next()
+
+    def _launch(self, key: object, start: _Start) -> None:
+        if not start.launch():  # not spawned (stopped meanwhile, or the spawn failed)
+            return
+        if self.slots is None:
+            return
+        now = self._clock()
+        start.held_since = start.checked_at = now
+        start.runnable_s = self._runnable_s(start.pid_of())
+        self._holding[key] = start
+        start.timer = self.loop.call_later(CHECK_S, self._check, key, start)
+
+    def _check(self, key: object, start: _Start) -> None:
+        """Keep `key`'s slot while its process wants a core (see the module docstring)."""
+        if self._holding.get(key) is not start:
+            return
+        now = self._clock()
+        runnable_s = self._runnable_s(start.pid_of())
+        busy = (
+            runnable_s is not None
+            and start.runnable_s is not None
+            and runnable_s - start.runnable_s >= BUSY_SHARE * (now - start.checked_at)
+        )
+        if busy and now - start.held_since < MAX_HOLD_S:
+            start.runnable_s, start.checked_at = runnable_s, now
+            start.timer = self.loop.call_later(CHECK_S, self._check, key, start)
+            return
+        start.timer = None
+        self.release(key)
+
+    def _next(self) -> None:
+        while self._waiting and (self.slots is None or len(self._holding) < self.slots):
+            key, start = self._waiting.popleft()
+            self._launch(key, start)
+
+
+def unlimited(loop: Any) -> StartGate:
+    """A gate that starts everything at once (a pool built on its own, as in tests)."""
+    return StartGate(loop, None)
