@@ -98,7 +98,7 @@ class Registry:
     ) -> None:
         self.loop = loop
         # Every pool's pipeline starts pass one gate: at most this many boot at once
-        # (start_gate.py; None: one per core, at least two).
+        # (start_gate.py; None: two per core, at least four).
         self.start_gate = StartGate(loop, start_slots if start_slots is not None else default_slots())
         self.switch_warmup_s = switch_warmup_s
         self.worker_factory = worker_factory  # how pools start pipelines (tests: in-process fakes)

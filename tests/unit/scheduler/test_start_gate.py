@@ -155,8 +155,8 @@ def test_no_limit_starts_everything_at_once_and_arms_no_check() -> None:
     assert g.launched == list("abcdefgh") and g.loop.timers == []
 
 
-def test_default_slots_is_one_per_usable_core_at_least_two() -> None:
-    assert default_slots() == max(2, len(os.sched_getaffinity(0)))
+def test_default_slots_is_two_per_usable_core_at_least_four() -> None:
+    assert default_slots() == 2 * max(2, len(os.sched_getaffinity(0)))
 
 
 def test_process_runnable_s_reads_a_busy_child_and_none_for_no_process() -> None:
