@@ -98,13 +98,21 @@ def test_admin_status_waits_for_a_node_that_is_starting(node_factory: Callable[.
     addr = data / "run" / "lightnode.addr"
     held = addr.with_name("held-back")
     addr.rename(held)
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "lightnode", "admin", "status", "--data-dir", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(1.0)
+    err_path = tmp_path / "status.err"
+    with open(err_path, "wb") as err_file:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "lightnode", "admin", "status", "--data-dir", str(data)],
+            stdout=subprocess.PIPE, stderr=err_file, text=True,
+        )  # fmt: skip
+    # Held back until the command has found no address and waits (an interpreter start:
+    # it may take over a second on a busy machine).
+    deadline = time.monotonic() + 30
+    while "waiting for the node" not in err_path.read_text() and cli.poll() is None:
+        assert time.monotonic() < deadline, err_path.read_text()
+        time.sleep(0.02)
     held.rename(addr)
-    out, err = cli.communicate(timeout=60)
+    out, _ = cli.communicate(timeout=60)
+    err = err_path.read_text()
     assert cli.returncode == 0, err
     assert "waiting for the node" in err and "s" in out
 
