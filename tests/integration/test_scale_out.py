@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from lightnode.services.store import DataDir
-from tests.conftest import REPO, Node, write_service
+from tests.conftest import REPO, Node, until, write_service
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +93,12 @@ def test_not_alive_file_drains_the_node_and_removing_it_brings_it_back(node_fact
     running: list[tuple[int, object]] = []
     thread = threading.Thread(target=lambda: running.append(node.run("svc", "slow", {"ms": 800})))
     thread.start()
-    time.sleep(0.2)  # the slow request is running
+    # The slow request is running (not merely sent: one that reaches the node after the
+    # drain would rightly be refused).
+    until(lambda: node.stats("svc")["endpoints"][0]["pipelinesByState"].get("busy") == 1, what="busy")
     (root / "not-alive").touch()
     # One poll of the file (0.25 s) flips /isAlive, /readyz and /run together.
-    wait_status(node, "/isAlive", 503, timeout_s=1.0)
+    wait_status(node, "/isAlive", 503, timeout_s=5.0)
     wait_status(node, "/readyz", 503, timeout_s=0.1)
     status, headers, raw = node.request("POST", "/public/api/v1/svc/slow/run", b'{"ms": 1}')
     assert status == 503
@@ -105,7 +107,7 @@ def test_not_alive_file_drains_the_node_and_removing_it_brings_it_back(node_fact
     thread.join(10)
     assert running and running[0][0] == 200, running  # the request already running finished
     (root / "not-alive").unlink()
-    wait_status(node, "/readyz", 200, timeout_s=1.0)
+    wait_status(node, "/readyz", 200, timeout_s=5.0)
     assert node.run("svc", "slow", {"ms": 1})[0] == 200
     assert node.get("/isAlive")[0] == 200
 

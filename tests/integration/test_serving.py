@@ -293,7 +293,8 @@ def test_sigterm_finishes_running_requests_and_exits_zero(node_factory, tmp_path
     results: list[tuple[int, object]] = []
     thread = threading.Thread(target=lambda: results.append(n.run("svc", "slow", {"ms": 800})))
     thread.start()
-    time.sleep(0.3)
+    # Running, not merely sent: a request that reaches a draining node is refused.
+    until(lambda: n.stats("svc")["endpoints"][0]["pipelinesByState"].get("busy") == 1, what="busy")
     n.signal(signal.SIGTERM)
     thread.join(10)
     assert results and results[0][0] == 200

@@ -12,12 +12,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import until
 from tests.integration.test_devtools import (
     QUOTE_V1,
     dev_server,
@@ -76,7 +77,13 @@ def test_dev_reload_drains_the_old_pipelines_a_request_in_flight_is_answered(
 
     slow = threading.Thread(target=call)
     slow.start()
-    time.sleep(0.5)  # the request is running in dev-1
+
+    def running_in_dev_1() -> bool:
+        with urllib.request.urlopen(f"{server.url}/admin/api/services/pricing/stats", timeout=10) as answer:
+            (endpoint,) = json.loads(answer.read())["endpoints"]
+        return bool(endpoint["generation"] == "dev-1" and endpoint["pipelinesByState"]["busy"] == 1)
+
+    until(running_in_dev_1, what="the request running in dev-1")
     mark = len(server.output())
     (src / "quote.py").write_text(SLOW % 2)
     server.wait_for(r"service pricing from .* \(generation dev-2\)", start=mark)
