@@ -551,9 +551,15 @@ def test_sigterm_drains_running_and_queued_then_exits(node_factory: Any, tmp_pat
     time.sleep(0.2)
     started = time.monotonic()
     node.signal(signal.SIGTERM)
-    time.sleep(0.2)
-    with pytest.raises(ConnectionRefusedError):  # the listening socket is closed
-        socket.create_connection(("127.0.0.1", node.port), timeout=2)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", node.port), timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refused, what="the listening socket to close")
     ready_probe.sendall(b"\r\n")
     answer = read_all(ready_probe)
     assert answer.startswith(b"HTTP/1.1 503") and b"draining" in answer
