@@ -430,7 +430,10 @@ class EndpointPool:
         self._unlaunched.discard(worker_id)
         try:
             worker.spawn()
-        except OSError as exc:
+        except Exception as exc:  # its own start failure only: the gate may launch it from
+            # another pool's callback (a READY that freed the slot), which must go on
+            if not isinstance(exc, OSError):
+                log.exception("%s: starting a pipeline failed", self.spec.tag)
             message = f"cannot start {self.spec.python}: {exc}"
             self.loop.call_soon(self.worker_init_failed, worker_id, message, "")
             self.loop.call_soon(self.worker_exited, worker_id, "not started")

@@ -26,11 +26,14 @@ Imports: stdlib only (the pool and its handles are duck-typed).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
+
+log: Final = logging.getLogger("lightnode.scheduler")
 
 # How often a holder's runnable time is read.
 CHECK_S: Final = 0.2
@@ -59,19 +62,31 @@ def default_slots() -> int:
 
 
 def process_runnable_s(pid: int) -> float | None:
-    """Seconds process `pid` has been runnable (on a core or waiting for one), or None
-    where it cannot be read.
+    """Seconds the threads of process `pid` have been runnable (on a core or waiting for
+    one), or None where it cannot be read.
 
-    Linux: /proc/PID/schedstat's time on a core and time waiting in the run queue (ns);
-    on a kernel without it, the CPU time of /proc/PID/stat (fields 14 and 15, after the
-    command name, which may hold spaces and parentheses, hence the last ")").
+    Linux: the time on a core and the time waiting in the run queue (ns) of each
+    /proc/PID/task/TID/schedstat (/proc/PID/schedstat is the main thread's only: a boot
+    whose work runs in a library's threads would look idle). On a kernel without those
+    figures (absent, or all zero with scheduler statistics off), the CPU time of
+    /proc/PID/stat, which sums the threads (fields 14 and 15, after the command name,
+    which may hold spaces and parentheses, hence the last ")"). A thread that exits
+    takes its time with it: the next difference is smaller, so the start leaves its slot
+    early, which only lets the next one in.
     """
+    total_ns = 0
     try:
-        with open(f"/proc/{pid}/schedstat", "rb") as f:
-            on_core_ns, waiting_ns = f.read().split()[:2]
-        return (int(on_core_ns) + int(waiting_ns)) / 1e9
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                    on_core_ns, waiting_ns = f.read().split()[:2]
+            except FileNotFoundError:  # the thread exited meanwhile
+                continue
+            total_ns += int(on_core_ns) + int(waiting_ns)
     except (OSError, ValueError):
-        pass
+        total_ns = 0
+    if total_ns:
+        return total_ns / 1e9
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -150,7 +165,12 @@ class StartGate:
         self._next()
 
     def _launch(self, key: object, start: _Start) -> None:
-        if not start.launch():  # not spawned (stopped meanwhile, or the spawn failed)
+        try:
+            launched = start.launch()
+        except Exception:  # boundary: one pool's failure must not stop the others' starts
+            log.exception("starting a pipeline failed")
+            return
+        if not launched:  # not spawned (stopped meanwhile, or the spawn failed)
             return
         if self.slots is None:
             return

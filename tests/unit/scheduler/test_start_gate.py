@@ -178,6 +178,31 @@ def test_process_runnable_s_reads_a_busy_child_and_none_for_no_process() -> None
     assert process_runnable_s(child.pid) is None  # reaped: no /proc entry
 
 
+BUSY_IN_A_THREAD = (
+    "import sys, threading\n"
+    "done = False\n"
+    "def work():\n"
+    "    while not done: pass\n"
+    "threading.Thread(target=work).start()\n"
+    "sys.stdin.read()  # the main thread waits, as one joining a loader thread would\n"
+    "done = True\n"
+)
+
+
+def test_process_runnable_s_counts_every_thread_not_the_main_one_only() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BUSY_IN_A_THREAD], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.3)  # booted, its thread spinning
+        before, began = process_runnable_s(child.pid), time.monotonic()
+        time.sleep(0.5)
+        after, elapsed = process_runnable_s(child.pid), time.monotonic() - began
+        assert before is not None and after is not None
+        # Runnable all along (on a core or waiting for one), however loaded the machine.
+        assert after - before >= 0.5 * elapsed, (before, after, elapsed)
+    finally:
+        child.communicate(b"")
+
+
 def test_process_runnable_s_hardly_grows_for_a_sleeping_child() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
@@ -277,3 +302,26 @@ def test_kill_all_drops_a_pipeline_waiting_for_its_turn(gated: Any) -> None:
     assert not workers[1].killed and second.pipelines() == []
     workers[0].ready()
     assert not workers[1].spawned
+
+
+class BrokenSpawn(Booting):
+    """A pipeline whose spawn fails with something other than OSError."""
+
+    def spawn(self) -> None:
+        raise RuntimeError("spawn failed oddly")
+
+
+def test_a_launch_failing_inside_another_pools_callback_is_that_pipelines_failure_only(gated: Any) -> None:
+    make, loop = gated
+    first = make(floor=1, cruise=1, ceil=1)
+    config = EndpointConfig(pool=PoolLimits(floor=1, cruise=1, ceil=1), limits=ExecLimits())
+    broken = EndpointPool(loop, SPEC, config, Sink(), worker_factory=BrokenSpawn, start_gate=first.start_gate)
+    broken.start()  # waits for the slot
+    third = make(floor=1, cruise=1, ceil=1)  # waits behind it
+    workers: list[Booting] = FakeWorker.instances  # type: ignore[assignment]
+    workers[0].ready()  # frees the slot: the gate launches `broken`'s pipeline from in here
+    assert first.machine.worker_state(1) is WorkerState.IDLE  # that READY was not lost
+    assert workers[2].spawned  # the next in line started
+    _run_soon(loop)
+    assert "spawn failed oddly" in (broken.last_load_error or "")
+    assert third.pipelines()[0]["pid"] == 1001
