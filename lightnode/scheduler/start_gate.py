@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 log: Final = logging.getLogger("lightnode.scheduler")
@@ -46,8 +48,52 @@ MAX_HOLD_S: Final = 5.0
 _TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """The cores this process's cgroups let it use (a container's CPU limit sets the
+    quota), or None when unlimited or unknown.
+
+    cgroup v2: `cpu.max` ("QUOTA PERIOD", or "max PERIOD") of the cgroup named on the
+    "0::PATH" line of /proc/self/cgroup and of its ancestors; v1: `cpu.cfs_quota_us` /
+    `cpu.cfs_period_us` (quota -1: none) in the hierarchy of the cpu controller. All
+    under `root`; the tightest quota found wins.
+    """
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    files: list[tuple[Path, str | None]] = []  # (quota file, period file name or None: v2)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        relative = Path(path.lstrip("/"))
+        dirs = [relative, *relative.parents]  # the cgroup, then each ancestor up to the root
+        if controllers == "":
+            files += [(root / d / "cpu.max", None) for d in dirs]
+        elif "cpu" in controllers.split(","):
+            for mount in dict.fromkeys((controllers, "cpu", "cpu,cpuacct")):
+                files += [(root / mount / d / "cpu.cfs_quota_us", "cpu.cfs_period_us") for d in dirs]
+    limits = []
+    for quota_file, period_name in files:
+        try:
+            if period_name is None:
+                quota_text, period_text = quota_file.read_text().split()[:2]
+            else:
+                quota_text = quota_file.read_text().strip()
+                period_text = quota_file.with_name(period_name).read_text().strip()
+            quota, period = int(quota_text), int(period_text)
+        except (OSError, ValueError):  # absent, "max" or -1 (no quota), or unreadable
+            continue
+        if quota > 0 and period > 0:
+            limits.append(quota / period)
+    return min(limits) if limits else None
+
+
 def default_slots() -> int:
-    """Two per core this process may run on, at least four.
+    """Two per core this process may run on (within its cgroup's CPU quota), at least four.
 
     A boot is not all CPU (exec, page faults, file reads): with 100 light endpoints on 2
     cores, beside other work, one slot per core left the cores 6-12 % idle and the node
@@ -58,6 +104,9 @@ def default_slots() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:  # a container limited to 2 CPUs on a 64-core host
+        cores = min(cores, max(1, math.ceil(limit)))
     return 2 * max(2, cores)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,12 @@ from lightnode.config.model import EndpointConfig, ExecLimits, PoolLimits
 from lightnode.pool.states import WorkerState
 from lightnode.scheduler import start_gate
 from lightnode.scheduler.scheduler import EndpointPool
-from lightnode.scheduler.start_gate import StartGate, default_slots, process_runnable_s
+from lightnode.scheduler.start_gate import (
+    StartGate,
+    cgroup_cpu_limit,
+    default_slots,
+    process_runnable_s,
+)
 from lightnode.scheduler.worker_handle import WorkerSpec
 from tests.unit.scheduler.test_scheduler import FakeWorker, Sink
 
@@ -156,7 +162,39 @@ def test_no_limit_starts_everything_at_once_and_arms_no_check() -> None:
 
 
 def test_default_slots_is_two_per_usable_core_at_least_four() -> None:
-    assert default_slots() == 2 * max(2, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit)))
+    assert default_slots() == 2 * max(2, cores)
+
+
+def _cgroup(tmp_path: Path, membership: str, files: dict[str, str]) -> float | None:
+    (tmp_path / "cgroup").write_text(membership)
+    for name, text in files.items():
+        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / name).write_text(text)
+    return cgroup_cpu_limit(tmp_path / "fs", tmp_path / "cgroup")
+
+
+def test_cgroup_v2_quota_is_the_tightest_of_the_cgroup_and_its_ancestors(tmp_path: Path) -> None:
+    membership = "0::/kubepods/pod1/ctr\n"
+    assert _cgroup(tmp_path, membership, {"kubepods/pod1/ctr/cpu.max": "max 100000\n"}) is None
+    assert _cgroup(tmp_path, membership, {"kubepods/pod1/cpu.max": "250000 100000\n"}) == 2.5
+    assert _cgroup(tmp_path, membership, {"kubepods/cpu.max": "150000 100000\n"}) == 1.5
+
+
+def test_cgroup_v1_quota_of_the_cpu_hierarchy(tmp_path: Path) -> None:
+    membership = "4:memory:/m\n2:cpu,cpuacct:/docker/abc\n1:cpuacct:/x\n"
+    files = {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"}
+    assert _cgroup(tmp_path, membership, files) is None  # -1: no quota
+    files["cpu,cpuacct/docker/abc/cpu.cfs_quota_us"] = "200000\n"
+    assert _cgroup(tmp_path, membership, files) == 2.0
+
+
+def test_no_cgroup_information_is_no_limit(tmp_path: Path) -> None:
+    assert cgroup_cpu_limit(tmp_path, tmp_path / "absent") is None
+    assert _cgroup(tmp_path, "garbage\n0::/a\n", {"a/cpu.max": "not numbers\n"}) is None
 
 
 def test_process_runnable_s_reads_a_busy_child_and_none_for_no_process() -> None:
