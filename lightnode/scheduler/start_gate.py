@@ -4,9 +4,10 @@ A pipeline's start is a Python interpreter importing the runtime and the user's 
 tens of ms to seconds of CPU. Started all at once, as a node of a hundred floor-1
 endpoints does at start (or a large service's new generation at a deploy), the
 interpreters share the machine's cores with the node's event loop and the serving
-pipelines: on 2 cores, a node of 100 floor-1 endpoints wrote its address after 5-5.5 s
-and answered /isAlive in up to 1.1 s, and a deploy of 40 endpoints took the p99 of a
-1 ms endpoint under load from 8 ms to 1 s (22-24 ms through this gate).
+pipelines: on 2 cores, a node of 100 floor-1 endpoints wrote its address after 5.3-6 s
+and answered /isAlive in up to 0.8 s, and a deploy of 40 endpoints took the p99 of a
+1 ms endpoint under load from 8-9 ms to 0.8-1 s (21-23 ms through this gate; BENCHMARKS
+run 38, `python -m loadtest.starts`).
 
 Every pool asks this node-wide gate before it starts a process. A start holds one of
 `slots` (two per core the node may run on, at least four) from its spawn until the
@@ -98,7 +99,7 @@ def default_slots() -> int:
     A boot is not all CPU (exec, page faults, file reads): with 100 light endpoints on 2
     cores, beside other work, one slot per core left the cores 6-12 % idle and the node
     ready in 10 s, against 7.6-7.8 s all at once; two per core, 8.1-8.6 s. On an idle
-    machine, two per core: 7.0-7.7 s, against 6.4-7.1 s.
+    machine, two per core: 7.2-7.9 s, against 6.8-7.7 s (BENCHMARKS run 38).
     """
     try:
         cores = len(os.sched_getaffinity(0))
