@@ -231,6 +231,8 @@ class EndpointPool:
             self._backlog.append(ev.RequestArrived(request_id))
         else:
             self._carry_out(self.machine.request_arrived(request_id, now))
+        if self._unlaunched and not self.machine.serving():
+            self._hurry_starts()  # requests wait for them: they boot before idle pools'
         return call
 
     def cancel(self, call: Call) -> None:
@@ -417,11 +419,26 @@ class EndpointPool:
     # ---------------------------------------------------------------- commands
 
     def _spawn(self, worker_id: int) -> None:
-        """Start pipeline `worker_id` once the node's start gate lets it (see _launch)."""
+        """Start pipeline `worker_id`: at once if the pool serves (it grows for load now
+        waiting, or replaces a pipeline), else when the node's start gate lets it.
+
+        The gate orders the boots of pools that serve nothing yet (a node's start, a
+        deploy's new generation, an endpoint whose pipelines all died). A serving pool's
+        starts waiting behind them would be counted by its machine as pipelines to come
+        (rule 7 then stops its warm pipeline in their place), for as long as others boot.
+        """
         worker = self._factory(self.loop, worker_id, self.spec, self)
         self.workers[worker_id] = worker
         self._unlaunched.add(worker_id)
+        if self.machine.serving():
+            self._launch(worker_id, worker)
+            return
         self.start_gate.ask(worker, lambda: self._launch(worker_id, worker), lambda: worker.pid)
+
+    def _hurry_starts(self) -> None:
+        """Requests wait for this pool's pipelines that wait for a start slot: first in line."""
+        for worker_id in sorted(self._unlaunched, reverse=True):
+            self.start_gate.hurry(self.workers[worker_id])
 
     def _launch(self, worker_id: int, worker: Any) -> bool:
         """The gate's turn for `worker`: spawn its process; False if none was spawned."""

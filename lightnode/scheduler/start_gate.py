@@ -21,6 +21,11 @@ others wait in arrival order; the pool machine sees them as STARTING all along (
 queue timeout and start rules are unchanged), and a pipeline stopped before its turn
 never starts.
 
+Only pools that serve nothing yet ask (a node's start, a deploy's new generation, an
+endpoint whose pipelines all died): a serving pool's starts answer load now waiting and
+launch at once (scheduler.EndpointPool._spawn); a request arriving at a pool that serves
+nothing puts that pool's waiting starts first in line.
+
 Imports: stdlib only (the pool and its handles are duck-typed).
 """
 
@@ -204,6 +209,15 @@ class StartGate:
                 del self._waiting[index]
                 return True
         return False
+
+    def hurry(self, key: object) -> None:
+        """Requests wait for `key`: if it waits for a slot, it is first in line now."""
+        for index, (waiting_key, start) in enumerate(self._waiting):
+            if waiting_key is key:
+                if index:
+                    del self._waiting[index]
+                    self._waiting.appendleft((key, start))
+                return
 
     def release(self, key: object) -> None:
         """`key` is no longer booting (READY, failed, exited): its slot goes to the next."""

@@ -65,6 +65,8 @@ class Gate:
         self.launched: list[str] = []
 
     def ask(self, name: str, pid: int = 0, spawns: bool = True) -> str:
+        name = sys.intern(name)  # the gate knows its keys by identity (the test's literals are interned)
+
         def launch() -> bool:
             self.launched.append(name)
             return spawns
@@ -363,3 +365,40 @@ def test_a_launch_failing_inside_another_pools_callback_is_that_pipelines_failur
     _run_soon(loop)
     assert "spawn failed oddly" in (broken.last_load_error or "")
     assert third.pipelines()[0]["pid"] == 1001
+
+
+def test_hurry_puts_a_waiting_start_first_in_line() -> None:
+    g = Gate(1)
+    for name in "abcd":
+        g.ask(name)
+    g.gate.hurry("d")
+    g.gate.hurry("a")  # holding, not waiting: nothing to do
+    g.gate.hurry("zz")
+    g.gate.release("a")
+    assert g.launched == ["a", "d"]
+
+
+def test_a_serving_pool_grows_at_once_whatever_the_gate_holds(gated: Any) -> None:
+    make, loop = gated
+    pool = make(floor=1, cruise=1, ceil=3)
+    others = make(floor=1, cruise=1, ceil=1)  # waits for the one slot, held by pool's first
+    workers: list[Booting] = FakeWorker.instances  # type: ignore[assignment]
+    workers[0].ready()  # the slot goes to `others`, which now holds it
+    assert workers[1].spawned and others.start_gate.holding == 1
+    pool.submit(b"{}", exchange=None)  # runs on the warm pipeline
+    pool.submit(b"{}", exchange=None)  # waits: rule 3 starts a pipeline for it
+    grown = [w for w in FakeWorker.instances[2:]]
+    assert grown and all(w.spawned for w in grown)  # at once: a gated start would be
+    # counted by the machine as a pipeline to come, and rule 7 would stop the warm one
+    assert [p["pid"] is not None for p in pool.pipelines()] == [True] * len(pool.pipelines())
+
+
+def test_a_request_for_a_pool_that_serves_nothing_puts_its_starts_first(gated: Any) -> None:
+    make, loop = gated
+    make(floor=1, cruise=1, ceil=1)  # holds the one slot
+    idle_pools = [make(floor=1, cruise=1, ceil=1) for _ in range(3)]  # wait in line
+    wanted = idle_pools[2]
+    workers: list[Booting] = FakeWorker.instances  # type: ignore[assignment]
+    wanted.submit(b"{}", exchange=None)  # a client waits for this one
+    workers[0].ready()
+    assert workers[3].spawned and not workers[1].spawned and not workers[2].spawned
