@@ -452,7 +452,16 @@ class Registry:
         """Every enabled endpoint has reached its floor or failed to load, once (SPEC §10:
         "200 once every enabled endpoint has reached its floor"). Draining is the app's."""
         if not self._became_ready:
-            self._became_ready = all(_settled(p) for p in self._routed_pools() if p not in self._retired)
+            # Enabled services only: a service disabled before the node was first ready
+            # keeps its drained pools (routed, serving none) until it is enabled again.
+            self._became_ready = all(
+                _settled(p)
+                for s in self.services.values()
+                if s.state.enabled
+                for g in s.generations.values()
+                for p in g.pools.values()
+                if p not in self._retired
+            )
         return self._became_ready
 
     async def drain_all(self) -> None:
