@@ -205,9 +205,12 @@ def render_status(payload: dict[str, Any]) -> str:
             if load == "loading" and not any(states.values()) and pool["floor"] == 0:
                 # Nothing is loading: a hundred such endpoints read "loading" at idle.
                 load = "not loaded (floor 0: loads at its first request)"
+            # Pipelines listed without a pid wait for the node's start gate: not booting yet.
+            waiting = sum(1 for p in ep.get("pipelines") or () if p.get("pid") is None)
+            starting = f"{states.get('starting', 0)}" + (f" ({waiting} waiting for a start slot)" if waiting else "")
             lines.append(
                 f"  {ep['endpointId']}@{ep['generation']}: {load}"
-                f" pipelines starting={states.get('starting', 0)} idle={states.get('idle', 0)}"
+                f" pipelines starting={starting} idle={states.get('idle', 0)}"
                 f" busy={states.get('busy', 0)} stopping={states.get('stopping', 0)}"
                 f" queue={ep['queueLength']} staged={ep.get('stagedRequests', 0)}"
                 f" oldest_wait={ep['oldestWaitMs']}ms"

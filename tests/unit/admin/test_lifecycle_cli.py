@@ -326,3 +326,24 @@ def test_init_of_an_empty_path_is_a_usage_error(
         main(["init", ""])
     assert info.value.code == 2 and "dir: must not be empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_tells_pipelines_waiting_for_a_start_slot_from_those_booting() -> None:
+    from lightnode.admin.cli import render_status
+
+    endpoint = {"endpointId": "e", "generation": "v1", "loadState": "loading",
+                "pipelinesByState": {"starting": 3, "idle": 0, "busy": 0, "stopping": 0},
+                "pipelines": [{"workerId": 1, "pid": 4242, "state": "starting"},
+                              {"workerId": 2, "pid": None, "state": "starting"},
+                              {"workerId": 3, "pid": None, "state": "starting"}],
+                "queueLength": 0, "stagedRequests": 0, "oldestWaitMs": 0.0,
+                "config": {"pool": {"floor": 3, "cruise": 3, "ceil": 4, "queue": 16, "timeout": 10000}},
+                "configSource": "defaults", "lastStart": {"secondsAgo": None, "durationMs": None},
+                "lastLoadError": None, "lastConfigError": None,
+                "counters": {"served": 0, "starts": 3, "crashes": 0, "retirements": 0, "rejections": {}}}
+    service = {"serviceId": "svc", "enabled": True, "mapping": [], "error": None, "switchError": None,
+               "generationErrors": {}, "endpoints": [endpoint]}
+    text = render_status({"services": [service]})
+    assert "e@v1: loading pipelines starting=3 (2 waiting for a start slot) idle=0" in text
+    booted = {**endpoint, "pipelines": endpoint["pipelines"][:1]}
+    assert "pipelines starting=3 idle=0" in render_status({"services": [{**service, "endpoints": [booted]}]})
