@@ -282,20 +282,8 @@ def test_status_shows_every_tuning_value_in_force() -> None:
 
 def test_status_of_a_floor_0_endpoint_never_called_is_not_loading() -> None:
     """It read "loading" for ever at idle: nothing loads until its first request."""
-    from lightnode.admin.cli import render_status
-
-    endpoint = {"endpointId": "e", "generation": "v1", "loadState": "loading",
-                "pipelinesByState": {"starting": 0, "idle": 0, "busy": 0, "stopping": 0},
-                "queueLength": 0, "stagedRequests": 0, "oldestWaitMs": 0.0,
-                "config": {"pool": {"floor": 0, "cruise": 2, "ceil": 4, "queue": 16, "timeout": 10000}},
-                "configSource": "defaults", "lastStart": {"secondsAgo": None, "durationMs": None},
-                "lastLoadError": None, "lastConfigError": None,
-                "counters": {"served": 0, "starts": 0, "crashes": 0, "retirements": 0, "rejections": {}}}
-    service = {"serviceId": "svc", "enabled": True, "mapping": [], "error": None, "switchError": None,
-               "generationErrors": {}, "endpoints": [endpoint]}
-    assert "e@v1: not loaded (floor 0: loads at its first request) pipelines" in render_status({"services": [service]})
-    starting = {**endpoint, "pipelinesByState": {**endpoint["pipelinesByState"], "starting": 1}}
-    assert "e@v1: loading pipelines starting=1" in render_status({"services": [{**service, "endpoints": [starting]}]})
+    assert "e@v1: not loaded (floor 0: loads at its first request) pipelines" in _status_of(floor=0)
+    assert "e@v1: loading pipelines starting=1" in _status_of(floor=0, starting=1)
 
 
 @pytest.mark.parametrize(
@@ -328,22 +316,27 @@ def test_init_of_an_empty_path_is_a_usage_error(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_status_tells_pipelines_waiting_for_a_start_slot_from_those_booting() -> None:
+def _status_of(*, floor: int, starting: int = 0, pipelines: list[dict[str, Any]] | None = None) -> str:
+    """render_status of one service with one loading endpoint `e@v1`."""
     from lightnode.admin.cli import render_status
 
     endpoint = {"endpointId": "e", "generation": "v1", "loadState": "loading",
-                "pipelinesByState": {"starting": 3, "idle": 0, "busy": 0, "stopping": 0},
-                "pipelines": [{"workerId": 1, "pid": 4242, "state": "starting"},
-                              {"workerId": 2, "pid": None, "state": "starting"},
-                              {"workerId": 3, "pid": None, "state": "starting"}],
+                "pipelinesByState": {"starting": starting, "idle": 0, "busy": 0, "stopping": 0},
+                "pipelines": pipelines or [],
                 "queueLength": 0, "stagedRequests": 0, "oldestWaitMs": 0.0,
-                "config": {"pool": {"floor": 3, "cruise": 3, "ceil": 4, "queue": 16, "timeout": 10000}},
+                "config": {"pool": {"floor": floor, "cruise": 2, "ceil": 4, "queue": 16, "timeout": 10000}},
                 "configSource": "defaults", "lastStart": {"secondsAgo": None, "durationMs": None},
                 "lastLoadError": None, "lastConfigError": None,
-                "counters": {"served": 0, "starts": 3, "crashes": 0, "retirements": 0, "rejections": {}}}
+                "counters": {"served": 0, "starts": starting, "crashes": 0, "retirements": 0, "rejections": {}}}
     service = {"serviceId": "svc", "enabled": True, "mapping": [], "error": None, "switchError": None,
                "generationErrors": {}, "endpoints": [endpoint]}
-    text = render_status({"services": [service]})
+    return render_status({"services": [service]})
+
+
+def test_status_tells_pipelines_waiting_for_a_start_slot_from_those_booting() -> None:
+    pipelines = [{"workerId": 1, "pid": 4242, "state": "starting"},
+                 {"workerId": 2, "pid": None, "state": "starting"},
+                 {"workerId": 3, "pid": None, "state": "starting"}]
+    text = _status_of(floor=3, starting=3, pipelines=pipelines)
     assert "e@v1: loading pipelines starting=3 (2 waiting for a start slot) idle=0" in text
-    booted = {**endpoint, "pipelines": endpoint["pipelines"][:1]}
-    assert "pipelines starting=3 idle=0" in render_status({"services": [{**service, "endpoints": [booted]}]})
+    assert "pipelines starting=3 idle=0" in _status_of(floor=3, starting=3, pipelines=pipelines[:1])
