@@ -445,23 +445,18 @@ class Registry:
         pools = list({id(p): p for s in runtimes for g in s.generations.values() for p in g.pools.values()}.values())
         return pools + [p for p in self._retired if p not in pools]
 
-    def _routed_pools(self) -> list[EndpointPool]:
-        return [p for s in self.services.values() for g in s.generations.values() for p in g.pools.values()]
+    def _enabled_pools(self) -> list[EndpointPool]:
+        """The pools of enabled services: a service disabled before the node was first
+        ready keeps its drained pools (serving none) until it is enabled again."""
+        return [
+            p for s in self.services.values() if s.state.enabled for g in s.generations.values() for p in g.pools.values()
+        ]
 
     def ready(self) -> bool:
         """Every enabled endpoint has reached its floor or failed to load, once (SPEC §10:
         "200 once every enabled endpoint has reached its floor"). Draining is the app's."""
         if not self._became_ready:
-            # Enabled services only: a service disabled before the node was first ready
-            # keeps its drained pools (routed, serving none) until it is enabled again.
-            self._became_ready = all(
-                _settled(p)
-                for s in self.services.values()
-                if s.state.enabled
-                for g in s.generations.values()
-                for p in g.pools.values()
-                if p not in self._retired
-            )
+            self._became_ready = all(_settled(p) for p in self._enabled_pools() if p not in self._retired)
         return self._became_ready
 
     async def drain_all(self) -> None:

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 log: Final = logging.getLogger("lightnode.scheduler")
 
@@ -266,8 +266,3 @@ class StartGate:
         while self._waiting and (self.slots is None or len(self._holding) < self.slots):
             key, start = self._waiting.popleft()
             self._launch(key, start)
-
-
-def unlimited(loop: Any) -> StartGate:
-    """A gate that starts everything at once (a pool built on its own, as in tests)."""
-    return StartGate(loop, None)
