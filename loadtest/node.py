@@ -98,6 +98,22 @@ def write_tuning(data_dir: Path, service_id: str, endpoint_id: str, tuning: Any)
     return path
 
 
+def install_service(data_dir: Path, service_id: str, sources: dict[str, str], generation: str = "v1") -> None:
+    """Install `generation` of a service straight into `data_dir` ({endpoint id: source}),
+    enabled and mapped to it; state.json last, by rename, so a running node's watcher
+    sees a whole service."""
+    gen = data_dir / "services" / service_id / "generations" / generation
+    gen.mkdir(parents=True, exist_ok=True)
+    for endpoint_id, source in sources.items():
+        (gen / f"{endpoint_id}.py").write_text(source)
+    endpoints = [{"id": e, "type": "python-function", "code": f"{e}.py"} for e in sources]
+    (gen / "service.json").write_text(json.dumps({"id": service_id, "endpoints": endpoints}))
+    state = {"enabled": True, "mapping": {"entries": [{"generation": generation, "proba": 1.0}]}}
+    tmp = data_dir / "services" / service_id / "state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, tmp.with_suffix(""))
+
+
 def deploy(service_dir: Path, data_dir: Path, generation: str | None = None) -> None:
     args = ["deploy", str(service_dir), "--data-dir", str(data_dir)]
     run_lightnode(*args, *(["--generation", generation] if generation else []))

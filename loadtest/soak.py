@@ -38,6 +38,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from loadtest.node import install_service, write_tuning
+
 SERVICE, ENDPOINT = "soak", "noop"
 FUNCTION = "def noop(x=0):\n    return {'x': x}\n"
 BODY = b'{"x": 1}'
@@ -56,37 +58,9 @@ NO_OBSERVERS = (
 
 
 def lay_out(root: Path, *, query_log: bool, pipelines: int) -> None:
-    generation = root / "services" / SERVICE / "generations" / "v1"
-    generation.mkdir(parents=True, exist_ok=True)
-    (generation / f"{ENDPOINT}.py").write_text(FUNCTION)
-    (generation / "service.json").write_text(
-        json.dumps(
-            {
-                "id": SERVICE,
-                "endpoints": [
-                    {"id": ENDPOINT, "type": "python-function", "code": f"{ENDPOINT}.py"}
-                ],
-            }
-        )
-    )
-    (root / "services" / SERVICE / "state.json").write_text(
-        json.dumps({"enabled": True, "mapping": {"entries": [{"generation": "v1", "proba": 1.0}]}})
-    )
-    tuning = root / "config" / "services" / SERVICE / f"{ENDPOINT}.json"
-    tuning.parent.mkdir(parents=True, exist_ok=True)
-    tuning.write_text(
-        json.dumps(
-            {
-                "pool": {
-                    "floor": pipelines,
-                    "cruise": pipelines,
-                    "ceil": pipelines,
-                    "queue": 4096,
-                    "timeout": 60000,
-                }
-            }
-        )
-    )
+    install_service(root, SERVICE, {ENDPOINT: FUNCTION})
+    pool = {"floor": pipelines, "cruise": pipelines, "ceil": pipelines, "queue": 4096, "timeout": 60000}
+    write_tuning(root, SERVICE, ENDPOINT, {"pool": pool})
     (root / "config" / "server.json").write_text(json.dumps({"logging": {"query_log": query_log}}))
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadtest.node import install_service, write_tuning
 from loadtest.peers import wrk
 
 LIGHT_INIT = "import json, email, http.client, decimal\n\ndef f(x=0):\n    return x\n"
@@ -44,27 +45,13 @@ ONE_MS = (
 PROBE_S = 0.25
 
 
-def write_service(data_dir: Path, service_id: str, sources: dict[str, str]) -> None:
-    """Install generation v1 of a service in `data_dir` ({endpoint id: source}), state last."""
-    gen = data_dir / "services" / service_id / "generations" / "v1"
-    gen.mkdir(parents=True)
-    for endpoint_id, source in sources.items():
-        (gen / f"{endpoint_id}.py").write_text(source)
-    endpoints = [{"id": e, "type": "python-function", "code": f"{e}.py"} for e in sources]
-    (gen / "service.json").write_text(json.dumps({"id": service_id, "endpoints": endpoints}))
-    state = {"enabled": True, "mapping": {"entries": [{"generation": "v1", "proba": 1.0}]}}
-    tmp = data_dir / "services" / service_id / "state.json.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, tmp.with_suffix(""))
-
-
 def many_endpoints(data_dir: Path, count: int) -> None:
     """`count` endpoints in services of 5; every tenth service's init sleeps 1 s too."""
     for first in range(0, count, 5):
         index = first // 5
         source = SLEEPY_INIT if index % 10 == 0 else LIGHT_INIT
         names = [f"e{i}" for i in range(first, min(first + 5, count))]
-        write_service(data_dir, f"s{index:03d}", dict.fromkeys(names, source))
+        install_service(data_dir, f"s{index:03d}", dict.fromkeys(names, source))
 
 
 def cpu_times() -> tuple[int, int]:
@@ -152,10 +139,8 @@ def boot(data_dir: Path, endpoints: int, tree: Path | None) -> dict[str, Any]:
 
 
 def deploy(data_dir: Path, endpoints: int, tree: Path | None, with_deploy: bool) -> dict[str, Any]:
-    write_service(data_dir, "hot", {"work": ONE_MS})
-    tuning = data_dir / "config" / "services" / "hot" / "work.json"
-    tuning.parent.mkdir(parents=True)
-    tuning.write_text(json.dumps({"pool": {"floor": 2, "cruise": 2, "ceil": 2, "queue": 64}}))
+    install_service(data_dir, "hot", {"work": ONE_MS})
+    write_tuning(data_dir, "hot", "work", {"pool": {"floor": 2, "cruise": 2, "ceil": 2, "queue": 64}})
     node = Node(data_dir, tree)
     try:
         url = node.wait_address()
@@ -168,7 +153,7 @@ def deploy(data_dir: Path, endpoints: int, tree: Path | None, with_deploy: bool)
         )
         time.sleep(4)
         if with_deploy:
-            write_service(data_dir, "big", dict.fromkeys([f"e{i}" for i in range(endpoints)], LIGHT_INIT))
+            install_service(data_dir, "big", dict.fromkeys([f"e{i}" for i in range(endpoints)], LIGHT_INIT))
         out, _ = load.communicate(timeout=120)
     finally:
         node.stop()
