@@ -94,12 +94,11 @@ class Registry:
         dev: bool = False,
         worker_factory: WorkerFactory = WorkerHandle,
         switch_warmup_s: float = SWITCH_WARMUP_TIMEOUT_S,
-        start_slots: int | None = None,
     ) -> None:
         self.loop = loop
-        # Every pool's pipeline starts pass one gate: at most this many boot at once
-        # (start_gate.py; None: two per core, at least four).
-        self.start_gate = StartGate(loop, start_slots if start_slots is not None else default_slots())
+        # Every pool's pipeline starts pass one gate: two per core boot at once, at least
+        # four (start_gate.py).
+        self.start_gate = StartGate(loop, default_slots())
         self.switch_warmup_s = switch_warmup_s
         self.worker_factory = worker_factory  # how pools start pipelines (tests: in-process fakes)
         self.data_dir = data_dir
