@@ -492,11 +492,17 @@ class WorkerHandle:
 
         Every answer written before this call starts is reported before it returns
         (the scheduler relies on it to take back a staged call: see the pool machine's
-        "Taking a staged request back"). The pipe is non-blocking; the transport that
+        "Taking a staged request back"), unless it is called while this pipe's answers
+        are being settled: then it reads nothing (see below). The pipe is non-blocking; the transport that
         reads it otherwise then finds it empty, which it takes in its stride.
         """
         fd = self._answer_fd
-        if fd is None:
+        if fd is None or self._settling:
+            # Called from inside the handling of an answer of this pipe (an answer frees a
+            # connection's window, whose next request reaches the pool's submit): the read
+            # being settled reports its frames first, and the bytes after them stay in the
+            # pipe for the next read. Read now, they would reach the reader before the rest
+            # of the read it is settling, and the stream would go out of step for good.
             return
         while True:
             try:

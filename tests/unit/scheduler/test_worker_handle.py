@@ -14,6 +14,7 @@ anywhere (fake pipe).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -330,3 +331,41 @@ def test_an_answer_whose_handling_raises_leaves_the_stream_in_step(
     assert [answer for _, answer in listener.events] == ANSWERS[:1]
     reader.data_received(STREAM[-2:] + encode_frame(runtime.RESULT, b"[2]", 8))
     assert [answer for _, answer in listener.events] == [*ANSWERS, (runtime.RESULT, 8, b"[2]")]
+
+
+class ReadsAgainWhileAnswered(Recorder):
+    """Reads the pipe again from inside an answer's handling, as the node does: an answer
+    frees room in a connection's window, the connection hands its next request over, and
+    the pool's submit reads the busy pipelines' answers (this pipeline's among them)."""
+
+    handle: WorkerHandle
+
+    def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
+        super().worker_answered(worker_id, kind, value, body)
+        self.handle.read_answers()
+
+
+@pytest.mark.parametrize("cut", [1, runtime.HEADER.size + 3, len(STREAM) // 2, len(STREAM) - 1])
+def test_a_read_from_inside_an_answers_handling_keeps_the_frames_in_order(
+    loop: asyncio.AbstractEventLoop, cut: int
+) -> None:
+    # The nested read used to hand the reader the bytes after those of the read being
+    # settled before these were: the big answer's body was taken for a frame header, the
+    # stream went out of step, and the pipeline stayed busy for good (a client pipelining
+    # requests for a 256 KB answer stalled its endpoint one run in five, compiled).
+    listener = ReadsAgainWhileAnswered()
+    handle, reader = _reader(loop, listener)
+    listener.handle = handle
+    handle._answers = reader
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)  # the rest of STREAM fits in the pipe
+    handle._answer_fd = read_end
+    try:
+        os.write(write_end, STREAM[cut:])  # written after the transport's read, not read yet
+        reader.data_received(STREAM[:cut])  # the transport's read; the rest waits in the pipe
+        handle.read_answers()
+        assert [answer for _, answer in listener.events] == ANSWERS
+    finally:
+        os.close(read_end)
+        os.close(write_end)
