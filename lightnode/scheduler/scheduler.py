@@ -211,7 +211,10 @@ class EndpointPool:
         starts and stops pipelines all the time served a fifth fewer requests so). The
         app calls submit from a connection's read; answers given meanwhile to requests of
         that connection are written after it (the protocol's dispatch holds them), those
-        of other connections at once, as from the pipe's own read.
+        of other connections at once, as from the pipe's own read. It also calls submit
+        from inside an answer's handling (the answer reopened its connection's window);
+        the pipe whose answers are being settled is then not read again (see
+        WorkerHandle.read_answers).
         """
         request_id = self._next_request_id
         self._next_request_id += 1
