@@ -337,6 +337,8 @@ class Node:
         """SIGHUP: re-read the tuning files, keys.json and the services (server.json: at start only)."""
         if self.watcher is not None:
             log.info("SIGHUP: re-reading configuration")
+            if self.registry is not None:
+                self.registry.forget_refusals()  # a refused switch is tried again
             self._config_changed(self.watcher.rescan_all())
 
     async def wait(self) -> None:

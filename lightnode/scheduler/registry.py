@@ -69,6 +69,26 @@ class ServiceRuntime:
     # True when state.json was refused and this runtime is the disabled stand-in;
     # False for a runtime built from a good state.json (even if a later read failed).
     state_refused: bool = False
+    # What the disk held when this runtime was read (see disk_mark), and, while
+    # switch_error is set, what it held when that switch was refused.
+    read_mark: tuple[object, ...] = ()
+    refused_mark: tuple[object, ...] | None = None
+
+
+def disk_mark(data_dir: DataDir, service_id: str) -> tuple[object, ...]:
+    """state.json's stat and the generations' names and inodes: a write of state.json
+    (atomic: a new inode) or a generation imported or deleted changes it."""
+    try:
+        st = os.stat(data_dir.state_path(service_id))
+        state: tuple[object, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except OSError:
+        state = ()
+    try:
+        with os.scandir(data_dir.generations_dir(service_id)) as entries:
+            generations = tuple(sorted((e.name, e.inode()) for e in entries))
+    except OSError:
+        generations = ()
+    return (state, generations)
 
 
 def resolve_python(code_env: object, root: Path, data_dir: DataDir, service_id: str, generation: str) -> str:
@@ -128,6 +148,7 @@ class Registry:
             self._install(service_id)
 
     def _read(self, service_id: str) -> ServiceRuntime:
+        mark = disk_mark(self.data_dir, service_id)  # before the read: a later write differs
         try:
             state = self.data_dir.read_state(service_id)
         except ConfigError as exc:
@@ -136,7 +157,7 @@ class Registry:
             runtime.state_refused = True
             log.error("service %s: %s", service_id, exc)
             return runtime
-        runtime = ServiceRuntime(service_id, state)
+        runtime = ServiceRuntime(service_id, state, read_mark=mark)
         # An entry with probability 0 never gets a request: it gets no pools either.
         served = [entry for entry in state.entries if entry.proba > 0]
         for entry in served:
@@ -307,6 +328,11 @@ class Registry:
 
     # --------------------------------------------------------- live changes
 
+    def forget_refusals(self) -> None:
+        """SIGHUP: the switches refused so far are tried again when their service is read."""
+        for runtime in self.services.values():
+            runtime.refused_mark = None
+
     def service_changed(self, service_id: str) -> asyncio.Future[str | None] | None:
         """state.json or the generations of a service changed on disk: apply it live.
 
@@ -363,7 +389,7 @@ class Registry:
             log.info("service %s removed", service_id)
             return
         new = self._read(service_id)
-        if old is not None and _nothing_to_switch(old, new):
+        if old is not None and _nothing_new(old, new, applied):
             return
         if old is not None and old.state.enabled:  # reuse pools of generations that stay mapped
             for name in list(new.generations):
@@ -384,6 +410,7 @@ class Registry:
             if failure is not None and old is not None:
                 # Zero downtime (SPEC §6): traffic never moves to pools that cannot serve.
                 old.switch_error = failure
+                old.refused_mark = new.read_mark
                 applied.set_result(failure)
                 log.error("service %s: %s", service_id, failure)
                 self._retire(new, keep={id(g) for g in old.generations.values()})
@@ -465,6 +492,20 @@ class Registry:
     def kill_all(self) -> None:
         for pool in self.all_pools():
             pool.kill_all()
+
+
+def _nothing_new(old: ServiceRuntime, new: ServiceRuntime, applied: asyncio.Future[str | None]) -> bool:
+    """True when `new`, read again, brings nothing to apply (`applied` is answered then)."""
+    if _nothing_to_switch(old, new):
+        return True  # answered None when the reload ends
+    if old.switch_error is not None and new.read_mark == old.refused_mark:
+        # The disk holds what was refused last, as it was: the admin API applies the
+        # state.json it wrote, and the config watcher then reports that write. One try
+        # per write (a warm-up may take warmup_timeout_ms, and the service's next change
+        # waits behind it); SIGHUP (forget_refusals) or a new write tries again.
+        applied.set_result(old.switch_error)
+        return True
+    return False
 
 
 def _nothing_to_switch(old: ServiceRuntime, new: ServiceRuntime) -> bool:

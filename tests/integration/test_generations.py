@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import signal
 import stat
 import threading
 import time
@@ -217,6 +218,51 @@ def test_a_switch_to_a_generation_whose_init_never_returns_is_not_applied(node_f
     assert started_pids
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in started_pids))
     wait_until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"v1"})
+
+
+def test_a_switch_refused_at_warm_up_is_tried_once_and_again_on_sighup(node_factory: Any, tmp_path: Path) -> None:
+    """The admin API applies the state.json it wrote, and the config watcher then sees that
+    write: the refused switch used to warm up a second time (up to warmup_timeout_ms,
+    120 s by default), and the service's next change waited behind it. A write is tried
+    once; SIGHUP, or the same switch asked again, tries it again."""
+    data_dir = tmp_path / "node"
+    (data_dir / "config").mkdir(parents=True)
+    (data_dir / "config" / "server.json").write_text(json.dumps({"switch": {"warmup_timeout_ms": 1000}}))
+    node = node_factory(data_dir)
+    install(node, tmp_path, ["v1"])
+    admin_post(node, "services/svc/actions/switchToNewest")
+    pids = tmp_path / "hung-pids"
+    hung = f"import os, time\nwith open({str(pids)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\ndef e():\n    return 1\n"
+    archive = build_test_package(tmp_path, "svc", "hung", {"e": hung})
+    dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+
+    def starts() -> int:
+        return len(pids.read_text().split()) if pids.exists() else 0
+
+    with pytest.raises(urllib.error.HTTPError) as info:
+        admin_post(node, "services/svc/actions/switchTo/hung")
+    info.value.close()
+    assert info.value.code == 503
+    tried = starts()
+    assert tried >= 1
+    # Long enough for the watcher to report the write (at once by inotify, within its
+    # poll interval otherwise) and for a second warm-up to start its pipelines.
+    time.sleep(2.5)
+    assert starts() == tried
+    assert node.stats("svc")["switchError"] is not None
+    node.signal(signal.SIGHUP)  # the operator asks for a new try
+    wait_until(lambda: starts() > tried)
+    tried = starts()
+    wait_until(lambda: {e["generation"] for e in node.stats("svc")["endpoints"]} == {"v1"})
+    with pytest.raises(urllib.error.HTTPError) as info:  # so does the same switch asked again
+        admin_post(node, "services/svc/actions/switchTo/hung")
+    info.value.close()
+    assert info.value.code == 503 and starts() > tried
+    install(node, tmp_path, ["v3"])  # the next change waits behind no second warm-up
+    started = time.monotonic()
+    admin_post(node, "services/svc/actions/switchTo/v3")
+    assert time.monotonic() - started < 1.0 + INIT_S
+    assert node.run("svc", "e")[1]["apiContext"]["serviceGeneration"] == "v3"
 
 
 def _zip(members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> bytes:
