@@ -69,26 +69,22 @@ class ServiceRuntime:
     # True when state.json was refused and this runtime is the disabled stand-in;
     # False for a runtime built from a good state.json (even if a later read failed).
     state_refused: bool = False
-    # What the disk held when this runtime was read (see disk_mark), and, while
-    # switch_error is set, what it held when that switch was refused.
+    # What the disk held when this runtime was read: state.json's stat, and the inode
+    # of each generation it maps (one deleted and imported again is a new directory;
+    # its mtime moves when a pipeline writes __pycache__ in it).
+    # While switch_error is set: what the disk held when that switch was refused.
     read_mark: tuple[object, ...] = ()
     refused_mark: tuple[object, ...] | None = None
 
 
-def disk_mark(data_dir: DataDir, service_id: str) -> tuple[object, ...]:
-    """state.json's stat and the generations' names and inodes: a write of state.json
-    (atomic: a new inode) or a generation imported or deleted changes it."""
+def _stat_mark(path: Path) -> tuple[int, ...]:
+    """A file's identity and last change: an atomic write (a new inode) or any write
+    changes it; () when it cannot be read."""
     try:
-        st = os.stat(data_dir.state_path(service_id))
-        state: tuple[object, ...] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        st = os.stat(path)
     except OSError:
-        state = ()
-    try:
-        with os.scandir(data_dir.generations_dir(service_id)) as entries:
-            generations = tuple(sorted((e.name, e.inode()) for e in entries))
-    except OSError:
-        generations = ()
-    return (state, generations)
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def resolve_python(code_env: object, root: Path, data_dir: DataDir, service_id: str, generation: str) -> str:
@@ -148,7 +144,7 @@ class Registry:
             self._install(service_id)
 
     def _read(self, service_id: str) -> ServiceRuntime:
-        mark = disk_mark(self.data_dir, service_id)  # before the read: a later write differs
+        state_mark = _stat_mark(self.data_dir.state_path(service_id))  # before the read: a later write differs
         try:
             state = self.data_dir.read_state(service_id)
         except ConfigError as exc:
@@ -157,11 +153,16 @@ class Registry:
             runtime.state_refused = True
             log.error("service %s: %s", service_id, exc)
             return runtime
-        runtime = ServiceRuntime(service_id, state, read_mark=mark)
+        runtime = ServiceRuntime(service_id, state)
         # An entry with probability 0 never gets a request: it gets no pools either.
         served = [entry for entry in state.entries if entry.proba > 0]
+        generation_marks: list[tuple[str, tuple[int, ...]]] = []
         for entry in served:
+            generation_marks.append(
+                (entry.generation, _stat_mark(self.data_dir.generation_dir(service_id, entry.generation))[:1])
+            )
             runtime.generations[entry.generation] = self._load_generation(service_id, entry.generation)
+        runtime.read_mark = (state_mark, tuple(generation_marks))
         defs = [g.definition for g in runtime.generations.values() if g.definition]
         runtime.public = all(d.public for d in defs) if defs else True
         total = 0.0

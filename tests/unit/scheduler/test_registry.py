@@ -31,6 +31,7 @@ class FakeWorker:
     first pipeline) an initialization that never returns; exits when stopped."""
 
     started: set[str] = set()  # p* generations whose first pipeline started
+    spawned: list[str] = []  # the generation of every pipeline started, in order
 
     def __init__(self, loop: asyncio.AbstractEventLoop, worker_id: int, spec: WorkerSpec, listener: Any) -> None:
         self.loop = loop
@@ -41,6 +42,7 @@ class FakeWorker:
         self.started_at = loop.time()
 
     def spawn(self) -> None:
+        FakeWorker.spawned.append(self.spec.generation)
         if self.spec.generation.startswith("b"):
             self.loop.call_soon(self.listener.worker_init_failed, self.worker_id, "ImportError: No module named 'nope'", "")
             self.loop.call_soon(self.listener.worker_exited, self.worker_id, "exit code 1")
@@ -125,6 +127,37 @@ def test_a_switch_to_a_generation_that_cannot_load_is_refused(node: Node) -> Non
     failure = node.changed()
     assert failure is not None and failure.startswith("switch not applied: generation b3 failed to load")
     assert node.serving() == "v1" and node.runtime.switch_error == failure
+
+
+def test_a_refused_switch_is_tried_once_per_write_and_again_after_forget_refusals(node: Node) -> None:
+    # The admin API applies the state.json it wrote, then the watcher reports that write.
+    FakeWorker.spawned.clear()
+    node.write(("b3", 1.0))
+    failure = node.changed()
+    assert failure is not None and FakeWorker.spawned == ["b3"]
+    assert node.changed() == failure  # the same write, read again: not tried again
+    assert FakeWorker.spawned == ["b3"] and node.serving() == "v1"
+    node.write(("b3", 1.0))  # the same switch asked again: a new write
+    assert node.changed() == failure and FakeWorker.spawned == ["b3", "b3"]
+    node.registry.forget_refusals()  # SIGHUP
+    assert node.changed() == failure and FakeWorker.spawned == ["b3", "b3", "b3"]
+    assert node.changed() == failure and len(FakeWorker.spawned) == 3
+
+
+def test_a_refused_switch_to_a_missing_generation_is_tried_again_once_it_is_imported(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_service(root, "demo", {"e": SOURCE}, generation="v1")
+    node = Node(root)
+    try:
+        node.write(("v9", 1.0))
+        failure = node.changed()
+        assert failure is not None and "generation v9 does not exist" in failure
+        assert node.changed() == failure
+        generations = root / "services" / "demo" / "generations"
+        shutil.copytree(generations / "v1", generations / "v9")  # state.json as it was
+        assert node.changed() is None and node.serving() == "v9"
+    finally:
+        node.close()
 
 
 def _with_v1(tmp_path: Path, other: str) -> Path:
