@@ -568,9 +568,13 @@ def _not_ready(old: ServiceRuntime | None, new: ServiceRuntime, waited_s: float)
         for endpoint_id, pool in sorted(gen.pools.items()):
             snap = pool.snapshot()
             if snap.load_state != "failed" and snap.config.pool.floor > 0 and _serving(snap) == 0:
+                why = "no pipeline has finished initializing"
+                waiting = pool.waiting_for_start_slot
+                if waiting:  # the node boots a few pipelines at once (start_gate.py)
+                    why += f", {waiting} still waiting for a start slot behind other pipelines' starts"
                 return (
                     f"switch not applied: generation {name} not ready after {waited_s:g} s"
-                    f" (endpoint {endpoint_id}: no pipeline has finished initializing; see"
+                    f" (endpoint {endpoint_id}: {why}; see"
                     f" server.json switch.warmup_timeout_ms); {_in_service(old)}"
                 )
     return None

@@ -292,6 +292,11 @@ class EndpointPool:
     def snapshot(self) -> PoolSnapshot:
         return self.machine.snapshot(monotonic())
 
+    @property
+    def waiting_for_start_slot(self) -> int:
+        """Pipelines of this pool not started yet: they wait for the node's start gate."""
+        return len(self._unlaunched)
+
     def pipelines(self) -> list[dict[str, object]]:
         return [
             {

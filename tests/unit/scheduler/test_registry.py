@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from lightnode.errors import LightnodeError
 from lightnode.scheduler.registry import Registry
+from lightnode.scheduler.start_gate import CHECK_S, StartGate
 from lightnode.scheduler.worker_handle import WorkerSpec
 from lightnode.services.store import DataDir
 from tests.conftest import write_service, write_tuning
@@ -183,6 +185,29 @@ def test_a_switch_to_a_generation_with_no_pipeline_ready_in_time_is_refused(tmp_
         )
         assert node.serving() == "v1" and node.runtime.switch_error == failure
         assert [p.spec.generation for p in node.registry.all_pools()] == ["v1"]  # h2's stopped
+    finally:
+        node.close()
+
+
+def test_a_switch_refused_while_its_pipeline_waits_for_a_start_slot_says_so(tmp_path: Path) -> None:
+    """Was: "no pipeline has finished initializing", of a pipeline that had not started."""
+    root = _with_v1(tmp_path, "v2")
+    node = Node(root, switch_warmup_s=0.1)
+    try:
+        gate = StartGate(node.loop, 1)
+        node.registry.start_gate = gate
+        # Another boot holds the only slot: the gate looks at it again only after its
+        # CHECK_S (0.2 s), past the warm-up of 0.1 s.
+        assert CHECK_S > 0.1
+        gate.ask("other boot", lambda: True, os.getpid)
+        node.write(("v2", 1.0))
+        failure = node.changed()
+        assert failure == (
+            "switch not applied: generation v2 not ready after 0.1 s (endpoint e: no pipeline has"
+            " finished initializing, 1 still waiting for a start slot behind other pipelines'"
+            " starts; see server.json switch.warmup_timeout_ms); v1 stays in service"
+        )
+        gate.release("other boot")
     finally:
         node.close()
 
