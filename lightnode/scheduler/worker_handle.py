@@ -493,8 +493,9 @@ class WorkerHandle:
         Every answer written before this call starts is reported before it returns
         (the scheduler relies on it to take back a staged call: see the pool machine's
         "Taking a staged request back"), unless it is called while this pipe's answers
-        are being settled: then it reads nothing (see below). The pipe is non-blocking; the transport that
-        reads it otherwise then finds it empty, which it takes in its stride.
+        are being settled: then it reads nothing (see below). The pipe is non-blocking;
+        the transport that reads it otherwise then finds it empty, which it takes in its
+        stride.
         """
         fd = self._answer_fd
         if fd is None or self._settling:
