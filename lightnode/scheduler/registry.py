@@ -69,9 +69,10 @@ class ServiceRuntime:
     # True when state.json was refused and this runtime is the disabled stand-in;
     # False for a runtime built from a good state.json (even if a later read failed).
     state_refused: bool = False
-    # What the disk held when this runtime was read: state.json's stat, and the inode
-    # of each generation it maps (one deleted and imported again is a new directory;
-    # its mtime moves when a pipeline writes __pycache__ in it).
+    # What the disk held when this runtime was read: the registry's refusal epoch (see
+    # forget_refusals), state.json's stat, and the inode of each generation it maps (one
+    # deleted and imported again is a new directory; its mtime moves when a pipeline
+    # writes __pycache__ in it).
     # While switch_error is set: what the disk held when that switch was refused.
     read_mark: tuple[object, ...] = ()
     refused_mark: tuple[object, ...] | None = None
@@ -131,6 +132,9 @@ class Registry:
         # but tuned like the others and stopped by a shutdown.
         self._pending: dict[str, ServiceRuntime] = {}
         self.draining = False
+        # Bumped by SIGHUP (forget_refusals); part of every read's mark, so that a read
+        # after it never matches a refusal recorded before it, nor one still warming up.
+        self._refusal_epoch = 0
         # Set once every routed pool has reached its floor (or failed to load): /readyz
         # says "ready" from then on. A pipeline crash, a raised floor or a new service
         # later must not take the node out of its load balancer while /run still
@@ -162,7 +166,7 @@ class Registry:
                 (entry.generation, _stat_mark(self.data_dir.generation_dir(service_id, entry.generation))[:1])
             )
             runtime.generations[entry.generation] = self._load_generation(service_id, entry.generation)
-        runtime.read_mark = (state_mark, tuple(generation_marks))
+        runtime.read_mark = (self._refusal_epoch, state_mark, tuple(generation_marks))
         defs = [g.definition for g in runtime.generations.values() if g.definition]
         runtime.public = all(d.public for d in defs) if defs else True
         total = 0.0
@@ -330,9 +334,9 @@ class Registry:
     # --------------------------------------------------------- live changes
 
     def forget_refusals(self) -> None:
-        """SIGHUP: the switches refused so far are tried again when their service is read."""
-        for runtime in self.services.values():
-            runtime.refused_mark = None
+        """SIGHUP: a refused switch is tried again when its service is read next, even
+        one refused by a warm-up still running now (its re-read waits behind it)."""
+        self._refusal_epoch += 1
 
     def service_changed(self, service_id: str) -> asyncio.Future[str | None] | None:
         """state.json or the generations of a service changed on disk: apply it live.
