@@ -185,13 +185,12 @@ def test_a_switch_to_a_generation_that_cannot_load_is_not_applied(node_factory: 
     assert node.stats("svc")["switchError"] is None
 
 
-def test_a_switch_to_a_generation_whose_init_never_returns_is_not_applied(node_factory: Any, tmp_path: Path) -> None:
-    """Past server.json's switch.warmup_timeout_ms with no pipeline of the new generation
-    ready (an init that hangs on a model or a database), the switch is refused while the
-    previous generation serves, and the pipelines still initializing are stopped."""
+def _serving_v1_with_a_hung_generation(node_factory: Any, tmp_path: Path, warmup_ms: int) -> tuple[Node, Path]:
+    """A node serving svc v1, with a generation `hung` imported whose init appends its pid
+    to the file returned, then never returns."""
     data_dir = tmp_path / "node"
     (data_dir / "config").mkdir(parents=True)
-    (data_dir / "config" / "server.json").write_text(json.dumps({"switch": {"warmup_timeout_ms": 1500}}))
+    (data_dir / "config" / "server.json").write_text(json.dumps({"switch": {"warmup_timeout_ms": warmup_ms}}))
     node = node_factory(data_dir)
     install(node, tmp_path, ["v1"])
     admin_post(node, "services/svc/actions/switchToNewest")
@@ -199,6 +198,14 @@ def test_a_switch_to_a_generation_whose_init_never_returns_is_not_applied(node_f
     hung = f"import os, time\nwith open({str(pids)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\ndef e():\n    return 1\n"
     archive = build_test_package(tmp_path, "svc", "hung", {"e": hung})
     dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+    return node, pids
+
+
+def test_a_switch_to_a_generation_whose_init_never_returns_is_not_applied(node_factory: Any, tmp_path: Path) -> None:
+    """Past server.json's switch.warmup_timeout_ms with no pipeline of the new generation
+    ready (an init that hangs on a model or a database), the switch is refused while the
+    previous generation serves, and the pipelines still initializing are stopped."""
+    node, pids = _serving_v1_with_a_hung_generation(node_factory, tmp_path, warmup_ms=1500)
     with Load(node, "svc") as load:
         started = time.monotonic()
         with pytest.raises(urllib.error.HTTPError) as info:
@@ -225,16 +232,7 @@ def test_a_switch_refused_at_warm_up_is_tried_once_and_again_on_sighup(node_fact
     write: the refused switch used to warm up a second time (up to warmup_timeout_ms,
     120 s by default), and the service's next change waited behind it. A write is tried
     once; SIGHUP, or the same switch asked again, tries it again."""
-    data_dir = tmp_path / "node"
-    (data_dir / "config").mkdir(parents=True)
-    (data_dir / "config" / "server.json").write_text(json.dumps({"switch": {"warmup_timeout_ms": 2000}}))
-    node = node_factory(data_dir)
-    install(node, tmp_path, ["v1"])
-    admin_post(node, "services/svc/actions/switchToNewest")
-    pids = tmp_path / "hung-pids"
-    hung = f"import os, time\nwith open({str(pids)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\ndef e():\n    return 1\n"
-    archive = build_test_package(tmp_path, "svc", "hung", {"e": hung})
-    dataikuapi.APINodeAdminClient(node.url, None).service("svc").import_generation_from_archive(str(archive))
+    node, pids = _serving_v1_with_a_hung_generation(node_factory, tmp_path, warmup_ms=2000)
 
     def starts() -> int:
         return len(pids.read_text().split()) if pids.exists() else 0
