@@ -413,7 +413,7 @@ class ConfigWatcher:
             targets.add((str(generations_dir), generations_inode))
         except OSError:
             generations = []
-        return (dir_inode, _stat_signature(service_dir / "state.json"), tuple(generations))
+        return (dir_inode, stat_signature(service_dir / "state.json"), tuple(generations))
 
     # -- directory listing --------------------------------------------------
 
@@ -644,7 +644,9 @@ def _settled(st: os.stat_result) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _stat_signature(path: Path) -> tuple[int, ...] | None:
+def stat_signature(path: Path) -> tuple[int, ...] | None:
+    """A file's identity and last change (through symlinks), or None when it cannot be
+    stat'ed: an atomic write (a new inode) or any write in place changes it."""
     try:
         st = path.stat()
     except OSError:

@@ -21,6 +21,7 @@ from typing import Final
 
 from lightnode.config.load import load_endpoint_config
 from lightnode.config.model import EndpointConfig
+from lightnode.config.watch import stat_signature
 from lightnode.errors import ConfigError, LightnodeError, holds_api_key
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.scheduler import CallSink, EndpointPool, WorkerFactory
@@ -76,16 +77,6 @@ class ServiceRuntime:
     # While switch_error is set: what the disk held when that switch was refused.
     read_mark: tuple[object, ...] = ()
     refused_mark: tuple[object, ...] | None = None
-
-
-def _stat_mark(path: Path) -> tuple[int, ...]:
-    """A file's identity and last change: an atomic write (a new inode) or any write
-    changes it; () when it cannot be read."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ()
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def resolve_python(code_env: object, root: Path, data_dir: DataDir, service_id: str, generation: str) -> str:
@@ -148,7 +139,7 @@ class Registry:
             self._install(service_id)
 
     def _read(self, service_id: str) -> ServiceRuntime:
-        state_mark = _stat_mark(self.data_dir.state_path(service_id))  # before the read: a later write differs
+        state_mark = stat_signature(self.data_dir.state_path(service_id))  # before the read: a later write differs
         try:
             state = self.data_dir.read_state(service_id)
         except ConfigError as exc:
@@ -160,11 +151,10 @@ class Registry:
         runtime = ServiceRuntime(service_id, state)
         # An entry with probability 0 never gets a request: it gets no pools either.
         served = [entry for entry in state.entries if entry.proba > 0]
-        generation_marks: list[tuple[str, tuple[int, ...]]] = []
+        generation_marks: list[tuple[str, int | None]] = []
         for entry in served:
-            generation_marks.append(
-                (entry.generation, _stat_mark(self.data_dir.generation_dir(service_id, entry.generation))[:1])
-            )
+            signature = stat_signature(self.data_dir.generation_dir(service_id, entry.generation))
+            generation_marks.append((entry.generation, signature[0] if signature else None))  # the inode
             runtime.generations[entry.generation] = self._load_generation(service_id, entry.generation)
         runtime.read_mark = (self._refusal_epoch, state_mark, tuple(generation_marks))
         defs = [g.definition for g in runtime.generations.values() if g.definition]
