@@ -564,6 +564,26 @@ class PoolMachine:
         pipeline lets the next one run (the scheduler then reads the answer pipes sooner)."""
         return bool(self._waiting) and not self._workers.any_in(STARTING)
 
+    def answers_due(self, now: float, read_late: set[int]) -> list[int]:
+        """While `waits_for_answers()`: the busy pipelines whose answer may be in their
+        pipe, unread: those whose call has run at least the endpoint's mean run time
+        (any, before a first call has ended), and those in `read_late`, whose last
+        answer was found there before the loop read it (the scheduler keeps that set).
+        A call that started since, the usual case while the loop keeps up (its pipe was
+        read when the previous answer came), has none yet: reading its pipe would be a
+        system call that finds nothing. Where the loop is late, the mean run time
+        (measured to when an answer is read) and a prefetched call's start (the read
+        of the answer before it) are late too; `read_late` does not depend on either."""
+        if not self.waits_for_answers():
+            return []
+        mean_s = self._mean_run_time_s
+        started_by = now - (mean_s if mean_s is not None else 0.0)
+        return [
+            w.worker_id
+            for w in self._workers.busy_view()
+            if w.dispatched_s <= started_by or w.worker_id in read_late
+        ]
+
     def queue_deadline(self) -> float | None:
         """The earliest deadline of a waiting request (see `only_queue_deadline_moved`)."""
         return self._queue.next_deadline()

@@ -69,9 +69,12 @@ START_BY_MARGIN_NS: Final = 1000
 # 50 ms function). Measured with 1,000 keep-alive connections re-sending 50 ms after each
 # 503 (~7,000-10,000 req/s on 2 pipelines; pure Python, medians of alternating runs): 22
 # calls/s of 40 on a 50 ms function and 70 of ~1,500 on a 1 ms one; reading here, 39.5/s
-# and 1,350/s. A read that finds nothing costs one system call (EAGAIN), so at most
-# a thousand per second and pipeline while requests keep arriving and others wait for
-# a busy pipeline, none otherwise.
+# and 1,350/s. Only the pipes of pipelines whose call has run at least the endpoint's
+# mean run time are read (machine.answers_due): while the loop keeps up, a pipe was read
+# when its previous answer came, and a read now would find nothing (EAGAIN). Reading
+# every busy pipe cost 10-15 µs of the node's CPU per request on a 1 ms function at
+# c=8 and c=64 (wrk -t1, two pipelines, 2,300 req/s: 0.75 more reads per request
+# than needed, each on cold caches), and 2-4 % of its throughput.
 ANSWER_POLL_S: Final = 0.001
 
 
@@ -156,6 +159,10 @@ class EndpointPool:
         self._next_request_id = 1
         self.answer_poll_s: float = ANSWER_POLL_S  # tests set 0 (every arrival reads)
         self._poll_at = 0.0  # no arrival reads the pipes before this time (see submit)
+        self._polling = False  # submit is reading answer pipes (see worker_answered)
+        # Pipelines whose last answer an arrival's read found before the loop did: the
+        # loop is late for their pipes (a flood), and each arrival reads them (see submit).
+        self._read_late: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._feeding = False
@@ -202,8 +209,9 @@ class EndpointPool:
         """Accept a request; exactly one of the sink's methods will be called for it.
 
         First, while requests wait for a busy pipeline (none starts for them) and at most
-        once per `answer_poll_s`, the answers already in the busy pipelines' pipes are
-        read (see ANSWER_POLL_S): a pipeline done with its call gets the next waiting one
+        once per `answer_poll_s`, the answers already in the pipes of busy pipelines whose
+        call has run at least the mean run time are read (see ANSWER_POLL_S and
+        PoolMachine.answers_due): a pipeline done with its call gets the next waiting one
         now rather than after the loop's pass, and this request finds the room that
         answer made in the queue. Only then: an answer read early otherwise frees a
         pipeline that nothing needs, or takes a request from a pipeline starting for it,
@@ -219,15 +227,16 @@ class EndpointPool:
         request_id = self._next_request_id
         self._next_request_id += 1
         now = monotonic()
-        if (
-            self._running
-            and now >= self._poll_at
-            and not self._feeding
-            and self.machine.waits_for_answers()
-        ):
-            self._poll_at = now + self.answer_poll_s
-            self._read_answers_of(list(self._running))
-            now = monotonic()
+        if self._running and now >= self._poll_at and not self._feeding:
+            due = self.machine.answers_due(now, self._read_late)
+            if due:
+                self._poll_at = now + self.answer_poll_s
+                self._polling = True
+                try:
+                    self._read_answers_of(due)
+                finally:
+                    self._polling = False
+                now = monotonic()
         call = Call(request_id, body, now, exchange)
         self.calls[request_id] = call
         if self._feeding:
@@ -632,8 +641,17 @@ class EndpointPool:
             max(0.0, held_until - monotonic()), tail,
         )  # fmt: skip
 
+    def _note_reader(self, worker_id: int) -> None:
+        """Who read this answer: an arrival (submit), before the loop's turn came for the
+        pipe, or the loop itself, in time (see `_read_late`)."""
+        if self._polling:
+            self._read_late.add(worker_id)
+        elif self._read_late:
+            self._read_late.discard(worker_id)
+
     def worker_answered(self, worker_id: int, kind: int, value: int, body: bytes) -> None:
         now = monotonic()
+        self._note_reader(worker_id)
         call = self._running.pop(worker_id, None)
         if call is None:
             self._broken(worker_id, "answered with no call in flight")
@@ -697,6 +715,7 @@ class EndpointPool:
         self._ready_rss.pop(worker_id, None)
         self._rss_reported.discard(worker_id)
         self._rss_warned.discard(worker_id)
+        self._read_late.discard(worker_id)
         state = self._state_of(worker_id)
         pid = worker.pid if worker is not None else "?"
         start_failure = ""

@@ -164,6 +164,26 @@ def test_freed_pipeline_takes_oldest_waiting_request() -> None:
     assert s(DONE(1), at=6.0) == [Dispatch(3, 1, 2.0)]
 
 
+def test_answers_due_are_those_of_calls_that_ran_the_mean_run_time() -> None:
+    """The scheduler reads a busy pipeline's answer pipe early (before the loop's turn)
+    only where an answer may wait: while a request waits, for calls that have run at
+    least the mean run time (before any call has ended, every busy pipeline), and for
+    pipelines whose last answer was read so, early (the loop is late for them)."""
+    s = ready_pool(2, floor=2, cruise=2, ceil=2, prefetch=0)
+    assert s(ARRIVE(1), at=10.0) == [Dispatch(1, 2, 0.0)]
+    assert s(ARRIVE(2), at=10.0) == [Dispatch(2, 1, 0.0)]
+    assert s.machine.answers_due(10.5, set()) == []  # nothing waits: no early read
+    assert s(ARRIVE(3), at=10.5) == []
+    assert sorted(s.machine.answers_due(10.5, set())) == [1, 2]  # no run time known yet
+    assert s(DONE(2), at=11.0) == [Dispatch(3, 2, 0.5)]  # the mean run time: 1 s
+    assert s(ARRIVE(4), at=11.2) == []
+    assert s.machine.answers_due(11.2, set()) == [1]  # pipeline 2's call started at 11.0
+    assert s.machine.answers_due(11.99, set()) == [1]
+    assert sorted(s.machine.answers_due(12.0, set())) == [1, 2]
+    # Pipeline 2's last answer was read late (the loop behind): its pipe, at once.
+    assert sorted(s.machine.answers_due(11.2, {2})) == [1, 2]
+
+
 # -- rule 6: timeout -------------------------------------------------------------
 
 
