@@ -116,6 +116,22 @@ def fd_limit_problem(stages: Sequence[Stage], procs: int, limit: int | None = No
     )
 
 
+def watch_pipe(
+    loop: asyncio.AbstractEventLoop, pipe: PipeEnd, callback: Callable[..., None], *args: Any
+) -> None:
+    """Call `callback(*args)` whenever `pipe` is readable; the pipe stays blocking.
+
+    uvloop's add_reader makes the descriptor non-blocking. A message larger than the
+    socket's buffer (the "done" totals of a generator process with 1,000 connections,
+    or a busy second's buckets) then broke off in `recv` with BlockingIOError, which
+    the parent took for the process gone ("exited unexpectedly"), in about one run of
+    three. Reads start only once a message is there and its sender writes it whole, so
+    blocking until its end is right; `send` needs it too, for the same messages.
+    """
+    loop.add_reader(pipe.fileno(), callback, *args)
+    os.set_blocking(pipe.fileno(), True)
+
+
 def worker_main(job: WorkerJob, pipe: PipeEnd) -> None:
     """Entry point of a generator process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -176,7 +192,7 @@ async def _work(job: WorkerJob, pipe: PipeEnd) -> None:
         inbox.put_nowait(("error", f"{context.get('message')}: {exc!r}"))
 
     loop.set_exception_handler(on_error)
-    loop.add_reader(pipe.fileno(), on_readable)
+    watch_pipe(loop, pipe, on_readable)
     pipe.send(("ready", os.getpid()))
     message = await inbox.get()
     if message[0] != "go":
@@ -334,7 +350,7 @@ class ProcGroup:
             child_end.close()
             self.processes.append(process)
             self.pipes.append(parent_end)
-            loop.add_reader(parent_end.fileno(), self._readable, index)
+            watch_pipe(loop, parent_end, self._readable, index)
 
     async def wait_ready(self) -> None:
         assert self._ready is not None
