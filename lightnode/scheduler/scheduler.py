@@ -69,12 +69,12 @@ START_BY_MARGIN_NS: Final = 1000
 # 50 ms function). Measured with 1,000 keep-alive connections re-sending 50 ms after each
 # 503 (~7,000-10,000 req/s on 2 pipelines; pure Python, medians of alternating runs): 22
 # calls/s of 40 on a 50 ms function and 70 of ~1,500 on a 1 ms one; reading here, 39.5/s
-# and 1,350/s. Only the pipes of pipelines whose call has run at least the endpoint's
-# mean run time are read (machine.answers_due): while the loop keeps up, a pipe was read
-# when its previous answer came, and a read now would find nothing (EAGAIN). Reading
-# every busy pipe cost 10-15 µs of the node's CPU per request on a 1 ms function at
-# c=8 and c=64 (wrk -t1, two pipelines, 2,300 req/s: 0.75 more reads per request
-# than needed, each on cold caches), and 2-4 % of its throughput.
+# and 1,350/s. Only the pipes where an answer may wait are read (PoolMachine.answers_due:
+# calls that have run the mean run time, and pipelines the loop was late for): while
+# the loop keeps up, a pipe was read when its previous answer came, and a read now finds
+# nothing (EAGAIN). Reading every busy pipe made 2.63 read calls per request on a 1 ms
+# function at c=8 (wrk -t1, two pipelines, ~2,300 req/s; the floor makes 1.88); now
+# 2.09-2.12, and the node spends a few µs less CPU per request.
 ANSWER_POLL_S: Final = 0.001
 
 
