@@ -209,9 +209,10 @@ class EndpointPool:
         """Accept a request; exactly one of the sink's methods will be called for it.
 
         First, while requests wait for a busy pipeline (none starts for them) and at most
-        once per `answer_poll_s`, the answers already in the pipes of busy pipelines whose
-        call has run at least the mean run time are read (see ANSWER_POLL_S and
-        PoolMachine.answers_due): a pipeline done with its call gets the next waiting one
+        once per `answer_poll_s`, the answers that may wait unread in busy pipelines' pipes
+        are read (see ANSWER_POLL_S; PoolMachine.answers_due names the pipes: calls that
+        have run the mean run time, and pipelines the loop was late for): a pipeline
+        done with its call gets the next waiting one
         now rather than after the loop's pass, and this request finds the room that
         answer made in the queue. Only then: an answer read early otherwise frees a
         pipeline that nothing needs, or takes a request from a pipeline starting for it,
