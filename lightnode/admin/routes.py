@@ -45,6 +45,7 @@ from lightnode.observe.logsetup import one_line
 from lightnode.pool.snapshot import PoolSnapshot
 from lightnode.scheduler.registry import Registry
 from lightnode.scheduler.scheduler import EndpointPool
+from lightnode.services.package import PackageNotWritten
 
 if TYPE_CHECKING:  # pragma: no cover
     from lightnode.daemon import Node
@@ -163,6 +164,8 @@ def _error_for(exc: BaseException) -> LightnodeError:
         return exc
     if isinstance(exc, IdError):
         return LightnodeError("NotFound", str(exc))
+    if isinstance(exc, PackageNotWritten):  # the node's disk, not the archive: a 5xx
+        return LightnodeError("InternalError", str(exc))
     if isinstance(exc, ConfigError):
         return LightnodeError("BadRequest", str(exc))
     if isinstance(exc, OSError):

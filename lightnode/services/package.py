@@ -46,6 +46,7 @@ HTTP or worker layers.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -134,6 +135,25 @@ class PackageRefused(ConfigError):
 
     `source` is the archive or source directory; `problems` lists every reason.
     """
+
+
+class PackageNotWritten(PackageRefused):
+    """An import the node could not write to its disk: nothing was written, and the
+    archive is not at fault (`STORAGE_ERRNOS`). The admin API answers 500, not a
+    refusal's 400: a client must not take a full disk for a bad package, and may send
+    the same archive again once space is freed."""
+
+
+# Failures of a write that say nothing of what was written: a full disk or quota, an
+# I/O error, a file system mounted read-only. Other errors of an unpacking (a name too
+# long, a member the file system cannot hold) refuse the archive.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _not_unpacked(source: str, problem: str, exc: OSError) -> PackageRefused:
+    """The refusal for an OSError of the unpacking: PackageNotWritten for a storage failure."""
+    cls = PackageNotWritten if exc.errno in STORAGE_ERRNOS else PackageRefused
+    return cls(source, [f"{problem}: {exc.strerror or exc}"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +538,8 @@ def import_package(
         PackageRefused: an unsafe or invalid archive, or a generation already
             present (one whose import was killed half way is replaced, unless a
             mapping names it); nothing was written.
+        PackageNotWritten: the disk refused a write (STORAGE_ERRNOS); nothing was left.
+        OSError: another failure of the node's own files (its services directory).
     """
     check_id(service_id, "service id")
     source = str(archive)
@@ -685,9 +707,7 @@ def _extract(zf: zipfile.ZipFile, dest: Path, *, max_bytes: int, source: str) ->
         except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as exc:
             raise PackageRefused(source, [f"member {_shown(info.filename)}: unreadable: {exc}"]) from None
         except OSError as exc:
-            raise PackageRefused(
-                source, [f"member {_shown(info.filename)}: cannot unpack: {exc.strerror or exc}"]
-            ) from None
+            raise _not_unpacked(source, f"member {_shown(info.filename)}: cannot unpack", exc) from None
     return written
 
 
@@ -760,7 +780,7 @@ def _take_out_abandoned(data_dir: DataDir, service_id: str, generation: str, sou
     try:
         bury(target, data_dir.services_dir, f"{service_id}-{generation}", flush=target.parent)
     except OSError as exc:
-        raise PackageRefused(source, [f"{present}, half imported, and cannot be replaced: {exc.strerror or exc}"]) from None
+        raise _not_unpacked(source, f"{present}, half imported, and cannot be replaced", exc) from None
 
 
 def _install(
@@ -799,7 +819,7 @@ def _install(
     try:
         os.rename(staged_gen, target)
     except OSError as exc:
-        raise PackageRefused(source, [f"cannot install generation {generation}: {exc.strerror or exc}"]) from None
+        raise _not_unpacked(source, f"cannot install generation {generation}", exc) from None
     flush_directory(generations)
     return False
 
@@ -812,14 +832,14 @@ def _flush_tree(root: Path, source: str) -> None:
     generation in place with empty files (ext4 writes data back after the metadata).
 
     Raises:
-        PackageRefused: a file cannot be flushed (a full disk or an I/O error that
+        PackageNotWritten: a file cannot be flushed (a full disk or an I/O error that
             only shows now, as on NFS).
     """
     try:
         flush_tree(root)
     except OSError as exc:
         where = Path(exc.filename).relative_to(root).as_posix() if exc.filename else root.name
-        raise PackageRefused(source, [f"cannot write {where} to disk: {exc.strerror or exc}"]) from None
+        raise PackageNotWritten(source, [f"cannot write {where} to disk: {exc.strerror or exc}"]) from None
 
 
 def _stamp_import_time(generation_dir: Path) -> None:

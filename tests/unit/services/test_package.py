@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -11,13 +12,16 @@ import warnings
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lightnode.admin.routes import _error_for
 from lightnode.errors import ConfigError, IdError
 from lightnode.services import package
 from lightnode.services.model import load_service_dir
 from lightnode.services.package import (
+    PackageNotWritten,
     PackageRefused,
     build_package,
     default_generation,
@@ -350,3 +354,75 @@ def test_extraction_errors_are_refusals(tmp_path: Path) -> None:
     archive.write_bytes(zip_bytes([("a", b"file"), ("a/b", b"x")]))
     with zipfile.ZipFile(archive) as zf, pytest.raises(PackageRefused, match="member 'a/b': cannot unpack"):
         package._extract(zf, tmp_path / "out", max_bytes=LIMIT, source="a.zip")
+
+
+# --- a disk that refuses the import: the node's failure, not the archive's (500, not 400)
+
+
+def _archive(tmp_path: Path, members: list[tuple[Any, bytes]] | None = None) -> Path:
+    archive = tmp_path / "p.zip"
+    archive.write_bytes(zip_bytes(members if members is not None else good_members()))
+    return archive
+
+
+def _disk_full_on_write(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """Files opened by the unpacking take no byte: each write fails as a full disk's does."""
+    real_fdopen = os.fdopen
+
+    class Refusing:
+        def __init__(self, fd: int, *args: Any, **kwargs: Any) -> None:
+            self._file = real_fdopen(fd, *args, **kwargs)
+
+        def __enter__(self) -> Refusing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._file.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(package.os, "fdopen", Refusing)
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT, errno.EIO])
+def test_a_write_the_disk_refuses_is_not_written_not_refused(
+    tmp_path: Path, data: DataDir, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    archive = _archive(tmp_path)
+    before = snapshot(data.root)
+    _disk_full_on_write(monkeypatch, err)
+    with pytest.raises(PackageNotWritten) as info:
+        import_package(data, "s", archive, max_bytes=LIMIT)
+    assert f"cannot unpack: {os.strerror(err)}" in str(info.value)
+    assert snapshot(data.root) == before  # nothing left: the staging directory is gone
+
+
+def test_a_flush_the_disk_refuses_is_not_written(
+    tmp_path: Path, data: DataDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page cache took the writes; fsync is where a full disk (or NFS) says no.
+    def no_space(root: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root / "e.py"))
+
+    monkeypatch.setattr(package, "flush_tree", no_space)
+    archive = _archive(tmp_path)
+    before = snapshot(data.root)
+    with pytest.raises(PackageNotWritten, match="cannot write e.py to disk: No space left on device"):
+        import_package(data, "s", archive, max_bytes=LIMIT)
+    assert snapshot(data.root) == before
+
+
+def test_a_member_the_file_system_cannot_hold_is_still_the_archives_fault(tmp_path: Path) -> None:
+    archive = _archive(tmp_path, [("a", b"file"), ("a/b", b"x")])
+    with zipfile.ZipFile(archive) as zf, pytest.raises(PackageRefused) as info:
+        package._extract(zf, tmp_path / "out", max_bytes=LIMIT, source="p.zip")
+    assert not isinstance(info.value, PackageNotWritten)
+
+
+def test_the_admin_api_answers_a_disk_failure_500_and_a_refusal_400() -> None:
+    not_written = _error_for(PackageNotWritten("/tmp/p.zip", ["member 'e.py': cannot unpack: No space left on device"]))
+    assert (not_written.status, not_written.error_type) == (500, "InternalError")
+    assert "No space left on device" in not_written.message
+    refused = _error_for(PackageRefused("/tmp/p.zip", ["member '../x': unsafe name"]))
+    assert (refused.status, refused.error_type) == (400, "BadRequest")
