@@ -238,6 +238,13 @@ class AdminRoutes:
         # One thread: imports and deletes never block the loop, and admin
         # writes (read-modify-write of state.json) never interleave.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lightnode-admin")
+        # Reads of every service's files (GET services): neither on the loop, where a
+        # node of hundreds of services, or a slow disk, would hold every /run for as
+        # long, nor behind a write on the admin thread (an import builds code envs for
+        # minutes).
+        self._read_executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="lightnode-admin-read"
+        )
         self._routes: list[tuple[str, tuple[str, ...], Handler]] = [
             ("GET", ("services",), self._list_services),
             ("POST", ("services",), self._create_service),
@@ -268,6 +275,7 @@ class AdminRoutes:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._read_executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def registry(self) -> Registry:
@@ -367,10 +375,26 @@ class AdminRoutes:
             raise _error_for(exc) from None
         exchange.respond_json(200, result)
 
+    def _answer_off_loop(self, exchange: Exchange, operation: Callable[[], Any]) -> None:
+        """A read of many files: run it on the read thread, answer when it is done."""
+        future = self.node.loop.run_in_executor(self._read_executor, operation)
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                exchange.respond_error(LightnodeError("ShuttingDown", "The node is shutting down"))
+                return
+            exc = fut.exception()
+            if exc is not None:
+                exchange.respond_error(_masked(_error_for(exc)))
+                return
+            exchange.respond_json(200, fut.result())
+
+        future.add_done_callback(done)
+
     # ------------------------------------------------------------ services
 
     def _list_services(self, exchange: Exchange, p: Params) -> None:
-        self._answer(exchange, self.layer.services)
+        self._answer_off_loop(exchange, self.layer.services)
 
     def _get_service(self, exchange: Exchange, p: Params) -> None:
         self._answer(exchange, lambda: self.layer.service(p["S"]))

@@ -160,8 +160,19 @@ class ServiceLayer:
         return self.service_info(service_id)
 
     def services(self) -> list[dict[str, Any]]:
-        """GET services: `[{"id", "enabled", "mapping", "generations"}]`."""
-        return [self.service_info(sid) for sid in self.data_dir.service_ids()]
+        """GET services: `[{"id", "enabled", "mapping", "generations"}]`.
+
+        Read off the event loop (admin routes), while the admin thread may delete a
+        service: one deleted after the directory was listed is left out, not a 404.
+        """
+        listed = []
+        for service_id in self.data_dir.service_ids():
+            try:
+                listed.append(self.service_info(service_id))
+            except LightnodeError:
+                if os.path.lexists(self.data_dir.service_dir(service_id)):
+                    raise
+        return listed
 
     def create_service(self, service_id: str) -> dict[str, Any]:
         """POST services/: an empty, disabled service (flushed to disk before the answer:
