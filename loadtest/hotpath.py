@@ -59,7 +59,7 @@ class InstantWorker:
     def spawn(self) -> None:
         self.listener.worker_ready(self.worker_id, {})
 
-    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0, tag: bytes = b"") -> None:
         self.listener.worker_answered(self.worker_id, runtime.RESULT, 3, b'{"sum":3}')
 
     def read_answers(self) -> None:
@@ -84,7 +84,7 @@ class QueueingWorker(InstantWorker):
         self.decoder = runtime.FrameDecoder()
         QueueingWorker.instances.append(self)
 
-    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0, tag: bytes = b"") -> None:
         self.calls.append(runtime.encode_frame(runtime.CALL, body, start_by_ns))
 
     def answer_one(self) -> bool:

@@ -224,7 +224,7 @@ class NodeApp:
             # `curl -X GET -d '{...}'`: running it with the query's parameters alone would
             # answer a call other than the one sent (after the 401 and 404 of its URL).
             raise LightnodeError("BadRequest", GET_WITH_BODY_MESSAGE)
-        call = pool.submit(_params(exchange), exchange)
+        call = pool.submit(_params(exchange), exchange, (exchange.request_id + "\n").encode())
         if not exchange.done:  # a client gone before the answer: _client_gone((pool, call))
             exchange.on_cancel = self._on_client_gone
             exchange.cancel_token = (pool, call)

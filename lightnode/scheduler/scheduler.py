@@ -83,11 +83,13 @@ class Call:
 
     __slots__ = (
         "request_id", "body", "arrived", "worker_id", "wait_us", "dispatched", "exchange", "cancelled",
+        "tag",
     )  # fmt: skip
 
-    def __init__(self, request_id: int, body: bytes, arrived: float, exchange: Any) -> None:
+    def __init__(self, request_id: int, body: bytes, arrived: float, exchange: Any, tag: bytes = b"") -> None:
         self.request_id = request_id
         self.body = body
+        self.tag = tag  # the client's request id + b"\n" for the pipeline's output lines (b"": none)
         self.arrived = arrived
         self.exchange = exchange
         self.worker_id = 0
@@ -205,8 +207,10 @@ class EndpointPool:
             if worker is not None:
                 worker.read_answers()
 
-    def submit(self, body: bytes, exchange: Any) -> Call:
+    def submit(self, body: bytes, exchange: Any, tag: bytes = b"") -> Call:
         """Accept a request; exactly one of the sink's methods will be called for it.
+
+        `tag`: the request id and b"\\n"; the output lines its call writes carry it.
 
         First, while requests wait for a busy pipeline (none starts for them) and at most
         once per `answer_poll_s`, the answers that may wait unread in busy pipelines' pipes
@@ -238,7 +242,7 @@ class EndpointPool:
                 finally:
                     self._polling = False
                 now = monotonic()
-        call = Call(request_id, body, now, exchange)
+        call = Call(request_id, body, now, exchange, tag)
         self.calls[request_id] = call
         if self._feeding:
             self._backlog.append(ev.RequestArrived(request_id))
@@ -538,10 +542,7 @@ class EndpointPool:
             call.wait_us = int(command.wait_s * 1e6)
             call.dispatched = monotonic()
             self._running[worker_id] = call
-        if start_by_ns:
-            self.workers[worker_id].send_call(call.body, start_by_ns)
-        else:
-            self.workers[worker_id].send_call(call.body)
+        self.workers[worker_id].send_call(call.body, start_by_ns, call.tag)
 
     def _withdraw(self, command: cmd.Withdraw) -> None:
         """The machine took a staged call back: its place in the pipe becomes a placeholder."""

@@ -40,6 +40,7 @@ RUNTIME_PATH: Final = str(Path(runtime.__file__).resolve())
 # those stay interpreted (runtime.py runs under the endpoint's own interpreter).
 # Final names: the compiled build reads them from C variables, not from the module's dict.
 CALL: Final[int] = runtime.CALL
+CALL_TAGGED: Final[int] = runtime.CALL_TAGGED
 RESULT: Final[int] = runtime.RESULT
 ERROR: Final[int] = runtime.ERROR
 NOT_STARTED: Final[int] = runtime.NOT_STARTED
@@ -257,14 +258,14 @@ class _LogReader(asyncio.Protocol):
         end = pending.find(b"\n", offset)
         while end >= 0:
             self._offset = end + 1  # first: a handler that raises does not log it twice
-            user_log.info("%s %s", prefix, _printable(pending[offset:end].rstrip(b"\r")))
+            _log_user_line(prefix, pending[offset:end].rstrip(b"\r"))
             offset = end + 1
             end = pending.find(b"\n", offset)
             if end >= 0 and timed and time.monotonic() >= deadline:
                 return False
         if len(pending) - offset > LONGEST_LINE:  # a line without end: log it in pieces
             self._offset = len(pending)
-            user_log.info("%s %s", prefix, _printable(pending[offset:].rstrip(b"\r")))
+            _log_user_line(prefix, pending[offset:].rstrip(b"\r"))
             offset = len(pending)
         self._pending = pending[offset:] if offset < len(pending) else b""
         self._offset = 0
@@ -278,7 +279,7 @@ class _LogReader(asyncio.Protocol):
             rest = self._pending[offset:]
             self._pending = b""
             self._offset = 0
-            user_log.info("%s %s", self._prefix, _printable(rest))
+            _log_user_line(self._prefix, rest)
 
 
 # The log pipes not read to their end yet, with what they hold (see flush_user_output).
@@ -303,6 +304,24 @@ async def flush_user_output(timeout_s: float) -> None:
 def _printable(line: bytes) -> str:
     """A line of user output for the node's log: no NULs or terminal escapes (one_line)."""
     return one_line(line.decode("utf-8", "replace"))
+
+
+# A line written while a call ran begins with the call's request id between these marks
+# (runtime.TaggedLines); the id is at most 128 characters (protocol.client_request_id).
+_TAG_START: Final = runtime.TAG_START.encode("ascii")
+_TAG_END: Final = runtime.TAG_END.encode("ascii")
+_TAG_SEARCH_END: Final = 2 + 128
+
+
+def _log_user_line(prefix: str, line: bytes) -> None:
+    """Log one line of a pipeline's output, with its request id when it carries one."""
+    if line[:1] == _TAG_START:
+        end = line.find(_TAG_END, 1, _TAG_SEARCH_END)
+        if end > 1:
+            request_id = _printable(line[1:end])
+            user_log.info("%s %s", prefix, _printable(line[end + 1 :]), extra={"request_id": request_id})
+            return
+    user_log.info("%s %s", prefix, _printable(line))
 
 
 class WorkerHandle:
@@ -429,10 +448,12 @@ class WorkerHandle:
             log.error("%s: cannot connect worker pipes: %s", self.spec.tag, task.exception())
             self.kill(dump_stack=False)
 
-    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0, tag: bytes = b"") -> None:
         """Send one request to the worker (idle, or busy for a prefetched call).
 
         `start_by_ns`: CLOCK_MONOTONIC ns after which the worker must not start it (0: none).
+        `tag`: the request id followed by b"\\n", for the output lines the call writes
+        (b"": none; a CALL_TAGGED frame otherwise).
         """
         writer = self._writer
         if writer is None:
@@ -446,7 +467,10 @@ class WorkerHandle:
         outbox = self._outbox
         if not outbox and not self._settling:
             self._loop.call_soon(self._flush_calls)
-        outbox.append(_pack_header(len(body), CALL, start_by_ns) + body)
+        if tag:
+            outbox.append(_pack_header(len(tag) + len(body), CALL_TAGGED, start_by_ns) + tag + body)
+        else:
+            outbox.append(_pack_header(len(body), CALL, start_by_ns) + body)
 
     def _flush_calls(self) -> None:
         """Write the calls sent since the last flush, in order, with one system call.

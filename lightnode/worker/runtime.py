@@ -11,6 +11,9 @@ The wire (defined here once; the daemon imports these names):
 
     parent -> worker   CALL        body: the request's JSON object (raw bytes), value: its start-by,
                                    CLOCK_MONOTONIC ns (0: none; see serve())
+                       CALL_TAGGED body: the request id (ASCII, no newline), b"\n", then as CALL's;
+                                   value: as CALL's. Output lines the call writes carry the id
+                                   (see TaggedLines)
     worker -> parent   READY       body: {"pid", "function", "signature"}     (after init code ran)
                        INIT_ERROR  body: {"message", "traceback"}             (then exit EXIT_INIT_FAILED)
                        RESULT      body: the result as JSON (empty: None), value: µs in the function
@@ -101,6 +104,7 @@ except ImportError:  # pragma: no cover - exercised only in user environments wi
 HEADER = struct.Struct("!IBq")
 
 CALL = 1
+CALL_TAGGED = 2
 READY = 10
 INIT_ERROR = 11
 RESULT = 12
@@ -630,6 +634,73 @@ def _route_user_logging() -> None:
         sys.meta_path.insert(0, _ConfigureLoggingOnImport())
 
 
+# ------------------------------------------------------------ request ids in output
+
+# A line of output written while a call runs begins with TAG_START, the call's request
+# id and TAG_END; the node takes them off and logs the line with that id (`[req ID]`).
+# ASCII's "start of heading" and "start of text": no text a user prints begins with
+# them, and str.splitlines() does not split at them (it does at \x1c-\x1e).
+TAG_START = "\x01"
+TAG_END = "\x02"
+_CALL_TAG = [None]  # type: List[Optional[bytes]]  # the running call's request id
+
+
+def _running_tag() -> Optional[str]:
+    """TAG_START + the running call's request id + TAG_END; None between calls."""
+    request_id = _CALL_TAG[0]
+    if request_id is None:
+        return None
+    return TAG_START + request_id.decode("ascii", "replace") + TAG_END
+
+
+class TaggedLines:
+    """sys.stdout and sys.stderr of a pipeline: each line begun while a call runs carries
+    the call's request id (`_CALL_TAG`); lines written between calls go as they are.
+
+    Everything but write() and writelines() is the wrapped stream's (fileno, flush,
+    buffer, encoding, isatty...). Bytes written to `.buffer` or to the file descriptor
+    itself (C code, subprocesses) carry no id; a line written partly before a call
+    and partly during it carries none either.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._line_start = True  # the next character written begins a line
+
+    def write(self, text: str) -> int:
+        if not text:
+            return 0
+        tag = _running_tag()
+        if tag is None:
+            written = int(self._stream.write(text))
+        else:
+            head = tag if self._line_start else ""
+            if text[-1] == "\n":
+                body = text[:-1].replace("\n", "\n" + tag) + "\n"
+            else:
+                body = text.replace("\n", "\n" + tag)
+            self._stream.write(head + body)
+            written = len(text)
+        self._line_start = text[-1] == "\n"
+        return written
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _tag_lines(text: str) -> str:
+    """`text` (whole lines) with each line tagged as the running call's, if one runs."""
+    tag = _running_tag()
+    if tag is None:
+        return text
+    body = text[:-1] if text.endswith("\n") else text
+    return tag + body.replace("\n", "\n" + tag) + text[len(body):]
+
+
 # ---------------------------------------------------------------------- the call
 
 
@@ -776,7 +847,8 @@ def _log_traceback(exc: BaseException, now: float) -> None:
         since = " (%d more raised since the last traceback, not shown)" % unshown
     text = "a call raised; its traceback follows%s:\n%s" % (since, _traceback_text(exc, from_call=True))
     try:
-        os.write(2, text.encode("utf-8", "backslashreplace"))  # not sys.stderr: user code may replace it
+        # Not sys.stderr: user code may replace it. Each line carries the request id.
+        os.write(2, _tag_lines(text).encode("utf-8", "backslashreplace"))
     except OSError:
         pass
 
@@ -861,7 +933,12 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
                 return 0
             frames = decoder.feed(data)
         kind, start_by, body = frames.pop(0)
-        if kind != CALL:
+        tag = None
+        if kind == CALL_TAGGED:
+            cut = body.find(b"\n")
+            tag = body[:cut]
+            body = body[cut + 1 :]
+        elif kind != CALL:
             sys.stderr.write("lightnode worker: unexpected frame kind %d\n" % kind)
             return 2
         if _KILL_NOTICE[0]:
@@ -875,7 +952,11 @@ def serve(fd_in: int, fd_out: int, spec: Dict[str, Any]) -> int:
         if start_by and time.monotonic_ns() >= start_by:
             write_frame(fd_out, NOT_STARTED)
             continue
-        answer_kind, answer, elapsed = call_once(binder, body, dev)
+        _CALL_TAG[0] = tag
+        try:
+            answer_kind, answer, elapsed = call_once(binder, body, dev)
+        finally:
+            _CALL_TAG[0] = None
         if _FORKED[0]:
             _leave_if_forked(pid)
         write_frame(fd_out, answer_kind, answer, elapsed)
@@ -926,6 +1007,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # the node may have prefetched into its pipe: the node gives that call to another pipeline.
     signal.signal(signal.SIGUSR1, _on_kill_notice)
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=True)
+    # Before user code runs: a handler it creates at import (logging.StreamHandler())
+    # keeps the stream it found.
+    sys.stdout = TaggedLines(sys.stdout)
+    sys.stderr = TaggedLines(sys.stderr)
     _route_user_logging()
     code = serve(fd_in, fd_out, spec)
     _exit_within(EXIT_GRACE_S, code)

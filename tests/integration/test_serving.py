@@ -206,6 +206,19 @@ def test_environment_folders_cwd_and_print(node: Node) -> None:
     assert "svc/env" in line and "pid=" in line
 
 
+def test_user_output_is_logged_with_the_request_id_of_the_call_that_wrote_it(node: Node) -> None:
+    status, _, _ = node.request(
+        "POST", "/public/api/v1/svc/env/run", b"{}", headers={"X-Request-Id": "trace-print-42"}
+    )
+    assert status == 200
+    deadline = time.monotonic() + 5
+    while "[req trace-print-42]" not in node.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tagged = [line for line in node.log().splitlines() if "[req trace-print-42]" in line]
+    assert len(tagged) == 1 and "hello from user code" in tagged[0], tagged
+    assert "svc/env" in tagged[0] and "\\x01" not in tagged[0]
+
+
 def test_request_id_echoed_or_generated(node: Node) -> None:
     _, headers, _ = node.request("POST", "/public/api/v1/svc/add/run", b'{"a":1}', headers={"X-Request-Id": "abc-123"})
     assert headers["X-Request-Id"] == "abc-123"

@@ -335,3 +335,27 @@ def test_a_pipeline_flooding_without_end_is_killed_and_its_stack_still_logged(
         await _logged(records, lambda messages: any('flood.py", line 3' in m for m in messages), 30)
 
     _run(scenario)
+
+
+def test_a_line_a_call_wrote_is_logged_with_its_request_id(records: Records) -> None:
+    # runtime.TaggedLines begins each line written during a call with \x01 ID \x02.
+    ids: list[object] = []
+
+    class Ids(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            ids.append(getattr(record, "request_id", None))
+
+    handler = Ids(logging.INFO)
+    logging.getLogger("lightnode.user").addHandler(handler)
+    try:
+        reader = _LogReader(PREFIX)  # no loop: every read logged at once
+        reader.data_received(b"\x01abc-1\x02hello\nplain\n\x01\x02no id\n\x01no end mark\n")
+        reader.data_received(b"\x01" + b"x" * 200 + b"\x02too long for an id\n\x01a\x1b[2Jb\x02escaped\n")
+        reader.connection_lost(None)
+    finally:
+        logging.getLogger("lightnode.user").removeHandler(handler)
+    assert records.messages[:2] == _lines("hello", "plain")
+    assert ids[:2] == ["abc-1", None]
+    assert ids[2:5] == [None, None, None]  # marks without an id between them: logged as they are
+    assert all("\x01" not in m and "\x02" not in m for m in records.messages)  # escaped (one_line)
+    assert records.messages[5] == f"{PREFIX} escaped" and ids[5] == "a\\x1b[2Jb"

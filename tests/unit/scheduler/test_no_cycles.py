@@ -24,7 +24,7 @@ class LaterWorker(hotpath.InstantWorker):
 
     loop: asyncio.AbstractEventLoop
 
-    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0, tag: bytes = b"") -> None:
         LaterWorker.loop.call_soon(self.listener.worker_answered, self.worker_id, runtime.RESULT, 3, b'{"sum":3}')
 
 

@@ -56,7 +56,7 @@ class FakeWorker:
             FakeWorker.started.add(self.spec.generation)
             self.loop.call_soon(self.listener.worker_ready, self.worker_id, {"signature": "e()"})
 
-    def send_call(self, body: bytes) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0, tag: bytes = b"") -> None:
         pass
 
     def stop(self) -> None:

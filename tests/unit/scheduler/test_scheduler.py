@@ -41,7 +41,7 @@ class FakeWorker:
         if self.fail_spawn:
             raise OSError("no interpreter")
 
-    def send_call(self, body: bytes, start_by_ns: int = 0) -> None:
+    def send_call(self, body: bytes, start_by_ns: int = 0, tag: bytes = b"") -> None:
         self.sent.append(body)
         self.start_by_ns.append(start_by_ns)
 
