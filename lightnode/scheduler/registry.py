@@ -216,13 +216,23 @@ class Registry:
 
         An endpoint whose requirements env is not built gets no pool (503, naming
         `admin build-env`); the build, by that command or an import, needs no restart.
+        Nor does a switch refused for want of it (its refusal names the same command):
+        every refused switch is tried again, as after SIGHUP.
         """
+        if self.draining:
+            return
         for runtime in [*self.services.values(), *self._pending.values()]:
-            if not runtime.state.enabled or self.draining:
+            if not runtime.state.enabled:
                 continue
             for gen in runtime.generations.values():
                 if gen.endpoint_errors:
                     self._start_pools(runtime.service_id, gen)
+        refused = [service_id for service_id, runtime in self.services.items() if runtime.switch_error is not None]
+        if refused:
+            self.forget_refusals()
+            for service_id in refused:
+                log.info("service %s: a code env was built: the refused switch is tried again", service_id)
+                self.service_changed(service_id)
 
     def _worker_spec(self, service_id: str, gen: GenerationRuntime, endpoint: EndpointDef) -> WorkerSpec:
         assert gen.definition is not None

@@ -201,6 +201,32 @@ def test_an_env_built_while_the_node_runs_lets_its_endpoint_start(tmp_path: Path
     assert "reqs/tiny: starting, its code env is built now" in node.log()
 
 
+def test_a_switch_refused_for_an_env_not_built_goes_ahead_once_the_env_is_built(
+    tmp_path: Path, node_factory  # type: ignore[no-untyped-def]
+) -> None:
+    """The refusal names `admin build-env`; running it is enough: the node tries the
+    switch again when the env appears (it used to wait for a new write or a SIGHUP)."""
+    data = tmp_path / "data"
+    write_service(data, "reqs", {"tiny": "def tiny():\n    return {'value': 'v1'}\n"})
+    node = node_factory(data)
+    assert node.run("reqs", "tiny")[1]["response"] == {"value": "v1"}
+    staged = _service_with_requirements(tmp_path / "staging", "v2", f"--no-index\n{make_wheel(tmp_path)}\n",
+                                        sys.executable)
+    staged.rename(data / "services" / "reqs" / "generations" / "v2")  # the generation whole, at once
+
+    refused = lightnode("admin", "switch", "reqs", "v2", "--url", node.url)
+    assert refused.returncode == 1 and "is not built" in refused.stderr, refused.stderr
+    assert node.run("reqs", "tiny")[1]["response"] == {"value": "v1"}  # v1 stays in service
+    assert node.stats("reqs")["switchError"]
+
+    built = lightnode("admin", "build-env", "reqs", "v2", "--url", node.url)
+    assert built.returncode == 0, built.stderr
+    until(lambda: node.run("reqs", "tiny")[1].get("response", {}).get("value") == "tiny",
+          timeout_s=30, what="the switch to v2 once its env is built")
+    assert node.stats("reqs")["switchError"] is None
+    assert "a code env was built: the refused switch is tried again" in node.log()
+
+
 def test_a_requirement_pip_cannot_install_is_named_and_nothing_is_left(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _service_with_requirements(data, "v1", "--no-index\nnonexistent-pkg-for-lightnode==1.0\n", sys.executable)
