@@ -8,6 +8,8 @@ Shutdown is a staged contract (SPEC §11), triggered by SIGTERM or SIGINT:
   1. stop accepting: the listening socket closes (new connections are refused),
      /readyz and /isAlive answer 503, new requests on open connections get
      503 ShuttingDown with `Connection: close`, idle keep-alive connections close;
+     connections already in the listening socket's backlog are accepted and
+     answered the same, not reset (http/backlog.py);
   2. drain: running and queued requests finish, up to `shutdown.grace_ms`;
   3. stop pipelines: each drained pool closes its workers' pipes (they exit on
      EOF), escalating to SIGTERM then SIGKILL; after the grace period whatever
@@ -52,6 +54,7 @@ from lightnode.config.watch import (
 )
 from lightnode.errors import ConfigError, LightnodeError
 from lightnode.http.app import NodeApp
+from lightnode.http.backlog import keep_listeners, serve_backlog
 from lightnode.http.protocol import HttpProtocol, ServerState
 from lightnode.observe import logsetup
 from lightnode.observe.metrics import MetricsCollector, RequestMetrics
@@ -198,15 +201,18 @@ class Node:
         self.metrics: MetricsCollector | None = None
         self.query_log: QueryLog | None = None
         self._stop = asyncio.Event()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self.addr_file = self.data_dir.run_dir / "lightnode.addr"
+
+    def _new_connection(self) -> asyncio.Protocol:
+        return cast(asyncio.Protocol, HttpProtocol(self.app, self.http_state, self.loop))
 
     async def start(self) -> None:
         listen = self.settings.listen
         self.keys.load()  # a keys.json that does not parse stops the start (ConfigError)
         try:
             self._server = await self.loop.create_server(
-                lambda: cast(asyncio.Protocol, HttpProtocol(self.app, self.http_state, self.loop)),
+                self._new_connection,
                 listen.host,
                 listen.port,
                 backlog=2048,
@@ -387,11 +393,15 @@ class Node:
         self._not_alive_task.cancel()  # from now on draining stays on
         self.app.draining = True
         self.http_state.draining = True
+        listeners = keep_listeners(self._server.sockets)
         self._server.close()  # 1. stop accepting
         self.http_state.close_idle_connections()
         self._watch_task.cancel()
         if self.admin_routes is not None:
             self.admin_routes.close()
+        backlog = await serve_backlog(self.loop, listeners, self._new_connection)
+        if backlog:
+            log.info("shutting down: %d connection(s) of the listening backlog answered, not reset", backlog)
         try:  # 2. + 3. drain and stop pipelines
             await asyncio.wait_for(self.registry.drain_all(), timeout=grace_s)
         except asyncio.TimeoutError:
