@@ -174,6 +174,17 @@ def _error_for(exc: BaseException) -> LightnodeError:
     return LightnodeError("InternalError", f"{type(exc).__name__}: {exc}")
 
 
+def _outcome(fut: asyncio.Future[Any]) -> tuple[Any, LightnodeError | None]:
+    """An admin operation run off the loop: (its result, None), or (None, the answer's
+    error): ShuttingDown when the node cancelled it, else its exception mapped and masked."""
+    if fut.cancelled():
+        return None, LightnodeError("ShuttingDown", "The node is shutting down")
+    exc = fut.exception()
+    if exc is not None:
+        return None, _masked(_error_for(exc))
+    return fut.result(), None
+
+
 def _masked(error: LightnodeError) -> LightnodeError:
     """`error` with any key its messages quote masked (SPEC §9: never echoed, never logged)."""
     message, detailed = mask_secrets(error.message), mask_secrets(error.detailed_message)
@@ -339,18 +350,14 @@ class AdminRoutes:
             exchange.respond_json(200, result)
 
         def done(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled():
-                exchange.respond_error(LightnodeError("ShuttingDown", "The node is shutting down"))
-                return
-            exc = fut.exception()
-            if exc is not None:
-                error = _masked(_error_for(exc))
-                audit.info(
-                    "admin %s by %s from %s: refused: %s", what, who, exchange.client, one_line(error.message)
-                )
+            result, error = _outcome(fut)
+            if error is not None:
+                if not fut.cancelled():
+                    audit.info(
+                        "admin %s by %s from %s: refused: %s", what, who, exchange.client, one_line(error.message)
+                    )
                 exchange.respond_error(error)
                 return
-            result = fut.result()
             applied = self.registry.service_changed(service_id) if service_id else None
             if applied is None:
                 answer(result)
@@ -380,14 +387,11 @@ class AdminRoutes:
         future = self.node.loop.run_in_executor(self._read_executor, operation)
 
         def done(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled():
-                exchange.respond_error(LightnodeError("ShuttingDown", "The node is shutting down"))
-                return
-            exc = fut.exception()
-            if exc is not None:
-                exchange.respond_error(_masked(_error_for(exc)))
-                return
-            exchange.respond_json(200, fut.result())
+            result, error = _outcome(fut)
+            if error is not None:
+                exchange.respond_error(error)
+            else:
+                exchange.respond_json(200, result)
 
         future.add_done_callback(done)
 
