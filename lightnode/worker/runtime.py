@@ -674,12 +674,7 @@ class TaggedLines:
         if tag is None:
             written = int(self._stream.write(text))
         else:
-            head = tag if self._line_start else ""
-            if text[-1] == "\n":
-                body = text[:-1].replace("\n", "\n" + tag) + "\n"
-            else:
-                body = text.replace("\n", "\n" + tag)
-            self._stream.write(head + body)
+            self._stream.write((tag if self._line_start else "") + _tag_inner_lines(text, tag))
             written = len(text)
         self._line_start = text[-1] == "\n"
         return written
@@ -692,13 +687,19 @@ class TaggedLines:
         return getattr(self._stream, name)
 
 
+def _tag_inner_lines(text: str, tag: str) -> str:
+    """`text` (not empty) with `tag` after each of its newlines but a last one."""
+    if text[-1] == "\n":
+        return text[:-1].replace("\n", "\n" + tag) + "\n"
+    return text.replace("\n", "\n" + tag)
+
+
 def _tag_lines(text: str) -> str:
     """`text` (whole lines) with each line tagged as the running call's, if one runs."""
     tag = _running_tag()
-    if tag is None:
+    if tag is None or not text:
         return text
-    body = text[:-1] if text.endswith("\n") else text
-    return tag + body.replace("\n", "\n" + tag) + text[len(body):]
+    return tag + _tag_inner_lines(text, tag)
 
 
 # ---------------------------------------------------------------------- the call
