@@ -37,6 +37,7 @@ import faulthandler
 import importlib.util
 import inspect
 import os
+import re
 import reprlib
 import signal
 import struct
@@ -304,7 +305,11 @@ def to_jsonable(obj: Any, path: str = "$") -> Any:
         if isinstance(obj, decimal.Decimal):
             if not obj.is_finite():
                 return None
-            return int(obj) if obj == obj.to_integral_value() else float(obj)
+            if obj == obj.to_integral_value():
+                return int(obj)
+            # Its digits as they are (a float would round 99999999999999999.99 to 1e+17):
+            # a marked string, unquoted once the whole result is written (encode_result).
+            return _DECIMAL_MARK + str(obj)
         if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
             # pandas' NaT is a datetime whose isoformat() is "NaT", no ISO 8601 date: null,
             # as NaN is and as pandas' own to_json() writes it.
@@ -328,6 +333,8 @@ def _number_to_jsonable(obj: Any, path: str) -> Any:
 
 
 def _key_text(key: Any, path: str) -> str:
+    if isinstance(key, decimal.Decimal) and key.is_finite() and key != key.to_integral_value():
+        return str(key)  # its digits, as for a value
     if key is None or isinstance(key, (bool, int, float, decimal.Decimal)):
         return _dumps(to_jsonable(key, path))
     if isinstance(key, (datetime.date, datetime.time)):
@@ -389,6 +396,18 @@ def _type_name(obj: Any) -> str:
     return cls.__qualname__ if module == "builtins" else "%s.%s" % (module, cls.__qualname__)
 
 
+# A fractional Decimal's text, marked for encode_result() to write as a JSON number. The
+# mark holds random digits drawn at start, so no string a function returns can carry it
+# (and neither encoder escapes any of its characters).
+_DECIMAL_MARK = "lightnode-decimal-%s:" % os.urandom(8).hex()
+_DECIMAL_STRING = re.compile('"%s([^"]*)"' % re.escape(_DECIMAL_MARK))  # no quote in a Decimal's text
+
+
+def _decimal_numbers(text: str) -> str:
+    """`text` (JSON) with each marked Decimal string ("<mark>12.50") written as its number."""
+    return _DECIMAL_STRING.sub(r"\1", text)
+
+
 def encode_result(result: Any) -> bytes:
     """JSON bytes of a result; b"" for None. Raises NotSerializable.
 
@@ -409,7 +428,10 @@ def encode_result(result: Any) -> bytes:
                 return _dumps(result).encode("utf-8", "backslashreplace")
             except (TypeError, ValueError, OverflowError):
                 pass  # NaN or an infinity (null, as to_jsonable() writes them), or nested too deeply
-        return _dumps(to_jsonable(result)).encode("utf-8", "backslashreplace")
+        text = _dumps(to_jsonable(result))
+        if _DECIMAL_MARK in text:
+            text = _decimal_numbers(text)
+        return text.encode("utf-8", "backslashreplace")
     except NotSerializable:
         raise
     except RecursionError:

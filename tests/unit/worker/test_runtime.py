@@ -158,6 +158,35 @@ def test_conversions() -> None:
     }
 
 
+@pytest.mark.parametrize("encoder", ["ujson", "stdlib"])
+def test_a_fractional_decimal_keeps_its_digits(encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SPEC §3.2: a Decimal is a JSON number; through a float 99999999999999999.99 became 1e+17.
+    if encoder == "stdlib":
+        monkeypatch.setattr(
+            runtime, "_dumps", lambda obj: json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        )
+    D = decimal.Decimal
+    value = {
+        "big": D("99999999999999999.99"),
+        "long": [D("1234567890123456789.01"), D("-0.001"), D("1E-7"), D("12.50")],
+        "whole": D("3.0"),
+        "nan": D("NaN"),
+        D("2.5"): "a key",
+        "text": runtime._DECIMAL_MARK[:-1] + "x",  # almost the mark: a string stays a string
+    }
+    text = encode_result(value)
+    assert json.loads(text, parse_float=D) == {
+        "big": D("99999999999999999.99"),
+        "long": [D("1234567890123456789.01"), D("-0.001"), D("1E-7"), D("12.50")],
+        "whole": 3,
+        "nan": None,
+        "2.5": "a key",
+        "text": runtime._DECIMAL_MARK[:-1] + "x",
+    }
+    assert b'"big":99999999999999999.99' in text
+    assert encode_result(D("0.1")) == b"0.1"
+
+
 def test_pandas_like_values_convert_when_pandas_present() -> None:
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
@@ -200,6 +229,14 @@ def test_a_function_name_the_module_lacks_names_its_public_functions() -> None:
     with pytest.raises(AttributeError) as info:
         runtime._pick_function(module, "scroe", "/src/m.py")
     assert str(info.value) == "/src/m.py defines no function named 'scroe' (its public functions: score, score_batch)"
+
+
+def test_call_once_takes_nan_and_infinities_as_pythons_json_writes_them() -> None:
+    # README: json.dumps (so the official client) writes a pandas missing value as NaN.
+    binder = _binder("def f(a, b, c): return {'a': repr(a), 'b': repr(b), 'c': repr(c)}")
+    kind, body, _ = runtime.call_once(binder, b'{"a": NaN, "b": Infinity, "c": -Infinity}', False)
+    assert kind == runtime.RESULT
+    assert json.loads(body) == {"a": "nan", "b": "inf", "c": "-inf"}
 
 
 def test_call_once_result_and_timing() -> None:
