@@ -417,6 +417,25 @@ def test_several_staged_calls_start_and_answer_in_order(setup: Any) -> None:
     assert pool.calls == {} and pool._staged == {} and pool._running == {}
 
 
+def test_a_staged_calls_execution_is_never_shorter_than_its_function(setup: Any) -> None:
+    # SPEC §3.3: execution is the round trip to the pipeline, so it holds functionInternal.
+    # A staged call's start is taken when the answer before it is read; when answers are
+    # read in a batch, the staged call has already run by then.
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    first = pool.submit(b"1", exchange=None)
+    second = pool.submit(b"2", exchange=None)  # staged behind the first
+    time.sleep(0.05)  # both wait 50 ms, then their answers are read together
+    worker.answer(runtime.RESULT, b"1", fn_us=20_000)
+    worker.answer(runtime.RESULT, b"2", fn_us=30_000)  # ran 30 ms before the node read it
+    timings = {call: json.loads(body)["timing"] for call, body in sink.ok[1:]}
+    assert timings[first]["execution"] >= 20_000
+    late = timings[second]
+    assert late["execution"] == 30_000 and late["functionInternal"] == 30_000
+    assert late["wait"] <= 50_000 + 5_000 - 30_000  # the 30 ms moved from its wait
+    assert second.wait_us == late["wait"]  # what the query log and the queue-wait histogram read
+
+
 def test_staged_calls_of_a_dead_pipeline_go_to_its_replacement(setup: Any) -> None:
     make, sink, _ = setup
     pool, worker = _fast_pool(make, queue=8)
