@@ -235,11 +235,17 @@ class NodeApp:
         A call not yet handed to a pipeline leaves the queue (cancelled, as for a
         reset). One already handed over (running, or staged in a pipeline's pipe: it will
         run) is left alone: it finishes, counts and logs as any call, and its answer is
-        written if the socket still takes it. Other requests (admin) are answered too.
+        written if the socket still takes it; should a staged one be taken back from its
+        pipeline instead, it leaves then (EndpointPool.client_closed). Other requests
+        (admin) are answered too.
         """
         token = exchange.cancel_token
-        if isinstance(token, tuple) and not token[1].worker_id:
-            exchange.cancel()
+        if isinstance(token, tuple):
+            call: Call = token[1]
+            if not call.worker_id:
+                exchange.cancel()
+            else:
+                token[0].client_closed(call)
 
     def _client_gone(self, token: Any) -> None:
         """Exchange.on_cancel of a /run call: its client went away before the answer.

@@ -30,6 +30,8 @@ class Responder(Protocol):
 
     def exchange_done(self, exchange: Exchange) -> None: ...
 
+    def exchange_given_up(self, exchange: Exchange) -> None: ...
+
 
 class Exchange:
     """A parsed request waiting for its answer.
@@ -160,6 +162,14 @@ class Exchange:
         token, self.cancel_token = self.cancel_token, None
         if callback is not None:
             callback(token)
+
+    def give_up(self) -> None:
+        """The app's cancel, after the client closed its side (App.client_closed): work it
+        had left going is dropped after all. Cancelled as by the protocol; never answered."""
+        if self.done or self.cancelled:
+            return
+        self.cancel()
+        self._responder.exchange_given_up(self)
 
 
 class App(Protocol):

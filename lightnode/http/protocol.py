@@ -981,6 +981,20 @@ class HttpProtocol:
         if pending and pending[0] is exchange:
             self._flush()
 
+    def exchange_given_up(self, exchange: Exchange) -> None:
+        """Called by `Exchange.give_up`, after the client's EOF: `exchange` is never
+        answered, so it no longer holds the answers behind it; the last closes."""
+        pending = self._pending
+        if self._closed or exchange not in pending:
+            return
+        pending.remove(cast(_ServerExchange, exchange))
+        if self._dispatching:
+            return  # eof_received writes what is done, or closes, once its loop is over
+        if self._pending and self._pending[0].done:
+            self._flush()
+        else:
+            self._check_idle()
+
     def _flush(self) -> None:
         """Write the answers done at the head of `_pending` (callers check the first is).
 

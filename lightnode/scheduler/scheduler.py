@@ -83,7 +83,7 @@ class Call:
 
     __slots__ = (
         "request_id", "body", "arrived", "worker_id", "wait_us", "dispatched", "exchange", "cancelled",
-        "tag",
+        "tag", "client_closed",
     )  # fmt: skip
 
     def __init__(self, request_id: int, body: bytes, arrived: float, exchange: Any, tag: bytes = b"") -> None:
@@ -96,6 +96,8 @@ class Call:
         self.wait_us = 0
         self.dispatched = 0.0
         self.cancelled = False
+        # Its client closed its connection while a pipeline held it (see client_closed()).
+        self.client_closed = False
 
 
 # Placeholders in a pipeline's sequence of calls (`_running` and `_staged`), whose
@@ -266,6 +268,24 @@ class EndpointPool:
                 return
             self._feed(ev.RequestCancelled(call.request_id))
             self._forget_if_queued(call.request_id)
+
+    def client_closed(self, call: Call) -> None:
+        """Its client closed its connection while a pipeline holds `call` (app.client_closed).
+
+        A running call finishes and is answered as any call. A staged one runs too if its
+        pipeline reaches it; should it be taken back instead (its start-by passed, it was
+        not started, its pipeline died), it leaves rather than wait in the queue again
+        (SPEC §4 rule 9): the machine forgets it, and it is given up (_given_up).
+        """
+        call.client_closed = True
+        if call.worker_id and self._running.get(call.worker_id) is not call:
+            self.cancel(call)
+
+    def _given_up(self, call: Call) -> None:
+        """A call cancelled by client_closed() left without an answer: its exchange is
+        given up (recorded 499 ClientGone; the connection no longer waits for it)."""
+        if call.client_closed and call.exchange is not None:
+            call.exchange.give_up()
 
     def refuse_waiting(self, error: LightnodeError) -> None:
         """Answer every call still waiting in the queue with `error`: none of them runs.
@@ -553,6 +573,7 @@ class EndpointPool:
         call.worker_id = 0
         if call.cancelled:
             del self.calls[call.request_id]  # the machine names it no more
+            self._given_up(call)
 
     def _reject(self, command: cmd.Reject) -> None:
         call = self.calls.pop(command.request_id, None)
@@ -672,16 +693,8 @@ class EndpointPool:
                 log.error("%s: pipeline %d ran a call taken back from it; its answer is dropped",
                           self.spec.tag, worker_id)  # fmt: skip
             return
-        if kind == NOT_STARTED:  # it never ran: the machine makes it wait again
-            if call is not _DROPPED:
-                call.worker_id = 0
-            event: ev.Event = ev.WorkerNotStarted(worker_id, value == NOT_STARTED_STOPPING)
-            if self._feeding:
-                self._backlog.append(event)
-            else:
-                self._feed(event)
-            if call.cancelled and call.request_id in self.calls:
-                del self.calls[call.request_id]  # the machine names it no more
+        if kind == NOT_STARTED:
+            self._not_started(worker_id, call, value == NOT_STARTED_STOPPING)
             return
         if self.calls.pop(call.request_id, None) is not None:
             exec_us = int((now - call.dispatched) * 1e6)
@@ -702,6 +715,19 @@ class EndpointPool:
             self._backlog.append(ev.WorkerFinished(worker_id))
         else:
             self._carry_out(self.machine.worker_finished(worker_id, now))
+
+    def _not_started(self, worker_id: int, call: Call, stopping: bool) -> None:
+        """`call` never ran (NOT_STARTED): the machine makes it wait again, or forgets it."""
+        if call is not _DROPPED:
+            call.worker_id = 0
+        event = ev.WorkerNotStarted(worker_id, stopping)
+        if self._feeding:
+            self._backlog.append(event)
+        else:
+            self._feed(event)
+        if call.cancelled and call.request_id in self.calls:
+            del self.calls[call.request_id]  # the machine names it no more
+            self._given_up(call)
 
     def _answer_failed(self, call: Call, exec_us: int, function_us: int) -> None:
         """Answering `call` raised: log it, and answer InternalError if that still can be.
@@ -748,10 +774,12 @@ class EndpointPool:
         # A call still listed here was cancelled by its client: the machine names it no more.
         running = self._running.pop(worker_id, None)
         if running is not None and running.worker_id == worker_id:
-            self.calls.pop(running.request_id, None)
+            if self.calls.pop(running.request_id, None) is not None:
+                self._given_up(running)
         for call in staged:
             if call.cancelled and not call.worker_id:
-                self.calls.pop(call.request_id, None)
+                if self.calls.pop(call.request_id, None) is not None:
+                    self._given_up(call)
 
     def _state_of(self, worker_id: int) -> WorkerState | None:
         try:

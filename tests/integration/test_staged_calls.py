@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -83,3 +84,59 @@ def test_requests_staged_behind_a_hung_call_are_served_by_the_free_pipeline(
     stats = json.loads(node.get("/admin/api/services/s/stats")[1])
     endpoint = next(e for e in stats["endpoints"] if e["endpointId"] == "f")
     assert endpoint["stagedRequests"] == 0 and endpoint["counters"]["prefetched"] > 0
+
+
+def test_a_staged_request_whose_client_closed_never_runs_when_taken_back(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    # SPEC §4 rule 9: a request whose client disconnected leaves the queue. One staged
+    # behind a long call, its client closing at once (FIN), was taken back at its
+    # start-by, waited in the queue for a client long gone, ran, and was logged 200.
+    root = tmp_path / "data"
+    marks = tmp_path / "ran.txt"
+    code = (
+        "import time\n"
+        f"MARKS = open({str(marks)!r}, 'a', buffering=1)\n"
+        "def f(tag='', t=0.0):\n    MARKS.write(tag + '\\n')\n    time.sleep(t)\n    return tag\n"
+    )
+    write_service(root, "s", {"f": code})
+    write_tuning(root, "s", "f", {"pool": {"floor": 1, "cruise": 1, "ceil": 1, "queue": 64, "timeout": 20000}})
+    node = node_factory(root)
+    for i in range(50):  # a mean run time of about 1 ms: the next request is staged
+        assert node.run("s", "f", {"tag": f"warm{i}"})[0] == 200
+    address = urlsplit(node.url)
+    long_call = socket.create_connection((address.hostname, address.port))
+    gone = [f"gone{k}" for k in range(5)]
+    try:
+        long_call.sendall(_post(b'{"tag": "long", "t": 1.0}', "long"))
+        time.sleep(0.05)
+        for tag in gone:
+            with socket.create_connection((address.hostname, address.port)) as client:
+                client.sendall(_post(json.dumps({"tag": tag}).encode(), tag))
+                client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while b'"response":"long"' not in answer:
+            chunk = long_call.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    finally:
+        long_call.close()
+    time.sleep(1.0)
+    assert [tag for tag in marks.read_text().split() if tag in gone] == []
+    log = root / "logs" / "queries.log"
+    lines = {}
+    for _ in range(50):
+        lines = {r["requestId"]: r for r in map(json.loads, log.read_text().splitlines()) if r["requestId"] in gone}
+        if len(lines) == len(gone):
+            break
+        time.sleep(0.1)
+    assert sorted((r["requestId"], r["status"], r["errorType"]) for r in lines.values()) == [
+        (tag, 499, "ClientGone") for tag in gone
+    ]
+
+
+def _post(body: bytes, request_id: str) -> bytes:
+    return (
+        b"POST /public/api/v1/s/f/run HTTP/1.1\r\nHost: x\r\nX-Request-Id: %s\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (request_id.encode(), len(body), body)
+    )

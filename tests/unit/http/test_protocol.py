@@ -339,6 +339,22 @@ def test_client_eof_writes_answers_already_done() -> None:
     assert c.transport.closed
 
 
+def test_an_exchange_given_up_after_the_eof_no_longer_holds_the_answers_behind_it() -> None:
+    # A staged call of a client that closed its side, taken back from its pipeline: the
+    # app gives it up (never answered); the answer behind it is written, and the last closes.
+    c = connect(FakeApp(auto=False))
+    c.feed(req("/1") + req("/2") + req("/3"))
+    c.app.running.update({b"/1", b"/2", b"/3"})  # all handed on: none cancelled at the EOF
+    c.eof()
+    answer(c.app.exchanges[1])
+    assert c.responses() == [] and not c.transport.closed
+    c.app.exchanges[0].give_up()
+    assert c.app.exchanges[0].cancelled
+    assert [r.json()["path"] for r in c.responses()] == ["/2"] and not c.transport.closed
+    c.app.exchanges[2].give_up()  # the last: nothing pending, the connection closes
+    assert c.transport.closed
+
+
 def test_half_close_when_idle_closes() -> None:
     c = connect()
     c.feed(req("/1"))

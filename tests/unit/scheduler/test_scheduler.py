@@ -543,6 +543,101 @@ def test_a_staged_call_behind_a_hung_one_is_taken_back_at_its_start_by(setup: An
     assert pool.calls == {} and pool._running == {} and pool._staged == {}
 
 
+class GoneClient:
+    """The exchange of a call whose client closed its connection while a pipeline held it
+    (app.client_closed tells the pool). give_up() is what the app's exchange does then:
+    cancelled, as a call that leaves its pool (app._client_gone)."""
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.call: Call | None = None
+        self.given_up = 0
+
+    def give_up(self) -> None:
+        assert self.call is not None
+        self.given_up += 1
+        self.pool.cancel(self.call)
+
+
+def _gone_client_call(pool: EndpointPool, body: bytes) -> tuple[Call, GoneClient]:
+    exchange = GoneClient(pool)
+    call = exchange.call = pool.submit(body, exchange=exchange)
+    pool.client_closed(call)  # its client closed while the call sat in a pipeline's pipe
+    return call, exchange
+
+
+def test_a_staged_call_taken_back_leaves_the_queue_if_its_client_closed(setup: Any) -> None:
+    # SPEC §4 rule 9: taken back at its start-by, it would wait in the queue, then run,
+    # for a client that had gone (it was logged 200).
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    pool.submit(b"hung", exchange=None)
+    call, exchange = _gone_client_call(pool, b"gone")
+    assert worker.sent == [b"hung", b"gone"]  # staged behind the hung call
+    time.sleep(0.05)
+    pool._check_start_by()  # its start-by passed: taken back, and it leaves
+    assert exchange.given_up == 1
+    assert pool.snapshot().queue_length == 0
+    worker.answer(runtime.RESULT, b'"hung"')
+    worker.answer(runtime.NOT_STARTED, b"")  # the pipeline did not start the call taken back
+    assert worker.sent == [b"hung", b"gone"]  # never sent again
+    assert call not in [c for c, _ in sink.ok] and not sink.failed
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+    assert pool.machine.worker_state(worker.worker_id) is WorkerState.IDLE
+
+
+def test_a_staged_call_of_a_dead_pipeline_leaves_if_its_client_closed(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    running = pool.submit(b"0", exchange=None)
+    call, exchange = _gone_client_call(pool, b"gone")
+    kept = pool.submit(b"2", exchange=None)
+    worker.exit("killed by signal SIGKILL")
+    assert exchange.given_up == 1
+    assert [(c, error.error_type) for c, error in sink.failed] == [(running, "WorkerCrashed")]
+    replacement = FakeWorker.instances[1]
+    replacement.ready()
+    assert replacement.sent == [b"2"]
+    replacement.answer(runtime.RESULT, b"2")
+    assert [c for c, _ in sink.ok[1:]] == [kept]
+    assert pool.calls == {} and pool._staged == {} and pool._running == {}
+
+
+def test_a_call_not_started_leaves_if_its_client_closed(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    first = pool.submit(b"first", exchange=None)
+    call, exchange = _gone_client_call(pool, b"late")
+    worker.answer(runtime.RESULT, b"1")
+    worker.answer(runtime.NOT_STARTED, b"")  # its start-by passed in the pipeline
+    assert exchange.given_up == 1
+    assert worker.sent == [b"first", b"late"]  # not sent again
+    assert [c for c, _ in sink.ok[1:]] == [first] and not sink.failed
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def test_a_staged_call_whose_client_closed_runs_if_its_pipeline_reaches_it(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    first = pool.submit(b"first", exchange=None)
+    call, exchange = _gone_client_call(pool, b"second")
+    worker.answer(runtime.RESULT, b"1")
+    worker.answer(runtime.RESULT, b"2")  # it ran: answered as any call, written if it can be
+    assert [c for c, _ in sink.ok[1:]] == [first, call] and exchange.given_up == 0
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
+def test_a_call_whose_client_closed_is_given_up_if_its_pipeline_dies_running_it(setup: Any) -> None:
+    make, sink, _ = setup
+    pool, worker = _fast_pool(make, queue=8)
+    pool.submit(b"first", exchange=None)
+    call, exchange = _gone_client_call(pool, b"second")
+    worker.answer(runtime.RESULT, b"1")  # the second starts
+    worker.exit("killed by signal SIGKILL")
+    assert exchange.given_up == 1 and not sink.failed  # no answer owed to a gone client
+    assert pool.calls == {} and pool._running == {} and pool._staged == {}
+
+
 def test_a_call_its_pipeline_did_not_start_is_dispatched_again(setup: Any) -> None:
     make, sink, _ = setup
     pool, worker = _fast_pool(make, queue=8)
