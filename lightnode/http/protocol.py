@@ -304,6 +304,9 @@ class HttpProtocol:
         # Connection state.
         self._accepting = True  # False once no further request will be read
         self._refused = False  # a request was refused: input may be left unread
+        # The app answered a request handed to it with `Connection: close` (503 ShuttingDown):
+        # the requests pipelined behind it are neither handed over nor recorded (_hand_to_app).
+        self._closing_answer = False
         self._read_eof = False
         self._closed = False
         self._reading_paused = False
@@ -916,6 +919,8 @@ class HttpProtocol:
         self._dispatching = True
         try:
             for exchange in ready:
+                if self._closing_answer:
+                    break
                 self._hand_to_app(exchange)
         finally:
             self._dispatching = False
@@ -946,6 +951,8 @@ class HttpProtocol:
         self._dispatching = True
         try:
             while held and not self._write_paused and not self._closed and len(self._pending) - len(held) < limit:
+                if self._closing_answer:
+                    return
                 self._hand_to_app(held.popleft())
         finally:
             self._dispatching = False
@@ -960,13 +967,23 @@ class HttpProtocol:
         except Exception:
             logger.exception("request %s: the app raised", exchange.request_id)
             exchange.respond(500, error_body("InternalError", "Internal error"))
+        if exchange.close_after and exchange.done:
+            # The connection closes after this answer (SPEC §11: 503 ShuttingDown with
+            # `Connection: close`): what the client pipelined behind it is not taken. It
+            # is not handed over, answered or recorded, as if never sent: the close tells
+            # the client to send it again elsewhere. Nothing more is read.
+            self._closing_answer = True
+            self._stop_reading()
 
     def _drop_held(self) -> None:
         """The client is gone: requests held back never reach the app (a /run one is
-        recorded as 499 ClientGone by app.refused, SPEC §10)."""
+        recorded as 499 ClientGone by app.refused, SPEC §10). Or the node closes the
+        connection after an answer (_closing_answer): they are not taken, not recorded."""
         held, self._held = self._held, deque()
         for exchange in held:
             exchange.cancel()
+            if self._closing_answer:
+                continue
             exchange.status = CLIENT_GONE_STATUS
             try:
                 self._app.refused(exchange, CLIENT_GONE)

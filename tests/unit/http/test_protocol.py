@@ -10,6 +10,7 @@ import pytest
 from http_fakes import FakeApp, answer, connect
 
 from lightnode.config.model import ServerLimits
+from lightnode.http.exchange import Exchange
 from lightnode.http.protocol import (
     _ORDINARY,
     _SPECIAL_HEADERS,
@@ -353,6 +354,27 @@ def test_an_exchange_given_up_after_the_eof_no_longer_holds_the_answers_behind_i
     assert [r.json()["path"] for r in c.responses()] == ["/2"] and not c.transport.closed
     c.app.exchanges[2].give_up()  # the last: nothing pending, the connection closes
     assert c.transport.closed
+
+
+class ClosingApp(FakeApp):
+    """Answers every request as a draining node does: 503 ShuttingDown, Connection: close."""
+
+    def handle(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+        exchange.respond(503, b'{"errorType":"ShuttingDown"}', close=True)
+
+
+@pytest.mark.parametrize("count", [5, 200])  # 200: beyond the pipelining window, some held
+def test_requests_pipelined_behind_an_answer_that_closes_are_not_taken(count: int) -> None:
+    # SPEC §11: a new request on an open connection gets 503 ShuttingDown and
+    # `Connection: close`. What was pipelined behind it was handed to the app too, each
+    # answered and recorded 503 (never sent), and those held back recorded 499 ClientGone.
+    c = connect(ClosingApp())
+    c.feed(b"".join(req(f"/{i}") for i in range(count)))
+    assert [ex.path for ex in c.app.exchanges] == [b"/0"]
+    assert [(r.status, r.header("connection")) for r in c.responses()] == [(503, "close")]
+    assert c.transport.closed
+    assert c.app.refusals == []  # none recorded as gone: the node closed, not the client
 
 
 def test_half_close_when_idle_closes() -> None:
