@@ -7,15 +7,18 @@ every enabled service's pools, listen, write run/lightnode.addr, watch config.
 Shutdown is a staged contract (SPEC §11), triggered by SIGTERM or SIGINT:
   1. stop accepting: the listening socket closes (new connections are refused),
      /readyz and /isAlive answer 503, new requests on open connections get
-     503 ShuttingDown with `Connection: close`, idle keep-alive connections close;
-     connections already in the listening socket's backlog are accepted and
-     answered the same, not reset (http/backlog.py);
+     503 ShuttingDown with `Connection: close` (idle keep-alive connections too:
+     they stay open until step 4, so that a request racing the signal gets that
+     answer, not a closed connection); connections already in the listening
+     socket's backlog are accepted and answered the same, not reset
+     (http/backlog.py);
   2. drain: running and queued requests finish, up to `shutdown.grace_ms`;
   3. stop pipelines: each drained pool closes its workers' pipes (they exit on
      EOF), escalating to SIGTERM then SIGKILL; after the grace period whatever
      still runs is killed and its requests answered 500 WorkerCrashed, and what
      still waits in a queue is answered 503 ShuttingDown (it never runs);
-  4. close the remaining connections, remove run/lightnode.addr, exit 0.
+  4. close the idle connections, then the others after their last answer, remove
+     run/lightnode.addr, exit 0.
 Signal handlers only set an event or enqueue work; everything else runs in the loop.
 """
 
@@ -394,8 +397,7 @@ class Node:
         self.app.draining = True
         self.http_state.draining = True
         listeners = keep_listeners(self._server.sockets)
-        self._server.close()  # 1. stop accepting
-        self.http_state.close_idle_connections()
+        self._server.close()  # 1. stop accepting; idle keep-alive connections stay (step 4)
         self._watch_task.cancel()
         if self.admin_routes is not None:
             self.admin_routes.close()
@@ -409,7 +411,8 @@ class Node:
             if not await self._stop_now(self.registry):
                 log.error("pipelines did not exit %.0f s after SIGKILL", KILL_WAIT_S)
         await flush_user_output(timeout_s=2)  # what the pipelines printed last
-        try:  # 4. connections close after their last answer; abort the rest
+        self.http_state.close_idle_connections()  # 4. connections close after their last answer
+        try:  # abort the rest
             await asyncio.wait_for(self.http_state.wait_closed(), timeout=1)
         except asyncio.TimeoutError:
             self.http_state.abort_all()

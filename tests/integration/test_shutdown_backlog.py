@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,38 @@ def test_sigterm_answers_the_connections_waiting_in_the_backlog(node_factory: An
         assert (status, body.get("errorType")) in {(200, None), (503, "ShuttingDown")}, body
     assert node.proc.wait(timeout=30) == 0
     assert "connection(s) of the listening backlog answered, not reset" in node.log()
+
+
+def test_a_request_on_a_connection_idle_at_sigterm_gets_503_shutting_down(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    # SPEC §11: new requests on already-open connections get 503 ShuttingDown with
+    # `Connection: close`. An idle keep-alive connection was closed at the signal, so a
+    # request sent on it during the drain got no answer at all (the official client
+    # raised ConnectionError, not ShuttingDown).
+    data = tmp_path / "data"
+    slow = "import time\ndef slow(s=0):\n    time.sleep(s)\n    return {'slept': s}\n"
+    write_service(data, "svc", {"add": "def add(a=0, b=0):\n    return {'sum': a + b}\n", "slow": slow})
+    node = node_factory(data)
+    idle = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+    idle.sendall(REQUEST)
+    first = idle.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first  # a keep-alive answer: now idle
+    running = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+    body = b'{"s": 1.5}'
+    running.sendall(b"POST /public/api/v1/svc/slow/run HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        time.sleep(0.3)  # the slow call runs: the drain lasts
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        idle.sendall(REQUEST)
+        answer = _answer(idle)
+        assert isinstance(answer, tuple), answer
+        assert answer[0] == 503 and answer[1]["errorType"] == "ShuttingDown"
+        drained = _answer(running)
+        assert isinstance(drained, tuple) and drained[0] == 200  # the running call finished
+        assert node.proc.wait(10) == 0
+    finally:
+        idle.close()
+        running.close()
