@@ -272,6 +272,7 @@ class Node:
             query_log_dropped=lambda: self.query_log.dropped_lines if self.query_log is not None else 0,
         )
         self.metrics.start(self.loop)
+        registry.pool_made = self.metrics.note
         self.app.observers.append(request_metrics)
         self.app.metrics_text = self.metrics.render
         self.app.metrics_public = self.settings.metrics.public

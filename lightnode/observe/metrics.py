@@ -8,8 +8,8 @@ Two sources feed `/metrics`:
 - `MetricsCollector` reads every pool's `PoolSnapshot` at scrape time for the
   gauges (queue length, pipelines by state) and the pool counters (starts,
   crashes, retirements, rejections). Pools come and go with generation switches,
-  so the collector remembers every pool it has seen (a sweep each
-  `SWEEP_INTERVAL_S` and at each scrape) and, once a pool has drained and left
+  so the collector remembers every pool (told of each as it is made, `note`; a
+  sweep each `SWEEP_INTERVAL_S` and at each scrape) and, once a pool has drained and left
   the registry, folds its final counters into per-(service, endpoint) carried
   totals: counters never go backwards. Hot reload keeps the same pools (their
   counters survive LimitsChanged), so it resets nothing.
@@ -89,10 +89,14 @@ WAIT_BUCKETS_S = (
     10.0,
     30.0,
 )
-# How often the collector looks for pools that appeared or drained between
-# scrapes. A pool lives at least its warm-up plus its drain, far longer than this,
-# so none escapes; the sweep itself is a walk over a few dozen objects.
+# How often the collector looks for pools that drained between scrapes (it is told
+# of each new pool: a refused switch's pool may be gone within a second); the
+# sweep itself is a walk over a few dozen objects.
 SWEEP_INTERVAL_S: Final = 1.0
+# A request whose client left before it reached a pool (held behind the pipelining
+# window) is no rejection by the node, as one that left a queue is not: counted by its
+# status (499) only.
+CLIENT_GONE: Final = "ClientGone"
 # Requests whose (service, endpoint) the node does not know are counted under
 # these labels: ids from the URL never become label values unless they name a
 # real endpoint, so garbage URLs cannot grow the series without bound. The
@@ -189,7 +193,7 @@ class RequestMetrics:
             value_us = record.wait_us
             histogram.counts[bucket_index(histogram.bounds_us, value_us)] += 1
             histogram.sum_us += value_us
-        elif record.error_type is not None:
+        elif record.error_type is not None and record.error_type != CLIENT_GONE:
             rejections = series.rejections
             rejections[record.error_type] = rejections.get(record.error_type, 0) + 1
 
@@ -314,6 +318,13 @@ class MetricsCollector:
         self._arm()
 
     # --------------------------------------------------------------- reading
+
+    def note(self, pool: PoolLike) -> None:
+        """A pool is made (the registry tells): known from now on, so that its counters
+        count even if it drains and leaves between two sweeps (a refused switch's pool
+        that fails to start and is gone within a second)."""
+        if pool not in self._known:
+            self._known[pool] = pool_key(pool)
 
     def sweep(self) -> list[PoolLike]:
         """Note new pools, fold drained pools that left the registry; return the live ones."""

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -117,6 +118,7 @@ class Registry:
         self.tuning: dict[tuple[str, str], EndpointConfig] = {}
         self.tuning_errors: dict[tuple[str, str], str] = {}
         self._retired: set[EndpointPool] = set()
+        self.pool_made: Callable[[EndpointPool], None] | None = None  # told of each pool (metrics)
         self._reloads: dict[str, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # drains of pools a change retired
         # Runtimes whose pools are warming up for a switch: not routed to yet,
@@ -207,6 +209,8 @@ class Registry:
                 self.loop, spec, config, self.sink, worker_factory=self.worker_factory, start_gate=self.start_gate
             )
             gen.pools[endpoint.id] = pool
+            if self.pool_made is not None:
+                self.pool_made(pool)
             pool.start()
         if not gen.endpoint_errors:
             gen.load_error = None

@@ -206,6 +206,17 @@ def test_unknown_endpoints_do_not_become_labels() -> None:
     assert not any(k[0].startswith("lightnode_request_duration") for k in samples(text))
 
 
+def test_a_client_gone_before_any_pool_is_no_rejection() -> None:
+    # 499 ClientGone of a request held behind the pipelining window came with no
+    # generation, and so counted as a rejection; one that left a queue did not.
+    w = World()
+    w.requests.observe(record(generation="", status=499, error_type="ClientGone"))
+    w.requests.observe(record(generation="v1", status=499, error_type="ClientGone"))
+    text = w.text()
+    assert value(text, "lightnode_rejections_total", service="svc", endpoint="ep", reason="ClientGone") is None
+    assert value(text, "lightnode_requests_total", service="svc", endpoint="ep", status="499") == 2
+
+
 def test_refusals_before_any_pool_are_rejections_of_known_endpoints() -> None:
     w = World()
     w.requests.observe(record(generation="", status=503, error_type="ShuttingDown"))
@@ -266,6 +277,22 @@ def test_gauges_sum_the_generations_of_an_endpoint() -> None:
         for s in ("starting", "idle", "busy", "stopping")
     }
     assert got == {"starting": 1, "idle": 1, "busy": 3, "stopping": 1}
+
+
+def test_a_pool_gone_between_two_sweeps_still_counts() -> None:
+    # A refused switch's pool: made, failing to start, drained and gone within a second,
+    # before any sweep saw it. Its starts were lost (1-2 counted of 4).
+    w = World()
+    w.collector.sweep()
+    short = FakePool("svc", "ep", snapshot(starts_total=0))
+    w.collector.note(short)  # the registry tells as it makes the pool
+    short.bump(starts_total=2, crashes_total=1)
+    short.drained = True  # never in w.pools when a sweep ran
+    text = w.text()
+    assert value(text, "lightnode_pipeline_starts_total", service="svc", endpoint="ep") == 2
+    assert value(text, "lightnode_pipeline_crashes_total", service="svc", endpoint="ep") == 1
+    assert short not in w.collector._known  # folded
+    assert value(w.text(), "lightnode_pipeline_starts_total", service="svc", endpoint="ep") == 2  # once
 
 
 def test_counters_survive_a_generation_switch() -> None:

@@ -131,6 +131,17 @@ def test_a_switch_to_a_generation_that_cannot_load_is_refused(node: Node) -> Non
     assert node.serving() == "v1" and node.runtime.switch_error == failure
 
 
+def test_every_pool_made_is_told_even_one_a_refused_switch_drops_at_once(node: Node) -> None:
+    # The metrics collector is told of each pool as it is made: the refused switch's
+    # pool fails, drains and leaves before the collector's next sweep would see it.
+    made: list[Any] = []
+    node.registry.pool_made = made.append
+    node.write(("b3", 1.0))
+    assert node.changed() is not None  # refused
+    assert [pool.spec.generation for pool in made] == ["b3"]
+    assert all(pool not in node.registry.all_pools() for pool in made)  # already gone
+
+
 def test_a_refused_switch_is_tried_once_per_write_and_again_after_forget_refusals(node: Node) -> None:
     # The admin API applies the state.json it wrote, then the watcher reports that write.
     FakeWorker.spawned.clear()
