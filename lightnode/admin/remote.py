@@ -175,12 +175,22 @@ class RemoteAdmin:
         return self.call("POST", path, raw)
 
     def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> Any:
-        """GET the node's tuning, overlay `overrides` section by section, POST it (validated there).
+        """POST `overrides` to the node, which overlays them on its tuning file under the
+        file's lock (validated there), as `admin tune --data-dir` does: tunes at once, from
+        here, the command line or both, each keep their change.
 
-        When the node refuses its tuning file (400), the overlay is on the values the
-        node has in force (or the defaults when it has none for this endpoint), and
-        the answer's `note` says that the refused file was replaced, and on what.
+        A node without that route (404: an older version) gets the overlay made here:
+        GET, overlay section by section, POST the whole (two tunes at once may then lose
+        one's change). When the node refuses its tuning file (400), the overlay is on the
+        values the node has in force (or the defaults when it has none for this endpoint),
+        and the answer's `note` says that the refused file was replaced, and on what.
         """
+        path = f"services/{_quote(service_id)}/endpoints/{_quote(endpoint_id)}/tune"
+        try:
+            return self.call("POST", path, overrides)
+        except RemoteError as exc:
+            if exc.status != 404 or not str(exc).startswith("Not found: /admin/api/"):
+                raise  # 404 of the route itself only, not of the service or the endpoint
         note = None
         try:
             current = self.endpoint_settings(service_id, endpoint_id)

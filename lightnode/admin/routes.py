@@ -36,7 +36,7 @@ import ujson
 
 from lightnode.admin.keys import KeyEntry, KeyStore, is_loopback, looks_like_key, mask_secrets
 from lightnode.admin.service_layer import ServiceLayer
-from lightnode.config.model import is_valid_id
+from lightnode.config.model import EndpointConfig, is_valid_id
 from lightnode.config.validate import decode_json
 from lightnode.errors import ConfigError, IdError, LightnodeError
 from lightnode.http.exchange import Exchange
@@ -245,6 +245,7 @@ class AdminRoutes:
             max_package_bytes=node.settings.limits.max_package_bytes,
             keys=self.keys,
             mounted=self._mounted,
+            tuning_in_force=self._tuning_in_force,
         )
         # One thread: imports and deletes never block the loop, and admin
         # writes (read-modify-write of state.json) never interleave.
@@ -273,6 +274,7 @@ class AdminRoutes:
             ("POST", ("services", "{S}", "actions", "disable"), self._disable),
             ("GET", ("services", "{S}", "endpoints", "{E}", "settings"), self._get_settings),
             ("POST", ("services", "{S}", "endpoints", "{E}", "settings"), self._set_settings),
+            ("POST", ("services", "{S}", "endpoints", "{E}", "tune"), self._tune),
             ("GET", ("status",), self._status),
             ("GET", ("metrics",), self._metrics),
             ("GET", ("keys",), self._list_keys),
@@ -458,6 +460,20 @@ class AdminRoutes:
     def _set_settings(self, exchange: Exchange, p: Params) -> None:
         body = _settings_body(exchange)
         self._mutate(exchange, p, lambda: self.layer.set_endpoint_settings(p["S"], p["E"], body))
+
+    def _tune(self, exchange: Exchange, p: Params) -> None:
+        """`admin tune --url`: the overlay is made here, under the tuning file's lock, as the
+        command line's is: a GET then a POST of the whole object by each client lost the
+        change of another client between them."""
+        body = _settings_body(exchange)
+        if not isinstance(body, dict):
+            raise LightnodeError("BadRequest", 'The body must be a JSON object of changes, e.g. {"pool": {"ceil": 4}}')
+        self._mutate(exchange, p, lambda: self.layer.tune(p["S"], p["E"], body))
+
+    def _tuning_in_force(self, service_id: str, endpoint_id: str) -> EndpointConfig | None:
+        """What a tune builds on when the tuning file is refused: the node's values in force."""
+        registry = self.node.registry
+        return registry.tuning.get((service_id, endpoint_id)) if registry is not None else None
 
     # ---------------------------------------------------------- node state
 

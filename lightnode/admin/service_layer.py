@@ -483,7 +483,8 @@ class ServiceLayer:
         """
         path = self.data_dir.endpoint_config_path(service_id, endpoint_id)
         config = parse_endpoint_config(raw, source=str(path))
-        _write_tuning(path, config)
+        with _tuning_lock(path):  # not in the middle of a tune's read-modify-write
+            _write_tuning(path, config)
         return endpoint_config_to_json(config)
 
     def tune(self, service_id: str, endpoint_id: str, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -140,6 +140,47 @@ def test_endpoint_settings_route_and_tune_url(node_factory: Any, capsys: pytest.
     assert pool["floor"] == 2 and pool["ceil"] == 3
 
 
+def test_tunes_at_once_through_the_admin_api_keep_every_change(
+    node_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `admin tune --url` read the settings, overlaid its change and posted the whole
+    # object: two at once both read the old file, and the later post lost the earlier
+    # change (4 rounds of 5 lost one, each command exiting 0). The node overlays now.
+    import threading
+    import time
+
+    from lightnode.admin.remote import RemoteAdmin
+
+    node = node_factory()
+    read = RemoteAdmin.endpoint_settings
+
+    def slow_read(self: RemoteAdmin, service_id: str, endpoint_id: str) -> Any:
+        settings = read(self, service_id, endpoint_id)
+        time.sleep(0.3)  # every client is between its read and its write
+        return settings
+
+    monkeypatch.setattr(RemoteAdmin, "endpoint_settings", slow_read)
+    changes = [{"pool": {"queue": 7}}, {"pool": {"timeout": 1234}}, {"limits": {"max_requests": 99}}, {"ceil": 5}]
+    answers: list[Any] = []
+    tunes = [
+        threading.Thread(target=lambda c=c: answers.append(RemoteAdmin(node.url).tune("demo", "quote", c)))
+        for c in changes
+    ]
+    for tune in tunes:
+        tune.start()
+    for tune in tunes:
+        tune.join(30)
+    assert len(answers) == len(changes)
+    written = json.loads((node.data_dir / "config" / "services" / "demo" / "quote.json").read_text())
+    assert (written["pool"]["queue"], written["pool"]["timeout"], written["pool"]["ceil"]) == (7, 1234, 5)
+    assert written["limits"]["max_requests"] == 99
+    status, _, body = node.request("POST", "/admin/api/services/demo/endpoints/quote/tune", b'{"pool": {"ceil": 0}}')
+    assert status == 400 and "ceil" in json.loads(body)["message"]  # validated there, nothing written
+    assert json.loads((node.data_dir / "config" / "services" / "demo" / "quote.json").read_text()) == written
+    status, _, body = node.request("POST", "/admin/api/services/demo/endpoints/quote/tune", b"[1]")
+    assert status == 400
+
+
 def test_the_same_operations_through_the_cli(node_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     node = node_factory()
     g1 = build_test_package(tmp_path, "pricing", "g1", {"e": SOURCE})

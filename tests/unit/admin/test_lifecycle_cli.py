@@ -340,3 +340,35 @@ def test_status_tells_pipelines_waiting_for_a_start_slot_from_those_booting() ->
     text = _status_of(floor=3, starting=3, pipelines=pipelines)
     assert "e@v1: loading pipelines starting=3 (2 waiting for a start slot) idle=0" in text
     assert "pipelines starting=3 idle=0" in _status_of(floor=3, starting=3, pipelines=pipelines[:1])
+
+
+def test_remote_tune_overlays_on_the_client_for_a_node_without_the_tune_route(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An older node answers 404 for .../tune: the change is overlaid here, on its settings.
+    from lightnode.admin.remote import RemoteAdmin, RemoteError
+
+    calls: list[tuple[str, str, object]] = []
+    settings = {"pool": {"floor": 1, "ceil": 8}, "limits": {}}
+
+    def call(self: RemoteAdmin, method: str, path: str, body: object = None, **kwargs: object) -> object:
+        calls.append((method, path, body))
+        if path.endswith("/tune"):
+            raise RemoteError("Not found: /admin/api/services/s/endpoints/e/tune", 404)
+        return settings if method == "GET" else body
+
+    monkeypatch.setattr(RemoteAdmin, "call", call)
+    answer = RemoteAdmin("http://127.0.0.1:1").tune("s", "e", {"pool": {"ceil": 4}})
+    assert answer == {"pool": {"floor": 1, "ceil": 4}, "limits": {}}
+    assert [(m, p.rsplit("/", 1)[1]) for m, p, _ in calls] == [("POST", "tune"), ("GET", "settings"), ("POST", "settings")]
+    # A 404 of the service itself is no missing route: it is the answer.
+    calls.clear()
+
+    def missing(self: RemoteAdmin, method: str, path: str, body: object = None, **kwargs: object) -> object:
+        calls.append((method, path, body))
+        raise RemoteError("Service s does not exist", 404)
+
+    monkeypatch.setattr(RemoteAdmin, "call", missing)
+    with pytest.raises(RemoteError, match="does not exist"):
+        RemoteAdmin("http://127.0.0.1:1").tune("s", "e", {"pool": {"ceil": 4}})
+    assert len(calls) == 1
