@@ -376,10 +376,24 @@ def _foreign(obj: Any, path: str) -> Any:
             # object's tolist() gives Timestamps, time zone included.)
             obj = obj.astype("datetime64[us]")
         if hasattr(obj, "tolist"):  # ndarray, numpy scalars, Series
-            return to_jsonable(obj.tolist(), path)
+            return _converted(obj, obj.tolist(), path)
         if hasattr(obj, "item"):
-            return to_jsonable(obj.item(), path)
+            return _converted(obj, obj.item(), path)
     raise NotSerializable(_type_name(obj), path)
+
+
+def _converted(obj: Any, value: Any, path: str) -> Any:
+    """to_jsonable() of `value`, the Python value numpy or pandas gave for `obj`; a
+    refusal of that value itself names `obj`'s type (numpy.timedelta64, not the
+    datetime.timedelta it became)."""
+    if type(value) is type(obj):  # numpy.longdouble: its tolist() is itself
+        raise NotSerializable(_type_name(obj), path, "it has no Python equivalent")
+    try:
+        return to_jsonable(value, path)
+    except NotSerializable as exc:
+        if exc.path == path and not exc.reason:
+            raise NotSerializable(_type_name(obj), path) from None
+        raise
 
 
 # The ends of numpy's datetime64 dtype strings ("<M8[ns]") whose tolist() gives ints.

@@ -187,6 +187,22 @@ def test_a_fractional_decimal_keeps_its_digits(encoder: str, monkeypatch: pytest
     assert encode_result(D("0.1")) == b"0.1"
 
 
+def test_numpy_values_with_no_json_form_are_named_by_their_own_type() -> None:
+    # numpy.longdouble's tolist() is itself: it was "nested too deeply, or contains
+    # itself"; a timedelta64 was named as the datetime.timedelta it became.
+    np = pytest.importorskip("numpy")
+    cases = {
+        "numpy.longdouble at $.x (it has no Python equivalent)": {"x": np.longdouble(1.5)},
+        "numpy.longdouble at $[0] (it has no Python equivalent)": np.array([np.longdouble(1)]),
+        "numpy.timedelta64 at $.t": {"t": np.timedelta64(5, "s")},
+        "numpy.complex128 at $": np.complex128(1 + 2j),
+    }
+    for described, value in cases.items():
+        with pytest.raises(runtime.NotSerializable) as caught:
+            encode_result(value)
+        assert caught.value.describe() == described
+
+
 def test_pandas_like_values_convert_when_pandas_present() -> None:
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
