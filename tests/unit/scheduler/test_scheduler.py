@@ -603,11 +603,17 @@ def test_a_staged_call_of_a_dead_pipeline_leaves_if_its_client_closed(setup: Any
     assert pool.calls == {} and pool._staged == {} and pool._running == {}
 
 
-def test_a_call_not_started_leaves_if_its_client_closed(setup: Any) -> None:
+def _gone_client_call_behind_another(setup: Any, body: bytes) -> tuple[Any, ...]:
+    """A fast pool of one pipeline running a first call, a gone client's call staged behind."""
     make, sink, _ = setup
     pool, worker = _fast_pool(make, queue=8)
     first = pool.submit(b"first", exchange=None)
-    call, exchange = _gone_client_call(pool, b"late")
+    call, exchange = _gone_client_call(pool, body)
+    return pool, worker, sink, first, call, exchange
+
+
+def test_a_call_not_started_leaves_if_its_client_closed(setup: Any) -> None:
+    pool, worker, sink, first, call, exchange = _gone_client_call_behind_another(setup, b"late")
     worker.answer(runtime.RESULT, b"1")
     worker.answer(runtime.NOT_STARTED, b"")  # its start-by passed in the pipeline
     assert exchange.given_up == 1
@@ -617,10 +623,7 @@ def test_a_call_not_started_leaves_if_its_client_closed(setup: Any) -> None:
 
 
 def test_a_staged_call_whose_client_closed_runs_if_its_pipeline_reaches_it(setup: Any) -> None:
-    make, sink, _ = setup
-    pool, worker = _fast_pool(make, queue=8)
-    first = pool.submit(b"first", exchange=None)
-    call, exchange = _gone_client_call(pool, b"second")
+    pool, worker, sink, first, call, exchange = _gone_client_call_behind_another(setup, b"second")
     worker.answer(runtime.RESULT, b"1")
     worker.answer(runtime.RESULT, b"2")  # it ran: answered as any call, written if it can be
     assert [c for c, _ in sink.ok[1:]] == [first, call] and exchange.given_up == 0
@@ -628,10 +631,7 @@ def test_a_staged_call_whose_client_closed_runs_if_its_pipeline_reaches_it(setup
 
 
 def test_a_call_whose_client_closed_is_given_up_if_its_pipeline_dies_running_it(setup: Any) -> None:
-    make, sink, _ = setup
-    pool, worker = _fast_pool(make, queue=8)
-    pool.submit(b"first", exchange=None)
-    call, exchange = _gone_client_call(pool, b"second")
+    pool, worker, sink, _, _, exchange = _gone_client_call_behind_another(setup, b"second")
     worker.answer(runtime.RESULT, b"1")  # the second starts
     worker.exit("killed by signal SIGKILL")
     assert exchange.given_up == 1 and not sink.failed  # no answer owed to a gone client
