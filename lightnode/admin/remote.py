@@ -189,7 +189,7 @@ class RemoteAdmin:
         try:
             return self.call("POST", path, overrides)
         except RemoteError as exc:
-            if exc.status != 404 or not str(exc).startswith("Not found: /admin/api/"):
+            if exc.status != 404 or "HTTP 404: Not found: /admin/api/" not in str(exc):
                 raise  # 404 of the route itself only, not of the service or the endpoint
         note = None
         try:

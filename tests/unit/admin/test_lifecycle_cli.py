@@ -342,33 +342,52 @@ def test_status_tells_pipelines_waiting_for_a_start_slot_from_those_booting() ->
     assert "pipelines starting=3 idle=0" in _status_of(floor=3, starting=3, pipelines=pipelines[:1])
 
 
-def test_remote_tune_overlays_on_the_client_for_a_node_without_the_tune_route(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_remote_tune_overlays_on_the_client_for_a_node_without_the_tune_route() -> None:
     # An older node answers 404 for .../tune: the change is overlaid here, on its settings.
+    # A 404 of the service itself is no missing route: it is the answer.
+    import http.server
+    import threading
+
     from lightnode.admin.remote import RemoteAdmin, RemoteError
 
-    calls: list[tuple[str, str, object]] = []
+    seen: list[tuple[str, str]] = []
     settings = {"pool": {"floor": 1, "ceil": 8}, "limits": {}}
 
-    def call(self: RemoteAdmin, method: str, path: str, body: object = None, **kwargs: object) -> object:
-        calls.append((method, path, body))
-        if path.endswith("/tune"):
-            raise RemoteError("Not found: /admin/api/services/s/endpoints/e/tune", 404)
-        return settings if method == "GET" else body
+    class OlderNode(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, payload: object) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    monkeypatch.setattr(RemoteAdmin, "call", call)
-    answer = RemoteAdmin("http://127.0.0.1:1").tune("s", "e", {"pool": {"ceil": 4}})
-    assert answer == {"pool": {"floor": 1, "ceil": 4}, "limits": {}}
-    assert [(m, p.rsplit("/", 1)[1]) for m, p, _ in calls] == [("POST", "tune"), ("GET", "settings"), ("POST", "settings")]
-    # A 404 of the service itself is no missing route: it is the answer.
-    calls.clear()
+        def do_GET(self) -> None:
+            seen.append(("GET", self.path))
+            self._answer(200, settings)
 
-    def missing(self: RemoteAdmin, method: str, path: str, body: object = None, **kwargs: object) -> object:
-        calls.append((method, path, body))
-        raise RemoteError("Service s does not exist", 404)
+        def do_POST(self) -> None:
+            seen.append(("POST", self.path))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if "/services/gone/" in self.path:
+                self._answer(404, {"errorType": "NotFound", "message": "Service gone does not exist"})
+            elif self.path.endswith("/tune"):
+                self._answer(404, {"errorType": "NotFound", "message": "Not found: " + self.path})
+            else:
+                self._answer(200, json.loads(body))
 
-    monkeypatch.setattr(RemoteAdmin, "call", missing)
-    with pytest.raises(RemoteError, match="does not exist"):
-        RemoteAdmin("http://127.0.0.1:1").tune("s", "e", {"pool": {"ceil": 4}})
-    assert len(calls) == 1
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OlderNode)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteAdmin(f"http://127.0.0.1:{server.server_address[1]}")
+        assert remote.tune("s", "e", {"pool": {"ceil": 4}}) == {"pool": {"floor": 1, "ceil": 4}, "limits": {}}
+        assert [(m, p.rsplit("/", 1)[1]) for m, p in seen] == [("POST", "tune"), ("GET", "settings"), ("POST", "settings")]
+        seen.clear()
+        with pytest.raises(RemoteError, match="does not exist"):
+            remote.tune("gone", "e", {"pool": {"ceil": 4}})
+        assert len(seen) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
