@@ -275,16 +275,17 @@ class EndpointPool:
         A running call finishes and is answered as any call. A staged one runs too if its
         pipeline reaches it; should it be taken back instead (its start-by passed, it was
         not started, its pipeline died), it leaves rather than wait in the queue again
-        (SPEC §4 rule 9): the machine forgets it, and it is given up (_given_up).
+        (SPEC §4 rule 9): the machine forgets it, and so does _forget_cancelled.
         """
         call.client_closed = True
         if call.worker_id and self._running.get(call.worker_id) is not call:
             self.cancel(call)
 
-    def _given_up(self, call: Call) -> None:
-        """A call cancelled by client_closed() left without an answer: its exchange is
-        given up (recorded 499 ClientGone; the connection no longer waits for it)."""
-        if call.client_closed and call.exchange is not None:
+    def _forget_cancelled(self, call: Call) -> None:
+        """A cancelled call the machine names no more leaves `calls`, unanswered. One that
+        client_closed() cancelled has its exchange given up (recorded 499 ClientGone; the
+        connection no longer waits for it)."""
+        if self.calls.pop(call.request_id, None) is not None and call.client_closed and call.exchange is not None:
             call.exchange.give_up()
 
     def refuse_waiting(self, error: LightnodeError) -> None:
@@ -572,8 +573,7 @@ class EndpointPool:
         self._replace(call, _WITHDRAWN)
         call.worker_id = 0
         if call.cancelled:
-            del self.calls[call.request_id]  # the machine names it no more
-            self._given_up(call)
+            self._forget_cancelled(call)
 
     def _reject(self, command: cmd.Reject) -> None:
         call = self.calls.pop(command.request_id, None)
@@ -725,9 +725,8 @@ class EndpointPool:
             self._backlog.append(event)
         else:
             self._feed(event)
-        if call.cancelled and call.request_id in self.calls:
-            del self.calls[call.request_id]  # the machine names it no more
-            self._given_up(call)
+        if call.cancelled:
+            self._forget_cancelled(call)
 
     def _answer_failed(self, call: Call, exec_us: int, function_us: int) -> None:
         """Answering `call` raised: log it, and answer InternalError if that still can be.
@@ -774,12 +773,10 @@ class EndpointPool:
         # A call still listed here was cancelled by its client: the machine names it no more.
         running = self._running.pop(worker_id, None)
         if running is not None and running.worker_id == worker_id:
-            if self.calls.pop(running.request_id, None) is not None:
-                self._given_up(running)
+            self._forget_cancelled(running)
         for call in staged:
             if call.cancelled and not call.worker_id:
-                if self.calls.pop(call.request_id, None) is not None:
-                    self._given_up(call)
+                self._forget_cancelled(call)
 
     def _state_of(self, worker_id: int) -> WorkerState | None:
         try:
