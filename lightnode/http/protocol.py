@@ -1007,7 +1007,7 @@ class HttpProtocol:
         pending.remove(cast(_ServerExchange, exchange))
         if self._dispatching:
             return  # eof_received writes what is done, or closes, once its loop is over
-        if self._pending and self._pending[0].done:
+        if pending and pending[0].done:
             self._flush()
         else:
             self._check_idle()
