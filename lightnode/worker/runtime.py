@@ -333,10 +333,8 @@ def _number_to_jsonable(obj: Any, path: str) -> Any:
 
 
 def _key_text(key: Any, path: str) -> str:
-    if isinstance(key, decimal.Decimal) and key.is_finite() and key != key.to_integral_value():
-        return str(key)  # its digits, as for a value
     if key is None or isinstance(key, (bool, int, float, decimal.Decimal)):
-        return _dumps(to_jsonable(key, path))
+        return _decimal_numbers(_dumps(to_jsonable(key, path)))  # a Decimal: its own digits
     if isinstance(key, (datetime.date, datetime.time)):
         return "null" if _is_missing(key) else key.isoformat()
     if (type(key).__module__ or "").split(".", 1)[0] in ("numpy", "pandas"):
